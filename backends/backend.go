@@ -1,0 +1,26 @@
+package backends
+
+import "context"
+
+// Backend produces records about the flows it observes.
+//
+// Run blocks until ctx is cancelled or the backend fails; before it returns
+// it delivers every record it has already collected to sink. Close releases
+// the backend's resources; it may be called more than once and after Run.
+type Backend interface {
+	Name() string
+	Run(ctx context.Context, sink Sink) error
+	Close() error
+}
+
+// DropCounter is implemented by backends that can lose records (ebpf, when
+// its ring buffer is full). Drops is the total lost since the backend started.
+type DropCounter interface {
+	Drops() (uint64, error)
+}
+
+// FlowCounter is implemented by backends that know how many flows they
+// currently track.
+type FlowCounter interface {
+	Flows() int
+}

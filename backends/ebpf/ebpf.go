@@ -1,0 +1,340 @@
+// Package ebpf is flowd's eBPF backend: a BPF_PROG_TYPE_SOCK_OPS program
+// attached to a cgroup v2 directory reads each tracked flow's tcp_sock and
+// sends tcp_info-like records over a ring buffer, which this package reads
+// and decodes.
+package ebpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowd/flowd/backends"
+)
+
+// Name is the backend's name in records and logs.
+const Name = "ebpf"
+
+// Mode chooses when the BPF program emits records.
+type Mode string
+
+const (
+	// ModePoll emits at most one sample per flow per Interval, driven by
+	// the RTT callback, besides open, state and close records.
+	ModePoll Mode = "poll"
+	// ModeTransition emits open, state and close records only.
+	ModeTransition Mode = "transition"
+)
+
+// Defaults used when a Config field is zero.
+const (
+	DefaultRingbufSize   = 4 << 20
+	DefaultFlushInterval = 100 * time.Millisecond
+)
+
+// Config configures the ebpf backend.
+type Config struct {
+	Cgroup        string        // cgroup2 directory to attach to (absolute, resolved)
+	Mode          Mode          // poll (default) or transition
+	Interval      time.Duration // poll mode: minimum time between samples of one flow; 0 = every RTT callback
+	RingbufSize   int           // bytes; a power of two and a multiple of the page size
+	FlushInterval time.Duration // how often user space drains the ring buffer
+	Filter        backends.Filter
+	Log           logrus.FieldLogger
+}
+
+// Backend is the eBPF sockops backend. New loads and attaches it; Run reads
+// its records; Close detaches it.
+type Backend struct {
+	cfg    Config
+	log    logrus.FieldLogger
+	objs   bpfObjects
+	link   link.Link
+	reader *ringbuf.Reader
+	dec    decoder
+
+	detachOnce sync.Once
+	detachErr  error
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// New loads the BPF program, configured by cfg, and attaches it to
+// cfg.Cgroup. Nothing stays loaded when it fails.
+func New(cfg Config) (*Backend, error) {
+	if err := cfg.withDefaults(); err != nil {
+		return nil, err
+	}
+	hz, err := kernelHZ()
+	if err != nil {
+		return nil, fmt.Errorf("finding the kernel's HZ: %w", err)
+	}
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("loading BPF spec: %w", err)
+	}
+	if err := configure(spec, &cfg, hz); err != nil {
+		return nil, err
+	}
+
+	b := &Backend{cfg: cfg, log: cfg.Log}
+	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading BPF program: %+v", ve)
+		}
+		return nil, fmt.Errorf("loading BPF program: %w", err)
+	}
+	if err := b.fillFilters(); err != nil {
+		b.objs.Close()
+		return nil, err
+	}
+	b.reader, err = ringbuf.NewReader(b.objs.Events)
+	if err != nil {
+		b.objs.Close()
+		return nil, fmt.Errorf("opening ring buffer: %w", err)
+	}
+	b.dec.monoToWall = monoToWallOffset()
+
+	b.link, err = link.AttachCgroup(link.CgroupOptions{
+		Path:    cfg.Cgroup,
+		Attach:  ebpf.AttachCGroupSockOps,
+		Program: b.objs.FlowdSockops,
+	})
+	if err != nil {
+		b.reader.Close()
+		b.objs.Close()
+		return nil, fmt.Errorf("attaching sockops to %s: %w", cfg.Cgroup, err)
+	}
+	b.log.WithFields(logrus.Fields{
+		"cgroup": cfg.Cgroup, "mode": cfg.Mode, "interval": cfg.Interval,
+		"ringbuf_size": cfg.RingbufSize, "hz": hz,
+	}).Info("ebpf backend attached")
+	return b, nil
+}
+
+func (c *Config) withDefaults() error {
+	if c.Log == nil {
+		l := logrus.New()
+		l.Out = io.Discard
+		c.Log = l
+	}
+	if c.Mode == "" {
+		c.Mode = ModePoll
+	}
+	if c.Mode != ModePoll && c.Mode != ModeTransition {
+		return fmt.Errorf("unknown mode %q", c.Mode)
+	}
+	if c.Interval < 0 {
+		return fmt.Errorf("negative interval %s", c.Interval)
+	}
+	if c.RingbufSize == 0 {
+		c.RingbufSize = DefaultRingbufSize
+	}
+	page := os.Getpagesize()
+	if c.RingbufSize < page || c.RingbufSize%page != 0 || bits.OnesCount(uint(c.RingbufSize)) != 1 {
+		return fmt.Errorf("ring buffer size %d is not a power of two multiple of the page size %d", c.RingbufSize, page)
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.Cgroup == "" {
+		return errors.New("no cgroup given")
+	}
+	return nil
+}
+
+// configure sets the program's load-time constants and map sizes.
+func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
+	var mode uint8
+	if cfg.Mode == ModeTransition {
+		mode = 1
+	}
+	f := &cfg.Filter
+	consts := map[string]any{
+		"mode":         mode,
+		"interval_ns":  uint64(cfg.Interval.Nanoseconds()),
+		"hz":           hz,
+		"filter_ports": boolU8(len(f.LocalPorts) > 0 || len(f.RemotePorts) > 0),
+		"filter_cidrs": boolU8(len(f.RemoteCIDRs) > 0),
+		// Wake the reader early once a quarter of the buffer is unread;
+		// otherwise it drains on its FlushInterval timer.
+		"wakeup_bytes": uint64(cfg.RingbufSize / 4),
+	}
+	for name, v := range consts {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("BPF object lacks variable %s", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	spec.Maps["events"].MaxEntries = uint32(cfg.RingbufSize)
+	spec.Maps["local_ports"].MaxEntries = uint32(max(1, len(f.LocalPorts)))
+	spec.Maps["remote_ports"].MaxEntries = uint32(max(1, len(f.RemotePorts)))
+	spec.Maps["remote_cidrs"].MaxEntries = uint32(max(1, len(f.RemoteCIDRs)))
+	return nil
+}
+
+func boolU8(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (b *Backend) fillFilters() error {
+	one := uint8(1)
+	for _, p := range b.cfg.Filter.LocalPorts {
+		if err := b.objs.LocalPorts.Put(p, one); err != nil {
+			return fmt.Errorf("adding local port %d to the filter: %w", p, err)
+		}
+	}
+	for _, p := range b.cfg.Filter.RemotePorts {
+		if err := b.objs.RemotePorts.Put(p, one); err != nil {
+			return fmt.Errorf("adding remote port %d to the filter: %w", p, err)
+		}
+	}
+	for _, p := range b.cfg.Filter.RemoteCIDRs {
+		m := backends.MappedPrefix(p.Masked())
+		key := bpfFlowdCidrKey{Prefixlen: uint32(m.Bits()), Addr: m.Addr().As16()}
+		if err := b.objs.RemoteCidrs.Put(key, one); err != nil {
+			return fmt.Errorf("adding remote CIDR %s to the filter: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// monoToWallOffset returns wall-clock minus CLOCK_MONOTONIC, in ns.
+func monoToWallOffset() int64 {
+	var ts unix.Timespec
+	before := time.Now()
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	after := time.Now()
+	mid := before.UnixNano() + after.Sub(before).Nanoseconds()/2
+	return mid - ts.Nano()
+}
+
+// Name returns "ebpf".
+func (b *Backend) Name() string { return Name }
+
+// Run reads records until ctx is cancelled, then detaches the program,
+// drains what the ring buffer still holds and returns. The ring buffer is
+// drained every FlushInterval: the program wakes the reader early only when
+// a quarter of the buffer is unread.
+func (b *Backend) Run(ctx context.Context, sink backends.Sink) error {
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(b.cfg.FlushInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				_ = b.reader.Flush() // wake the reader so it sees ctx
+				return
+			case <-t.C:
+				_ = b.reader.Flush()
+			}
+		}
+	}()
+
+	var (
+		raw ringbuf.Record
+		rec backends.Record
+	)
+	for ctx.Err() == nil {
+		err := b.reader.ReadInto(&raw)
+		switch {
+		case err == nil:
+			if err := b.deliver(raw.RawSample, &rec, sink); err != nil {
+				return err
+			}
+		case errors.Is(err, ringbuf.ErrFlushed):
+		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("reading ring buffer: %w", err)
+		}
+	}
+
+	// Stop new records, then read everything already submitted.
+	b.detach()
+	b.reader.SetDeadline(time.Now())
+	for {
+		err := b.reader.ReadInto(&raw)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) ||
+				errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("draining ring buffer: %w", err)
+		}
+		if err := b.deliver(raw.RawSample, &rec, sink); err != nil {
+			return err
+		}
+	}
+}
+
+func (b *Backend) deliver(raw []byte, rec *backends.Record, sink backends.Sink) error {
+	if err := b.dec.decode(raw, rec); err != nil {
+		b.log.WithError(err).Warn("dropping malformed record")
+		return nil
+	}
+	if err := sink.Write(rec); err != nil {
+		return fmt.Errorf("writing record: %w", err)
+	}
+	return nil
+}
+
+// Drops returns how many records the program could not send because the
+// ring buffer was full.
+func (b *Backend) Drops() (uint64, error) {
+	var perCPU []uint64
+	if err := b.objs.Drops.Lookup(uint32(0), &perCPU); err != nil {
+		return 0, fmt.Errorf("reading drop counter: %w", err)
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n, nil
+}
+
+// detach removes the program from the cgroup; the maps stay readable.
+func (b *Backend) detach() error {
+	b.detachOnce.Do(func() {
+		if b.link != nil {
+			b.detachErr = b.link.Close()
+		}
+	})
+	return b.detachErr
+}
+
+// Close detaches the program and frees the maps. It is idempotent. Records
+// not yet read are lost: Run drains them when its context is cancelled.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() {
+		errs := []error{b.detach()}
+		if b.reader != nil {
+			errs = append(errs, b.reader.Close())
+		}
+		errs = append(errs, b.objs.Close())
+		b.closeErr = errors.Join(errs...)
+	})
+	return b.closeErr
+}

@@ -1,0 +1,3 @@
+package ebpf
+
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror" -target bpfel -type flowd_record -type flowd_tcp_info -type flowd_cidr_key -type flowd_event -type flowd_field bpf ../../bpf/flowd.bpf.c -- -I../../bpf

@@ -1,0 +1,37 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+)
+
+// Probe reports why the ebpf backend cannot run on this host, or nil when
+// it can: the kernel must have BTF, sockops programs, ring buffers and
+// socket storage, and the process the privileges to load them.
+func Probe() error {
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		return fmt.Errorf("kernel BTF is not available (/sys/kernel/btf/vmlinux): %w", err)
+	}
+	checks := []struct {
+		what string
+		err  error
+	}{
+		{"sockops programs", features.HaveProgramType(ebpf.SockOps)},
+		{"ring buffer maps", features.HaveMapType(ebpf.RingBuf)},
+		{"socket storage maps", features.HaveMapType(ebpf.SkStorage)},
+	}
+	for _, c := range checks {
+		if c.err == nil {
+			continue
+		}
+		if errors.Is(c.err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("the kernel does not support %s: %w", c.what, c.err)
+		}
+		return fmt.Errorf("probing %s (is flowd root or has CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN?): %w", c.what, c.err)
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+// Package backends holds what every flowd backend shares: the Record a
+// backend produces, the names and units of its tcp_info members, the Sink it
+// writes to and the Backend interface the daemon drives.
+package backends
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Event says why a record was produced.
+type Event uint8
+
+// Event kinds. The numbering is shared with the BPF program (enum flowd_event).
+const (
+	EventOpen   Event = 1 // the flow was established (or first seen by netlink)
+	EventSample Event = 2 // a periodic sample
+	EventState  Event = 3 // the TCP state changed
+	EventClose  Event = 4 // the flow is gone; counters are final
+)
+
+var eventNames = [...]string{"", "open", "sample", "state", "close"}
+
+func (e Event) String() string {
+	if int(e) < len(eventNames) && eventNames[e] != "" {
+		return eventNames[e]
+	}
+	return "unknown"
+}
+
+// ParseEvent is the inverse of Event.String.
+func ParseEvent(s string) (Event, bool) {
+	for i, n := range eventNames {
+		if n != "" && n == s {
+			return Event(i), true
+		}
+	}
+	return 0, false
+}
+
+// State is a TCP state as numbered by the kernel (include/net/tcp_states.h).
+type State uint8
+
+// TCP states.
+const (
+	StateEstablished   State = 1
+	StateSynSent       State = 2
+	StateSynRecv       State = 3
+	StateFinWait1      State = 4
+	StateFinWait2      State = 5
+	StateTimeWait      State = 6
+	StateClose         State = 7
+	StateCloseWait     State = 8
+	StateLastAck       State = 9
+	StateListen        State = 10
+	StateClosing       State = 11
+	StateNewSynRecv    State = 12
+	StateBoundInactive State = 13
+)
+
+var stateNames = [...]string{"", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
+	"TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE"}
+
+// String returns the kernel's name of the state, as ss(8) prints it.
+func (s State) String() string {
+	if int(s) < len(stateNames) && stateNames[s] != "" {
+		return stateNames[s]
+	}
+	return "UNKNOWN"
+}
+
+// ParseState is the inverse of State.String.
+func ParseState(s string) (State, bool) {
+	for i, n := range stateNames {
+		if n != "" && n == s {
+			return State(i), true
+		}
+	}
+	return 0, false
+}
+
+// Record is one observation of one TCP flow, from either backend.
+type Record struct {
+	Time     time.Time // wall clock, when the kernel (ebpf) or the dump (netlink) saw it
+	Backend  string    // "ebpf" or "netlink"
+	Event    Event
+	Cookie   uint64 // the socket cookie: the same for both backends
+	CgroupID uint64 // cgroup v2 id (inode number) of the socket's cgroup
+	Family   uint8  // 4 or 6 (the socket's family; v4-mapped addresses stay 6)
+
+	LocalAddr  netip.Addr
+	RemoteAddr netip.Addr
+	LocalPort  uint16
+	RemotePort uint16
+
+	State    State  // the state the flow is in (the new state on EventState)
+	OldState State  // only on EventState
+	CA       string // congestion control name, e.g. "cubic"
+
+	Info TCPInfo
+}
+
+// Sink receives records. Write must not keep r after it returns. A sink
+// shared by several backends must be safe for concurrent use.
+type Sink interface {
+	Write(r *Record) error
+}
+
+// SinkFunc adapts a function to Sink.
+type SinkFunc func(r *Record) error
+
+// Write calls f(r).
+func (f SinkFunc) Write(r *Record) error { return f(r) }

@@ -1,0 +1,537 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* flowd's sockops program: tracks the TCP flows of one cgroup v2 subtree and
+ * sends tcp_info-like records to user space over a ring buffer.
+ *
+ * On establishment a flow is checked against the optional filters; a flow
+ * that passes gets per-socket storage and the callbacks it needs (state
+ * changes, plus RTT in poll mode). A flow that does not pass costs that one
+ * check and is never seen again. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "flowd.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define TCP_CLOSE 7
+
+/* tcp_get_info() semantics (include/uapi/linux/tcp.h, include/net/tcp.h). */
+#define TCPI_OPT_TIMESTAMPS 1
+#define TCPI_OPT_SACK 2
+#define TCPI_OPT_WSCALE 4
+#define TCPI_OPT_ECN 8
+#define TCPI_OPT_ECN_SEEN 16
+#define TCPI_OPT_SYN_DATA 32
+#define TCPI_OPT_USEC_TS 64
+#define TCPI_OPT_TFO_CHILD 128
+/* tp->ecn_flags: bit 0 is TCP_ECN_OK (TCP_ECN_MODE_RFC3168 since AccECN),
+ * bit 4 TCP_ECN_MODE_ACCECN (unused before it); bit 3 is TCP_ECN_SEEN. */
+#define FLOWD_ECN_MODE_ANY 0x11
+#define FLOWD_ECN_SEEN 0x08
+#define TCP_CHRONO_BUSY 1
+#define TCP_CHRONO_RWND_LIMITED 2
+#define TCP_CHRONO_SNDBUF_LIMITED 3
+
+#define MODE_POLL 0
+#define MODE_TRANSITION 1
+
+/* Set by user space at load time. */
+const volatile __u8 mode = MODE_POLL;
+const volatile __u64 interval_ns = 1000000000ULL; /* poll: min time between samples; 0 = every RTT */
+const volatile __u32 hz = 250;			  /* the kernel's CONFIG_HZ */
+const volatile __u8 filter_ports = 0;		  /* local_ports / remote_ports are set */
+const volatile __u8 filter_cidrs = 0;		  /* remote_cidrs is set */
+const volatile __u64 wakeup_bytes = 1 << 20;	  /* force a wakeup past this much unread data */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); /* resized by user space */
+} events SEC(".maps");
+
+/* Records lost because the ring buffer was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+struct flow_state {
+	__u64 last_sample_ns;
+};
+
+/* Present for the flows flowd tracks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct flow_state);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); /* resized by user space */
+	__type(key, __u16);
+	__type(value, __u8);
+} local_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u16);
+	__type(value, __u8);
+} remote_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct flowd_cidr_key);
+	__type(value, __u8);
+} remote_cidrs SEC(".maps");
+
+/* Keep the record types in BTF for bpf2go -type. */
+const struct flowd_record *unused_record __attribute__((unused));
+const struct flowd_cidr_key *unused_cidr_key __attribute__((unused));
+const enum flowd_event *unused_event __attribute__((unused));
+const enum flowd_field *unused_field __attribute__((unused));
+
+#define PRESENT(r, f) ((r)->present[(f) / 64] |= 1ULL << ((f) % 64))
+
+static __always_inline __u64 jiffies_to_usecs(__u64 j)
+{
+	return j * (1000000 / hz);
+}
+
+static __always_inline __u64 jiffies_to_msecs(__u64 j)
+{
+	return j * 1000 / hz;
+}
+
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&drops, &zero);
+
+	if (n)
+		*n += 1;
+}
+
+/* The flow's remote address as an LPM key (IPv4 mapped into IPv6). */
+static __always_inline void remote_key(const struct sock_common *skc, struct flowd_cidr_key *k)
+{
+	k->prefixlen = 128;
+	if (skc->skc_family == AF_INET) {
+		__builtin_memset(k->addr, 0, 10);
+		k->addr[10] = 0xff;
+		k->addr[11] = 0xff;
+		__u32 a = skc->skc_daddr;
+		__builtin_memcpy(&k->addr[12], &a, 4);
+	} else {
+		struct in6_addr a = skc->skc_v6_daddr;
+		__builtin_memcpy(k->addr, &a, 16);
+	}
+}
+
+static __always_inline bool flow_matches(const struct sock_common *skc)
+{
+	if (filter_ports) {
+		__u16 lport = skc->skc_num;
+		__u16 rport = bpf_ntohs(skc->skc_dport);
+
+		if (!bpf_map_lookup_elem(&local_ports, &lport) &&
+		    !bpf_map_lookup_elem(&remote_ports, &rport))
+			return false;
+	}
+	if (filter_cidrs) {
+		struct flowd_cidr_key k;
+
+		remote_key(skc, &k);
+		if (!bpf_map_lookup_elem(&remote_cidrs, &k))
+			return false;
+	}
+	return true;
+}
+
+/* Fills r->info and r->present like tcp_get_info() fills struct tcp_info.
+ * Members whose tcp_sock fields this kernel lacks stay absent. */
+static __always_inline void fill_info(struct flowd_record *r, const struct tcp_sock *tp, __u8 state, __u64 now_ns)
+{
+	const struct inet_connection_sock *icsk = &tp->inet_conn;
+	const struct sock *sk = &icsk->icsk_inet.sk;
+	struct flowd_tcp_info *i = &r->info;
+	__u32 now = (__u32)bpf_jiffies64(); /* tcp_jiffies32 */
+	__u64 usec_per_jiffy = 1000000 / hz;
+	__u64 v;
+
+	r->present[0] = 0;
+	r->present[1] = 0;
+
+	i->state = state;
+	PRESENT(r, FLOWD_F_STATE);
+	i->pacing_rate = sk->sk_pacing_rate;
+	PRESENT(r, FLOWD_F_PACING_RATE);
+	i->max_pacing_rate = sk->sk_max_pacing_rate;
+	PRESENT(r, FLOWD_F_MAX_PACING_RATE);
+	i->reordering = tp->reordering;
+	PRESENT(r, FLOWD_F_REORDERING);
+	i->snd_cwnd = tp->snd_cwnd;
+	PRESENT(r, FLOWD_F_SND_CWND);
+
+	i->ca_state = BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_state);
+	PRESENT(r, FLOWD_F_CA_STATE);
+	i->retransmits = icsk->icsk_retransmits;
+	PRESENT(r, FLOWD_F_RETRANSMITS);
+	i->probes = icsk->icsk_probes_out;
+	PRESENT(r, FLOWD_F_PROBES);
+	i->backoff = icsk->icsk_backoff;
+	PRESENT(r, FLOWD_F_BACKOFF);
+
+	__u8 opts = 0;
+	const struct tcp_options_received *rx = &tp->rx_opt;
+	if (BPF_CORE_READ_BITFIELD_PROBED(rx, tstamp_ok))
+		opts |= TCPI_OPT_TIMESTAMPS;
+	if (BPF_CORE_READ_BITFIELD_PROBED(rx, sack_ok))
+		opts |= TCPI_OPT_SACK;
+	if (BPF_CORE_READ_BITFIELD_PROBED(rx, wscale_ok)) {
+		opts |= TCPI_OPT_WSCALE;
+		i->snd_wscale = BPF_CORE_READ_BITFIELD_PROBED(rx, snd_wscale);
+		i->rcv_wscale = BPF_CORE_READ_BITFIELD_PROBED(rx, rcv_wscale);
+	}
+	PRESENT(r, FLOWD_F_SND_WSCALE);
+	PRESENT(r, FLOWD_F_RCV_WSCALE);
+	__u8 ecn = tp->ecn_flags;
+	if (ecn & FLOWD_ECN_MODE_ANY)
+		opts |= TCPI_OPT_ECN;
+	if (ecn & FLOWD_ECN_SEEN)
+		opts |= TCPI_OPT_ECN_SEEN;
+	if (BPF_CORE_READ_BITFIELD_PROBED(tp, syn_data_acked))
+		opts |= TCPI_OPT_SYN_DATA;
+	if (bpf_core_field_exists(tp->tcp_usec_ts) && BPF_CORE_READ_BITFIELD_PROBED(tp, tcp_usec_ts))
+		opts |= TCPI_OPT_USEC_TS;
+	if (bpf_core_field_exists(tp->syn_fastopen_child) && BPF_CORE_READ_BITFIELD_PROBED(tp, syn_fastopen_child))
+		opts |= TCPI_OPT_TFO_CHILD;
+	i->options = opts;
+	PRESENT(r, FLOWD_F_OPTIONS);
+
+	i->rto = jiffies_to_usecs(icsk->icsk_rto);
+	PRESENT(r, FLOWD_F_RTO);
+	__u32 ato = BPF_CORE_READ_BITFIELD_PROBED(&icsk->icsk_ack, ato);
+	if (bpf_core_field_exists(icsk->icsk_delack_max)) {
+		/* min(ato, tcp_delack_max(sk)); the route's locked RTAX_RTO_MIN
+		 * metric, which tcp_rto_min() also honours, is not looked at. */
+		__u32 delack_max = icsk->icsk_delack_max;
+		__u32 rto_min = icsk->icsk_rto_min;
+		__u32 from_rto_min = (rto_min > 2 ? rto_min : 2) - 1;
+
+		if (from_rto_min < delack_max)
+			delack_max = from_rto_min;
+		if (delack_max < ato)
+			ato = delack_max;
+	}
+	i->ato = jiffies_to_usecs(ato);
+	PRESENT(r, FLOWD_F_ATO);
+	i->snd_mss = tp->mss_cache;
+	PRESENT(r, FLOWD_F_SND_MSS);
+	i->rcv_mss = icsk->icsk_ack.rcv_mss;
+	PRESENT(r, FLOWD_F_RCV_MSS);
+
+	i->unacked = tp->packets_out;
+	PRESENT(r, FLOWD_F_UNACKED);
+	i->sacked = tp->sacked_out;
+	PRESENT(r, FLOWD_F_SACKED);
+	i->lost = tp->lost_out;
+	PRESENT(r, FLOWD_F_LOST);
+	i->retrans = tp->retrans_out;
+	PRESENT(r, FLOWD_F_RETRANS);
+
+	i->last_data_sent = jiffies_to_msecs((__u32)(now - tp->lsndtime));
+	PRESENT(r, FLOWD_F_LAST_DATA_SENT);
+	i->last_data_recv = jiffies_to_msecs((__u32)(now - icsk->icsk_ack.lrcvtime));
+	PRESENT(r, FLOWD_F_LAST_DATA_RECV);
+	i->last_ack_recv = jiffies_to_msecs((__u32)(now - tp->rcv_tstamp));
+	PRESENT(r, FLOWD_F_LAST_ACK_RECV);
+
+	i->pmtu = icsk->icsk_pmtu_cookie;
+	PRESENT(r, FLOWD_F_PMTU);
+	i->rcv_ssthresh = tp->rcv_ssthresh;
+	PRESENT(r, FLOWD_F_RCV_SSTHRESH);
+	i->rtt = tp->srtt_us >> 3;
+	PRESENT(r, FLOWD_F_RTT);
+	i->rttvar = tp->mdev_us >> 2;
+	PRESENT(r, FLOWD_F_RTTVAR);
+	i->snd_ssthresh = tp->snd_ssthresh;
+	PRESENT(r, FLOWD_F_SND_SSTHRESH);
+	i->advmss = tp->advmss;
+	PRESENT(r, FLOWD_F_ADVMSS);
+	i->rcv_rtt = tp->rcv_rtt_est.rtt_us >> 3;
+	PRESENT(r, FLOWD_F_RCV_RTT);
+	i->rcv_space = tp->rcvq_space.space;
+	PRESENT(r, FLOWD_F_RCV_SPACE);
+	i->total_retrans = tp->total_retrans;
+	PRESENT(r, FLOWD_F_TOTAL_RETRANS);
+
+	i->bytes_acked = tp->bytes_acked;
+	PRESENT(r, FLOWD_F_BYTES_ACKED);
+	i->bytes_received = tp->bytes_received;
+	PRESENT(r, FLOWD_F_BYTES_RECEIVED);
+	int notsent = (int)(tp->write_seq - tp->snd_nxt);
+	i->notsent_bytes = notsent > 0 ? notsent : 0;
+	PRESENT(r, FLOWD_F_NOTSENT_BYTES);
+
+	/* tcp_get_info_chrono_stats() */
+	__u8 chrono_type = tp->chrono_type;
+	__u32 chrono_start = tp->chrono_start;
+	__u64 busy = tp->chrono_stat[0], rwnd = tp->chrono_stat[1], sndbuf = tp->chrono_stat[2];
+	if (chrono_type == TCP_CHRONO_BUSY)
+		busy += (__u32)(now - chrono_start);
+	else if (chrono_type == TCP_CHRONO_RWND_LIMITED)
+		rwnd += (__u32)(now - chrono_start);
+	else if (chrono_type == TCP_CHRONO_SNDBUF_LIMITED)
+		sndbuf += (__u32)(now - chrono_start);
+	busy *= usec_per_jiffy;
+	rwnd *= usec_per_jiffy;
+	sndbuf *= usec_per_jiffy;
+	i->busy_time = busy + rwnd + sndbuf;
+	i->rwnd_limited = rwnd;
+	i->sndbuf_limited = sndbuf;
+	PRESENT(r, FLOWD_F_BUSY_TIME);
+	PRESENT(r, FLOWD_F_RWND_LIMITED);
+	PRESENT(r, FLOWD_F_SNDBUF_LIMITED);
+
+	i->segs_out = tp->segs_out;
+	PRESENT(r, FLOWD_F_SEGS_OUT);
+	i->segs_in = tp->segs_in;
+	PRESENT(r, FLOWD_F_SEGS_IN);
+	i->data_segs_in = tp->data_segs_in;
+	PRESENT(r, FLOWD_F_DATA_SEGS_IN);
+	i->data_segs_out = tp->data_segs_out;
+	PRESENT(r, FLOWD_F_DATA_SEGS_OUT);
+	i->min_rtt = tp->rtt_min.s[0].v;
+	PRESENT(r, FLOWD_F_MIN_RTT);
+
+	i->delivery_rate_app_limited = BPF_CORE_READ_BITFIELD_PROBED(tp, rate_app_limited) ? 1 : 0;
+	PRESENT(r, FLOWD_F_DELIVERY_RATE_APP_LIMITED);
+	__u32 rate = tp->rate_delivered, intv = tp->rate_interval_us;
+	v = 0;
+	if (rate && intv)
+		v = (__u64)rate * tp->mss_cache * 1000000 / intv;
+	i->delivery_rate = v;
+	PRESENT(r, FLOWD_F_DELIVERY_RATE);
+	i->delivered = tp->delivered;
+	PRESENT(r, FLOWD_F_DELIVERED);
+
+	if (bpf_core_field_exists(tp->delivered_ce)) {
+		i->delivered_ce = tp->delivered_ce;
+		PRESENT(r, FLOWD_F_DELIVERED_CE);
+	}
+	if (bpf_core_field_exists(tp->bytes_sent)) {
+		i->bytes_sent = tp->bytes_sent;
+		PRESENT(r, FLOWD_F_BYTES_SENT);
+	}
+	if (bpf_core_field_exists(tp->bytes_retrans)) {
+		i->bytes_retrans = tp->bytes_retrans;
+		PRESENT(r, FLOWD_F_BYTES_RETRANS);
+	}
+	if (bpf_core_field_exists(tp->dsack_dups)) {
+		i->dsack_dups = tp->dsack_dups;
+		PRESENT(r, FLOWD_F_DSACK_DUPS);
+	}
+	if (bpf_core_field_exists(tp->reord_seen)) {
+		i->reord_seen = tp->reord_seen;
+		PRESENT(r, FLOWD_F_REORD_SEEN);
+	}
+	if (bpf_core_field_exists(tp->rcv_ooopack)) {
+		i->rcv_ooopack = tp->rcv_ooopack;
+		PRESENT(r, FLOWD_F_RCV_OOOPACK);
+	}
+	i->snd_wnd = tp->snd_wnd;
+	PRESENT(r, FLOWD_F_SND_WND);
+	i->rcv_wnd = tp->rcv_wnd;
+	PRESENT(r, FLOWD_F_RCV_WND);
+	if (bpf_core_field_exists(tp->plb_rehash) && bpf_core_field_exists(tp->timeout_rehash)) {
+		i->rehash = tp->plb_rehash + tp->timeout_rehash;
+		PRESENT(r, FLOWD_F_REHASH);
+	}
+	if (bpf_core_field_exists(tp->fastopen_client_fail)) {
+		i->fastopen_client_fail = BPF_CORE_READ_BITFIELD_PROBED(tp, fastopen_client_fail);
+		PRESENT(r, FLOWD_F_FASTOPEN_CLIENT_FAIL);
+	}
+	if (bpf_core_field_exists(tp->total_rto) && bpf_core_field_exists(tp->rto_stamp)) {
+		i->total_rto = tp->total_rto;
+		i->total_rto_recoveries = tp->total_rto_recoveries;
+		__u32 rto_time = tp->total_rto_time;
+		__u32 rto_stamp = tp->rto_stamp;
+		if (rto_stamp)
+			rto_time += (__u32)(now_ns / 1000000) - rto_stamp; /* tcp_clock_ms() */
+		i->total_rto_time = rto_time;
+		PRESENT(r, FLOWD_F_TOTAL_RTO);
+		PRESENT(r, FLOWD_F_TOTAL_RTO_RECOVERIES);
+		PRESENT(r, FLOWD_F_TOTAL_RTO_TIME);
+	}
+	if (bpf_core_field_exists(tp->received_ce) && bpf_core_field_exists(tp->delivered_ecn_bytes) &&
+	    bpf_core_field_exists(tp->received_ecn_bytes)) {
+		/* index = INET_ECN_ECT_1 - 1, INET_ECN_ECT_0 - 1, INET_ECN_CE - 1 */
+		i->received_ce = tp->received_ce;
+		i->delivered_e1_bytes = tp->delivered_ecn_bytes[0];
+		i->delivered_e0_bytes = tp->delivered_ecn_bytes[1];
+		i->delivered_ce_bytes = tp->delivered_ecn_bytes[2];
+		i->received_e1_bytes = tp->received_ecn_bytes[0];
+		i->received_e0_bytes = tp->received_ecn_bytes[1];
+		i->received_ce_bytes = tp->received_ecn_bytes[2];
+		PRESENT(r, FLOWD_F_RECEIVED_CE);
+		PRESENT(r, FLOWD_F_DELIVERED_E1_BYTES);
+		PRESENT(r, FLOWD_F_DELIVERED_E0_BYTES);
+		PRESENT(r, FLOWD_F_DELIVERED_CE_BYTES);
+		PRESENT(r, FLOWD_F_RECEIVED_E1_BYTES);
+		PRESENT(r, FLOWD_F_RECEIVED_E0_BYTES);
+		PRESENT(r, FLOWD_F_RECEIVED_CE_BYTES);
+	}
+}
+
+static __always_inline __u64 socket_cgroup_id(const struct sock *sk)
+{
+	if (!bpf_core_field_exists(sk->sk_cgrp_data.cgroup))
+		return 0;
+	struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+	if (!cg)
+		return 0;
+	return BPF_CORE_READ(cg, kn, id);
+}
+
+static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_sock *tp, __u8 event,
+				 __u8 old_state, __u8 new_state, __u64 now_ns)
+{
+	const struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+	const struct sock_common *skc = &sk->__sk_common;
+	struct flowd_record *r;
+
+	r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count_drop();
+		return;
+	}
+	/* Ring buffer memory is not zeroed: clear it so that nothing stale
+	 * (or absent) reaches user space. */
+	__builtin_memset(r, 0, sizeof(*r));
+
+	r->timestamp_ns = now_ns;
+	r->cookie = bpf_get_socket_cookie(skops);
+	r->cgroup_id = socket_cgroup_id(sk);
+	r->event = event;
+	r->old_state = old_state;
+	r->new_state = new_state;
+	r->family = skc->skc_family;
+	r->lport = skc->skc_num;
+	r->rport = bpf_ntohs(skc->skc_dport);
+	if (r->family == AF_INET) {
+		__u32 l = skc->skc_rcv_saddr, d = skc->skc_daddr;
+		__builtin_memcpy(r->laddr, &l, 4);
+		__builtin_memcpy(r->raddr, &d, 4);
+	} else {
+		struct in6_addr l = skc->skc_v6_rcv_saddr, d = skc->skc_v6_daddr;
+		__builtin_memcpy(r->laddr, &l, 16);
+		__builtin_memcpy(r->raddr, &d, 16);
+	}
+	bpf_probe_read_kernel_str(r->ca, sizeof(r->ca), tp->inet_conn.icsk_ca_ops->name);
+
+	fill_info(r, tp, new_state, now_ns);
+
+	/* Batch wakeups: user space drains on a timer; wake it early only when
+	 * the unread data passes the watermark. */
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(r, flags);
+}
+
+static __always_inline void on_established(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
+					   const struct tcp_sock *tp)
+{
+	const struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
+	struct flow_state *st;
+	__u64 now = bpf_ktime_get_ns();
+	int flags;
+
+	if (!flow_matches(skc))
+		return;
+	st = bpf_sk_storage_get(&flows, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return;
+	st->last_sample_ns = now;
+
+	flags = BPF_SOCK_OPS_STATE_CB_FLAG;
+	if (mode == MODE_POLL)
+		flags |= BPF_SOCK_OPS_RTT_CB_FLAG;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | flags);
+
+	emit(skops, tp, FLOWD_EVENT_OPEN, 0, skc->skc_state, now);
+}
+
+static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)
+{
+	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
+	__u64 now;
+
+	if (!st)
+		return;
+	now = bpf_ktime_get_ns();
+	if (interval_ns && now - st->last_sample_ns < interval_ns)
+		return;
+	st->last_sample_ns = now;
+	emit(skops, tp, FLOWD_EVENT_SAMPLE, 0, tp->inet_conn.icsk_inet.sk.__sk_common.skc_state, now);
+}
+
+static __always_inline void on_state(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)
+{
+	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
+	__u8 old_state = skops->args[0], new_state = skops->args[1];
+	__u64 now;
+
+	if (!st)
+		return;
+	now = bpf_ktime_get_ns();
+	/* The callback runs before the kernel stores the new state. */
+	emit(skops, tp, FLOWD_EVENT_STATE, old_state, new_state, now);
+	if (new_state == TCP_CLOSE) {
+		emit(skops, tp, FLOWD_EVENT_CLOSE, old_state, new_state, now);
+		bpf_sk_storage_delete(&flows, bsk);
+	}
+}
+
+SEC("sockops")
+int flowd_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *bsk;
+	struct tcp_sock *tp;
+	__u32 op = skops->op;
+
+	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_RTT_CB && op != BPF_SOCK_OPS_STATE_CB)
+		return 1;
+	bsk = skops->sk;
+	if (!bsk)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 1;
+
+	switch (op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_established(skops, bsk, tp);
+		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		if (mode == MODE_POLL)
+			on_rtt(skops, bsk, tp);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		on_state(skops, bsk, tp);
+		break;
+	}
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
