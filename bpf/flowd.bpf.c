@@ -180,7 +180,7 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 	i->snd_cwnd = tp->snd_cwnd;
 	PRESENT(r, FLOWD_F_SND_CWND);
 
-	i->ca_state = BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_state);
+	i->ca_state = BPF_CORE_READ_BITFIELD_PROBED(tp, inet_conn.icsk_ca_state);
 	PRESENT(r, FLOWD_F_CA_STATE);
 	i->retransmits = icsk->icsk_retransmits;
 	PRESENT(r, FLOWD_F_RETRANSMITS);
@@ -189,16 +189,17 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 	i->backoff = icsk->icsk_backoff;
 	PRESENT(r, FLOWD_F_BACKOFF);
 
+	/* Bitfields are read relative to the outermost struct: CO-RE computes
+	 * their offsets from the root of the access chain. */
 	__u8 opts = 0;
-	const struct tcp_options_received *rx = &tp->rx_opt;
-	if (BPF_CORE_READ_BITFIELD_PROBED(rx, tstamp_ok))
+	if (BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.tstamp_ok))
 		opts |= TCPI_OPT_TIMESTAMPS;
-	if (BPF_CORE_READ_BITFIELD_PROBED(rx, sack_ok))
+	if (BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.sack_ok))
 		opts |= TCPI_OPT_SACK;
-	if (BPF_CORE_READ_BITFIELD_PROBED(rx, wscale_ok)) {
+	if (BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.wscale_ok)) {
 		opts |= TCPI_OPT_WSCALE;
-		i->snd_wscale = BPF_CORE_READ_BITFIELD_PROBED(rx, snd_wscale);
-		i->rcv_wscale = BPF_CORE_READ_BITFIELD_PROBED(rx, rcv_wscale);
+		i->snd_wscale = BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.snd_wscale);
+		i->rcv_wscale = BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.rcv_wscale);
 	}
 	PRESENT(r, FLOWD_F_SND_WSCALE);
 	PRESENT(r, FLOWD_F_RCV_WSCALE);
@@ -218,7 +219,7 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 
 	i->rto = jiffies_to_usecs(icsk->icsk_rto);
 	PRESENT(r, FLOWD_F_RTO);
-	__u32 ato = BPF_CORE_READ_BITFIELD_PROBED(&icsk->icsk_ack, ato);
+	__u32 ato = BPF_CORE_READ_BITFIELD_PROBED(tp, inet_conn.icsk_ack.ato);
 	if (bpf_core_field_exists(icsk->icsk_delack_max)) {
 		/* min(ato, tcp_delack_max(sk)); the route's locked RTAX_RTO_MIN
 		 * metric, which tcp_rto_min() also honours, is not looked at. */

@@ -121,13 +121,7 @@ func socketCookie(t *testing.T, c net.Conn) uint64 {
 	var v uint64
 	var err error
 	if cerr := rawConn(t, c).Control(func(fd uintptr) {
-		var s string
-		s, err = unix.GetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
-		if err == nil && len(s) >= 8 {
-			b := []byte(s)
-			v = uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-				uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
-		}
+		v, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
 	}); cerr != nil {
 		t.Fatal(cerr)
 	}
@@ -137,25 +131,29 @@ func socketCookie(t *testing.T, c net.Conn) uint64 {
 	return v
 }
 
-func setCongestion(t *testing.T, c net.Conn, name string) {
-	t.Helper()
-	var err error
-	if cerr := rawConn(t, c).Control(func(fd uintptr) {
-		err = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
-	}); cerr != nil {
-		t.Fatal(cerr)
-	}
-	if err != nil {
-		t.Fatalf("setsockopt TCP_CONGESTION %s: %v", name, err)
-	}
-}
 
 // pair is one loopback TCP connection: client and the server's accepted end.
 type pair struct {
 	client, server net.Conn
 }
 
-// dialPair connects to ln and accepts the connection.
+// withCongestion is a net.Dialer/ListenConfig Control function that sets
+// the congestion control before the connection is made (this host's
+// default is bbr; tests choose theirs explicitly).
+func withCongestion(name string) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var err error
+		if cerr := c.Control(func(fd uintptr) {
+			err = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
+		}); cerr != nil {
+			return cerr
+		}
+		return err
+	}
+}
+
+// dialPair connects to ln with cubic and accepts the connection. Accepted
+// connections inherit the listener's congestion control.
 func dialPair(t *testing.T, ln net.Listener) pair {
 	t.Helper()
 	accepted := make(chan net.Conn, 1)
@@ -167,7 +165,8 @@ func dialPair(t *testing.T, ln net.Listener) pair {
 		}
 		accepted <- c
 	}()
-	client, err := net.Dial("tcp", ln.Addr().String())
+	d := net.Dialer{Control: withCongestion("cubic")}
+	client, err := d.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatalf("dial %s: %v", ln.Addr(), err)
 	}

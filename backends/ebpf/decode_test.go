@@ -1,0 +1,277 @@
+package ebpf
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/flowd/flowd/backends"
+)
+
+// TestLayout checks that bpf2go's Go structs have the C structs' sizes and
+// member offsets, and that the C structs have no implicit padding.
+func TestLayout(t *testing.T) {
+	spec, err := loadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		goT  reflect.Type
+	}{
+		{"flowd_record", reflect.TypeOf(bpfFlowdRecord{})},
+		{"flowd_tcp_info", reflect.TypeOf(bpfFlowdTcpInfo{})},
+		{"flowd_cidr_key", reflect.TypeOf(bpfFlowdCidrKey{})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st *btf.Struct
+			if err := spec.Types.TypeByName(tc.name, &st); err != nil {
+				t.Fatalf("struct %s not in the object's BTF: %v", tc.name, err)
+			}
+			if uintptr(st.Size) != tc.goT.Size() {
+				t.Fatalf("size: C %d, Go %d", st.Size, tc.goT.Size())
+			}
+			var goFields []reflect.StructField
+			for i := 0; i < tc.goT.NumField(); i++ {
+				if f := tc.goT.Field(i); f.Name != "_" {
+					goFields = append(goFields, f)
+				}
+			}
+			if len(goFields) != len(st.Members) {
+				t.Fatalf("members: C %d, Go %d", len(st.Members), len(goFields))
+			}
+			var end uint32
+			for i, m := range st.Members {
+				off := m.Offset.Bytes()
+				if uintptr(off) != goFields[i].Offset {
+					t.Errorf("%s: C offset %d, Go %s offset %d", m.Name, off, goFields[i].Name, goFields[i].Offset)
+				}
+				if off != end {
+					t.Errorf("implicit padding of %d bytes before %s", off-end, m.Name)
+				}
+				size, err := btf.Sizeof(m.Type)
+				if err != nil {
+					t.Fatal(err)
+				}
+				end = off + uint32(size)
+			}
+			if end != st.Size {
+				t.Errorf("implicit padding of %d bytes at the end", st.Size-end)
+			}
+			if st.Size%8 != 0 && tc.name != "flowd_cidr_key" {
+				t.Errorf("size %d is not a multiple of 8", st.Size)
+			}
+		})
+	}
+}
+
+// TestEnumsMatch checks that the C enums number events and fields as the
+// shared Go package does.
+func TestEnumsMatch(t *testing.T) {
+	spec, err := loadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields *btf.Enum
+	if err := spec.Types.TypeByName("flowd_field", &fields); err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, v := range fields.Values {
+		name := strings.ToLower(strings.TrimPrefix(v.Name, "FLOWD_F_"))
+		if v.Name == "FLOWD_NUM_FIELDS" {
+			if v.Value != uint64(backends.NumFields) {
+				t.Errorf("FLOWD_NUM_FIELDS = %d, backends.NumFields = %d", v.Value, backends.NumFields)
+			}
+			continue
+		}
+		f, ok := backends.FieldByName(name)
+		if !ok {
+			t.Errorf("C field %s has no Go counterpart", v.Name)
+			continue
+		}
+		if uint64(f) != v.Value {
+			t.Errorf("%s: C %d, Go %d", name, v.Value, f)
+		}
+		seen++
+	}
+	if seen != int(backends.NumFields) {
+		t.Errorf("C has %d fields, Go %d", seen, backends.NumFields)
+	}
+
+	var events *btf.Enum
+	if err := spec.Types.TypeByName("flowd_event", &events); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range events.Values {
+		name := strings.ToLower(strings.TrimPrefix(v.Name, "FLOWD_EVENT_"))
+		if ev, ok := backends.ParseEvent(name); !ok || uint64(ev) != v.Value {
+			t.Errorf("event %s: C %d, Go %d (%v)", name, v.Value, ev, ok)
+		}
+	}
+}
+
+func rawRecord(k *bpfFlowdRecord) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(k)), recordSize)
+}
+
+func TestDecode(t *testing.T) {
+	k := bpfFlowdRecord{
+		TimestampNs: 5_000_000_000,
+		Cookie:      0x1122334455667788,
+		CgroupId:    4242,
+		Lport:       5201,
+		Rport:       40000,
+		Family:      afInet,
+		Event:       uint8(backends.EventState),
+		OldState:    uint8(backends.StateEstablished),
+		NewState:    uint8(backends.StateFinWait1),
+	}
+	copy(k.Laddr[:], []byte{10, 0, 0, 1})
+	copy(k.Raddr[:], []byte{10, 0, 0, 2})
+	for i, c := range "cubic" {
+		k.Ca[i] = int8(c)
+	}
+	k.Info.Rtt = 52
+	k.Info.SndCwnd = 10
+	k.Info.BytesAcked = 1 << 40
+	k.Info.TotalRtoTime = 7
+	k.Present[0] = 1<<backends.FieldRTT | 1<<backends.FieldSndCwnd | 1<<backends.FieldBytesAcked
+	// total_rto_time is absent: its value must not leak through.
+
+	d := decoder{monoToWall: 1_700_000_000_000_000_000}
+	var r backends.Record
+	r.Info.Set(backends.FieldTotalRTOTime, 99) // stale value from a reused record
+	if err := d.decode(rawRecord(&k), &r); err != nil {
+		t.Fatal(err)
+	}
+	want := backends.Record{
+		Time:       time.Unix(0, 1_700_000_005_000_000_000).UTC(),
+		Backend:    "ebpf",
+		Event:      backends.EventState,
+		Cookie:     0x1122334455667788,
+		CgroupID:   4242,
+		Family:     4,
+		LocalAddr:  netip.MustParseAddr("10.0.0.1"),
+		RemoteAddr: netip.MustParseAddr("10.0.0.2"),
+		LocalPort:  5201,
+		RemotePort: 40000,
+		State:      backends.StateFinWait1,
+		OldState:   backends.StateEstablished,
+		CA:         "cubic",
+	}
+	want.Info.Set(backends.FieldRTT, 52)
+	want.Info.Set(backends.FieldSndCwnd, 10)
+	want.Info.Set(backends.FieldBytesAcked, 1<<40)
+	if !reflect.DeepEqual(r, want) {
+		t.Fatalf("decoded\n%+v\nwant\n%+v", r, want)
+	}
+
+	k.Family = afInet6
+	k.Event = uint8(backends.EventSample)
+	copy(k.Laddr[:], netip.MustParseAddr("2001:db8::1").AsSlice())
+	if err := d.decode(rawRecord(&k), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Family != 6 || r.LocalAddr != netip.MustParseAddr("2001:db8::1") || r.OldState != 0 {
+		t.Fatalf("IPv6 sample decoded as %+v", r)
+	}
+
+	if err := d.decode(rawRecord(&k)[:recordSize-1], &r); err == nil {
+		t.Fatal("short record accepted")
+	}
+	k.Family = 1
+	if err := d.decode(rawRecord(&k), &r); err == nil {
+		t.Fatal("unknown family accepted")
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	var k bpfFlowdRecord
+	k.Family = afInet
+	f.Add(append([]byte(nil), rawRecord(&k)...))
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		// Copy into an 8-byte aligned buffer, as ring buffer samples are.
+		buf := make([]uint64, (len(raw)+7)/8)
+		b := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(buf))), len(buf)*8)[:len(raw)]
+		copy(b, raw)
+		var r backends.Record
+		if err := (&decoder{}).decode(b, &r); err != nil {
+			return
+		}
+		for fl := backends.Field(0); fl < backends.NumFields; fl++ {
+			if !r.Info.Has(fl) && r.Info.Values[fl] != 0 {
+				t.Fatalf("absent field %s has value %d", fl, r.Info.Values[fl])
+			}
+		}
+		if r.Family != 4 && r.Family != 6 {
+			t.Fatalf("family %d", r.Family)
+		}
+	})
+}
+
+func BenchmarkDecode(b *testing.B) {
+	var k bpfFlowdRecord
+	k.Family = afInet6
+	k.Present = [2]uint64{^uint64(0), 3}
+	for i, c := range "cubic" {
+		k.Ca[i] = int8(c)
+	}
+	raw := append([]byte(nil), rawRecord(&k)...)
+	d := decoder{}
+	var r backends.Record
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := d.decode(raw, &r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestHZ(t *testing.T) {
+	hz, err := hzFromConfig(strings.NewReader("# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"))
+	if err != nil || hz != 250 {
+		t.Fatalf("hzFromConfig = %d, %v", hz, err)
+	}
+	if _, err := hzFromConfig(strings.NewReader("CONFIG_X=1\n")); err == nil {
+		t.Fatal("config without CONFIG_HZ accepted")
+	}
+	for rate, want := range map[float64]uint32{99: 100, 262: 250, 296: 300, 990: 1000} {
+		if got, err := nearestHZ(rate); err != nil || got != want {
+			t.Errorf("nearestHZ(%v) = %d, %v; want %d", rate, got, err, want)
+		}
+	}
+	if _, err := nearestHZ(600); err == nil {
+		t.Error("nearestHZ(600) accepted")
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		fail bool
+	}{
+		{Config{Cgroup: "/x"}, false},
+		{Config{}, true},
+		{Config{Cgroup: "/x", Mode: "fast"}, true},
+		{Config{Cgroup: "/x", Interval: -1}, true},
+		{Config{Cgroup: "/x", RingbufSize: 3 * 4096}, true},
+		{Config{Cgroup: "/x", RingbufSize: 100}, true},
+	} {
+		err := tc.cfg.withDefaults()
+		if (err != nil) != tc.fail {
+			t.Errorf("%+v: err = %v, want failure %v", tc.cfg, err, tc.fail)
+		}
+	}
+	c := Config{Cgroup: "/x"}
+	_ = c.withDefaults()
+	if c.Mode != ModePoll || c.RingbufSize != DefaultRingbufSize || c.FlushInterval != DefaultFlushInterval {
+		t.Errorf("defaults: %+v", c)
+	}
+}
