@@ -131,7 +131,6 @@ func socketCookie(t *testing.T, c net.Conn) uint64 {
 	return v
 }
 
-
 // pair is one loopback TCP connection: client and the server's accepted end.
 type pair struct {
 	client, server net.Conn

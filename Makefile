@@ -1,0 +1,59 @@
+# flowd: records how every TCP connection of interest is doing, from inside the kernel.
+
+GO        ?= go
+CLANG     ?= clang-19
+BPFTOOL   ?= bpftool
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+CONFIG    ?= configs/flowd.yaml
+TESTFLAGS ?=
+# Debian packages the tests and `make generate` need.
+TEST_PKGS := iperf3 iproute2
+GEN_PKGS  := clang-19 llvm-19 libbpf-dev bpftool
+
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: help build generate generate-check vmlinux test test-deps bench run lint clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build ./flowd (no clang needed: the BPF object is committed)
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o flowd ./cmd/flowd
+
+generate: ## rebuild the BPF object and its Go bindings with bpf2go and clang-19
+	@command -v $(CLANG) >/dev/null || $(MAKE) --no-print-directory apt-install PKGS="$(GEN_PKGS)"
+	$(GO) generate ./backends/ebpf/
+
+generate-check: generate ## fail when the committed BPF object differs from a fresh build
+	@git diff --exit-code --stat -- backends/ebpf/ || { echo "generated BPF files are stale: run 'make generate' and commit"; exit 1; }
+
+vmlinux: ## regenerate bpf/vmlinux.h from the running kernel's BTF
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
+
+test-deps: ## install what the privileged tests use (as root, when missing)
+	@missing=""; for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory apt-install PKGS="$$missing"; \
+		else echo "not root: not installing$$missing"; fi; \
+	fi
+
+apt-install:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PKGS) >/dev/null
+
+test: test-deps ## run all tests (privileged ones too when root)
+	@if [ "$$(id -u)" != 0 ]; then echo "note: not root, privileged tests will be skipped (use 'sudo make test')"; fi
+	$(GO) test -count=1 -timeout 15m $(TESTFLAGS) ./...
+
+bench: ## run the Go benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+run: build ## run the daemon with the default config (needs root)
+	./flowd run --config $(CONFIG)
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean: ## remove build output
+	rm -f flowd test
