@@ -5,7 +5,8 @@
  * On establishment a flow is checked against the optional filters; a flow
  * that passes gets per-socket storage and the callbacks it needs (state
  * changes, plus RTT in poll mode). A flow that does not pass costs that one
- * check and is never seen again. */
+ * check and is never seen again. Flows whose callbacks an earlier instance
+ * set (flowd restarted) are adopted on their next callback. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -448,52 +449,75 @@ static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_so
 	bpf_ringbuf_submit(r, flags);
 }
 
-static __always_inline void on_established(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
-					   const struct tcp_sock *tp)
+static __always_inline int wanted_cb_flags(void)
+{
+	return mode == MODE_POLL ? BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG : BPF_SOCK_OPS_STATE_CB_FLAG;
+}
+
+/* Starts tracking a flow that passes the filters: storage, callbacks and
+ * an open record. Returns its state, or NULL when it is not tracked. */
+static __always_inline struct flow_state *track(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
+						  const struct tcp_sock *tp, __u8 state, __u64 now)
 {
 	const struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
-	struct flow_state *st;
-	__u64 now = bpf_ktime_get_ns();
-	int flags;
+	int cb = skops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
+	struct flow_state *st = NULL;
 
-	if (!flow_matches(skc))
-		return;
-	st = bpf_sk_storage_get(&flows, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (flow_matches(skc))
+		st = bpf_sk_storage_get(&flows, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		cb |= wanted_cb_flags();
+	if (cb != skops->bpf_sock_ops_cb_flags)
+		bpf_sock_ops_cb_flags_set(skops, cb);
 	if (!st)
-		return;
+		return NULL;
 	st->last_sample_ns = now;
+	emit(skops, tp, FLOWD_EVENT_OPEN, 0, state, now);
+	return st;
+}
 
-	flags = BPF_SOCK_OPS_STATE_CB_FLAG;
-	if (mode == MODE_POLL)
-		flags |= BPF_SOCK_OPS_RTT_CB_FLAG;
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | flags);
+/* The state of a tracked flow. A flow that has callbacks but no storage was
+ * set up by an earlier instance of this program (flowd restarted): it is
+ * adopted if it passes the filters, and its callbacks are cleared if not. */
+static __always_inline struct flow_state *lookup(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
+						   const struct tcp_sock *tp, __u8 state, __u64 now, bool *adopted)
+{
+	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
 
-	emit(skops, tp, FLOWD_EVENT_OPEN, 0, skc->skc_state, now);
+	*adopted = false;
+	if (st)
+		return st;
+	st = track(skops, bsk, tp, state, now);
+	*adopted = st != NULL;
+	return st;
 }
 
 static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)
 {
-	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
-	__u64 now;
+	__u8 state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_state *st;
+	bool adopted;
 
-	if (!st)
+	st = lookup(skops, bsk, tp, state, now, &adopted);
+	if (!st || adopted)
 		return;
-	now = bpf_ktime_get_ns();
 	if (interval_ns && now - st->last_sample_ns < interval_ns)
 		return;
 	st->last_sample_ns = now;
-	emit(skops, tp, FLOWD_EVENT_SAMPLE, 0, tp->inet_conn.icsk_inet.sk.__sk_common.skc_state, now);
+	emit(skops, tp, FLOWD_EVENT_SAMPLE, 0, state, now);
 }
 
 static __always_inline void on_state(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)
 {
-	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
 	__u8 old_state = skops->args[0], new_state = skops->args[1];
-	__u64 now;
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_state *st;
+	bool adopted;
 
+	st = lookup(skops, bsk, tp, old_state, now, &adopted);
 	if (!st)
 		return;
-	now = bpf_ktime_get_ns();
 	/* The callback runs before the kernel stores the new state. */
 	emit(skops, tp, FLOWD_EVENT_STATE, old_state, new_state, now);
 	if (new_state == TCP_CLOSE) {
@@ -522,11 +546,10 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 	switch (op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		on_established(skops, bsk, tp);
+		track(skops, bsk, tp, tp->inet_conn.icsk_inet.sk.__sk_common.skc_state, bpf_ktime_get_ns());
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
-		if (mode == MODE_POLL)
-			on_rtt(skops, bsk, tp);
+		on_rtt(skops, bsk, tp);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		on_state(skops, bsk, tp);

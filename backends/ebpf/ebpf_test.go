@@ -436,3 +436,37 @@ func mustOpen(t *testing.T, path string) int {
 	t.Cleanup(func() { unix.Close(fd) })
 	return fd
 }
+
+// TestAdoptAfterRestart checks that a flow established under one instance
+// of the backend is picked up by the next one.
+func TestAdoptAfterRestart(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	ln := listenIn(t, cg, "tcp4", "127.0.0.1:0")
+
+	first, err := New(Config{Cgroup: cg, Interval: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := dialIn(t, cg, ln)
+	cookie := socketCookie(t, p.client)
+	p.send(t, 64<<10)
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
+	p.send(t, 1<<20)
+	p.client.Close()
+	waitFor(t, "close record", 5*time.Second, func() bool { return len(col.find(cookie, backends.EventClose)) == 1 })
+	recs := col.records(cookie)
+	if recs[0].Event != backends.EventOpen {
+		t.Fatalf("first record of the adopted flow is %s, want open", recs[0].Event)
+	}
+	if len(col.find(cookie, backends.EventSample)) == 0 {
+		t.Fatal("no samples of the adopted flow")
+	}
+	if v, _ := recs[0].Info.Get(backends.FieldBytesAcked); v < 64<<10 {
+		t.Fatalf("adopted flow's open record has bytes_acked %d, want >= %d", v, 64<<10)
+	}
+}
