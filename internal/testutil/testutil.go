@@ -20,7 +20,7 @@ import (
 func RequireRoot(tb testing.TB) {
 	tb.Helper()
 	if os.Geteuid() != 0 {
-		tb.Skip("skipping: this test loads BPF programs and needs root (run 'sudo make test')")
+		tb.Skip("skipping: this test needs root (BPF, cgroups, network namespaces); run 'sudo make test'")
 	}
 }
 

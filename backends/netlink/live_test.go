@@ -1,0 +1,659 @@
+package netlink
+
+// Privileged tests: real loopback TCP connections in a temporary cgroup,
+// observed through real inet_diag dumps and checked against what the
+// sockets' owner reads with getsockopt.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/internal/testutil"
+)
+
+const waitTimeout = 5 * time.Second
+
+// collector is a sink that keeps a copy of every record.
+type collector struct {
+	mu   sync.Mutex
+	recs []backends.Record
+}
+
+func (c *collector) Write(r *backends.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recs = append(c.recs, *r)
+	return nil
+}
+
+// of returns the records of the flow with this cookie, oldest first.
+func (c *collector) of(cookie uint64) []backends.Record {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []backends.Record
+	for _, r := range c.recs {
+		if r.Cookie == cookie {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (c *collector) all() []backends.Record {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.recs)
+}
+
+// waitFor polls cond until it holds, failing the test after waitTimeout.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", waitTimeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// control runs fn on the socket's file descriptor.
+func control(t *testing.T, c syscall.Conn, fn func(fd int) error) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
+		t.Fatal(err)
+	}
+	if ferr != nil {
+		t.Fatal(ferr)
+	}
+}
+
+func sockCookie(t *testing.T, c syscall.Conn) uint64 {
+	t.Helper()
+	var v uint64
+	control(t, c, func(fd int) (err error) {
+		v, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+		return err
+	})
+	return v
+}
+
+func sockTCPInfo(t *testing.T, c syscall.Conn) unix.TCPInfo {
+	t.Helper()
+	var ti *unix.TCPInfo
+	control(t, c, func(fd int) (err error) {
+		ti, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		return err
+	})
+	return *ti
+}
+
+func sockCongestion(t *testing.T, c syscall.Conn) string {
+	t.Helper()
+	var s string
+	control(t, c, func(fd int) (err error) {
+		s, err = unix.GetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+		return err
+	})
+	return s
+}
+
+// end is one socket of a test connection.
+type end struct {
+	conn   *net.TCPConn
+	cookie uint64
+	local  netip.AddrPort
+	remote netip.AddrPort
+}
+
+// pair is a loopback connection: the dialing client and the accepted server.
+type pair struct {
+	client, server end
+	port           uint16 // the listener's
+}
+
+// dialPair listens on addr ("127.0.0.1:0" or "[::1]:0"), connects to it and
+// accepts. A non-empty ca is set with TCP_CONGESTION on the client before
+// it connects. Everything is closed when the test ends.
+func dialPair(t *testing.T, network, addr, ca string) *pair {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatalf("listening on %s: %v", addr, err)
+	}
+	defer ln.Close()
+	d := net.Dialer{KeepAlive: -1}
+	if ca != "" {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, ca)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	c, err := d.Dial(network, ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dialing %s: %v", ln.Addr(), err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		c.Close()
+		t.Fatalf("accepting: %v", err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		s.Close()
+	})
+	mkEnd := func(c net.Conn) end {
+		tc := c.(*net.TCPConn)
+		l, r := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		if network == "tcp4" {
+			l = netip.AddrPortFrom(l.Addr().Unmap(), l.Port())
+			r = netip.AddrPortFrom(r.Addr().Unmap(), r.Port())
+		}
+		return end{conn: tc, cookie: sockCookie(t, tc), local: l, remote: r}
+	}
+	return &pair{client: mkEnd(c), server: mkEnd(s), port: uint16(ln.Addr().(*net.TCPAddr).Port)}
+}
+
+// startRun runs b in the background; the returned function cancels the
+// run, waits for it and returns Run's error.
+func startRun(t *testing.T, b *Backend, s backends.Sink) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, s) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(waitTimeout):
+				err = errors.New("Run did not return after its context was cancelled")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		b.Close()
+	})
+	return stop
+}
+
+// quiet returns ti without the members that change with time alone.
+func quiet(ti unix.TCPInfo) unix.TCPInfo {
+	ti.Last_data_sent, ti.Last_ack_sent, ti.Last_data_recv, ti.Last_ack_recv = 0, 0, 0, 0
+	return ti
+}
+
+// compareInfo checks every member a record shares with unix.TCPInfo except
+// the "ms ago" ones, which change with time alone.
+func compareInfo(t *testing.T, who string, got backends.TCPInfo, want unix.TCPInfo) {
+	t.Helper()
+	v := reflect.ValueOf(want)
+	for f, m := range unixLayout(t) {
+		switch f {
+		case backends.FieldLastDataSent, backends.FieldLastDataRecv, backends.FieldLastAckRecv:
+			continue
+		}
+		g, ok := got.Get(f)
+		if w := v.Field(m.index).Uint(); !ok || g != w {
+			t.Errorf("%s: %s = %d (present %v), getsockopt(TCP_INFO) says %d", who, f, g, ok, w)
+		}
+	}
+}
+
+func TestLiveFlow(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		network, addr string
+		family        uint8
+	}{
+		{"tcp4", "127.0.0.1:0", 4},
+		{"tcp6", "[::1]:0", 6},
+	} {
+		t.Run(tc.network, func(t *testing.T) { testLiveFlow(t, tc.network, tc.addr, tc.family) })
+	}
+}
+
+func testLiveFlow(t *testing.T, network, addr string, family uint8) {
+	cg := testutil.TempCgroup(t)
+	cgID, err := cgroup.ID(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Cgroup: cg, Interval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := &collector{}
+	stop := startRun(t, b, col)
+
+	var p *pair
+	testutil.InCgroup(t, cg, func() { p = dialPair(t, network, addr, "cubic") })
+	sender, receiver := p.client, p.server
+
+	// Send a few MB and wait until the sender has nothing in flight.
+	const total = 4 << 20
+	sent := make(chan error, 1)
+	go func() {
+		_, err := sender.conn.Write(make([]byte, total))
+		sent <- err
+	}()
+	if _, err := io.ReadFull(receiver.conn, make([]byte, total)); err != nil {
+		t.Fatalf("receiving: %v", err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("sending: %v", err)
+	}
+	waitFor(t, "the sender to be acked", func() bool {
+		ti := sockTCPInfo(t, sender.conn)
+		return ti.Unacked == 0 && ti.Notsent_bytes == 0
+	})
+
+	// Sandwich a dump between two getsockopt reads: when the reads agree,
+	// nothing happened on the socket in between (not one segment: segs_in
+	// and segs_out are equal), so the dump must agree with them exactly.
+	// That holds for tcpi_rtt too, so it is compared with no tolerance: the
+	// kernel only updates srtt when an ACK arrives, and none did.
+	var sRec, rRec backends.Record
+	var sInfo, rInfo unix.TCPInfo
+	for attempt := 0; ; attempt++ {
+		if attempt == 20 {
+			t.Fatal("the connection never went quiet for a whole dump")
+		}
+		sBefore, rBefore := quiet(sockTCPInfo(t, sender.conn)), quiet(sockTCPInfo(t, receiver.conn))
+		since := time.Now()
+		after := func(cookie uint64) (backends.Record, bool) {
+			for _, r := range col.of(cookie) {
+				if r.Time.After(since) {
+					return r, true
+				}
+			}
+			return backends.Record{}, false
+		}
+		var ok1, ok2 bool
+		waitFor(t, "a dump after the getsockopt reads", func() bool {
+			sRec, ok1 = after(sender.cookie)
+			rRec, ok2 = after(receiver.cookie)
+			return ok1 && ok2
+		})
+		sInfo, rInfo = quiet(sockTCPInfo(t, sender.conn)), quiet(sockTCPInfo(t, receiver.conn))
+		if sInfo == sBefore && rInfo == rBefore {
+			break
+		}
+	}
+	compareInfo(t, "sender", sRec.Info, sInfo)
+	compareInfo(t, "receiver", rRec.Info, rInfo)
+	if got, _ := rRec.Info.Get(backends.FieldBytesReceived); got < total {
+		t.Errorf("receiver bytes_received = %d, sent %d", got, total)
+	}
+	if got, _ := sRec.Info.Get(backends.FieldBytesAcked); got < total {
+		t.Errorf("sender bytes_acked = %d, sent %d", got, total)
+	}
+	if sRec.CA != "cubic" {
+		t.Errorf("sender CA = %q, want cubic (set with TCP_CONGESTION)", sRec.CA)
+	}
+	if want := sockCongestion(t, receiver.conn); rRec.CA != want || want == "" {
+		t.Errorf("receiver CA = %q, getsockopt says %q", rRec.CA, want)
+	}
+	waitFor(t, "Flows() to count the two sockets", func() bool { return b.Flows() == 2 })
+
+	// Half-close: the client goes to FIN_WAIT2 and the server to CLOSE_WAIT,
+	// where they stay while both are open.
+	if err := sender.conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	lastState := func(cookie uint64, want backends.State) func() bool {
+		return func() bool {
+			recs := col.of(cookie)
+			return len(recs) > 0 && recs[len(recs)-1].State == want
+		}
+	}
+	waitFor(t, "the client in FIN_WAIT2", lastState(sender.cookie, backends.StateFinWait2))
+	waitFor(t, "the server in CLOSE_WAIT", lastState(receiver.cookie, backends.StateCloseWait))
+
+	receiver.conn.Close()
+	sender.conn.Close()
+	closed := func(cookie uint64) func() bool {
+		return func() bool {
+			recs := col.of(cookie)
+			return len(recs) > 0 && recs[len(recs)-1].Event == backends.EventClose
+		}
+	}
+	waitFor(t, "the client's close record", closed(sender.cookie))
+	waitFor(t, "the server's close record", closed(receiver.cookie))
+	waitFor(t, "no flows left", func() bool { return b.Flows() == 0 })
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	// The server may be caught in LAST_ACK by a dump during the close.
+	checkFlowRecords(t, "client", col.of(sender.cookie), sender, family, cgID, "cubic", sInfo,
+		backends.StateFinWait2)
+	checkFlowRecords(t, "server", col.of(receiver.cookie), receiver, family, cgID, rRec.CA, rInfo,
+		backends.StateCloseWait, backends.StateLastAck)
+	for _, r := range col.all() {
+		if r.Cookie != sender.cookie && r.Cookie != receiver.cookie {
+			t.Errorf("record of a socket that is not the test's: %+v", r)
+		}
+	}
+}
+
+// checkFlowRecords checks the whole life of one flow as recorded: one open
+// in ESTABLISHED first, then samples and state changes, one record per
+// dump, then one close carrying the last seen state (one of lastStates) and
+// counters (no lower than quietInfo's).
+func checkFlowRecords(t *testing.T, who string, recs []backends.Record, e end, family uint8, cgID uint64, ca string,
+	quietInfo unix.TCPInfo, lastStates ...backends.State) {
+	t.Helper()
+	if len(recs) < 3 {
+		t.Fatalf("%s: only %d records", who, len(recs))
+	}
+	for i, r := range recs {
+		if r.Backend != "netlink" || r.Family != family || r.CgroupID != cgID || r.Cookie != e.cookie ||
+			r.LocalAddr != e.local.Addr() || r.LocalPort != e.local.Port() ||
+			r.RemoteAddr != e.remote.Addr() || r.RemotePort != e.remote.Port() || r.CA != ca {
+			t.Errorf("%s record %d: %s %s:%d -> %s:%d family %d cgroup %d ca %q; want %s -> %s family %d cgroup %d ca %q",
+				who, i, r.Event, r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort, r.Family, r.CgroupID, r.CA,
+				e.local, e.remote, family, cgID, ca)
+		}
+		if r.Time.Location() != time.UTC {
+			t.Errorf("%s record %d: time %v is not UTC", who, i, r.Time)
+		}
+		if i > 0 && !r.Time.After(recs[i-1].Time) {
+			t.Errorf("%s records %d and %d have the same dump time: one record per flow per dump", who, i-1, i)
+		}
+		want := backends.EventSample
+		switch {
+		case i == 0:
+			want = backends.EventOpen
+		case i == len(recs)-1:
+			want = backends.EventClose
+		case r.State != recs[i-1].State:
+			want = backends.EventState
+		}
+		if r.Event != want {
+			t.Errorf("%s record %d is %s, want %s", who, i, r.Event, want)
+		}
+		if r.Event == backends.EventState && r.OldState != recs[i-1].State {
+			t.Errorf("%s record %d: state %s -> %s, but the previous record was in %s", who, i, r.OldState, r.State, recs[i-1].State)
+		}
+		if r.Event != backends.EventState && r.OldState != 0 {
+			t.Errorf("%s record %d (%s) has OldState %s", who, i, r.Event, r.OldState)
+		}
+		if st, _ := r.Info.Get(backends.FieldState); i < len(recs)-1 && backends.State(st) != r.State {
+			t.Errorf("%s record %d: tcpi_state %d, idiag_state %s", who, i, st, r.State)
+		}
+	}
+	if recs[0].State != backends.StateEstablished {
+		t.Errorf("%s opened in %s", who, recs[0].State)
+	}
+	i := slices.IndexFunc(recs, func(r backends.Record) bool { return r.Event == backends.EventState })
+	if i < 0 || recs[i].OldState != backends.StateEstablished {
+		t.Errorf("%s: no state record leaving ESTABLISHED", who)
+	}
+	last, cl := recs[len(recs)-2], recs[len(recs)-1]
+	if !slices.Contains(lastStates, last.State) || cl.State != last.State {
+		t.Errorf("%s: last states %s, %s; want both in %v", who, last.State, cl.State, lastStates)
+	}
+	if cl.Info != last.Info {
+		t.Errorf("%s: the close record does not carry the last seen counters", who)
+	}
+	for _, f := range []backends.Field{backends.FieldBytesAcked, backends.FieldBytesReceived, backends.FieldSegsOut, backends.FieldSegsIn} {
+		got, _ := cl.Info.Get(f)
+		want := reflect.ValueOf(quietInfo).FieldByNameFunc(func(n string) bool { return strings.ToLower(n) == f.Name() }).Uint()
+		if got < want {
+			t.Errorf("%s: close record %s = %d, below the %d read while the flow was quiet", who, f, got, want)
+		}
+	}
+}
+
+// TestLiveRunCancel checks that cancelling Run writes no close records for
+// the flows still alive, and that Close stops a Run.
+func TestLiveRunCancel(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	b, err := New(Config{Cgroup: cg, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := &collector{}
+	stop := startRun(t, b, col)
+	var p *pair
+	testutil.InCgroup(t, cg, func() { p = dialPair(t, "tcp4", "127.0.0.1:0", "") })
+	waitFor(t, "samples of the client", func() bool { return len(col.of(p.client.cookie)) >= 2 })
+	waitFor(t, "Flows() to count the two sockets", func() bool { return b.Flows() == 2 })
+	if err := stop(); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+	if n := b.Flows(); n != 0 {
+		t.Errorf("Flows() = %d after Run returned, want 0", n)
+	}
+	n := len(col.all())
+	for _, r := range col.all() {
+		if r.Event == backends.EventClose {
+			t.Errorf("close record on cancel: %+v", r)
+		}
+	}
+	time.Sleep(60 * time.Millisecond)
+	if m := len(col.all()); m != n {
+		t.Errorf("%d records written after Run returned", m-n)
+	}
+
+	// A second Run on the same backend starts over, and Close stops it.
+	done := make(chan error, 1)
+	go func() { done <- b.Run(context.Background(), col) }()
+	waitFor(t, "the second Run to reopen the flows", func() bool {
+		opens := 0
+		for _, r := range col.of(p.client.cookie) {
+			if r.Event == backends.EventOpen {
+				opens++
+			}
+		}
+		return opens == 2
+	})
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, errClosed) {
+			t.Errorf("Run stopped by Close = %v, want %v", err, errClosed)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Close did not stop Run")
+	}
+}
+
+// pollN makes n synchronous dumps of b into s.
+func pollN(t *testing.T, b *Backend, s backends.Sink, n int) {
+	t.Helper()
+	p, err := b.newPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.d.close()
+	for range n {
+		if err := p.poll(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// cookiesSeen returns the cookies of the records, checking that each
+// flow was opened and sampled.
+func cookiesSeen(t *testing.T, recs []backends.Record) map[uint64]bool {
+	t.Helper()
+	events := make(map[uint64][]backends.Event)
+	for _, r := range recs {
+		events[r.Cookie] = append(events[r.Cookie], r.Event)
+		if r.State == backends.StateListen || r.State == backends.StateTimeWait || r.State == backends.StateNewSynRecv {
+			t.Errorf("record of a socket in %s: %+v", r.State, r)
+		}
+	}
+	seen := make(map[uint64]bool)
+	for c, ev := range events {
+		if !slices.Equal(ev, []backends.Event{backends.EventOpen, backends.EventSample}) {
+			t.Errorf("cookie %d: events %v, want open then sample", c, ev)
+		}
+		seen[c] = true
+	}
+	return seen
+}
+
+// TestLiveScope checks that only sockets of the cgroup's subtree are
+// reported, including those of a child cgroup made after the backend
+// started, and that the cgroup2 root reports every socket.
+func TestLiveScope(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	b, err := New(Config{Cgroup: cg, Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.newPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.d.close()
+	col := &collector{}
+	if err := p.poll(col); err != nil { // walks the (empty) subtree
+		t.Fatal(err)
+	}
+
+	var inside *pair
+	testutil.InCgroup(t, cg, func() { inside = dialPair(t, "tcp4", "127.0.0.1:0", "") })
+	outside := dialPair(t, "tcp4", "127.0.0.1:0", "")
+
+	child := filepath.Join(cg, "child")
+	if err := os.Mkdir(child, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	childID, err := cgroup.ID(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inChild *pair
+	testutil.InCgroup(t, child, func() { inChild = dialPair(t, "tcp6", "[::1]:0", "") })
+
+	for range 2 {
+		if err := p.poll(col); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs := col.all()
+	seen := cookiesSeen(t, recs)
+	want := map[uint64]bool{inside.client.cookie: true, inside.server.cookie: true,
+		inChild.client.cookie: true, inChild.server.cookie: true}
+	if !reflect.DeepEqual(seen, want) {
+		t.Errorf("cookies reported %v, want %v (outside: %d, %d)", seen, want, outside.client.cookie, outside.server.cookie)
+	}
+	for _, r := range recs {
+		if r.LocalPort == outside.port || r.RemotePort == outside.port {
+			t.Errorf("record of the connection outside the cgroup: %+v", r)
+		}
+		if (r.Cookie == inChild.client.cookie || r.Cookie == inChild.server.cookie) && r.CgroupID != childID {
+			t.Errorf("child cgroup socket with cgroup id %d, want %d", r.CgroupID, childID)
+		}
+	}
+	if n := b.Flows(); n != 4 {
+		t.Errorf("Flows() = %d, want 4", n)
+	}
+
+	// The cgroup2 root takes in every socket, the outside ones too.
+	root, err := New(Config{Cgroup: cgroupRoot(t), Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := &collector{}
+	pollN(t, root, all, 1)
+	for _, c := range []uint64{outside.client.cookie, outside.server.cookie, inside.client.cookie, inChild.server.cookie} {
+		if len(all.of(c)) != 1 {
+			t.Errorf("root cgroup: %d records of cookie %d, want 1", len(all.of(c)), c)
+		}
+	}
+}
+
+// TestLiveFilter checks that each kind of filter takes in and leaves out
+// the right sockets, one backend per filter over the same connections.
+func TestLiveFilter(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	var a, b, c *pair
+	testutil.InCgroup(t, cg, func() {
+		a = dialPair(t, "tcp4", "127.0.0.1:0", "")
+		b = dialPair(t, "tcp4", "127.0.0.1:0", "")
+		c = dialPair(t, "tcp6", "[::1]:0", "")
+	})
+	names := map[uint64]string{
+		a.client.cookie: "aC", a.server.cookie: "aS",
+		b.client.cookie: "bC", b.server.cookie: "bS",
+		c.client.cookie: "cC", c.server.cookie: "cS",
+	}
+	cidr := netip.MustParsePrefix
+	for _, tc := range []struct {
+		name   string
+		filter backends.Filter
+		want   []string
+	}{
+		{"none", backends.Filter{}, []string{"aC", "aS", "bC", "bS", "cC", "cS"}},
+		{"local port", backends.Filter{LocalPorts: []uint16{a.port}}, []string{"aS"}},
+		{"local ports v4 and v6", backends.Filter{LocalPorts: []uint16{a.port, c.port}}, []string{"aS", "cS"}},
+		{"remote port", backends.Filter{RemotePorts: []uint16{b.port}}, []string{"bC"}},
+		{"local or remote port", backends.Filter{LocalPorts: []uint16{a.port}, RemotePorts: []uint16{b.port}}, []string{"aS", "bC"}},
+		{"client's ephemeral port", backends.Filter{LocalPorts: []uint16{c.client.local.Port()}}, []string{"cC"}},
+		{"v4 cidr", backends.Filter{RemoteCIDRs: []netip.Prefix{cidr("127.0.0.1/32")}}, []string{"aC", "aS", "bC", "bS"}},
+		{"v6 cidr", backends.Filter{RemoteCIDRs: []netip.Prefix{cidr("::1/128")}}, []string{"cC", "cS"}},
+		{"no cidr matches", backends.Filter{RemoteCIDRs: []netip.Prefix{cidr("10.0.0.0/8"), cidr("2001:db8::/32")}}, nil},
+		{"v4 cidr and local port", backends.Filter{LocalPorts: []uint16{a.port, c.port}, RemoteCIDRs: []netip.Prefix{cidr("127.0.0.0/8")}}, []string{"aS"}},
+		{"v6 cidr and remote port", backends.Filter{RemotePorts: []uint16{a.port, c.port}, RemoteCIDRs: []netip.Prefix{cidr("::/0")}}, []string{"cC"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be, err := New(Config{Cgroup: cg, Interval: time.Hour, Filter: tc.filter})
+			if err != nil {
+				t.Fatal(err)
+			}
+			col := &collector{}
+			pollN(t, be, col, 2)
+			var got []string
+			for cookie := range cookiesSeen(t, col.all()) {
+				got = append(got, names[cookie])
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("reported %v, want %v", got, tc.want)
+			}
+			if be.Flows() != len(tc.want) {
+				t.Errorf("Flows() = %d, want %d", be.Flows(), len(tc.want))
+			}
+		})
+	}
+}

@@ -1,0 +1,323 @@
+// Package netlink is flowd's inet_diag backend. Every Interval it dumps the
+// kernel's IPv4 and IPv6 TCP sockets over NETLINK_SOCK_DIAG, with their raw
+// struct tcp_info, congestion control and cgroup id, keeps those in the
+// configured cgroup subtree that pass the filter, and compares each dump
+// with the previous one to produce open, state, sample and close records.
+//
+// It needs no BPF, so it is the fallback when the ebpf backend cannot run,
+// but it only sees what exists at dump time: flows shorter than Interval
+// may be missed and state changes between two dumps are merged into one.
+package netlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/cgroup"
+)
+
+// name is the backend's name, in Record.Backend too.
+const name = "netlink"
+
+// Log field keys.
+const (
+	logKeyBackend  = "backend"
+	logKeyCgroup   = "cgroup"
+	logKeyFamily   = "family"
+	logKeyAttempt  = "attempt"
+	logKeyAttempts = "attempts"
+	logKeySkipped  = "skipped_in_a_row"
+)
+
+// Config configures the netlink backend.
+type Config struct {
+	Cgroup   string        // cgroup2 directory whose subtree is reported (absolute, resolved)
+	Interval time.Duration // time between two inet_diag dumps
+	Filter   backends.Filter
+	Log      logrus.FieldLogger // may be nil: then nothing is logged
+}
+
+var (
+	errClosed  = errors.New("netlink backend is closed")
+	errRunning = errors.New("netlink backend is already running")
+)
+
+// Backend reports flows from periodic inet_diag dumps. It implements
+// backends.Backend and backends.FlowCounter.
+type Backend struct {
+	cfg      Config
+	log      logrus.FieldLogger
+	matchAll bool // cfg.Cgroup is the cgroup2 root: every socket is in scope
+
+	flows atomic.Int64 // tracked flows, for Flows
+
+	mu      sync.Mutex
+	closed  bool
+	dumper  *dumper // the open netlink socket while Run runs
+	running bool
+}
+
+// New checks cfg and returns a backend ready to Run. It opens nothing: the
+// netlink socket is opened by Run.
+func New(cfg Config) (*Backend, error) {
+	if cfg.Interval <= 0 {
+		return nil, fmt.Errorf("interval must be positive, got %s", cfg.Interval)
+	}
+	if cfg.Cgroup == "" {
+		return nil, errors.New("cgroup is not set")
+	}
+	if !filepath.IsAbs(cfg.Cgroup) {
+		return nil, fmt.Errorf("cgroup %q is not an absolute path", cfg.Cgroup)
+	}
+	if err := cgroup.Check(cfg.Cgroup); err != nil {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	id, err := cgroup.ID(cfg.Cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	mount, err := cgroup.Mount()
+	if err != nil {
+		return nil, fmt.Errorf("finding the cgroup2 root: %w", err)
+	}
+	rootID, err := cgroup.ID(mount)
+	if err != nil {
+		return nil, fmt.Errorf("finding the cgroup2 root: %w", err)
+	}
+
+	cfg.Filter = backends.Filter{
+		LocalPorts:  slices.Clone(cfg.Filter.LocalPorts),
+		RemotePorts: slices.Clone(cfg.Filter.RemotePorts),
+		RemoteCIDRs: slices.Clone(cfg.Filter.RemoteCIDRs),
+	}
+	log := cfg.Log
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = l
+	}
+	return &Backend{
+		cfg:      cfg,
+		log:      log.WithField(logKeyBackend, name),
+		matchAll: id == rootID,
+	}, nil
+}
+
+// Name returns "netlink".
+func (b *Backend) Name() string { return name }
+
+// Flows returns the number of flows tracked after the last dump of the
+// current Run (0 when not running).
+func (b *Backend) Flows() int { return int(b.flows.Load()) }
+
+// Run dumps the sockets at once and then every Interval, writing the
+// records of each dump to s, until ctx is cancelled; then it returns nil
+// without writing close records for the flows still alive. A dump that the
+// kernel keeps flagging as interrupted is skipped with a warning. Run
+// returns an error when the netlink socket cannot be opened or read, when
+// the cgroup subtree cannot be read or when s fails. Only one Run may be
+// active at a time; Close ends it.
+func (b *Backend) Run(ctx context.Context, s backends.Sink) error {
+	p, err := b.start()
+	if err != nil {
+		return err
+	}
+	defer b.stop()
+
+	tick := time.NewTicker(b.cfg.Interval)
+	defer tick.Stop()
+	for ctx.Err() == nil {
+		if err := p.poll(s); err != nil {
+			if b.isClosed() {
+				return errClosed
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// start opens the netlink socket and returns the poller of a Run.
+func (b *Backend) start() (*poller, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return nil, errClosed
+	case b.running:
+		return nil, errRunning
+	}
+	p, err := b.newPoller()
+	if err != nil {
+		return nil, err
+	}
+	b.dumper = p.d
+	b.running = true
+	return p, nil
+}
+
+// stop closes the netlink socket of a Run, unless Close did.
+func (b *Backend) stop() {
+	b.flows.Store(0)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dumper != nil {
+		b.dumper.close()
+		b.dumper = nil
+	}
+	b.running = false
+}
+
+func (b *Backend) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// Close releases the backend. A Run in progress stops (with an error,
+// unless its context was cancelled) and later Runs fail. Close may be
+// called more than once; it always returns nil.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.dumper != nil {
+		b.dumper.close()
+		b.dumper = nil
+	}
+	return nil
+}
+
+// poller holds the state of one Run: the netlink socket, the flows and
+// what is known about the cgroup subtree.
+type poller struct {
+	d       *dumper
+	t       *tracker
+	scope   scope
+	filter  backends.Filter
+	log     logrus.FieldLogger
+	flows   *atomic.Int64 // where to publish the number of tracked flows
+	msg     diagMsg       // the message being processed, reused
+	warned  bool          // the missing INET_DIAG_CGROUP_ID has been logged
+	skipped int           // dumps skipped in a row because they were interrupted
+}
+
+func (b *Backend) newPoller() (*poller, error) {
+	d, err := newDumper(b.log)
+	if err != nil {
+		return nil, err
+	}
+	return &poller{
+		d:      d,
+		t:      newTracker(),
+		scope:  newScope(b.cfg.Cgroup, b.matchAll),
+		filter: b.cfg.Filter,
+		log:    b.log,
+		flows:  &b.flows,
+	}, nil
+}
+
+// poll makes one dump and writes its records to s.
+func (p *poller) poll(s backends.Sink) error {
+	now := time.Now().UTC()
+	msgs, err := p.d.dump()
+	if errors.Is(err, nl.ErrDumpInterrupted) {
+		// The kernel's socket tables kept changing under the dump. What it
+		// returned may miss sockets, which would read as closed flows:
+		// skip this interval rather than report them.
+		p.skipped++
+		p.log.WithError(err).WithFields(logrus.Fields{
+			logKeyAttempts: maxDumpAttempts,
+			logKeySkipped:  p.skipped,
+		}).Warn("inet_diag dump kept being interrupted, skipping it")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	p.skipped = 0
+
+	p.scope.newDump()
+	p.t.begin(now)
+	for _, b := range msgs {
+		if err := p.process(b, s); err != nil {
+			return err
+		}
+	}
+	err = p.t.sweep(s)
+	p.flows.Store(int64(p.t.len()))
+	if err != nil {
+		return fmt.Errorf("writing record: %w", err)
+	}
+	return nil
+}
+
+// process handles b, one message of the current dump.
+func (p *poller) process(b []byte, s backends.Sink) error {
+	m := &p.msg
+	if err := parseDiagMsg(b, m); err != nil {
+		return fmt.Errorf("parsing inet_diag message: %w", err)
+	}
+	if m.info == nil {
+		// Not a full socket, so not a flow (and its full socket is gone):
+		// the states mask leaves minisockets out, but a timewait socket
+		// still in FIN_WAIT2 matches it.
+		return nil
+	}
+	if m.family != unix.AF_INET && m.family != unix.AF_INET6 {
+		return nil
+	}
+	if !p.t.tracked(m.cookie) {
+		ok, err := p.wanted(m)
+		if err != nil || !ok {
+			return err
+		}
+	}
+	if r := p.t.observe(m); r != nil {
+		if err := s.Write(r); err != nil {
+			return fmt.Errorf("writing record: %w", err)
+		}
+	}
+	return nil
+}
+
+// wanted reports whether a socket not tracked yet is in the cgroup subtree
+// and passes the filter.
+func (p *poller) wanted(m *diagMsg) (bool, error) {
+	if !m.hasCgroupID && !p.warned {
+		p.warned = true
+		p.log.WithField(logKeyCgroup, p.scope.root).Warn("the kernel sends no INET_DIAG_CGROUP_ID " +
+			"(built without CONFIG_SOCK_CGROUP_DATA?): no socket can be placed in a cgroup, " +
+			"so only a cgroup2 root configuration reports flows")
+	}
+	if !p.scope.all {
+		if !m.hasCgroupID {
+			return false, nil
+		}
+		in, err := p.scope.contains(m.cgroupID)
+		if err != nil || !in {
+			return false, err
+		}
+	}
+	if p.filter.Empty() {
+		return true, nil
+	}
+	_, remote := m.addrs()
+	return p.filter.Match(m.sport, m.dport, remote), nil
+}

@@ -1,0 +1,150 @@
+package netlink
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flowd/flowd/backends"
+)
+
+// maxCANames bounds the congestion control names a tracker keeps so that
+// records share one string per name instead of allocating one each.
+const maxCANames = 16
+
+// flow is what the tracker knows about one tracked socket.
+type flow struct {
+	rec backends.Record // as of the last dump that saw it; Time, Event and OldState unused
+	gen uint64          // the last dump that saw it
+}
+
+// tracker turns the sockets of successive dumps into records: open when a
+// cookie is first seen, state when its TCP state changed since the previous
+// dump, sample otherwise, and close when it is no longer in a dump. Each
+// tracked flow gets exactly one record per dump.
+//
+// A dump is begin, then observe for every socket, then sweep.
+type tracker struct {
+	flows   map[uint64]*flow // by socket cookie
+	spare   []*flow          // flows of closed sockets, reused for new ones
+	gen     uint64           // the current dump, counting from 1
+	now     time.Time        // time of the current dump
+	out     backends.Record  // the record handed to the sink, reused
+	caNames []string
+}
+
+func newTracker() *tracker {
+	return &tracker{flows: make(map[uint64]*flow)}
+}
+
+// begin starts a dump made at now.
+func (t *tracker) begin(now time.Time) {
+	t.gen++
+	t.now = now
+}
+
+// tracked reports whether the flow with this cookie is tracked already.
+// Tracked flows are not checked against the scope and filter again: a
+// socket's cgroup, ports and remote address do not change.
+func (t *tracker) tracked(cookie uint64) bool {
+	_, ok := t.flows[cookie]
+	return ok
+}
+
+// observe records that the current dump holds m, a socket that has
+// tcp_info, and returns the record to write for it, or nil when m's cookie
+// was seen before in this dump. The record is valid until the next call.
+func (t *tracker) observe(m *diagMsg) *backends.Record {
+	f, ok := t.flows[m.cookie]
+	ev := backends.EventSample
+	var old backends.State
+	switch {
+	case !ok:
+		f = t.newFlow(m)
+		t.flows[m.cookie] = f
+		ev = backends.EventOpen
+	case f.gen == t.gen:
+		return nil // listed twice by one dump
+	case f.rec.State != backends.State(m.state):
+		ev = backends.EventState
+		old = f.rec.State
+	}
+	f.gen = t.gen
+	f.rec.State = backends.State(m.state)
+	f.rec.CA = t.caName(m.cong, f.rec.CA)
+	decodeTCPInfo(&f.rec.Info, m.info)
+
+	t.out = f.rec
+	t.out.Time = t.now
+	t.out.Event = ev
+	t.out.OldState = old
+	return &t.out
+}
+
+// newFlow returns a flow for m's socket with its identity filled in.
+func (t *tracker) newFlow(m *diagMsg) *flow {
+	var f *flow
+	if n := len(t.spare); n > 0 {
+		f = t.spare[n-1]
+		t.spare[n-1] = nil
+		t.spare = t.spare[:n-1]
+	} else {
+		f = new(flow)
+	}
+	r := &f.rec
+	*r = backends.Record{
+		Backend:    name,
+		Cookie:     m.cookie,
+		CgroupID:   m.cgroupID,
+		LocalPort:  m.sport,
+		RemotePort: m.dport,
+	}
+	r.LocalAddr, r.RemoteAddr = m.addrs()
+	r.Family = 6
+	if m.family == unix.AF_INET {
+		r.Family = 4
+	}
+	return f
+}
+
+// caName returns the congestion control name b as a string, reusing prev
+// or a name seen before when b equals it (the comparisons do not allocate).
+func (t *tracker) caName(b []byte, prev string) string {
+	if string(b) == prev {
+		return prev
+	}
+	for _, n := range t.caNames {
+		if string(b) == n {
+			return n
+		}
+	}
+	s := string(b)
+	if len(t.caNames) < maxCANames {
+		t.caNames = append(t.caNames, s)
+	}
+	return s
+}
+
+// sweep ends the current dump: every tracked flow it did not see is gone.
+// For each, it writes a close record holding the flow's last seen state and
+// counters to s, and forgets the flow. It stops at the first error.
+func (t *tracker) sweep(s backends.Sink) error {
+	for cookie, f := range t.flows {
+		if f.gen == t.gen {
+			continue
+		}
+		t.out = f.rec
+		t.out.Time = t.now
+		t.out.Event = backends.EventClose
+		t.out.OldState = 0
+		delete(t.flows, cookie)
+		t.spare = append(t.spare, f)
+		if err := s.Write(&t.out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// len returns the number of tracked flows.
+func (t *tracker) len() int { return len(t.flows) }

@@ -1,0 +1,196 @@
+package netlink
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flowd/flowd/backends"
+)
+
+// sock is a socket as one dump reports it.
+type sock struct {
+	cookie   uint64
+	family   uint8
+	state    backends.State
+	ca       string
+	acked    uint64 // tcpi_bytes_acked
+	cgroupID uint64
+}
+
+func (s sock) msg() *diagMsg {
+	info := make([]byte, sizeofTCPInfo)
+	info[0] = byte(s.state)
+	binary.NativeEndian.PutUint64(info[120:], s.acked)
+	m := &diagMsg{
+		family: s.family, state: uint8(s.state), sport: 1000 + uint16(s.cookie), dport: 80,
+		cookie: s.cookie, info: info, cong: []byte(s.ca), cgroupID: s.cgroupID, hasCgroupID: true,
+	}
+	if s.family == unix.AF_INET {
+		copy(m.src[:], []byte{127, 0, 0, 1})
+		copy(m.dst[:], []byte{127, 0, 0, 2})
+	} else {
+		m.src = netip.IPv6Loopback().As16()
+		m.dst = netip.MustParseAddr("::ffff:127.0.0.2").As16()
+	}
+	return m
+}
+
+// runDump feeds one dump to t and returns the records it produced.
+func runDump(t *testing.T, tr *tracker, now time.Time, socks ...sock) []backends.Record {
+	t.Helper()
+	var out []backends.Record
+	tr.begin(now)
+	for _, s := range socks {
+		if r := tr.observe(s.msg()); r != nil {
+			out = append(out, *r)
+		}
+	}
+	if err := tr.sweep(backends.SinkFunc(func(r *backends.Record) error {
+		out = append(out, *r)
+		return nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+type wantRec struct {
+	ev       backends.Event
+	cookie   uint64
+	state    backends.State
+	oldState backends.State
+	acked    uint64
+}
+
+func checkRecs(t *testing.T, dump int, now time.Time, got []backends.Record, want ...wantRec) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("dump %d: %d records, want %d: %+v", dump, len(got), len(want), got)
+	}
+	for i, w := range want {
+		r := got[i]
+		acked, _ := r.Info.Get(backends.FieldBytesAcked)
+		if r.Event != w.ev || r.Cookie != w.cookie || r.State != w.state || r.OldState != w.oldState || acked != w.acked {
+			t.Errorf("dump %d record %d: %s cookie %d state %s old %s acked %d; want %s %d %s %s %d",
+				dump, i, r.Event, r.Cookie, r.State, r.OldState, acked, w.ev, w.cookie, w.state, w.oldState, w.acked)
+		}
+		if !r.Time.Equal(now) || r.Backend != "netlink" {
+			t.Errorf("dump %d record %d: time %v backend %q", dump, i, r.Time, r.Backend)
+		}
+	}
+}
+
+func TestTrackerEvents(t *testing.T) {
+	const est, fw1, fw2 = backends.StateEstablished, backends.StateFinWait1, backends.StateFinWait2
+	tr := newTracker()
+	t0 := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
+
+	a := sock{cookie: 1, family: unix.AF_INET, state: est, ca: "cubic", acked: 10, cgroupID: 5}
+	b := sock{cookie: 2, family: unix.AF_INET6, state: est, ca: "bbr", acked: 20, cgroupID: 6}
+
+	// The first dump opens what it finds, with no sample.
+	got := runDump(t, tr, at(1), a)
+	checkRecs(t, 1, at(1), got, wantRec{backends.EventOpen, 1, est, 0, 10})
+	r := got[0]
+	if r.Family != 4 || r.LocalAddr != netip.MustParseAddr("127.0.0.1") || r.RemoteAddr != netip.MustParseAddr("127.0.0.2") ||
+		r.LocalPort != 1001 || r.RemotePort != 80 || r.CgroupID != 5 || r.CA != "cubic" {
+		t.Errorf("open record identity: %+v", r)
+	}
+
+	a.acked = 11
+	got = runDump(t, tr, at(2), a, b)
+	checkRecs(t, 2, at(2), got,
+		wantRec{backends.EventSample, 1, est, 0, 11},
+		wantRec{backends.EventOpen, 2, est, 0, 20})
+	r = got[1]
+	if r.Family != 6 || r.RemoteAddr != netip.MustParseAddr("::ffff:127.0.0.2") || r.CA != "bbr" {
+		t.Errorf("ipv6 socket with a v4-mapped peer: family %d remote %v ca %q", r.Family, r.RemoteAddr, r.CA)
+	}
+	if tr.len() != 2 {
+		t.Errorf("tracking %d flows, want 2", tr.len())
+	}
+
+	// A state change gives a state record instead of the sample; b is gone.
+	a.state, a.acked = fw1, 12
+	got = runDump(t, tr, at(3), a)
+	checkRecs(t, 3, at(3), got,
+		wantRec{backends.EventState, 1, fw1, est, 12},
+		wantRec{backends.EventClose, 2, est, 0, 20}) // b's last seen state and counters
+	if got[1].CA != "bbr" || got[1].Family != 6 || got[1].CgroupID != 6 {
+		t.Errorf("close record lost the flow's identity: %+v", got[1])
+	}
+
+	// A socket listed twice by one dump gets one record.
+	a.state = fw2
+	got = runDump(t, tr, at(4), a, a)
+	checkRecs(t, 4, at(4), got, wantRec{backends.EventState, 1, fw2, fw1, 12})
+
+	got = runDump(t, tr, at(5), a)
+	checkRecs(t, 5, at(5), got, wantRec{backends.EventSample, 1, fw2, 0, 12})
+
+	got = runDump(t, tr, at(6))
+	checkRecs(t, 6, at(6), got, wantRec{backends.EventClose, 1, fw2, 0, 12})
+	if tr.len() != 0 {
+		t.Errorf("tracking %d flows after every close, want 0", tr.len())
+	}
+
+	// A cookie seen again after its close is a new flow.
+	got = runDump(t, tr, at(7), a)
+	checkRecs(t, 7, at(7), got, wantRec{backends.EventOpen, 1, fw2, 0, 12})
+}
+
+func TestTrackerCANames(t *testing.T) {
+	tr := newTracker()
+	first := tr.caName([]byte("cubic"), "")
+	again := tr.caName([]byte("cubic"), "bbr")
+	if first != "cubic" || again != "cubic" || unsafe.StringData(first) != unsafe.StringData(again) {
+		t.Errorf("names %q %q are not shared", first, again)
+	}
+	if got := tr.caName(nil, "cubic"); got != "" {
+		t.Errorf("missing name gave %q", got)
+	}
+	for i := range 2 * maxCANames {
+		tr.caName([]byte{'a' + byte(i)}, "")
+	}
+	if len(tr.caNames) > maxCANames {
+		t.Errorf("kept %d names, at most %d", len(tr.caNames), maxCANames)
+	}
+}
+
+// TestSteadyStateAllocs checks that a tracked socket costs no allocation
+// per dump: parsing, scope, filter, tcp_info decoding and the record.
+func TestSteadyStateAllocs(t *testing.T) {
+	msg := newMsg(unix.AF_INET, 1, netip.MustParseAddrPort("127.0.0.1:5201"), netip.MustParseAddrPort("127.0.0.1:40000"), 77).
+		attr(inetDiagInfo, make([]byte, sizeofTCPInfo), false).
+		attr(inetDiagCong, []byte("cubic\x00"), false).
+		attr(inetDiagCgroupID, u64(9), false).b
+	p := &poller{
+		t:      newTracker(),
+		scope:  newScope("/nonexistent", true),
+		filter: backends.Filter{LocalPorts: []uint16{5201}, RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+	}
+	var n int
+	sink := backends.SinkFunc(func(*backends.Record) error { n++; return nil })
+	step := func() {
+		p.t.begin(time.Time{})
+		if err := p.process(msg, sink); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.t.sweep(sink); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step() // the open record allocates the flow
+	if allocs := testing.AllocsPerRun(100, step); allocs != 0 {
+		t.Errorf("%v allocations per dump of a tracked socket, want 0", allocs)
+	}
+	if n != 102 { // step, AllocsPerRun's warm-up run, 100 runs
+		t.Errorf("%d records, want 102", n)
+	}
+}
