@@ -1,7 +1,6 @@
 package ebpf
 
 import (
-	"context"
 	"math"
 	"net"
 	"net/netip"
@@ -15,31 +14,6 @@ import (
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/internal/testutil"
 )
-
-// listenIn makes a listener whose accepted connections belong to cg.
-func listenIn(t *testing.T, cg, network, addr string) net.Listener {
-	t.Helper()
-	var ln net.Listener
-	testutil.InCgroup(t, cg, func() {
-		var err error
-		lc := net.ListenConfig{Control: withCongestion("cubic")}
-		ln, err = lc.Listen(context.Background(), network, addr)
-		if err != nil {
-			t.Skipf("cannot listen on %s %s: %v", network, addr, err)
-		}
-	})
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-func dialIn(t *testing.T, cg string, ln net.Listener) pair {
-	t.Helper()
-	var p pair
-	testutil.InCgroup(t, cg, func() { p = dialPair(t, ln) })
-	return p
-}
-
-func port(a net.Addr) uint16 { return uint16(a.(*net.TCPAddr).Port) }
 
 func addrPort(a net.Addr) netip.AddrPort { return a.(*net.TCPAddr).AddrPort() }
 
@@ -112,24 +86,24 @@ func TestTransfer(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cg := testutil.TempCgroup(t)
 			_, col := startBackend(t, Config{Cgroup: cg, Mode: ModePoll, Interval: 0, FlushInterval: 20 * time.Millisecond})
-			ln := listenIn(t, cg, tc.network, tc.addr)
-			p := dialIn(t, cg, ln)
-			clientCookie, serverCookie := socketCookie(t, p.client), socketCookie(t, p.server)
+			ln := testutil.Listen(t, cg, tc.network, tc.addr)
+			p := testutil.Dial(t, cg, ln)
+			clientCookie, serverCookie := testutil.Cookie(t, p.Client), testutil.Cookie(t, p.Server)
 
-			p.send(t, 8<<20)
-			p.quiesce(t)
+			p.Send(t, 8<<20)
+			p.Quiesce(t)
 
 			// The client closes first: the ESTABLISHED -> FIN_WAIT1 record is
 			// taken inside close(), when nothing changed since TCP_INFO.
-			clientInfo := tcpInfo(t, p.client)
-			p.client.Close()
-			readEOF(t, p.server)
-			serverInfo := tcpInfo(t, p.server)
-			p.server.Close()
+			clientInfo := testutil.TCPInfo(t, p.Client)
+			p.Client.Close()
+			testutil.ReadEOF(t, p.Server)
+			serverInfo := testutil.TCPInfo(t, p.Server)
+			p.Server.Close()
 
-			waitFor(t, "close records of both ends", 5*time.Second, func() bool {
-				return len(col.find(clientCookie, backends.EventClose)) == 1 &&
-					len(col.find(serverCookie, backends.EventClose)) == 1
+			testutil.WaitFor(t, "close records of both ends", 5*time.Second, func() bool {
+				return len(col.Find(clientCookie, backends.EventClose)) == 1 &&
+					len(col.Find(serverCookie, backends.EventClose)) == 1
 			})
 
 			family := uint8(4)
@@ -143,10 +117,10 @@ func TestTransfer(t *testing.T) {
 				closingState backends.State
 				info         *unix.TCPInfo
 			}{
-				{"client", clientCookie, p.client, backends.StateFinWait1, clientInfo},
-				{"server", serverCookie, p.server, backends.StateLastAck, serverInfo},
+				{"client", clientCookie, p.Client, backends.StateFinWait1, clientInfo},
+				{"server", serverCookie, p.Server, backends.StateLastAck, serverInfo},
 			} {
-				recs := col.records(side.cookie)
+				recs := col.Records(side.cookie)
 				if len(recs) == 0 {
 					t.Fatalf("%s: no records for cookie %d", side.name, side.cookie)
 				}
@@ -182,12 +156,12 @@ func TestTransfer(t *testing.T) {
 				}
 				checkAgainstTCPInfo(t, side.name, *closing, side.info)
 			}
-			if n := len(col.find(clientCookie, backends.EventSample)); n < 5 {
+			if n := len(col.Find(clientCookie, backends.EventSample)); n < 5 {
 				t.Errorf("sender produced %d samples at interval 0, want many", n)
 			}
 			// Counters grow monotonically through the samples.
 			var last uint64
-			for _, r := range col.find(clientCookie, backends.EventSample) {
+			for _, r := range col.Find(clientCookie, backends.EventSample) {
 				v, _ := r.Info.Get(backends.FieldBytesAcked)
 				if v < last {
 					t.Errorf("bytes_acked went back from %d to %d", last, v)
@@ -207,25 +181,20 @@ func TestOutsideCgroup(t *testing.T) {
 	cg := testutil.TempCgroup(t)
 	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
 
-	inLn := listenIn(t, cg, "tcp4", "127.0.0.1:0")
-	outLc := net.ListenConfig{Control: withCongestion("cubic")}
-	outLn, err := outLc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer outLn.Close()
-	outside := dialPair(t, outLn)
-	inside := dialIn(t, cg, inLn)
-	outside.send(t, 1<<20)
-	inside.send(t, 1<<20)
-	outCookies := map[uint64]bool{socketCookie(t, outside.client): true, socketCookie(t, outside.server): true}
-	inCookie := socketCookie(t, inside.client)
-	waitFor(t, "samples of the inside flow", 5*time.Second, func() bool {
-		return len(col.find(inCookie, backends.EventSample)) > 0
+	inLn := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	outLn := testutil.Listen(t, "", "tcp4", "127.0.0.1:0")
+	outside := testutil.Dial(t, "", outLn)
+	inside := testutil.Dial(t, cg, inLn)
+	outside.Send(t, 1<<20)
+	inside.Send(t, 1<<20)
+	outCookies := map[uint64]bool{testutil.Cookie(t, outside.Client): true, testutil.Cookie(t, outside.Server): true}
+	inCookie := testutil.Cookie(t, inside.Client)
+	testutil.WaitFor(t, "samples of the inside flow", 5*time.Second, func() bool {
+		return len(col.Find(inCookie, backends.EventSample)) > 0
 	})
 	time.Sleep(100 * time.Millisecond)
-	for _, r := range col.records(0) {
-		if outCookies[r.Cookie] || r.LocalPort == port(outLn.Addr()) || r.RemotePort == port(outLn.Addr()) {
+	for _, r := range col.Records(0) {
+		if outCookies[r.Cookie] || r.LocalPort == testutil.Port(outLn.Addr()) || r.RemotePort == testutil.Port(outLn.Addr()) {
 			t.Fatalf("saw a flow outside the cgroup: %+v", r)
 		}
 	}
@@ -263,29 +232,29 @@ func TestFilters(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cg := testutil.TempCgroup(t)
-			ln := listenIn(t, cg, tc.network, tc.addr)
+			ln := testutil.Listen(t, cg, tc.network, tc.addr)
 			_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond,
-				Filter: tc.filter(port(ln.Addr()))})
+				Filter: tc.filter(testutil.Port(ln.Addr()))})
 			// A flow that passes no filter must not show up, so first make
 			// a reference flow that always passes: none here, so wait on
 			// the close of this flow's own sockets via a time bound.
-			p := dialIn(t, cg, ln)
-			p.send(t, 256<<10)
-			cc, sc := socketCookie(t, p.client), socketCookie(t, p.server)
-			p.client.Close()
-			p.server.Close()
+			p := testutil.Dial(t, cg, ln)
+			p.Send(t, 256<<10)
+			cc, sc := testutil.Cookie(t, p.Client), testutil.Cookie(t, p.Server)
+			p.Client.Close()
+			p.Server.Close()
 			if tc.wantClient || tc.wantSv {
-				waitFor(t, "close records", 5*time.Second, func() bool {
-					return (!tc.wantClient || len(col.find(cc, backends.EventClose)) == 1) &&
-						(!tc.wantSv || len(col.find(sc, backends.EventClose)) == 1)
+				testutil.WaitFor(t, "close records", 5*time.Second, func() bool {
+					return (!tc.wantClient || len(col.Find(cc, backends.EventClose)) == 1) &&
+						(!tc.wantSv || len(col.Find(sc, backends.EventClose)) == 1)
 				})
 			} else {
 				time.Sleep(300 * time.Millisecond)
 			}
-			if got := len(col.records(cc)) > 0; got != tc.wantClient {
+			if got := len(col.Records(cc)) > 0; got != tc.wantClient {
 				t.Errorf("client side tracked = %v, want %v", got, tc.wantClient)
 			}
-			if got := len(col.records(sc)) > 0; got != tc.wantSv {
+			if got := len(col.Records(sc)) > 0; got != tc.wantSv {
 				t.Errorf("server side tracked = %v, want %v", got, tc.wantSv)
 			}
 		})
@@ -294,13 +263,13 @@ func TestFilters(t *testing.T) {
 
 // paced sends chunks every period for the given duration (app-limited, so
 // every chunk is acknowledged and produces RTT callbacks).
-func (p pair) paced(t *testing.T, d, period time.Duration) {
+func paced(t *testing.T, p testutil.Pair, d, period time.Duration) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() {
 		buf := make([]byte, 32<<10)
 		for {
-			if _, err := p.server.Read(buf); err != nil {
+			if _, err := p.Server.Read(buf); err != nil {
 				close(done)
 				return
 			}
@@ -308,11 +277,11 @@ func (p pair) paced(t *testing.T, d, period time.Duration) {
 	}()
 	chunk := make([]byte, 16<<10)
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(period) {
-		if _, err := p.client.Write(chunk); err != nil {
+		if _, err := p.Client.Write(chunk); err != nil {
 			t.Fatalf("write: %v", err)
 		}
 	}
-	p.client.Close()
+	p.Client.Close()
 	<-done
 }
 
@@ -332,19 +301,19 @@ func TestModes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cg := testutil.TempCgroup(t)
 			_, col := startBackend(t, Config{Cgroup: cg, Mode: tc.mode, Interval: tc.interval, FlushInterval: 20 * time.Millisecond})
-			ln := listenIn(t, cg, "tcp4", "127.0.0.1:0")
-			p := dialIn(t, cg, ln)
-			cookie := socketCookie(t, p.client)
+			ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+			p := testutil.Dial(t, cg, ln)
+			cookie := testutil.Cookie(t, p.Client)
 			start := time.Now()
-			p.paced(t, duration, 5*time.Millisecond)
+			paced(t, p, duration, 5*time.Millisecond)
 			elapsed := time.Since(start)
-			waitFor(t, "close record", 5*time.Second, func() bool { return len(col.find(cookie, backends.EventClose)) == 1 })
+			testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(cookie, backends.EventClose)) == 1 })
 
-			samples := len(col.find(cookie, backends.EventSample))
-			if len(col.find(cookie, backends.EventOpen)) != 1 {
+			samples := len(col.Find(cookie, backends.EventSample))
+			if len(col.Find(cookie, backends.EventOpen)) != 1 {
 				t.Errorf("want exactly one open record")
 			}
-			if len(col.find(cookie, backends.EventState)) < 2 {
+			if len(col.Find(cookie, backends.EventState)) < 2 {
 				t.Errorf("want state records for the close handshake")
 			}
 			switch tc.mode {
@@ -360,7 +329,7 @@ func TestModes(t *testing.T) {
 				if samples < limit/2 {
 					t.Errorf("only %d samples in %s at interval %s", samples, elapsed, tc.interval)
 				}
-				recs := col.find(cookie, backends.EventSample)
+				recs := col.Find(cookie, backends.EventSample)
 				for i := 1; i < len(recs); i++ {
 					if gap := recs[i].Time.Sub(recs[i-1].Time); gap < tc.interval {
 						t.Errorf("samples %d and %d only %s apart", i-1, i, gap)
@@ -384,9 +353,9 @@ func TestDrops(t *testing.T) {
 	if n, err := b.Drops(); err != nil || n != 0 {
 		t.Fatalf("Drops before traffic = %d, %v", n, err)
 	}
-	ln := listenIn(t, cg, "tcp4", "127.0.0.1:0")
-	p := dialIn(t, cg, ln)
-	p.send(t, 4<<20)
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	p.Send(t, 4<<20)
 	n, err := b.Drops()
 	if err != nil {
 		t.Fatal(err)
@@ -442,28 +411,28 @@ func mustOpen(t *testing.T, path string) int {
 func TestAdoptAfterRestart(t *testing.T) {
 	testutil.RequireRoot(t)
 	cg := testutil.TempCgroup(t)
-	ln := listenIn(t, cg, "tcp4", "127.0.0.1:0")
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
 
 	first, err := New(Config{Cgroup: cg, Interval: 0})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := dialIn(t, cg, ln)
-	cookie := socketCookie(t, p.client)
-	p.send(t, 64<<10)
+	p := testutil.Dial(t, cg, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 64<<10)
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
 
 	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
-	p.send(t, 1<<20)
-	p.client.Close()
-	waitFor(t, "close record", 5*time.Second, func() bool { return len(col.find(cookie, backends.EventClose)) == 1 })
-	recs := col.records(cookie)
+	p.Send(t, 1<<20)
+	p.Client.Close()
+	testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(cookie, backends.EventClose)) == 1 })
+	recs := col.Records(cookie)
 	if recs[0].Event != backends.EventOpen {
 		t.Fatalf("first record of the adopted flow is %s, want open", recs[0].Event)
 	}
-	if len(col.find(cookie, backends.EventSample)) == 0 {
+	if len(col.Find(cookie, backends.EventSample)) == 0 {
 		t.Fatal("no samples of the adopted flow")
 	}
 	if v, _ := recs[0].Info.Get(backends.FieldBytesAcked); v < 64<<10 {

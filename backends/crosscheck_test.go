@@ -1,0 +1,106 @@
+package backends_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/backends/ebpf"
+	"github.com/flowd/flowd/backends/netlink"
+	"github.com/flowd/flowd/internal/testutil"
+)
+
+// run runs b into col until the test ends.
+func run(t *testing.T, b backends.Backend, col *testutil.Collector) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, col) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: Run: %v", b.Name(), err)
+		}
+		if err := b.Close(); err != nil {
+			t.Errorf("%s: Close: %v", b.Name(), err)
+		}
+	})
+}
+
+// TestBackendsAgree records one flow with both backends and checks that
+// they join on the cookie and report the same quiescent counters.
+func TestBackendsAgree(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct{ name, network, addr string }{
+		{"ipv4", "tcp4", "127.0.0.1:0"},
+		{"ipv6", "tcp6", "[::1]:0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cg := testutil.TempCgroup(t)
+			eb, err := ebpf.New(ebpf.Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			nb, err := netlink.New(netlink.Config{Cgroup: cg, Interval: 20 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ecol, ncol := &testutil.Collector{}, &testutil.Collector{}
+			run(t, eb, ecol)
+			run(t, nb, ncol)
+
+			ln := testutil.Listen(t, cg, tc.network, tc.addr)
+			p := testutil.Dial(t, cg, ln)
+			cookie := testutil.Cookie(t, p.Client)
+			p.Send(t, 4<<20)
+			p.Quiesce(t)
+			quiet := time.Now()
+			testutil.WaitFor(t, "a netlink sample after the transfer", 5*time.Second, func() bool {
+				s := ncol.Find(cookie, backends.EventSample)
+				return len(s) > 0 && s[len(s)-1].Time.After(quiet)
+			})
+			nlSamples := ncol.Find(cookie, backends.EventSample)
+			nl := nlSamples[len(nlSamples)-1]
+			p.Client.Close()
+			testutil.WaitFor(t, "the ebpf state record of the close", 5*time.Second, func() bool {
+				return len(ecol.Find(cookie, backends.EventState)) > 0
+			})
+			var eb1 *backends.Record
+			for _, r := range ecol.Find(cookie, backends.EventState) {
+				if r.State == backends.StateFinWait1 {
+					eb1 = &r
+					break
+				}
+			}
+			if eb1 == nil {
+				t.Fatal("no ebpf ESTABLISHED -> FIN_WAIT1 record")
+			}
+			if eb1.LocalAddr != nl.LocalAddr || eb1.RemoteAddr != nl.RemoteAddr ||
+				eb1.LocalPort != nl.LocalPort || eb1.RemotePort != nl.RemotePort ||
+				eb1.Family != nl.Family || eb1.CgroupID != nl.CgroupID || eb1.CA != nl.CA {
+				t.Fatalf("same cookie, different flow:\nebpf    %+v\nnetlink %+v", *eb1, nl)
+			}
+			for _, f := range []backends.Field{
+				backends.FieldBytesAcked, backends.FieldBytesReceived, backends.FieldBytesSent,
+				backends.FieldDelivered, backends.FieldTotalRetrans, backends.FieldSndCwnd,
+				backends.FieldRTT, backends.FieldRTTVar, backends.FieldMinRTT, backends.FieldSegsOut,
+				backends.FieldDataSegsOut, backends.FieldSndMSS, backends.FieldRTO, backends.FieldOptions,
+				backends.FieldSndWscale, backends.FieldRcvWscale, backends.FieldRcvWnd, backends.FieldSndWnd,
+				backends.FieldDeliveryRate, backends.FieldPacingRate,
+			} {
+				e, eok := eb1.Info.Get(f)
+				n, nok := nl.Info.Get(f)
+				if !eok || !nok || e != n {
+					t.Errorf("%s: ebpf %d (%v), netlink %d (%v)", f, e, eok, n, nok)
+				}
+			}
+			// Every member the kernel's tcp_info has, both report.
+			for f := backends.Field(0); f < backends.NumFields; f++ {
+				if nl.Info.Has(f) != eb1.Info.Has(f) {
+					t.Errorf("%s: present in netlink %v, in ebpf %v", f, nl.Info.Has(f), eb1.Info.Has(f))
+				}
+			}
+		})
+	}
+}
