@@ -1,7 +1,6 @@
 package backends_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -10,23 +9,6 @@ import (
 	"github.com/flowd/flowd/backends/netlink"
 	"github.com/flowd/flowd/internal/testutil"
 )
-
-// run runs b into col until the test ends.
-func run(t *testing.T, b backends.Backend, col *testutil.Collector) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx, col) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("%s: Run: %v", b.Name(), err)
-		}
-		if err := b.Close(); err != nil {
-			t.Errorf("%s: Close: %v", b.Name(), err)
-		}
-	})
-}
 
 // TestBackendsAgree records one flow with both backends and checks that
 // they join on the cookie and report the same quiescent counters.
@@ -46,9 +28,7 @@ func TestBackendsAgree(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ecol, ncol := &testutil.Collector{}, &testutil.Collector{}
-			run(t, eb, ecol)
-			run(t, nb, ncol)
+			ecol, ncol := testutil.Run(t, eb), testutil.Run(t, nb)
 
 			ln := testutil.Listen(t, cg, tc.network, tc.addr)
 			p := testutil.Dial(t, cg, ln)

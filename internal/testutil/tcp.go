@@ -217,3 +217,28 @@ func Cookie(tb testing.TB, c net.Conn) uint64 {
 
 // Port returns the port of a TCP address.
 func Port(a net.Addr) uint16 { return uint16(a.(*net.TCPAddr).Port) }
+
+// Run runs b into a new Collector until the test ends; then it checks that
+// Run returns cleanly after cancellation and closes b.
+func Run(tb testing.TB, b backends.Backend) *Collector {
+	tb.Helper()
+	col := &Collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, col) }()
+	tb.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				tb.Errorf("%s: Run: %v", b.Name(), err)
+			}
+		case <-time.After(5 * time.Second):
+			tb.Errorf("%s: Run did not return after cancel", b.Name())
+		}
+		if err := b.Close(); err != nil {
+			tb.Errorf("%s: Close: %v", b.Name(), err)
+		}
+	})
+	return col
+}
