@@ -75,10 +75,12 @@ func TestBackendsAgree(t *testing.T) {
 					t.Errorf("%s: ebpf %d (%v), netlink %d (%v)", f, e, eok, n, nok)
 				}
 			}
-			// Every member the kernel's tcp_info has, both report.
+			// Every member the kernel's own tcp_info has, ebpf computes too
+			// (ebpf may report more on kernels whose tcp_info is older than
+			// their tcp_sock).
 			for f := backends.Field(0); f < backends.NumFields; f++ {
-				if nl.Info.Has(f) != eb1.Info.Has(f) {
-					t.Errorf("%s: present in netlink %v, in ebpf %v", f, nl.Info.Has(f), eb1.Info.Has(f))
+				if nl.Info.Has(f) && !eb1.Info.Has(f) {
+					t.Errorf("%s: present in netlink, absent in ebpf", f)
 				}
 			}
 		})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -438,4 +439,70 @@ func TestAdoptAfterRestart(t *testing.T) {
 	if v, _ := recs[0].Info.Get(backends.FieldBytesAcked); v < 64<<10 {
 		t.Fatalf("adopted flow's open record has bytes_acked %d, want >= %d", v, 64<<10)
 	}
+}
+
+// conditionalFields lists the tcp_info members that need tcp_sock fields
+// some kernels lack; every other member is always present.
+var conditionalFields = map[backends.Field][]string{
+	backends.FieldFastopenClientFail: {"fastopen_client_fail"},
+	backends.FieldDeliveredCE:        {"delivered_ce"},
+	backends.FieldBytesSent:          {"bytes_sent"},
+	backends.FieldBytesRetrans:       {"bytes_retrans"},
+	backends.FieldDsackDups:          {"dsack_dups"},
+	backends.FieldReordSeen:          {"reord_seen"},
+	backends.FieldRcvOoopack:         {"rcv_ooopack"},
+	backends.FieldRehash:             {"plb_rehash", "timeout_rehash"},
+	backends.FieldTotalRTO:           {"total_rto", "rto_stamp"},
+	backends.FieldTotalRTORecoveries: {"total_rto", "rto_stamp"},
+	backends.FieldTotalRTOTime:       {"total_rto", "rto_stamp"},
+	backends.FieldReceivedCE:         {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	backends.FieldDeliveredE1Bytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	backends.FieldDeliveredE0Bytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	backends.FieldDeliveredCEBytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	backends.FieldReceivedE1Bytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	backends.FieldReceivedE0Bytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	backends.FieldReceivedCEBytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+}
+
+// TestPresenceMatchesKernel checks the presence mask against the running
+// kernel's own BTF: a member is present exactly when the tcp_sock fields it
+// is computed from exist.
+func TestPresenceMatchesKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	kspec, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tcpSock *btf.Struct
+	if err := kspec.TypeByName("tcp_sock", &tcpSock); err != nil {
+		t.Fatal(err)
+	}
+	members := map[string]bool{}
+	for _, m := range tcpSock.Members {
+		members[m.Name] = true
+	}
+
+	cg := testutil.TempCgroup(t)
+	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 1<<20)
+	testutil.WaitFor(t, "a sample", 5*time.Second, func() bool { return len(col.Find(cookie, backends.EventSample)) > 0 })
+	r := col.Find(cookie, backends.EventSample)[0]
+
+	var absent []string
+	for f := backends.Field(0); f < backends.NumFields; f++ {
+		want := true
+		for _, m := range conditionalFields[f] {
+			want = want && members[m]
+		}
+		if r.Info.Has(f) != want {
+			t.Errorf("%s: present = %v, but this kernel's tcp_sock says %v", f, r.Info.Has(f), want)
+		}
+		if !want {
+			absent = append(absent, f.Name())
+		}
+	}
+	t.Logf("members absent on this kernel: %v", absent)
 }
