@@ -506,3 +506,22 @@ func TestPresenceMatchesKernel(t *testing.T) {
 	}
 	t.Logf("members absent on this kernel: %v", absent)
 }
+
+// TestOtherNetns checks that the program sees the cgroup's sockets in a
+// network namespace other than flowd's.
+func TestOtherNetns(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	ns := testutil.NewNetns(t)
+	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
+	var p testutil.Pair
+	ns.Do(t, func() {
+		ln := testutil.Listen(t, cg, "tcp6", "[::1]:0")
+		p = testutil.Dial(t, cg, ln)
+	})
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 256<<10)
+	testutil.WaitFor(t, "samples of the flow in the other namespace", 5*time.Second, func() bool {
+		return len(col.Find(cookie, backends.EventSample)) > 0
+	})
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/backends"
@@ -82,10 +83,10 @@ type familyRequest struct {
 	req    *nl.NetlinkRequest
 }
 
-func newDumper(log logrus.FieldLogger) (*dumper, error) {
-	sock, err := nl.Subscribe(unix.NETLINK_SOCK_DIAG)
+func newDumper(log logrus.FieldLogger, netnsPath string) (*dumper, error) {
+	sock, err := openDiagSocket(netnsPath)
 	if err != nil {
-		return nil, fmt.Errorf("opening sock_diag netlink socket: %w", err)
+		return nil, err
 	}
 	tv := unix.NsecToTimeval(recvTimeout.Nanoseconds())
 	if err := sock.SetReceiveTimeout(&tv); err != nil {
@@ -239,4 +240,27 @@ func parseDiagMsg(b []byte, m *diagMsg) error {
 		a = a[next:]
 	}
 	return nil
+}
+
+// openDiagSocket opens a NETLINK_SOCK_DIAG socket in the network namespace
+// at netnsPath, or in flowd's own when it is "". inet_diag only reports the
+// sockets of the namespace its netlink socket was created in.
+func openDiagSocket(netnsPath string) (*nl.NetlinkSocket, error) {
+	if netnsPath == "" {
+		sock, err := nl.Subscribe(unix.NETLINK_SOCK_DIAG)
+		if err != nil {
+			return nil, fmt.Errorf("opening sock_diag netlink socket: %w", err)
+		}
+		return sock, nil
+	}
+	ns, err := netns.GetFromPath(netnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("opening network namespace %s: %w", netnsPath, err)
+	}
+	defer ns.Close()
+	sock, err := nl.SubscribeAt(ns, netns.None(), unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("opening sock_diag netlink socket in %s: %w", netnsPath, err)
+	}
+	return sock, nil
 }

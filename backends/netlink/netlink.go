@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -46,7 +47,12 @@ type Config struct {
 	Cgroup   string        // cgroup2 directory whose subtree is reported (absolute, resolved)
 	Interval time.Duration // time between two inet_diag dumps
 	Filter   backends.Filter
-	Log      logrus.FieldLogger // may be nil: then nothing is logged
+	// Netns is the path of a network namespace (e.g. /run/netns/NAME or
+	// /proc/PID/ns/net) whose sockets are dumped; "" = flowd's own.
+	// inet_diag sees one namespace at a time; the ebpf backend sees the
+	// cgroup's sockets in every namespace.
+	Netns string
+	Log   logrus.FieldLogger // may be nil: then nothing is logged
 }
 
 var (
@@ -80,6 +86,11 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if !filepath.IsAbs(cfg.Cgroup) {
 		return nil, fmt.Errorf("cgroup %q is not an absolute path", cfg.Cgroup)
+	}
+	if cfg.Netns != "" {
+		if _, err := os.Stat(cfg.Netns); err != nil {
+			return nil, fmt.Errorf("network namespace: %w", err)
+		}
 	}
 	if err := cgroup.Check(cfg.Cgroup); err != nil {
 		return nil, fmt.Errorf("cgroup: %w", err)
@@ -219,7 +230,7 @@ type poller struct {
 }
 
 func (b *Backend) newPoller() (*poller, error) {
-	d, err := newDumper(b.log)
+	d, err := newDumper(b.log, b.cfg.Netns)
 	if err != nil {
 		return nil, err
 	}
