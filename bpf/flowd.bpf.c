@@ -455,30 +455,32 @@ static __always_inline int wanted_cb_flags(void)
 }
 
 /* Starts tracking a flow that passes the filters: storage, callbacks and
- * an open record. Returns its state, or NULL when it is not tracked. */
+ * an open record. Returns its state, or NULL when it is not tracked.
+ * Callback flags are only ever added: other sockops programs on this cgroup
+ * or its ancestors (another flowd, say) may rely on the ones already set. */
 static __always_inline struct flow_state *track(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
 						  const struct tcp_sock *tp, __u8 state, __u64 now)
 {
 	const struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
-	int cb = skops->bpf_sock_ops_cb_flags & ~(BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
-	struct flow_state *st = NULL;
+	struct flow_state *st;
+	int cb;
 
-	if (flow_matches(skc))
-		st = bpf_sk_storage_get(&flows, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (st)
-		cb |= wanted_cb_flags();
-	if (cb != skops->bpf_sock_ops_cb_flags)
-		bpf_sock_ops_cb_flags_set(skops, cb);
+	if (!flow_matches(skc))
+		return NULL;
+	st = bpf_sk_storage_get(&flows, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return NULL;
+	cb = skops->bpf_sock_ops_cb_flags | wanted_cb_flags();
+	if (cb != skops->bpf_sock_ops_cb_flags)
+		bpf_sock_ops_cb_flags_set(skops, cb);
 	st->last_sample_ns = now;
 	emit(skops, tp, FLOWD_EVENT_OPEN, 0, state, now);
 	return st;
 }
 
 /* The state of a tracked flow. A flow that has callbacks but no storage was
- * set up by an earlier instance of this program (flowd restarted): it is
- * adopted if it passes the filters, and its callbacks are cleared if not. */
+ * set up by an earlier instance of this program (flowd restarted) or by
+ * another program: it is adopted if it passes the filters. */
 static __always_inline struct flow_state *lookup(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
 						   const struct tcp_sock *tp, __u8 state, __u64 now, bool *adopted)
 {
@@ -549,7 +551,9 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 		track(skops, bsk, tp, tp->inet_conn.icsk_inet.sk.__sk_common.skc_state, bpf_ktime_get_ns());
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
-		on_rtt(skops, bsk, tp);
+		/* Another program may have asked for RTT callbacks. */
+		if (mode == MODE_POLL)
+			on_rtt(skops, bsk, tp);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		on_state(skops, bsk, tp);

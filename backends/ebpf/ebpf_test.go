@@ -4,6 +4,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -524,4 +525,32 @@ func TestOtherNetns(t *testing.T) {
 	testutil.WaitFor(t, "samples of the flow in the other namespace", 5*time.Second, func() bool {
 		return len(col.Find(cookie, backends.EventSample)) > 0
 	})
+}
+
+// TestNestedInstances runs a poll-mode instance on a cgroup and a
+// transition-mode one on its child: each must keep to its own mode even
+// though they share the sockets' callback flags.
+func TestNestedInstances(t *testing.T) {
+	testutil.RequireRoot(t)
+	parent := testutil.TempCgroup(t)
+	child, err := os.MkdirTemp(parent, "child-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pollCol := startBackend(t, Config{Cgroup: parent, Mode: ModePoll, Interval: 0, FlushInterval: 20 * time.Millisecond})
+	_, transCol := startBackend(t, Config{Cgroup: child, Mode: ModeTransition, FlushInterval: 20 * time.Millisecond})
+	ln := testutil.Listen(t, child, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, child, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 1<<20)
+	p.Client.Close()
+	testutil.WaitFor(t, "close records in both", 5*time.Second, func() bool {
+		return len(pollCol.Find(cookie, backends.EventClose)) == 1 && len(transCol.Find(cookie, backends.EventClose)) == 1
+	})
+	if n := len(transCol.Find(cookie, backends.EventSample)); n != 0 {
+		t.Errorf("transition-mode instance sent %d samples", n)
+	}
+	if n := len(pollCol.Find(cookie, backends.EventSample)); n == 0 {
+		t.Errorf("poll-mode instance sent no samples")
+	}
 }

@@ -7,7 +7,6 @@ package netlink
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -15,8 +14,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,186 +26,55 @@ import (
 
 const waitTimeout = 5 * time.Second
 
-// collector is a sink that keeps a copy of every record.
-type collector struct {
-	mu   sync.Mutex
-	recs []backends.Record
-}
-
-func (c *collector) Write(r *backends.Record) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.recs = append(c.recs, *r)
-	return nil
-}
-
-// of returns the records of the flow with this cookie, oldest first.
-func (c *collector) of(cookie uint64) []backends.Record {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []backends.Record
-	for _, r := range c.recs {
-		if r.Cookie == cookie {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-func (c *collector) all() []backends.Record {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.recs)
-}
-
-// waitFor polls cond until it holds, failing the test after waitTimeout.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// control runs fn on the socket's file descriptor.
-func control(t *testing.T, c syscall.Conn, fn func(fd int) error) {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
-		t.Fatal(err)
-	}
-	if ferr != nil {
-		t.Fatal(ferr)
-	}
-}
-
-func sockCookie(t *testing.T, c syscall.Conn) uint64 {
-	t.Helper()
-	var v uint64
-	control(t, c, func(fd int) (err error) {
-		v, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-		return err
-	})
-	return v
-}
-
-func sockTCPInfo(t *testing.T, c syscall.Conn) unix.TCPInfo {
-	t.Helper()
-	var ti *unix.TCPInfo
-	control(t, c, func(fd int) (err error) {
-		ti, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		return err
-	})
-	return *ti
-}
-
-func sockCongestion(t *testing.T, c syscall.Conn) string {
+// sockCongestion reads getsockopt(TCP_CONGESTION) as the socket's owner.
+func sockCongestion(t *testing.T, c net.Conn) string {
 	t.Helper()
 	var s string
-	control(t, c, func(fd int) (err error) {
-		s, err = unix.GetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION)
-		return err
-	})
+	var err error
+	testutil.Control(t, c, func(fd int) { s, err = unix.GetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION) })
+	if err != nil {
+		t.Fatalf("getsockopt TCP_CONGESTION: %v", err)
+	}
 	return s
 }
 
-// end is one socket of a test connection.
+// end is what the records of one socket of a test connection must say.
 type end struct {
-	conn   *net.TCPConn
-	cookie uint64
-	local  netip.AddrPort
-	remote netip.AddrPort
+	cookie        uint64
+	local, remote netip.AddrPort
 }
 
-// pair is a loopback connection: the dialing client and the accepted server.
+// pair is a loopback connection made with testutil (Client and Server, both
+// cubic), with what the records of its client and server must say.
 type pair struct {
+	testutil.Pair
 	client, server end
 	port           uint16 // the listener's
 }
 
-// dialPair listens on addr ("127.0.0.1:0" or "[::1]:0"), connects to it and
-// accepts. A non-empty ca is set with TCP_CONGESTION on the client before
-// it connects. Everything is closed when the test ends.
-func dialPair(t *testing.T, network, addr, ca string) *pair {
+// dialPair listens on addr ("127.0.0.1:0" or "[::1]:0") in cgroup cg ("" =
+// where the test process is), connects to it and accepts. Everything is
+// closed when the test ends.
+func dialPair(t *testing.T, cg, network, addr string) *pair {
 	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatalf("listening on %s: %v", addr, err)
-	}
-	defer ln.Close()
-	d := net.Dialer{KeepAlive: -1}
-	if ca != "" {
-		d.Control = func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, ca)
-			})
-			return errors.Join(err, serr)
-		}
-	}
-	c, err := d.Dial(network, ln.Addr().String())
-	if err != nil {
-		t.Fatalf("dialing %s: %v", ln.Addr(), err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		c.Close()
-		t.Fatalf("accepting: %v", err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		s.Close()
-	})
+	ln := testutil.Listen(t, cg, network, addr)
+	p := testutil.Dial(t, cg, ln)
 	mkEnd := func(c net.Conn) end {
-		tc := c.(*net.TCPConn)
 		l, r := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
-		if network == "tcp4" {
-			l = netip.AddrPortFrom(l.Addr().Unmap(), l.Port())
-			r = netip.AddrPortFrom(r.Addr().Unmap(), r.Port())
+		return end{
+			cookie: testutil.Cookie(t, c),
+			local:  netip.AddrPortFrom(l.Addr().Unmap(), l.Port()),
+			remote: netip.AddrPortFrom(r.Addr().Unmap(), r.Port()),
 		}
-		return end{conn: tc, cookie: sockCookie(t, tc), local: l, remote: r}
 	}
-	return &pair{client: mkEnd(c), server: mkEnd(s), port: uint16(ln.Addr().(*net.TCPAddr).Port)}
+	return &pair{Pair: p, client: mkEnd(p.Client), server: mkEnd(p.Server), port: testutil.Port(ln.Addr())}
 }
 
-// startRun runs b in the background; the returned function cancels the
-// run, waits for it and returns Run's error.
-func startRun(t *testing.T, b *Backend, s backends.Sink) (stop func() error) {
+// quietInfo reads getsockopt(TCP_INFO) without the members that change
+// with time alone.
+func quietInfo(t *testing.T, c net.Conn) unix.TCPInfo {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx, s) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-done:
-			case <-time.After(waitTimeout):
-				err = errors.New("Run did not return after its context was cancelled")
-			}
-		})
-		return err
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		b.Close()
-	})
-	return stop
-}
-
-// quiet returns ti without the members that change with time alone.
-func quiet(ti unix.TCPInfo) unix.TCPInfo {
+	ti := *testutil.TCPInfo(t, c)
 	ti.Last_data_sent, ti.Last_ack_sent, ti.Last_data_recv, ti.Last_ack_recv = 0, 0, 0, 0
 	return ti
 }
@@ -253,30 +119,16 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	col := &collector{}
-	stop := startRun(t, b, col)
+	col, stop := testutil.Start(t, b)
 
-	var p *pair
-	testutil.InCgroup(t, cg, func() { p = dialPair(t, network, addr, "cubic") })
+	p := dialPair(t, cg, network, addr)
 	sender, receiver := p.client, p.server
 
-	// Send a few MB and wait until the sender has nothing in flight.
+	// Send a few MB and wait until the sender has nothing in flight (the
+	// receiver read it all, so nothing is left unsent either).
 	const total = 4 << 20
-	sent := make(chan error, 1)
-	go func() {
-		_, err := sender.conn.Write(make([]byte, total))
-		sent <- err
-	}()
-	if _, err := io.ReadFull(receiver.conn, make([]byte, total)); err != nil {
-		t.Fatalf("receiving: %v", err)
-	}
-	if err := <-sent; err != nil {
-		t.Fatalf("sending: %v", err)
-	}
-	waitFor(t, "the sender to be acked", func() bool {
-		ti := sockTCPInfo(t, sender.conn)
-		return ti.Unacked == 0 && ti.Notsent_bytes == 0
-	})
+	p.Send(t, total)
+	p.Quiesce(t)
 
 	// Sandwich a dump between two getsockopt reads: when the reads agree,
 	// nothing happened on the socket in between (not one segment: segs_in
@@ -289,10 +141,10 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 		if attempt == 20 {
 			t.Fatal("the connection never went quiet for a whole dump")
 		}
-		sBefore, rBefore := quiet(sockTCPInfo(t, sender.conn)), quiet(sockTCPInfo(t, receiver.conn))
+		sBefore, rBefore := quietInfo(t, p.Client), quietInfo(t, p.Server)
 		since := time.Now()
 		after := func(cookie uint64) (backends.Record, bool) {
-			for _, r := range col.of(cookie) {
+			for _, r := range col.Records(cookie) {
 				if r.Time.After(since) {
 					return r, true
 				}
@@ -300,12 +152,12 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 			return backends.Record{}, false
 		}
 		var ok1, ok2 bool
-		waitFor(t, "a dump after the getsockopt reads", func() bool {
+		testutil.WaitFor(t, "a dump after the getsockopt reads", waitTimeout, func() bool {
 			sRec, ok1 = after(sender.cookie)
 			rRec, ok2 = after(receiver.cookie)
 			return ok1 && ok2
 		})
-		sInfo, rInfo = quiet(sockTCPInfo(t, sender.conn)), quiet(sockTCPInfo(t, receiver.conn))
+		sInfo, rInfo = quietInfo(t, p.Client), quietInfo(t, p.Server)
 		if sInfo == sBefore && rInfo == rBefore {
 			break
 		}
@@ -321,46 +173,46 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 	if sRec.CA != "cubic" {
 		t.Errorf("sender CA = %q, want cubic (set with TCP_CONGESTION)", sRec.CA)
 	}
-	if want := sockCongestion(t, receiver.conn); rRec.CA != want || want == "" {
+	if want := sockCongestion(t, p.Server); rRec.CA != want || want == "" {
 		t.Errorf("receiver CA = %q, getsockopt says %q", rRec.CA, want)
 	}
-	waitFor(t, "Flows() to count the two sockets", func() bool { return b.Flows() == 2 })
+	testutil.WaitFor(t, "Flows() to count the two sockets", waitTimeout, func() bool { return b.Flows() == 2 })
 
 	// Half-close: the client goes to FIN_WAIT2 and the server to CLOSE_WAIT,
 	// where they stay while both are open.
-	if err := sender.conn.CloseWrite(); err != nil {
+	if err := p.Client.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
 	lastState := func(cookie uint64, want backends.State) func() bool {
 		return func() bool {
-			recs := col.of(cookie)
+			recs := col.Records(cookie)
 			return len(recs) > 0 && recs[len(recs)-1].State == want
 		}
 	}
-	waitFor(t, "the client in FIN_WAIT2", lastState(sender.cookie, backends.StateFinWait2))
-	waitFor(t, "the server in CLOSE_WAIT", lastState(receiver.cookie, backends.StateCloseWait))
+	testutil.WaitFor(t, "the client in FIN_WAIT2", waitTimeout, lastState(sender.cookie, backends.StateFinWait2))
+	testutil.WaitFor(t, "the server in CLOSE_WAIT", waitTimeout, lastState(receiver.cookie, backends.StateCloseWait))
 
-	receiver.conn.Close()
-	sender.conn.Close()
+	p.Server.Close()
+	p.Client.Close()
 	closed := func(cookie uint64) func() bool {
 		return func() bool {
-			recs := col.of(cookie)
+			recs := col.Records(cookie)
 			return len(recs) > 0 && recs[len(recs)-1].Event == backends.EventClose
 		}
 	}
-	waitFor(t, "the client's close record", closed(sender.cookie))
-	waitFor(t, "the server's close record", closed(receiver.cookie))
-	waitFor(t, "no flows left", func() bool { return b.Flows() == 0 })
+	testutil.WaitFor(t, "the client's close record", waitTimeout, closed(sender.cookie))
+	testutil.WaitFor(t, "the server's close record", waitTimeout, closed(receiver.cookie))
+	testutil.WaitFor(t, "no flows left", waitTimeout, func() bool { return b.Flows() == 0 })
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 
 	// The server may be caught in LAST_ACK by a dump during the close.
-	checkFlowRecords(t, "client", col.of(sender.cookie), sender, family, cgID, "cubic", sInfo,
+	checkFlowRecords(t, "client", col.Records(sender.cookie), sender, family, cgID, "cubic", sInfo,
 		backends.StateFinWait2)
-	checkFlowRecords(t, "server", col.of(receiver.cookie), receiver, family, cgID, rRec.CA, rInfo,
+	checkFlowRecords(t, "server", col.Records(receiver.cookie), receiver, family, cgID, rRec.CA, rInfo,
 		backends.StateCloseWait, backends.StateLastAck)
-	for _, r := range col.all() {
+	for _, r := range col.Records(0) {
 		if r.Cookie != sender.cookie && r.Cookie != receiver.cookie {
 			t.Errorf("record of a socket that is not the test's: %+v", r)
 		}
@@ -445,40 +297,32 @@ func TestLiveRunCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	col := &collector{}
-	stop := startRun(t, b, col)
-	var p *pair
-	testutil.InCgroup(t, cg, func() { p = dialPair(t, "tcp4", "127.0.0.1:0", "") })
-	waitFor(t, "samples of the client", func() bool { return len(col.of(p.client.cookie)) >= 2 })
-	waitFor(t, "Flows() to count the two sockets", func() bool { return b.Flows() == 2 })
+	col, stop := testutil.Start(t, b)
+	p := dialPair(t, cg, "tcp4", "127.0.0.1:0")
+	testutil.WaitFor(t, "samples of the client", waitTimeout, func() bool { return len(col.Records(p.client.cookie)) >= 2 })
+	testutil.WaitFor(t, "Flows() to count the two sockets", waitTimeout, func() bool { return b.Flows() == 2 })
 	if err := stop(); err != nil {
 		t.Fatalf("Run after cancel = %v, want nil", err)
 	}
 	if n := b.Flows(); n != 0 {
 		t.Errorf("Flows() = %d after Run returned, want 0", n)
 	}
-	n := len(col.all())
-	for _, r := range col.all() {
+	n := len(col.Records(0))
+	for _, r := range col.Records(0) {
 		if r.Event == backends.EventClose {
 			t.Errorf("close record on cancel: %+v", r)
 		}
 	}
 	time.Sleep(60 * time.Millisecond)
-	if m := len(col.all()); m != n {
+	if m := len(col.Records(0)); m != n {
 		t.Errorf("%d records written after Run returned", m-n)
 	}
 
 	// A second Run on the same backend starts over, and Close stops it.
 	done := make(chan error, 1)
 	go func() { done <- b.Run(context.Background(), col) }()
-	waitFor(t, "the second Run to reopen the flows", func() bool {
-		opens := 0
-		for _, r := range col.of(p.client.cookie) {
-			if r.Event == backends.EventOpen {
-				opens++
-			}
-		}
-		return opens == 2
+	testutil.WaitFor(t, "the second Run to reopen the flows", waitTimeout, func() bool {
+		return len(col.Find(p.client.cookie, backends.EventOpen)) == 2
 	})
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
@@ -544,14 +388,13 @@ func TestLiveScope(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.d.close()
-	col := &collector{}
+	col := &testutil.Collector{}
 	if err := p.poll(col); err != nil { // walks the (empty) subtree
 		t.Fatal(err)
 	}
 
-	var inside *pair
-	testutil.InCgroup(t, cg, func() { inside = dialPair(t, "tcp4", "127.0.0.1:0", "") })
-	outside := dialPair(t, "tcp4", "127.0.0.1:0", "")
+	inside := dialPair(t, cg, "tcp4", "127.0.0.1:0")
+	outside := dialPair(t, "", "tcp4", "127.0.0.1:0")
 
 	child := filepath.Join(cg, "child")
 	if err := os.Mkdir(child, 0o755); err != nil {
@@ -561,15 +404,14 @@ func TestLiveScope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var inChild *pair
-	testutil.InCgroup(t, child, func() { inChild = dialPair(t, "tcp6", "[::1]:0", "") })
+	inChild := dialPair(t, child, "tcp6", "[::1]:0")
 
 	for range 2 {
 		if err := p.poll(col); err != nil {
 			t.Fatal(err)
 		}
 	}
-	recs := col.all()
+	recs := col.Records(0)
 	seen := cookiesSeen(t, recs)
 	want := map[uint64]bool{inside.client.cookie: true, inside.server.cookie: true,
 		inChild.client.cookie: true, inChild.server.cookie: true}
@@ -593,11 +435,11 @@ func TestLiveScope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all := &collector{}
+	all := &testutil.Collector{}
 	pollN(t, root, all, 1)
 	for _, c := range []uint64{outside.client.cookie, outside.server.cookie, inside.client.cookie, inChild.server.cookie} {
-		if len(all.of(c)) != 1 {
-			t.Errorf("root cgroup: %d records of cookie %d, want 1", len(all.of(c)), c)
+		if n := len(all.Records(c)); n != 1 {
+			t.Errorf("root cgroup: %d records of cookie %d, want 1", n, c)
 		}
 	}
 }
@@ -607,12 +449,9 @@ func TestLiveScope(t *testing.T) {
 func TestLiveFilter(t *testing.T) {
 	testutil.RequireRoot(t)
 	cg := testutil.TempCgroup(t)
-	var a, b, c *pair
-	testutil.InCgroup(t, cg, func() {
-		a = dialPair(t, "tcp4", "127.0.0.1:0", "")
-		b = dialPair(t, "tcp4", "127.0.0.1:0", "")
-		c = dialPair(t, "tcp6", "[::1]:0", "")
-	})
+	a := dialPair(t, cg, "tcp4", "127.0.0.1:0")
+	b := dialPair(t, cg, "tcp4", "127.0.0.1:0")
+	c := dialPair(t, cg, "tcp6", "[::1]:0")
 	names := map[uint64]string{
 		a.client.cookie: "aC", a.server.cookie: "aS",
 		b.client.cookie: "bC", b.server.cookie: "bS",
@@ -641,10 +480,10 @@ func TestLiveFilter(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			col := &collector{}
+			col := &testutil.Collector{}
 			pollN(t, be, col, 2)
 			var got []string
-			for cookie := range cookiesSeen(t, col.all()) {
+			for cookie := range cookiesSeen(t, col.Records(0)) {
 				got = append(got, names[cookie])
 			}
 			slices.Sort(got)

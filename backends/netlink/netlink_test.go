@@ -19,6 +19,7 @@ import (
 
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/internal/testutil"
 )
 
 func cgroupRoot(t *testing.T) string {
@@ -236,15 +237,14 @@ func TestPollSkipsInterruptedDump(t *testing.T) {
 		log:   log,
 		flows: new(atomic.Int64),
 	}
-	col := &collector{}
 	var events []backends.Event
 	step := func() {
 		t.Helper()
-		col.recs = nil
+		col := &testutil.Collector{}
 		if err := p.poll(col); err != nil {
 			t.Fatal(err)
 		}
-		for _, r := range col.recs {
+		for _, r := range col.Records(0) {
 			events = append(events, r.Event)
 		}
 	}

@@ -180,7 +180,8 @@ func ReadEOF(tb testing.TB, c net.Conn) {
 	}
 }
 
-func control(tb testing.TB, c net.Conn, fn func(fd int)) {
+// Control runs fn on the socket's file descriptor, as its owner.
+func Control(tb testing.TB, c net.Conn, fn func(fd int)) {
 	tb.Helper()
 	rc, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
@@ -196,7 +197,7 @@ func TCPInfo(tb testing.TB, c net.Conn) *unix.TCPInfo {
 	tb.Helper()
 	var info *unix.TCPInfo
 	var err error
-	control(tb, c, func(fd int) { info, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO) })
+	Control(tb, c, func(fd int) { info, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO) })
 	if err != nil {
 		tb.Fatalf("getsockopt TCP_INFO: %v", err)
 	}
@@ -208,7 +209,7 @@ func Cookie(tb testing.TB, c net.Conn) uint64 {
 	tb.Helper()
 	var v uint64
 	var err error
-	control(tb, c, func(fd int) { v, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE) })
+	Control(tb, c, func(fd int) { v, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE) })
 	if err != nil {
 		tb.Fatalf("getsockopt SO_COOKIE: %v", err)
 	}
@@ -222,23 +223,35 @@ func Port(a net.Addr) uint16 { return uint16(a.(*net.TCPAddr).Port) }
 // Run returns cleanly after cancellation and closes b.
 func Run(tb testing.TB, b backends.Backend) *Collector {
 	tb.Helper()
-	col := &Collector{}
+	col, _ := Start(tb, b)
+	return col
+}
+
+// Start is Run for a test that stops the run itself: stop cancels it,
+// waits for it and returns Run's error (the same on every call). When the
+// test ends, stop is called if it was not, its error reported, and b closed.
+func Start(tb testing.TB, b backends.Backend) (col *Collector, stop func() error) {
+	tb.Helper()
+	col = &Collector{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Run(ctx, col) }()
-	tb.Cleanup(func() {
+	stop = sync.OnceValue(func() error {
 		cancel()
 		select {
 		case err := <-done:
-			if err != nil {
-				tb.Errorf("%s: Run: %v", b.Name(), err)
-			}
+			return err
 		case <-time.After(5 * time.Second):
-			tb.Errorf("%s: Run did not return after cancel", b.Name())
+			return errors.New("did not return after cancel")
+		}
+	})
+	tb.Cleanup(func() {
+		if err := stop(); err != nil {
+			tb.Errorf("%s: Run: %v", b.Name(), err)
 		}
 		if err := b.Close(); err != nil {
 			tb.Errorf("%s: Close: %v", b.Name(), err)
 		}
 	})
-	return col
+	return col, stop
 }
