@@ -1,0 +1,204 @@
+// Command flowd records per-TCP-flow tcp_info over time, from an eBPF
+// sockops program or from netlink inet_diag dumps, as JSON Lines.
+//
+//	flowd run --config /etc/flowd/flowd.yaml
+//	flowd config --config /etc/flowd/flowd.yaml
+//	flowd version
+//
+// Exit status: 0 after SIGINT or SIGTERM, 1 when flowd fails at run time,
+// 2 for a usage or configuration error (reported before anything starts).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flowd/flowd/config"
+	"github.com/flowd/flowd/daemon"
+)
+
+// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitRuntime = 1
+	exitUsage   = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes flowd with args and returns its exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd(stdout, stderr)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "flowd: %s\n", oneLine(err.Error()))
+	if errors.As(err, new(*runtimeError)) {
+		return exitRuntime
+	}
+	return exitUsage
+}
+
+// runtimeError marks a failure of a correctly configured flowd (exit 1);
+// every other error is a usage or configuration error (exit 2).
+type runtimeError struct{ err error }
+
+func (e *runtimeError) Error() string { return e.err.Error() }
+func (e *runtimeError) Unwrap() error { return e.err }
+
+// oneLine joins the lines of a message (errors.Join, cobra's suggestions).
+func oneLine(s string) string {
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// options holds the flags shared by the commands.
+type options struct {
+	configPath string
+	logLevel   string
+}
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	o := &options{}
+	root := &cobra.Command{
+		Use:           "flowd",
+		Short:         "Record per-TCP-flow tcp_info over time",
+		Long:          "flowd records the tcp_info of every TCP flow over time, from an eBPF sockops\nprogram or from netlink inet_diag dumps, and writes it as JSON Lines.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(cmd.ErrOrStderr())
+			_ = cmd.Usage()
+			return errors.New("missing command: run, config or version")
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.CompletionOptions.DisableDefaultCmd = true
+
+	pf := root.PersistentFlags()
+	pf.StringVarP(&o.configPath, "config", "c", "", "YAML config `file` (default: built-in defaults and FLOWD_* variables)")
+	pf.StringVar(&o.logLevel, "log-level", "", "override log.level: trace, debug, info, warn or error")
+
+	root.AddCommand(newRunCmd(o), newConfigCmd(o), newVersionCmd())
+	return root
+}
+
+// load reads and validates the configuration.
+func (o *options) load(cmd *cobra.Command) (*config.Config, error) {
+	return config.Load(o.configPath, config.WithFlag(config.KeyLogLevel, cmd.Flags().Lookup("log-level")))
+}
+
+func newRunCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "Record flows until SIGINT or SIGTERM",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.load(cmd)
+			if err != nil {
+				return err
+			}
+			log, err := daemon.NewLogger(cfg.Log, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			d, err := daemon.New(cfg, log, version)
+			if err != nil {
+				return &runtimeError{err}
+			}
+
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			context.AfterFunc(ctx, stop) // a second signal kills flowd at once
+
+			if err := d.Run(ctx); err != nil {
+				return &runtimeError{err}
+			}
+			log.Info("stopped")
+			return nil
+		},
+	}
+}
+
+func newConfigCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "config",
+		Short: "Print the configuration in effect (validated) as YAML",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.load(cmd)
+			if err != nil {
+				return err
+			}
+			b, err := cfg.YAML()
+			if err != nil {
+				return &runtimeError{err}
+			}
+			if _, err := cmd.OutOrStdout().Write(b); err != nil {
+				return &runtimeError{fmt.Errorf("writing config: %w", err)}
+			}
+			return nil
+		},
+	}
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print flowd's version, commit and Go version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), versionString())
+			if err != nil {
+				return &runtimeError{err}
+			}
+			return nil
+		},
+	}
+}
+
+// versionString reads like "flowd v1.2.3 (commit 0123abcd, go1.26.8 linux/amd64)".
+func versionString() string {
+	commit := "unknown"
+	goVersion := runtime.Version()
+	if info, ok := debug.ReadBuildInfo(); ok {
+		goVersion = info.GoVersion
+		var modified bool
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+		if modified {
+			commit += "-dirty"
+		}
+	}
+	return fmt.Sprintf("flowd %s (commit %s, %s %s/%s)", version, commit, goVersion, runtime.GOOS, runtime.GOARCH)
+}

@@ -1,0 +1,366 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/config"
+	"github.com/flowd/flowd/internal/testutil"
+)
+
+const testVersion = "v9.9.9-test"
+
+// flowdBin is the flowd binary TestMain builds.
+var flowdBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "flowd-cmd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// Readable by everyone: one test runs the binary as nobody.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	flowdBin = filepath.Join(dir, "flowd")
+	build := exec.Command("go", "build", "-ldflags", "-X main.version="+testVersion, "-o", flowdBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintf(os.Stderr, "building flowd: %v\n", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// env is the test's environment without FLOWD_* variables, plus extra.
+func env(extra ...string) []string {
+	var e []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, config.EnvPrefix+"_") {
+			e = append(e, kv)
+		}
+	}
+	return append(e, extra...)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// flowd runs the binary to completion.
+func flowd(t *testing.T, environ []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, flowdBin, args...)
+	cmd.Env = environ
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("running flowd %v: %v", args, err)
+	}
+	return result{cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()}
+}
+
+func writeConfig(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "flowd.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func requireCgroup2(t *testing.T) string {
+	t.Helper()
+	root, err := cgroup.Mount()
+	if err != nil {
+		t.Skipf("skipping: needs a mounted cgroup2 file system: %v", err)
+	}
+	return root
+}
+
+// TestUsageErrors: every configuration or usage error exits with status 2
+// and one line on stderr that names the key and the value.
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		file string   // config file content; "" = no --config
+		env  []string // extra environment
+		args []string // extra arguments
+		want []string // in stderr
+		root bool     // the default cgroup must resolve (checked before the key)
+	}{
+		{name: "unknown key", file: "ebpf:\n  mood: poll\n", want: []string{"ebpf.mood", "unknown key"}},
+		{name: "bad duration", file: "netlink:\n  interval: 1x\n", want: []string{"netlink.interval", `"1x"`}},
+		{name: "unknown mode", file: "ebpf:\n  mode: fast\n", want: []string{"ebpf.mode", `"fast"`}},
+		{name: "unknown backend", file: "backends: [ebpf, pcap]\n", want: []string{"backends", `"pcap"`}},
+		{name: "auto combined", file: "backends: [auto, ebpf]\n", want: []string{"backends", `"auto"`}},
+		{name: "nonexistent cgroup", file: "cgroup: /nonexistent/flowd\n", want: []string{"cgroup", `"/nonexistent/flowd"`}},
+		{name: "non-cgroup2 cgroup", file: "cgroup: " + dir + "\n", want: []string{"cgroup", `"` + dir + `"`, "cgroup2"}},
+		{name: "bad CIDR", file: "filter:\n  remote_cidrs: [10.0.0.0/40]\n", want: []string{"filter.remote_cidrs", `"10.0.0.0/40"`}},
+		{name: "port out of range", file: "filter:\n  local_ports: [99999]\n", want: []string{"filter.local_ports", "99999"}},
+		{name: "unwritable output", file: "output:\n  path: " + dir + "/no/such/dir/out.jsonl\n", want: []string{"output.path", dir + "/no/such/dir/out.jsonl"}, root: true},
+		{name: "ringbuf size", file: "ebpf:\n  ringbuf_size: 5000\n", want: []string{"ebpf.ringbuf_size", "5000"}},
+		{name: "bad listen", file: "metrics:\n  listen: nine-one-hundred\n", want: []string{"metrics.listen", `"nine-one-hundred"`}},
+		{name: "bad env", env: []string{"FLOWD_EBPF_MODE=fast"}, want: []string{"ebpf.mode", `"fast"`, "FLOWD_EBPF_MODE"}},
+		{name: "bad log level flag", args: []string{"--log-level", "loud"}, want: []string{"log.level", `"loud"`, "--log-level"}},
+		{name: "missing config file", args: []string{"--config", dir + "/missing.yaml"}, want: []string{dir + "/missing.yaml"}},
+		{name: "unknown flag", args: []string{"--bogus"}, want: []string{"unknown flag: --bogus"}},
+		{name: "extra argument", args: []string{"now"}, want: []string{`"now"`}},
+	}
+	for _, tt := range tests {
+		for _, sub := range []string{"run", "config"} {
+			t.Run(tt.name+"/"+sub, func(t *testing.T) {
+				if tt.root {
+					requireCgroup2(t)
+				}
+				args := []string{sub}
+				if tt.file != "" {
+					args = append(args, "--config", writeConfig(t, tt.file))
+				}
+				args = append(args, tt.args...)
+				r := flowd(t, env(tt.env...), args...)
+				if r.code != 2 {
+					t.Errorf("flowd %v: exit status %d, want 2; stderr:\n%s", args, r.code, r.stderr)
+				}
+				if lines := strings.Count(r.stderr, "\n"); lines != 1 || !strings.HasPrefix(r.stderr, "flowd: ") {
+					t.Errorf("flowd %v: stderr is not one line starting with \"flowd: \":\n%s", args, r.stderr)
+				}
+				for _, w := range tt.want {
+					if !strings.Contains(r.stderr, w) {
+						t.Errorf("flowd %v: stderr %q does not mention %q", args, r.stderr, w)
+					}
+				}
+				if r.stdout != "" {
+					t.Errorf("flowd %v wrote to stdout: %q", args, r.stdout)
+				}
+			})
+		}
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	r := flowd(t, env(), "rnu")
+	if r.code != 2 || !strings.Contains(r.stderr, `unknown command "rnu"`) {
+		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = flowd(t, env())
+	if r.code != 2 || !strings.Contains(r.stderr, "missing command") || !strings.Contains(r.stderr, "Usage:") {
+		t.Errorf("no command: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = flowd(t, env(), "--help")
+	if r.code != 0 || !strings.Contains(r.stdout, "run") || !strings.Contains(r.stdout, "--config") {
+		t.Errorf("--help: exit %d, stdout %q", r.code, r.stdout)
+	}
+}
+
+func TestConfigCommand(t *testing.T) {
+	root := requireCgroup2(t)
+	out := filepath.Join(t.TempDir(), "records.jsonl")
+	path := writeConfig(t, `
+backends: [ebpf, netlink]
+ebpf:
+  mode: transition
+  interval: 250ms
+filter:
+  local_ports: [5201]
+  remote_cidrs: [10.1.0.0/16]
+output:
+  path: `+out+`
+metrics:
+  listen: "127.0.0.1:9100"
+`)
+	r := flowd(t, env("FLOWD_NETLINK_INTERVAL=3s"), "config", "--config", path, "--log-level", "debug")
+	if r.code != 0 {
+		t.Fatalf("exit status %d; stderr:\n%s", r.code, r.stderr)
+	}
+	for _, want := range []string{
+		"backends: [ebpf, netlink]\n", "cgroup: " + root + "\n", "mode: transition\n", "interval: 250ms\n",
+		"ringbuf_size: 4194304\n", "flush_interval: 100ms\n", "interval: 3s\n", "local_ports: [5201]\n",
+		"remote_ports: []\n", "remote_cidrs: [10.1.0.0/16]\n", "path: " + out + "\n", "level: debug\n",
+		"format: text\n", "listen: 127.0.0.1:9100\n",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if r.stderr != "" {
+		t.Errorf("stderr: %q", r.stderr)
+	}
+
+	// What flowd config prints is a config file that gives the same result.
+	again := flowd(t, env(), "config", "--config", writeConfig(t, r.stdout))
+	if again.code != 0 || again.stdout != r.stdout {
+		t.Errorf("printed config does not load to itself: exit %d\n%s\nvs\n%s%s", again.code, again.stdout, r.stdout, again.stderr)
+	}
+
+	// The documented default file equals the built-in defaults.
+	def := flowd(t, env(), "config")
+	file := flowd(t, env(), "config", "--config", "../../configs/flowd.yaml")
+	if def.code != 0 || file.code != 0 || def.stdout != file.stdout {
+		t.Errorf("configs/flowd.yaml differs from the defaults:\n%s\nvs\n%s%s%s", file.stdout, def.stdout, file.stderr, def.stderr)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	r := flowd(t, env(), "version")
+	if r.code != 0 {
+		t.Fatalf("exit status %d: %s", r.code, r.stderr)
+	}
+	if !strings.HasPrefix(r.stdout, "flowd "+testVersion+" (commit ") || !strings.Contains(r.stdout, "go1.") {
+		t.Errorf("version output %q", r.stdout)
+	}
+}
+
+// TestEBPFForcedUnavailable: backends: [ebpf] where ebpf cannot load (an
+// unprivileged user) is a runtime error: exit status 1, one clear line.
+func TestEBPFForcedUnavailable(t *testing.T) {
+	requireCgroup2(t)
+	// A directory the unprivileged user can read.
+	dir, err := os.MkdirTemp("", "flowd-cmd-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "flowd.yaml")
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("backends: [ebpf]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, flowdBin, "run", "--config", path)
+	cmd.Env = env()
+	if os.Geteuid() == 0 {
+		// Run as nobody, who may not load BPF programs.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit status %d (%v), want 1; stderr:\n%s", code, err, stderr.String())
+	}
+	last := lastLine(stderr.String())
+	if !strings.HasPrefix(last, "flowd: ") || !strings.Contains(last, "ebpf backend") {
+		t.Errorf("last stderr line %q does not explain that the ebpf backend failed", last)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+// lockedBuffer collects a child's stderr while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestSignalExit: flowd run stops cleanly, with exit status 0, on SIGINT
+// and on SIGTERM. It needs a backend that works on this machine (root and
+// the ebpf backend, or the netlink backend); it skips when none does.
+func TestSignalExit(t *testing.T) {
+	testutil.RequireRoot(t)
+	requireCgroup2(t)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			cg := testutil.TempCgroup(t) // an empty cgroup: nothing to record
+			out := filepath.Join(t.TempDir(), "records.jsonl")
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			listen := ln.Addr().String()
+			ln.Close()
+			path := writeConfig(t, fmt.Sprintf("cgroup: %s\noutput:\n  path: %s\nmetrics:\n  listen: %q\n", cg, out, listen))
+
+			cmd := exec.Command(flowdBin, "run", "--config", path)
+			cmd.Env = env()
+			stderr := &lockedBuffer{}
+			cmd.Stderr = stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+
+			deadline := time.After(20 * time.Second)
+		wait:
+			for !strings.Contains(stderr.String(), "recording flows") {
+				select {
+				case <-exited:
+					t.Skipf("skipping: no backend runs here (exit status %d):\n%s", cmd.ProcessState.ExitCode(), stderr.String())
+				case <-deadline:
+					cmd.Process.Kill()
+					t.Fatalf("flowd did not start:\n%s", stderr.String())
+				case <-time.After(10 * time.Millisecond):
+					continue wait
+				}
+			}
+			if _, err := os.Stat(out); err != nil {
+				t.Errorf("output file not created: %v", err)
+			}
+			begin := time.Now()
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("flowd did not stop on %v:\n%s", sig, stderr.String())
+			}
+			t.Logf("flowd stopped %v after %v", time.Since(begin).Round(time.Millisecond), sig)
+			if code := cmd.ProcessState.ExitCode(); code != 0 {
+				t.Errorf("exit status %d after %v, want 0; stderr:\n%s", code, sig, stderr.String())
+			}
+			if s := stderr.String(); !strings.Contains(s, "msg=stopped") {
+				t.Errorf("no \"stopped\" in the log:\n%s", s)
+			}
+			if conn, err := net.Dial("tcp", listen); err == nil {
+				conn.Close()
+				t.Errorf("metrics endpoint %s still open after exit", listen)
+			}
+		})
+	}
+}

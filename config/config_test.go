@@ -1,0 +1,430 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/flowd/flowd/backends/ebpf"
+	"github.com/flowd/flowd/cgroup"
+)
+
+func TestMain(m *testing.M) {
+	// The tests set FLOWD_* themselves; ones from the caller's shell would
+	// change what they see.
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, EnvPrefix+"_") {
+			os.Unsetenv(name)
+		}
+	}
+	os.Exit(m.Run())
+}
+
+// requireCgroup2 skips tests that need the default cgroup (the cgroup2
+// root) to resolve.
+func requireCgroup2(t *testing.T) string {
+	t.Helper()
+	root, err := cgroup.Mount()
+	if err != nil {
+		t.Skipf("skipping: the default cgroup needs a mounted cgroup2 file system: %v", err)
+	}
+	return root
+}
+
+func writeConfig(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "flowd.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func defaults(root string) *Config {
+	return &Config{
+		Backends: []string{"auto"},
+		Cgroup:   root,
+		EBPF: EBPF{
+			Mode:          ebpf.ModePoll,
+			Interval:      time.Second,
+			RingbufSize:   4 << 20,
+			FlushInterval: 100 * time.Millisecond,
+		},
+		Netlink: Netlink{Interval: time.Second},
+		Filter:  Filter{LocalPorts: []uint16{}, RemotePorts: []uint16{}, RemoteCIDRs: []netip.Prefix{}},
+		Output:  Output{Path: "-"},
+		Log:     Log{Level: "info", Format: "text"},
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	root := requireCgroup2(t)
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := defaults(root); !reflect.DeepEqual(c, want) {
+		t.Errorf("Load(\"\") = %+v, want %+v", c, want)
+	}
+}
+
+// TestDefaultFile keeps configs/flowd.yaml and the code in step: the file
+// sets every key, and to its default.
+func TestDefaultFile(t *testing.T) {
+	requireCgroup2(t)
+	const path = "../configs/flowd.yaml"
+	got, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Load(%s) = %+v, want the defaults %+v", path, got, want)
+	}
+	l := &loader{path: path, inFile: map[string]bool{}}
+	if _, err := l.readFile(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Keys() {
+		if !l.inFile[k] {
+			t.Errorf("%s does not set %s", path, k)
+		}
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	root := requireCgroup2(t)
+	out := filepath.Join(t.TempDir(), "records.jsonl")
+	path := writeConfig(t, `
+backends: [ebpf, netlink]
+cgroup: `+root+`
+ebpf:
+  mode: transition
+  interval: 0s
+  ringbuf_size: 65536
+  flush_interval: 250ms
+netlink:
+  interval: 2s
+filter:
+  local_ports: [5201, "80"]
+  remote_ports: [443]
+  remote_cidrs: [10.1.2.3/8, "2001:db8::1/32"]
+output:
+  path: `+out+`
+log:
+  level: debug
+  format: json
+metrics:
+  listen: "127.0.0.1:9100"
+`)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Config{
+		Backends: []string{"ebpf", "netlink"},
+		Cgroup:   root,
+		EBPF:     EBPF{Mode: ebpf.ModeTransition, Interval: 0, RingbufSize: 65536, FlushInterval: 250 * time.Millisecond},
+		Netlink:  Netlink{Interval: 2 * time.Second},
+		Filter: Filter{
+			LocalPorts:  []uint16{5201, 80},
+			RemotePorts: []uint16{443},
+			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
+		},
+		Output:  Output{Path: out},
+		Log:     Log{Level: "debug", Format: "json"},
+		Metrics: Metrics{Listen: "127.0.0.1:9100"},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got %+v, want %+v", c, want)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("checking output.path left %s behind (stat: %v)", out, err)
+	}
+
+	f := c.BackendFilter()
+	if !f.Match(5201, 1, netip.MustParseAddr("10.9.9.9")) || f.Match(22, 22, netip.MustParseAddr("10.9.9.9")) {
+		t.Errorf("BackendFilter() = %+v does not filter as configured", f)
+	}
+	f.LocalPorts[0] = 1
+	if c.Filter.LocalPorts[0] != 5201 {
+		t.Error("BackendFilter shares its slices with the Config")
+	}
+	ec := c.EBPFConfig(nil)
+	if ec.Cgroup != root || ec.Mode != ebpf.ModeTransition || ec.Interval != 0 || ec.RingbufSize != 65536 ||
+		ec.FlushInterval != 250*time.Millisecond || len(ec.Filter.RemoteCIDRs) != 2 {
+		t.Errorf("EBPFConfig() = %+v", ec)
+	}
+	nc := c.NetlinkConfig(nil)
+	if nc.Cgroup != root || nc.Interval != 2*time.Second || len(nc.Filter.LocalPorts) != 2 {
+		t.Errorf("NetlinkConfig() = %+v", nc)
+	}
+}
+
+func TestEnv(t *testing.T) {
+	requireCgroup2(t)
+	path := writeConfig(t, "ebpf:\n  mode: poll\nnetlink:\n  interval: 5s\n")
+	t.Setenv("FLOWD_EBPF_MODE", "transition")
+	t.Setenv("FLOWD_NETLINK_INTERVAL", "2s")
+	t.Setenv("FLOWD_EBPF_RINGBUF_SIZE", "8192")
+	t.Setenv("FLOWD_FILTER_LOCAL_PORTS", "80, 443 8080")
+	t.Setenv("FLOWD_FILTER_REMOTE_CIDRS", "192.168.0.0/16,::1/128")
+	t.Setenv("FLOWD_LOG_LEVEL", "warn")
+	for _, backendsVar := range []string{"ebpf netlink", "ebpf,netlink"} {
+		t.Setenv("FLOWD_BACKENDS", backendsVar)
+		c, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.EBPF.Mode != ebpf.ModeTransition || c.Netlink.Interval != 2*time.Second || c.EBPF.RingbufSize != 8192 ||
+			!reflect.DeepEqual(c.Backends, []string{"ebpf", "netlink"}) ||
+			!reflect.DeepEqual(c.Filter.LocalPorts, []uint16{80, 443, 8080}) ||
+			len(c.Filter.RemoteCIDRs) != 2 || c.Log.Level != "warn" {
+			t.Errorf("FLOWD_BACKENDS=%q: env did not override: %+v", backendsVar, c)
+		}
+	}
+}
+
+func TestFlagOverridesEnvAndFile(t *testing.T) {
+	requireCgroup2(t)
+	path := writeConfig(t, "log:\n  level: error\n")
+	t.Setenv("FLOWD_LOG_LEVEL", "warn")
+
+	fs := pflag.NewFlagSet("flowd", pflag.ContinueOnError)
+	fs.String("log-level", "", "")
+	flag := fs.Lookup("log-level")
+
+	c, err := Load(path, WithFlag(KeyLogLevel, flag))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Log.Level != "warn" {
+		t.Errorf("unset flag: log.level = %q, want the environment's warn", c.Log.Level)
+	}
+	if err := fs.Parse([]string{"--log-level=trace"}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Load(path, WithFlag(KeyLogLevel, flag)); err != nil {
+		t.Fatal(err)
+	}
+	if c.Log.Level != "trace" {
+		t.Errorf("log.level = %q, want the flag's trace", c.Log.Level)
+	}
+	if err := fs.Parse([]string{"--log-level=loud"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load(path, WithFlag(KeyLogLevel, flag))
+	if err == nil || !strings.Contains(err.Error(), `log.level: "loud"`) || !strings.Contains(err.Error(), "--log-level") {
+		t.Errorf("bad flag value: err = %v", err)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	dir := t.TempDir()
+	notCgroup := t.TempDir() // a directory, but not on cgroup2
+	tests := []struct {
+		name string
+		file string            // config file content ("" = no file)
+		env  map[string]string // environment
+		want []string          // substrings of the error
+		root bool              // the default cgroup must resolve first
+	}{
+		{name: "unknown top-level key", file: "bogus: 1\n", want: []string{"bogus: unknown key"}},
+		{name: "unknown nested key", file: "ebpf:\n  mode: poll\n  moed: poll\n", want: []string{"ebpf.moed: unknown key"}},
+		{name: "unknown key in a section that has none", file: "filter:\n  ports: [1]\n", want: []string{"filter.ports: unknown key"}},
+		{name: "key in wrong case", file: "Backends: [ebpf]\n", want: []string{"Backends: unknown key"}},
+		{name: "dotted key", file: "ebpf.mode: poll\n", want: []string{"ebpf.mode: unknown key"}},
+		{name: "section not a mapping", file: "ebpf: fast\n", want: []string{"ebpf:", `"fast" is not a mapping`}},
+		{name: "not YAML", file: "backends: [ebpf\n", want: []string{"parsing config file"}},
+		{name: "top level not a mapping", file: "- a\n- b\n", want: []string{"does not hold a mapping"}},
+		{name: "unknown env var", env: map[string]string{"FLOWD_EBPF_MOOD": "poll"}, want: []string{"FLOWD_EBPF_MOOD", "sets no config key"}},
+
+		{name: "unknown backend", file: "backends: [ebpf, bpf]\n", want: []string{"backends:", `"bpf" is not one of auto, ebpf, netlink`}},
+		{name: "unknown backend env", env: map[string]string{"FLOWD_BACKENDS": "ebpf,nl"}, want: []string{"backends:", `"nl"`, "FLOWD_BACKENDS"}},
+		{name: "auto combined", file: "backends: [auto, netlink]\n", want: []string{"backends:", `"auto" cannot be combined`}},
+		{name: "duplicate backend", file: "backends: [netlink, netlink]\n", want: []string{"backends:", `"netlink" is listed twice`}},
+		{name: "no backend", file: "backends: []\n", want: []string{"backends:", "empty"}},
+		{name: "backends a mapping", file: "backends: {a: 1}\n", want: []string{"backends:", "{a: 1} is not a list"}},
+
+		{name: "unknown mode", file: "ebpf:\n  mode: fast\n", want: []string{`ebpf.mode: "fast" is not one of poll, transition`}},
+		{name: "unknown mode env", env: map[string]string{"FLOWD_EBPF_MODE": "fast"}, want: []string{`ebpf.mode: "fast" is not one of poll, transition`, "FLOWD_EBPF_MODE"}},
+		{name: "mode a list", file: "ebpf:\n  mode: [poll]\n", want: []string{"ebpf.mode:", `["poll"] is not a string`}},
+		{name: "bad duration", file: "ebpf:\n  interval: 1x\n", want: []string{`ebpf.interval: "1x" is not a duration`}},
+		{name: "bad duration env", env: map[string]string{"FLOWD_NETLINK_INTERVAL": "2 seconds"}, want: []string{`netlink.interval: "2 seconds" is not a duration`}},
+		{name: "duration without unit", file: "netlink:\n  interval: 5\n", want: []string{"netlink.interval: 5 is not a duration"}},
+		{name: "negative interval", file: "ebpf:\n  interval: -1s\n", want: []string{"ebpf.interval: -1s is not 0 or more"}},
+		{name: "zero flush interval", file: "ebpf:\n  flush_interval: 0s\n", want: []string{"ebpf.flush_interval: 0s is not greater than 0"}},
+		{name: "negative flush interval", file: "ebpf:\n  flush_interval: -5ms\n", want: []string{"ebpf.flush_interval: -5ms"}},
+		{name: "zero netlink interval", file: "netlink:\n  interval: 0\n", want: []string{"netlink.interval: 0s is not greater than 0"}},
+		{name: "ringbuf not power of two", file: "ebpf:\n  ringbuf_size: 12288\n", want: []string{"ebpf.ringbuf_size: 12288 is not a power of two"}},
+		{name: "ringbuf below page size", file: "ebpf:\n  ringbuf_size: 2048\n", want: []string{"ebpf.ringbuf_size: 2048 is smaller than the page size"}},
+		{name: "ringbuf zero", file: "ebpf:\n  ringbuf_size: 0\n", want: []string{"ebpf.ringbuf_size: 0"}},
+		{name: "ringbuf negative", file: "ebpf:\n  ringbuf_size: -4096\n", want: []string{"ebpf.ringbuf_size: -4096"}},
+		{name: "ringbuf too large", file: "ebpf:\n  ringbuf_size: 4294967296\n", want: []string{"ebpf.ringbuf_size: 4294967296 is larger"}},
+		{name: "ringbuf with unit", file: "ebpf:\n  ringbuf_size: 4MiB\n", want: []string{`ebpf.ringbuf_size: "4MiB" is not an integer`}},
+		{name: "ringbuf env", env: map[string]string{"FLOWD_EBPF_RINGBUF_SIZE": "lots"}, want: []string{`ebpf.ringbuf_size: "lots" is not an integer`}},
+		{name: "ringbuf float", file: "ebpf:\n  ringbuf_size: 4096.5\n", want: []string{"ebpf.ringbuf_size: 4096.5 is not an integer"}},
+
+		{name: "local port zero", file: "filter:\n  local_ports: [0]\n", want: []string{"filter.local_ports: 0 is out of range 1..65535"}},
+		{name: "local port too large", file: "filter:\n  local_ports: [80, 65536]\n", want: []string{"filter.local_ports: 65536 is out of range 1..65535"}},
+		{name: "remote port negative", file: "filter:\n  remote_ports: [-1]\n", want: []string{"filter.remote_ports: -1 is out of range"}},
+		{name: "remote port env", env: map[string]string{"FLOWD_FILTER_REMOTE_PORTS": "443,70000"}, want: []string{"filter.remote_ports: 70000 is out of range", "FLOWD_FILTER_REMOTE_PORTS"}},
+		{name: "port not a number", file: "filter:\n  local_ports: [http]\n", want: []string{`filter.local_ports: "http" is not a port number`}},
+		{name: "bad CIDR", file: "filter:\n  remote_cidrs: [10.0.0.0/33]\n", want: []string{`filter.remote_cidrs: "10.0.0.0/33" is not a CIDR prefix`}},
+		{name: "address without length", file: "filter:\n  remote_cidrs: [10.0.0.1]\n", want: []string{`filter.remote_cidrs: "10.0.0.1" is not a CIDR prefix`}},
+		{name: "bad IPv6 CIDR", file: "filter:\n  remote_cidrs: [\"2001:db8::g/32\"]\n", want: []string{`filter.remote_cidrs: "2001:db8::g/32"`}},
+		{name: "bad CIDR env", env: map[string]string{"FLOWD_FILTER_REMOTE_CIDRS": "10.0.0.0/8,nope"}, want: []string{`filter.remote_cidrs: "nope"`}},
+
+		{name: "unknown log level", file: "log:\n  level: loud\n", want: []string{`log.level: "loud" is not one of trace, debug, info, warn, error`}},
+		{name: "unknown log format", file: "log:\n  format: xml\n", want: []string{`log.format: "xml" is not one of text, json`}},
+		{name: "listen without port", file: "metrics:\n  listen: localhost\n", want: []string{`metrics.listen: "localhost" is not host:port`}},
+		{name: "listen bad port", file: "metrics:\n  listen: \":http-alt\"\n", want: []string{`metrics.listen: ":http-alt" has no valid port`}},
+
+		{name: "nonexistent cgroup", file: "cgroup: /nonexistent/flowd\n", want: []string{`cgroup: "/nonexistent/flowd"`, "does not exist"}},
+		{name: "cgroup not cgroup2", file: "cgroup: " + notCgroup + "\n", want: []string{`cgroup: "` + notCgroup + `"`, "not on a cgroup2 file system"}},
+		{name: "cgroup env", env: map[string]string{"FLOWD_CGROUP": "/proc"}, want: []string{`cgroup: "/proc"`, "FLOWD_CGROUP"}},
+
+		{name: "output in missing directory", file: "output:\n  path: " + dir + "/missing/out.jsonl\n", want: []string{`output.path: "` + dir + `/missing/out.jsonl" is not writable`}, root: true},
+		{name: "output a directory", file: "output:\n  path: " + dir + "\n", want: []string{`output.path: "` + dir + `" is not writable`, "is a directory"}, root: true},
+		{name: "output empty", file: "output:\n  path: \"\"\n", want: []string{`output.path: "" is not a path`}, root: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.root {
+				requireCgroup2(t)
+			}
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			path := ""
+			if tt.file != "" {
+				path = writeConfig(t, tt.file)
+			}
+			c, err := Load(path)
+			if err == nil {
+				t.Fatalf("Load succeeded: %+v", c)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %q does not match ErrInvalid", err)
+			}
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Errorf("error %q is not a *config.Error", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q is more than one line", err)
+			}
+		})
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nope.yaml")
+	_, err := Load(path)
+	if !errors.Is(err, ErrInvalid) || !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), path) {
+		t.Errorf("Load(%s) error = %v, want a config error naming the file", path, err)
+	}
+}
+
+// TestEmptyValues: a section or key without a value keeps its defaults.
+func TestEmptyValues(t *testing.T) {
+	root := requireCgroup2(t)
+	for _, content := range []string{"", "# nothing\n", "ebpf:\nfilter:\n  local_ports:\n", "log: {}\nbackends:\n"} {
+		c, err := Load(writeConfig(t, content))
+		if err != nil {
+			t.Errorf("%q: %v", content, err)
+			continue
+		}
+		if want := defaults(root); !reflect.DeepEqual(c, want) {
+			t.Errorf("%q: got %+v, want the defaults", content, c)
+		}
+	}
+}
+
+// TestEnvOverridesEmptySection: an empty section in the file must not hide
+// the environment (a viper pitfall).
+func TestEnvOverridesEmptySection(t *testing.T) {
+	requireCgroup2(t)
+	t.Setenv("FLOWD_EBPF_MODE", "transition")
+	c, err := Load(writeConfig(t, "ebpf:\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EBPF.Mode != ebpf.ModeTransition {
+		t.Errorf("ebpf.mode = %q, want transition from the environment", c.EBPF.Mode)
+	}
+}
+
+// TestYAMLRoundTrip: the printed config sets every key and loads back to
+// the same Config.
+func TestYAMLRoundTrip(t *testing.T) {
+	root := requireCgroup2(t)
+	c := defaults(root)
+	c.Backends = []string{"netlink", "ebpf"}
+	c.EBPF.Interval = 1500 * time.Millisecond
+	c.EBPF.Mode = ebpf.ModeTransition
+	c.Filter.LocalPorts = []uint16{5201}
+	c.Filter.RemoteCIDRs = []netip.Prefix{netip.MustParsePrefix("::/0"), netip.MustParsePrefix("10.0.0.0/8")}
+	c.Metrics.Listen = ":9100"
+	c.Log.Level = "warn"
+	b, err := c.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Keys() {
+		_, leaf, _ := strings.Cut(k, ".")
+		if leaf == "" {
+			leaf = k
+		}
+		if !strings.Contains(string(b), leaf+":") {
+			t.Errorf("printed config lacks %s:\n%s", k, b)
+		}
+	}
+	got, err := Load(writeConfig(t, string(b)))
+	if err != nil {
+		t.Fatalf("loading printed config: %v\n%s", err, b)
+	}
+	if !reflect.DeepEqual(got, c) {
+		t.Errorf("round trip: got %+v, want %+v\n%s", got, c, b)
+	}
+}
+
+func TestEnvVar(t *testing.T) {
+	for key, want := range map[string]string{
+		KeyEBPFRingbufSize: "FLOWD_EBPF_RINGBUF_SIZE",
+		KeyBackends:        "FLOWD_BACKENDS",
+		"a-b.c":            "FLOWD_A_B_C",
+	} {
+		if got := EnvVar(key); got != want {
+			t.Errorf("EnvVar(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
+
+func TestRingbufPageSize(t *testing.T) {
+	requireCgroup2(t)
+	page := os.Getpagesize()
+	c, err := Load(writeConfig(t, "ebpf:\n  ringbuf_size: "+strconv.Itoa(page)+"\n"))
+	if err != nil {
+		t.Fatalf("one page: %v", err)
+	}
+	if c.EBPF.RingbufSize != page {
+		t.Errorf("ringbuf_size = %d, want %d", c.EBPF.RingbufSize, page)
+	}
+}

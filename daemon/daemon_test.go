@@ -1,0 +1,695 @@
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/backends/ebpf"
+	"github.com/flowd/flowd/backends/netlink"
+	"github.com/flowd/flowd/config"
+	"github.com/flowd/flowd/sink"
+)
+
+// journal records what the fakes did, in order, across backends.
+type journal struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (j *journal) add(e string) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.events = append(j.events, e)
+}
+
+func (j *journal) list() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Clone(j.events)
+}
+
+// fake is a backend driven by the test. Run writes before, waits for ctx
+// (unless exit is set), writes drain (what a real backend delivers on the
+// way out) and returns runErr.
+type fake struct {
+	name    string
+	j       *journal
+	before  []backends.Record
+	drain   []backends.Record
+	exit    bool  // return right after writing before
+	runErr  error // what Run returns
+	ignore  bool  // ignore ctx: block until Close
+	onClose func()
+	started chan struct{}
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	closes    int
+	mu        sync.Mutex
+}
+
+func newFake(name string, j *journal) *fake {
+	return &fake{name: name, j: j, started: make(chan struct{}), closed: make(chan struct{})}
+}
+
+func (f *fake) Name() string { return f.name }
+
+func (f *fake) Run(ctx context.Context, s backends.Sink) error {
+	f.j.add("run " + f.name)
+	write := func(rs []backends.Record) error {
+		for i := range rs {
+			if err := s.Write(&rs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	err := write(f.before)
+	close(f.started)
+	if err != nil {
+		return err
+	}
+	if f.exit {
+		return f.runErr
+	}
+	if f.ignore {
+		<-f.closed
+		return nil
+	}
+	<-ctx.Done()
+	if err := write(f.drain); err != nil {
+		return err
+	}
+	f.j.add("return " + f.name)
+	if f.runErr != nil {
+		return f.runErr
+	}
+	return ctx.Err()
+}
+
+func (f *fake) Close() error {
+	f.mu.Lock()
+	f.closes++
+	f.mu.Unlock()
+	f.j.add("close " + f.name)
+	if f.onClose != nil {
+		f.onClose()
+	}
+	f.closeOnce.Do(func() { close(f.closed) })
+	return nil
+}
+
+// dropFake counts drops, as the ebpf backend does.
+type dropFake struct {
+	*fake
+	mu    sync.Mutex
+	drops uint64
+	err   error
+}
+
+func (f *dropFake) Drops() (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.drops, f.err
+}
+
+func (f *dropFake) setDrops(n uint64, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.drops, f.err = n, err
+}
+
+// flowFake counts flows, as the netlink backend does.
+type flowFake struct{ *fake }
+
+func (flowFake) Flows() int { return 42 }
+
+func record(backend string, cookie uint64) backends.Record {
+	r := backends.Record{
+		Time:       time.Date(2026, 11, 22, 0, 41, 2, 123456789, time.UTC),
+		Backend:    backend,
+		Event:      backends.EventSample,
+		Cookie:     cookie,
+		Family:     4,
+		LocalAddr:  netip.MustParseAddr("127.0.0.1"),
+		RemoteAddr: netip.MustParseAddr("127.0.0.1"),
+		LocalPort:  5201,
+		RemotePort: 40000,
+		State:      backends.StateEstablished,
+		CA:         "cubic",
+	}
+	r.Info.Set(backends.FieldRTT, 42)
+	return r
+}
+
+func testConfig(names ...string) *config.Config {
+	return &config.Config{
+		Backends: names,
+		Cgroup:   "/sys/fs/cgroup",
+		EBPF:     config.EBPF{Mode: ebpf.ModePoll, Interval: time.Second, RingbufSize: 1 << 20, FlushInterval: 100 * time.Millisecond},
+		Netlink:  config.Netlink{Interval: time.Second},
+		Filter:   config.Filter{LocalPorts: []uint16{5201}},
+		Output:   config.Output{Path: config.Stdout},
+		Log:      config.Log{Level: "info", Format: "text"},
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while the daemon writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type harness struct {
+	d     *Daemon
+	out   *syncBuffer
+	hook  *logtest.Hook
+	j     *journal
+	ebpf  backends.Backend // what NewEBPF returns
+	nl    backends.Backend // what NewNetlink returns
+	ecfg  *ebpf.Config
+	ncfg  *netlink.Config
+	probe error
+	eErr  error // NewEBPF's error
+	nErr  error // NewNetlink's error
+}
+
+func newHarness(t *testing.T, cfg *config.Config) *harness {
+	t.Helper()
+	log, hook := logtest.NewNullLogger()
+	log.SetLevel(logrus.DebugLevel)
+	d, err := New(cfg, log, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{d: d, out: &syncBuffer{}, hook: hook, j: &journal{}}
+	h.ebpf = &dropFake{fake: newFake("ebpf", h.j)}
+	h.nl = flowFake{newFake("netlink", h.j)}
+	d.Out = h.out
+	d.Probe = func() error { return h.probe }
+	d.NewEBPF = func(c ebpf.Config) (backends.Backend, error) {
+		h.j.add("new ebpf")
+		h.ecfg = &c
+		if h.eErr != nil {
+			return nil, h.eErr
+		}
+		return h.ebpf, nil
+	}
+	d.NewNetlink = func(c netlink.Config) (backends.Backend, error) {
+		h.j.add("new netlink")
+		h.ncfg = &c
+		if h.nErr != nil {
+			return nil, h.nErr
+		}
+		return h.nl, nil
+	}
+	d.FlushInterval = time.Hour // only the final flush, unless a test wants more
+	d.StatsInterval = time.Hour
+	return h
+}
+
+// fakeOf returns the *fake inside a backend the harness made.
+func fakeOf(b backends.Backend) *fake {
+	switch b := b.(type) {
+	case *dropFake:
+		return b.fake
+	case flowFake:
+		return b.fake
+	case *fake:
+		return b
+	}
+	return nil
+}
+
+// start runs the daemon in the background; stop cancels it and returns
+// Run's error.
+func (h *harness) start(t *testing.T) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- h.d.Run(ctx) }()
+	return func() error {
+		cancel()
+		select {
+		case err := <-errc:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run did not return after cancel")
+			return nil
+		}
+	}
+}
+
+func (h *harness) lines(t *testing.T) []backends.Record {
+	t.Helper()
+	var rs []backends.Record
+	s := bufio.NewScanner(strings.NewReader(h.out.String()))
+	for s.Scan() {
+		var r backends.Record
+		if err := sink.ParseJSON(s.Bytes(), &r); err != nil {
+			t.Fatalf("output line %q: %v", s.Text(), err)
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+func (h *harness) warnings() []*logrus.Entry {
+	var ws []*logrus.Entry
+	for _, e := range h.hook.AllEntries() {
+		if e.Level == logrus.WarnLevel {
+			ws = append(ws, e)
+		}
+	}
+	return ws
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRecordsReachOutput(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	nl := fakeOf(h.nl)
+	nl.before = []backends.Record{record("netlink", 1), record("netlink", 2), record("netlink", 3)}
+	stop := h.start(t)
+	<-nl.started
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v, want nil after cancel", err)
+	}
+	rs := h.lines(t)
+	if len(rs) != 3 {
+		t.Fatalf("%d records in the output, want 3:\n%s", len(rs), h.out.String())
+	}
+	for i, r := range rs {
+		want := record("netlink", uint64(i+1))
+		if r.Cookie != want.Cookie || r.Backend != "netlink" || r.CA != "cubic" || r.Info.Values[backends.FieldRTT] != 42 {
+			t.Errorf("record %d = %+v", i, r)
+		}
+	}
+	if nl.closes != 1 {
+		t.Errorf("netlink backend closed %d times, want 1", nl.closes)
+	}
+	// The configuration reached the backend.
+	if h.ncfg == nil || h.ncfg.Cgroup != "/sys/fs/cgroup" || h.ncfg.Interval != time.Second ||
+		!slices.Equal(h.ncfg.Filter.LocalPorts, []uint16{5201}) || h.ncfg.Log == nil {
+		t.Errorf("netlink.Config = %+v", h.ncfg)
+	}
+	mfs, err := h.d.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counted float64
+	for _, mf := range mfs {
+		if mf.GetName() == "flowd_records_total" {
+			for _, m := range mf.GetMetric() {
+				counted += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if counted != 3 {
+		t.Errorf("flowd_records_total sums to %v, want 3", counted)
+	}
+}
+
+// TestShutdownOrder: on cancel the backends drain, the output is flushed,
+// then the backends are closed in reverse order of creation.
+func TestShutdownOrder(t *testing.T) {
+	h := newHarness(t, testConfig("ebpf", "netlink"))
+	e, nl := fakeOf(h.ebpf), fakeOf(h.nl)
+	e.before = []backends.Record{record("ebpf", 1)}
+	e.drain = []backends.Record{record("ebpf", 2), record("ebpf", 3)}
+	nl.drain = []backends.Record{record("netlink", 4)}
+	atClose := -1
+	// Count the lines in the output when the first backend is closed.
+	nl.onClose = func() { atClose = strings.Count(h.out.String(), "\n") }
+	stop := h.start(t)
+	<-e.started
+	<-nl.started
+	if s := h.out.String(); s != "" {
+		t.Errorf("output written before the flush: %q", s)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if atClose != 4 {
+		t.Errorf("%d records in the output when the backends were closed, want all 4", atClose)
+	}
+	byBackend := map[string]int{}
+	for _, r := range h.lines(t) {
+		byBackend[r.Backend]++
+	}
+	if byBackend["ebpf"] != 3 || byBackend["netlink"] != 1 {
+		t.Errorf("records by backend = %v, want ebpf:3 netlink:1", byBackend)
+	}
+	ev := h.j.list()
+	idx := func(e string) int { return slices.Index(ev, e) }
+	if !(idx("new ebpf") < idx("new netlink") &&
+		idx("return ebpf") < idx("close netlink") && idx("return netlink") < idx("close netlink") &&
+		idx("close netlink") < idx("close ebpf")) || idx("close ebpf") < 0 {
+		t.Errorf("events in the wrong order: %v", ev)
+	}
+}
+
+func TestAutoUsesEBPF(t *testing.T) {
+	h := newHarness(t, testConfig("auto"))
+	stop := h.start(t)
+	<-fakeOf(h.ebpf).started
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if ev := h.j.list(); slices.Contains(ev, "new netlink") {
+		t.Errorf("netlink created although ebpf works: %v", ev)
+	}
+	if ws := h.warnings(); len(ws) != 0 {
+		t.Errorf("warnings: %v", ws)
+	}
+	if h.ecfg == nil || h.ecfg.RingbufSize != 1<<20 || h.ecfg.Mode != ebpf.ModePoll || h.ecfg.Log == nil {
+		t.Errorf("ebpf.Config = %+v", h.ecfg)
+	}
+}
+
+func TestAutoFallback(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		probe, eErr error
+		wantNewEBPF bool
+	}{
+		{"probe fails", errors.New("kernel BTF is not available"), nil, false},
+		{"load fails", nil, errors.New("attaching sockops: permission denied"), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, testConfig("auto"))
+			h.probe, h.eErr = tc.probe, tc.eErr
+			fakeOf(h.nl).before = []backends.Record{record("netlink", 1)}
+			stop := h.start(t)
+			<-fakeOf(h.nl).started
+			if err := stop(); err != nil {
+				t.Fatalf("Run = %v", err)
+			}
+			ev := h.j.list()
+			if slices.Contains(ev, "new ebpf") != tc.wantNewEBPF || !slices.Contains(ev, "run netlink") {
+				t.Errorf("events %v", ev)
+			}
+			ws := h.warnings()
+			if len(ws) != 1 {
+				t.Fatalf("%d warnings, want exactly 1: %v", len(ws), ws)
+			}
+			reason := errors.Join(tc.probe, tc.eErr)
+			if err, _ := ws[0].Data[logrus.ErrorKey].(error); err == nil || err.Error() != reason.Error() {
+				t.Errorf("warning %q carries error %v, want %v", ws[0].Message, ws[0].Data[logrus.ErrorKey], reason)
+			}
+			if !strings.Contains(ws[0].Message, "netlink") {
+				t.Errorf("warning %q does not say netlink is used", ws[0].Message)
+			}
+			if rs := h.lines(t); len(rs) != 1 || rs[0].Backend != "netlink" {
+				t.Errorf("output %v", rs)
+			}
+		})
+	}
+}
+
+func TestExplicitEBPFFails(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		probe, eErr error
+		want        string
+	}{
+		{"probe fails", errors.New("no BTF"), nil, "ebpf backend unavailable: no BTF"},
+		{"load fails", nil, errors.New("EPERM"), "loading ebpf backend: EPERM"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, testConfig("netlink", "ebpf"))
+			h.probe, h.eErr = tc.probe, tc.eErr
+			err := h.d.Run(context.Background())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Run = %v, want an error with %q", err, tc.want)
+			}
+			if errors.Is(err, config.ErrInvalid) {
+				t.Error("a runtime error matches config.ErrInvalid")
+			}
+			ev := h.j.list()
+			if slices.Contains(ev, "run netlink") || !slices.Contains(ev, "close netlink") {
+				t.Errorf("the netlink backend created first must be closed, not run: %v", ev)
+			}
+			if len(h.warnings()) != 0 {
+				t.Errorf("warnings: %v", h.warnings())
+			}
+		})
+	}
+}
+
+func TestDropsLoggedAndCounted(t *testing.T) {
+	h := newHarness(t, testConfig("ebpf"))
+	h.d.StatsInterval = 5 * time.Millisecond
+	e := h.ebpf.(*dropFake)
+	dropsMetric := func() float64 {
+		mfs, _ := h.d.Metrics().Registry().Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "flowd_ringbuf_drops_total" {
+				for _, m := range mf.GetMetric() {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+		return -1
+	}
+	stop := h.start(t)
+	<-e.started
+	waitFor(t, "the drops series", func() bool { return dropsMetric() == 0 })
+
+	e.setDrops(5, nil)
+	waitFor(t, "5 drops", func() bool { return dropsMetric() == 5 })
+	e.setDrops(5, errors.New("map lookup failed"))
+	waitFor(t, "the error warning", func() bool { return len(h.warnings()) == 2 })
+	time.Sleep(30 * time.Millisecond) // several polls with the same error: logged once
+	e.setDrops(12, nil)
+	waitFor(t, "12 drops", func() bool { return dropsMetric() == 12 })
+	e.setDrops(20, nil) // a tick or the shutdown poll sees this
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if v := dropsMetric(); v != 20 {
+		t.Errorf("flowd_ringbuf_drops_total = %v after shutdown, want 20", v)
+	}
+	var grew []any
+	errWarnings := 0
+	for _, w := range h.warnings() {
+		if _, ok := w.Data[logrus.ErrorKey]; ok {
+			errWarnings++
+			continue
+		}
+		if w.Data[fieldBackend] != "ebpf" {
+			t.Errorf("drop warning without the backend: %v", w.Data)
+		}
+		grew = append(grew, w.Data[fieldDrops], w.Data[fieldDropsTotal])
+	}
+	want := []any{uint64(5), uint64(5), uint64(7), uint64(12), uint64(8), uint64(20)}
+	if !slices.Equal(grew, want) {
+		t.Errorf("drop warnings (drops, total) = %v, want %v", grew, want)
+	}
+	if errWarnings != 1 {
+		t.Errorf("%d warnings about the failing drop counter, want 1", errWarnings)
+	}
+}
+
+func TestFlowsMetric(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	stop := h.start(t)
+	<-fakeOf(h.nl).started
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	const want = "# HELP flowd_flows Flows a backend currently tracks (backends that count them).\n" +
+		"# TYPE flowd_flows gauge\nflowd_flows{backend=\"netlink\"} 42\n"
+	if err := testutil.GatherAndCompare(h.d.Metrics().Registry(), strings.NewReader(want), "flowd_flows"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestBackendFailure(t *testing.T) {
+	h := newHarness(t, testConfig("ebpf", "netlink"))
+	nl := fakeOf(h.nl)
+	nl.exit, nl.runErr = true, errors.New("inet_diag dump: EINVAL")
+	err := h.d.Run(context.Background()) // no cancel: the failure ends it
+	if err == nil || !strings.Contains(err.Error(), "netlink backend: inet_diag dump: EINVAL") {
+		t.Fatalf("Run = %v", err)
+	}
+	ev := h.j.list()
+	if !slices.Contains(ev, "return ebpf") || !slices.Contains(ev, "close ebpf") || !slices.Contains(ev, "close netlink") {
+		t.Errorf("the other backend was not stopped and everything closed: %v", ev)
+	}
+}
+
+func TestBackendStopsEarly(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	fakeOf(h.nl).exit = true
+	err := h.d.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "netlink backend stopped unexpectedly") {
+		t.Fatalf("Run = %v", err)
+	}
+}
+
+type failWriter struct{}
+
+func (failWriter) Write([]byte) (int, error) { return 0, io.ErrShortWrite }
+
+func TestOutputError(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	h.d.Out = failWriter{}
+	h.d.FlushInterval = 5 * time.Millisecond
+	fakeOf(h.nl).before = []backends.Record{record("netlink", 1)}
+	err := h.d.Run(context.Background())
+	if !errors.Is(err, io.ErrShortWrite) {
+		t.Fatalf("Run = %v, want the output's error", err)
+	}
+	if fakeOf(h.nl).closes != 1 {
+		t.Error("backend not closed")
+	}
+}
+
+func TestStopTimeout(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	h.d.StopTimeout = 50 * time.Millisecond
+	fakeOf(h.nl).ignore = true
+	stop := h.start(t)
+	<-fakeOf(h.nl).started
+	err := stop()
+	if err == nil || !strings.Contains(err.Error(), "did not stop in time") {
+		t.Fatalf("Run = %v", err)
+	}
+	if fakeOf(h.nl).closes != 1 {
+		t.Error("the stuck backend was not closed")
+	}
+}
+
+func TestOutputFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "records.jsonl")
+	if err := os.WriteFile(path, []byte("{\"earlier\":1}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig("netlink")
+	cfg.Output.Path = path
+	h := newHarness(t, cfg)
+	h.d.Out = nil
+	fakeOf(h.nl).before = []backends.Record{record("netlink", 7)}
+	stop := h.start(t)
+	<-fakeOf(h.nl).started
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 2 || lines[0] != `{"earlier":1}` || !strings.Contains(lines[1], `"cookie":7`) {
+		t.Errorf("output file:\n%s", b)
+	}
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	cfg := testConfig("netlink")
+	cfg.Metrics.Listen = addr
+	h := newHarness(t, cfg)
+	fakeOf(h.nl).before = []backends.Record{record("netlink", 1)}
+	stop := h.start(t)
+	<-fakeOf(h.nl).started
+	url := "http://" + addr + "/metrics"
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`flowd_records_total{backend="netlink",event="sample"} 1`, `flowd_build_info{version="test"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("GET %s lacks %q", url, want)
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: time.Second}
+	if resp, err := client.Get(url); err == nil {
+		resp.Body.Close()
+		t.Errorf("metrics still served after Run returned")
+	}
+}
+
+func TestMetricsListenFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := testConfig("netlink")
+	cfg.Metrics.Listen = ln.Addr().String()
+	h := newHarness(t, cfg)
+	if err := h.d.Run(context.Background()); err == nil || !strings.Contains(err.Error(), ln.Addr().String()) {
+		t.Fatalf("Run = %v, want an error naming the address", err)
+	}
+	if ev := h.j.list(); len(ev) != 0 {
+		t.Errorf("backends created although the metrics endpoint failed: %v", ev)
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := NewLogger(config.Log{Level: "warn", Format: "json"}, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("hidden")
+	log.WithField(fieldBackend, "ebpf").Warn("shown")
+	if s := buf.String(); strings.Contains(s, "hidden") || !strings.Contains(s, `"backend":"ebpf"`) || !strings.Contains(s, `"msg":"shown"`) {
+		t.Errorf("log output %q", s)
+	}
+	if _, err := NewLogger(config.Log{Level: "loud"}, &buf); err == nil {
+		t.Error("bad level accepted")
+	}
+}

@@ -1,0 +1,111 @@
+// Package metrics exposes flowd's Prometheus metrics: records per backend
+// and event, tracked flows, ring buffer drops, output errors and build
+// information, plus the Go and process collectors. It uses its own
+// registry, never the global default one.
+package metrics
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/flowd/flowd/backends"
+)
+
+const namespace = "flowd"
+
+// Label names.
+const (
+	labelBackend = "backend"
+	labelEvent   = "event"
+	labelVersion = "version"
+)
+
+// Metrics holds flowd's metrics and the registry they are served from.
+type Metrics struct {
+	reg          *prometheus.Registry
+	records      *prometheus.CounterVec
+	flows        *prometheus.GaugeVec
+	drops        *prometheus.CounterVec
+	outputErrors prometheus.Counter
+}
+
+// New returns the metrics of a flowd of this version, registered in a new
+// registry.
+func New(version string) (*Metrics, error) {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "records_total",
+			Help:      "Records received from the backends, by backend and event.",
+		}, []string{labelBackend, labelEvent}),
+		flows: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "flows",
+			Help:      "Flows a backend currently tracks (backends that count them).",
+		}, []string{labelBackend}),
+		drops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "ringbuf_drops_total",
+			Help:      "Records lost because the backend's ring buffer was full.",
+		}, []string{labelBackend}),
+		outputErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "output_errors_total",
+			Help:      "Records that could not be written to the output.",
+		}),
+	}
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace,
+		Name:      "build_info",
+		Help:      "Always 1; the version label says which flowd runs.",
+	}, []string{labelVersion})
+	buildInfo.WithLabelValues(version).Set(1)
+
+	for _, c := range []prometheus.Collector{
+		m.records, m.flows, m.drops, m.outputErrors, buildInfo,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := m.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// Registry returns the registry the metrics are in.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Sink returns a sink that counts each record, then writes it to next.
+// Errors from next are counted as output errors and returned.
+func (m *Metrics) Sink(next backends.Sink) backends.Sink {
+	return &countingSink{m: m, next: next}
+}
+
+type countingSink struct {
+	m    *Metrics
+	next backends.Sink
+}
+
+func (s *countingSink) Write(r *backends.Record) error {
+	s.m.records.WithLabelValues(r.Backend, r.Event.String()).Inc()
+	if err := s.next.Write(r); err != nil {
+		s.m.outputErrors.Inc()
+		return err
+	}
+	return nil
+}
+
+// AddDrops adds n records lost by backend. Adding 0 makes the series
+// appear before the first drop.
+func (m *Metrics) AddDrops(backend string, n uint64) {
+	m.drops.WithLabelValues(backend).Add(float64(n))
+}
+
+// SetFlows sets the number of flows backend tracks.
+func (m *Metrics) SetFlows(backend string, n int) {
+	m.flows.WithLabelValues(backend).Set(float64(n))
+}

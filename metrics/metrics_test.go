@@ -1,0 +1,179 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/flowd/flowd/backends"
+)
+
+func newMetrics(t *testing.T) *Metrics {
+	t.Helper()
+	m, err := New("1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestSinkCountsAndForwards(t *testing.T) {
+	m := newMetrics(t)
+	var got []backends.Event
+	fail := false
+	next := backends.SinkFunc(func(r *backends.Record) error {
+		if fail {
+			return errors.New("disk full")
+		}
+		got = append(got, r.Event)
+		return nil
+	})
+	s := m.Sink(next)
+	for _, r := range []backends.Record{
+		{Backend: "ebpf", Event: backends.EventOpen},
+		{Backend: "ebpf", Event: backends.EventSample},
+		{Backend: "ebpf", Event: backends.EventSample},
+		{Backend: "netlink", Event: backends.EventClose},
+	} {
+		if err := s.Write(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fail = true
+	if err := s.Write(&backends.Record{Backend: "netlink", Event: backends.EventSample}); err == nil {
+		t.Error("the sink's error was not returned")
+	}
+	if len(got) != 4 {
+		t.Errorf("%d records forwarded, want 4", len(got))
+	}
+	for _, c := range []struct {
+		backend, event string
+		want           float64
+	}{
+		{"ebpf", "open", 1}, {"ebpf", "sample", 2}, {"netlink", "close", 1}, {"netlink", "sample", 1}, {"ebpf", "close", 0},
+	} {
+		if v := testutil.ToFloat64(m.records.WithLabelValues(c.backend, c.event)); v != c.want {
+			t.Errorf("flowd_records_total{backend=%q,event=%q} = %v, want %v", c.backend, c.event, v, c.want)
+		}
+	}
+	if v := testutil.ToFloat64(m.outputErrors); v != 1 {
+		t.Errorf("flowd_output_errors_total = %v, want 1", v)
+	}
+}
+
+func TestDropsAndFlows(t *testing.T) {
+	m := newMetrics(t)
+	m.AddDrops("ebpf", 0)
+	m.AddDrops("ebpf", 5)
+	m.AddDrops("ebpf", 7)
+	m.SetFlows("netlink", 3)
+	m.SetFlows("netlink", 2)
+	const want = `
+# HELP flowd_flows Flows a backend currently tracks (backends that count them).
+# TYPE flowd_flows gauge
+flowd_flows{backend="netlink"} 2
+# HELP flowd_ringbuf_drops_total Records lost because the backend's ring buffer was full.
+# TYPE flowd_ringbuf_drops_total counter
+flowd_ringbuf_drops_total{backend="ebpf"} 12
+# HELP flowd_build_info Always 1; the version label says which flowd runs.
+# TYPE flowd_build_info gauge
+flowd_build_info{version="1.2.3"} 1
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want),
+		"flowd_flows", "flowd_ringbuf_drops_total", "flowd_build_info"); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestOwnRegistry: nothing lands in the global default registry, and two
+// Metrics can coexist.
+func TestOwnRegistry(t *testing.T) {
+	m1 := newMetrics(t)
+	m2 := newMetrics(t)
+	m1.AddDrops("ebpf", 1)
+	m2.AddDrops("ebpf", 2)
+	if v := testutil.ToFloat64(m1.drops.WithLabelValues("ebpf")); v != 1 {
+		t.Errorf("m1 drops = %v", v)
+	}
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "flowd_") {
+			t.Errorf("%s is in the default registry", mf.GetName())
+		}
+	}
+}
+
+func TestServer(t *testing.T) {
+	m := newMetrics(t)
+	m.Sink(backends.SinkFunc(func(*backends.Record) error { return nil })).Write(&backends.Record{Backend: "ebpf", Event: backends.EventSample})
+	log, hook := logtest.NewNullLogger()
+	srv, err := m.Listen("127.0.0.1:0", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + srv.Addr().String() + Path
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET %s: %s", url, resp.Status)
+	}
+	for _, want := range []string{
+		`flowd_records_total{backend="ebpf",event="sample"} 1`,
+		`flowd_build_info{version="1.2.3"} 1`,
+		"flowd_output_errors_total 0",
+		"go_goroutines ",
+		"process_cpu_seconds_total ",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("GET %s lacks %q", url, want)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: time.Second}
+	if resp, err := client.Get(url); err == nil {
+		resp.Body.Close()
+		t.Errorf("GET %s after Shutdown succeeded", url)
+	}
+	for _, e := range hook.AllEntries() {
+		if e.Level <= logrus.WarnLevel {
+			t.Errorf("logged %s: %s", e.Level, e.Message)
+		}
+	}
+}
+
+func TestListenError(t *testing.T) {
+	m := newMetrics(t)
+	log, _ := logtest.NewNullLogger()
+	srv, err := m.Listen("127.0.0.1:0", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background())
+	if _, err := m.Listen(srv.Addr().String(), log); err == nil || !strings.Contains(err.Error(), srv.Addr().String()) {
+		t.Errorf("second Listen on %s: err = %v, want one naming the address", srv.Addr(), err)
+	}
+}

@@ -1,0 +1,117 @@
+package sink
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+
+	"github.com/flowd/flowd/backends"
+)
+
+func TestJSONLConcurrent(t *testing.T) {
+	var out bytes.Buffer
+	j := NewJSONL(&out)
+	const writers, each = 4, 2000
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			r := sample()
+			r.Backend = []string{"ebpf", "netlink"}[w%2]
+			for i := range each {
+				r.Cookie = uint64(w*each + i)
+				if err := j.Write(r); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	seen := make(map[uint64]bool)
+	s := bufio.NewScanner(&out)
+	for s.Scan() {
+		var r backends.Record
+		if err := ParseJSON(s.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", s.Text(), err)
+		}
+		if seen[r.Cookie] {
+			t.Errorf("cookie %d written twice", r.Cookie)
+		}
+		seen[r.Cookie] = true
+	}
+	if len(seen) != writers*each {
+		t.Errorf("%d records read back, want %d", len(seen), writers*each)
+	}
+}
+
+func TestJSONLFlushAndClose(t *testing.T) {
+	var out bytes.Buffer
+	j := NewJSONL(&out)
+	if err := j.Write(sample()); err != nil {
+		t.Fatal(err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("a record reached the writer before Flush: buffering is off")
+	}
+	if err := j.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	want := string(AppendJSON(nil, sample())) + "\n"
+	if out.String() != want {
+		t.Errorf("after Flush: %q, want %q", out.String(), want)
+	}
+	if err := j.Write(sample()); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // idempotent
+		if err := j.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out.String() != want+want {
+		t.Errorf("Close did not flush")
+	}
+	if err := j.Write(sample()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Write after Close = %v, want ErrClosed", err)
+	}
+	if err := j.Flush(); err != nil {
+		t.Errorf("Flush after Close = %v", err)
+	}
+}
+
+type failWriter struct{}
+
+func (failWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
+
+func TestJSONLWriteError(t *testing.T) {
+	j := NewJSONL(failWriter{})
+	if err := j.Write(sample()); err != nil {
+		t.Fatalf("buffered Write failed early: %v", err)
+	}
+	if err := j.Flush(); !errors.Is(err, io.ErrClosedPipe) {
+		t.Errorf("Flush = %v, want the writer's error", err)
+	}
+	if err := j.Write(sample()); !errors.Is(err, io.ErrClosedPipe) {
+		t.Errorf("Write after a failed flush = %v, want the writer's error", err)
+	}
+	if err := j.Close(); !errors.Is(err, io.ErrClosedPipe) {
+		t.Errorf("Close = %v, want the writer's error", err)
+	}
+}
+
+func BenchmarkJSONLWrite(b *testing.B) {
+	j := NewJSONL(io.Discard)
+	r := sample()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := j.Write(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
