@@ -1,0 +1,98 @@
+// Package flows loads flowd's JSON Lines output and groups it by flow.
+package flows
+
+import (
+	"bufio"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+
+	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/sink"
+)
+
+// Load reads a JSON Lines file written by flowd. Errors name the file and line.
+func Load(path string) ([]backends.Record, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []backends.Record
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	for line := 1; s.Scan(); line++ {
+		if len(s.Bytes()) == 0 {
+			continue
+		}
+		var r backends.Record
+		if err := sink.ParseJSON(s.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+		out = append(out, r)
+	}
+	if err := s.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return out, nil
+}
+
+// Tuple identifies a flow from one end.
+type Tuple struct {
+	Local, Remote netip.AddrPort
+}
+
+func (t Tuple) String() string { return t.Local.String() + "->" + t.Remote.String() }
+
+// TupleOf returns a record's tuple, with IPv4-mapped addresses unmapped.
+func TupleOf(r *backends.Record) Tuple {
+	return Tuple{
+		Local:  netip.AddrPortFrom(r.LocalAddr.Unmap(), r.LocalPort),
+		Remote: netip.AddrPortFrom(r.RemoteAddr.Unmap(), r.RemotePort),
+	}
+}
+
+// Flow is the records of one socket, in time order.
+type Flow struct {
+	Cookie  uint64
+	Tuple   Tuple
+	Records []backends.Record
+}
+
+// Group splits records into flows by cookie, each sorted by time.
+func Group(recs []backends.Record) map[uint64]*Flow {
+	out := map[uint64]*Flow{}
+	for _, r := range recs {
+		f := out[r.Cookie]
+		if f == nil {
+			f = &Flow{Cookie: r.Cookie, Tuple: TupleOf(&r)}
+			out[r.Cookie] = f
+		}
+		f.Records = append(f.Records, r)
+	}
+	for _, f := range out {
+		sort.SliceStable(f.Records, func(i, j int) bool { return f.Records[i].Time.Before(f.Records[j].Time) })
+	}
+	return out
+}
+
+// ByTuple returns the flow with this tuple, or nil. When a tuple was reused,
+// the flow opened last wins.
+func ByTuple(flows map[uint64]*Flow, t Tuple) *Flow {
+	var best *Flow
+	for _, f := range flows {
+		if f.Tuple == t && (best == nil || f.Records[0].Time.After(best.Records[0].Time)) {
+			best = f
+		}
+	}
+	return best
+}
+
+// Last returns the flow's last record, or nil.
+func (f *Flow) Last() *backends.Record {
+	if f == nil || len(f.Records) == 0 {
+		return nil
+	}
+	return &f.Records[len(f.Records)-1]
+}
