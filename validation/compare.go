@@ -92,12 +92,13 @@ type Check struct {
 // Stream is one iperf3 data stream and the flows flowd recorded for its
 // sending end.
 type Stream struct {
-	Name          string    `json:"name"` // sender tuple, local->remote
-	Cookie        uint64    `json:"cookie"`
-	Start         time.Time `json:"start"` // the flow's open record: time 0 of the plots
-	IperfSocket   int       `json:"iperf3_socket"`
-	EBPFRecords   int       `json:"ebpf_records"`
-	NetlinkRecord int       `json:"netlink_records"`
+	Name        string    `json:"name"` // sender tuple, local->remote
+	Cookie      uint64    `json:"cookie"`
+	Start       time.Time `json:"start"`         // the flow's open record: time 0 of the plots
+	IperfSocket int       `json:"iperf3_socket"` // the sending side's socket: a key of iperf3.Result.SenderIntervals
+
+	EBPFRecords   int `json:"ebpf_records"`
+	NetlinkRecord int `json:"netlink_records"`
 }
 
 // Report is a scenario's result, written as report.json.
@@ -144,8 +145,9 @@ func Compare(in Inputs) ([]Stream, []Check, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		ivs := senderIntervals[senderSocket(in.Iperf, c, in.Reverse)]
-		st := Stream{Name: tuple.String(), Cookie: ef.Cookie, Start: ef.Records[0].Time, IperfSocket: c.Socket,
+		sock := senderSocket(in.Iperf, c, in.Reverse)
+		ivs := senderIntervals[sock]
+		st := Stream{Name: tuple.String(), Cookie: ef.Cookie, Start: ef.Records[0].Time, IperfSocket: sock,
 			EBPFRecords: len(ef.Records), NetlinkRecord: len(nf.Records)}
 		streams = append(streams, st)
 		checks = append(checks, compareStream(st, ef, nf, total, ivs, in.Shaped)...)
