@@ -57,3 +57,15 @@ lint: ## gofmt and go vet
 
 clean: ## remove build output
 	rm -f flowd test
+
+# ---- kernel matrix (kernels/): the privileged tests on other kernels, under qemu ----
+# KERNELFLAGS go to kernels/run: -v (show the guest's console), -run REGEXP,
+# -timeout 150s, -accel kvm. Kernels are cached in $FLOWD_KERNEL_CACHE
+# (default .cache/kernels); console logs go to out/kernels/.
+KERNELFLAGS ?=
+QEMU_PKGS   := qemu-system-x86
+
+.PHONY: test-kernels
+test-kernels: ## run the privileged tests on Debian's Linux 6.1 under qemu (as root; fetches and caches the kernel)
+	@command -v qemu-system-x86_64 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(QEMU_PKGS) >/dev/null; }
+	$(GO) run ./kernels/run $(KERNELFLAGS)
