@@ -13,13 +13,14 @@ GEN_PKGS  := clang-19 llvm-19 libbpf-dev bpftool
 
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: help build generate generate-check vmlinux test test-deps bench run lint clean
+.PHONY: help build generate generate-check vmlinux test test-binary test-deps bench run lint clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## build ./flowd (no clang needed: the BPF object is committed)
+build: ## build ./flowd and the tools in utils/ (no clang needed: the BPF object is committed)
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o flowd ./cmd/flowd
+	$(GO) build -o /dev/null ./utils/...
 
 generate: ## rebuild the BPF object and its Go bindings with bpf2go and clang-19
 	@command -v $(CLANG) >/dev/null || $(MAKE) --no-print-directory apt-install PKGS="$(GEN_PKGS)"
@@ -41,9 +42,12 @@ test-deps: ## install what the privileged tests use (as root, when missing)
 apt-install:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PKGS) >/dev/null
 
-test: test-deps ## run all tests (privileged ones too when root)
+test: test-deps test-binary ## run all tests (privileged ones too when root), iperf3 validation included
 	@if [ "$$(id -u)" != 0 ]; then echo "note: not root, privileged tests will be skipped (use 'sudo make test')"; fi
 	$(GO) test -count=1 -timeout 15m $(TESTFLAGS) ./...
+
+test-binary: ## build ./test, the iperf3 validation (sudo ./test -test.v; -test.run TestIperf3/NAME -out DIR)
+	$(GO) test -c -o test ./validation
 
 bench: ## run the Go benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./...
@@ -56,7 +60,7 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 
 clean: ## remove build output
-	rm -f flowd test
+	rm -rf flowd test out
 
 # ---- kernel matrix (kernels/): the privileged tests on other kernels, under qemu ----
 # KERNELFLAGS go to kernels/run: -v (show the guest's console), -run REGEXP,
