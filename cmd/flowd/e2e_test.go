@@ -1,0 +1,187 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowd/flowd/internal/testutil"
+	"github.com/flowd/flowd/utils/flows"
+)
+
+// daemon is a flowd run started by a test.
+type runningDaemon struct {
+	cmd     *exec.Cmd
+	stderr  *lockedBuffer
+	exited  chan error
+	metrics string
+}
+
+// startDaemon runs flowd with config (YAML; a metrics address is added)
+// and waits until it records.
+func startDaemon(t *testing.T, config string) *runningDaemon {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &runningDaemon{metrics: ln.Addr().String(), stderr: &lockedBuffer{}, exited: make(chan error, 1)}
+	ln.Close()
+	path := writeConfig(t, config+fmt.Sprintf("metrics:\n  listen: %q\n", d.metrics))
+	d.cmd = exec.Command(flowdBin, "run", "--config", path)
+	d.cmd.Env = env()
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+	})
+	d.waitLog(t, "recording flows", 20*time.Second)
+	return d
+}
+
+func (d *runningDaemon) waitLog(t *testing.T, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for !strings.Contains(d.stderr.String(), s) {
+		select {
+		case <-d.exited:
+			t.Fatalf("flowd exited (status %d) before logging %q:\n%s", d.cmd.ProcessState.ExitCode(), s, d.stderr.String())
+		case <-deadline:
+			t.Fatalf("flowd did not log %q within %s:\n%s", s, timeout, d.stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// stop sends SIGTERM and checks that flowd exits 0 within 2 s.
+func (d *runningDaemon) stop(t *testing.T) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(2 * time.Second):
+		t.Fatalf("flowd did not exit within 2 s of SIGTERM:\n%s", d.stderr.String())
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM:\n%s", code, d.stderr.String())
+	}
+}
+
+func (d *runningDaemon) scrape(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + d.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func attachedPrograms(t *testing.T, cg string) int {
+	t.Helper()
+	fd, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	res, err := link.QueryPrograms(link.QueryOptions{Target: fd, Attach: ebpf.AttachCGroupSockOps})
+	if err != nil {
+		t.Fatalf("querying %s: %v", cg, err)
+	}
+	return len(res.Programs)
+}
+
+// TestDaemonRecordsAndDetaches runs the real daemon with both backends on
+// a temporary cgroup, moves bytes in it, stops it with SIGTERM and checks
+// that every record reached the file and nothing stays attached.
+func TestDaemonRecordsAndDetaches(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	out := filepath.Join(t.TempDir(), "records.jsonl")
+	d := startDaemon(t, fmt.Sprintf("backends: [ebpf, netlink]\ncgroup: %s\nebpf:\n  interval: 0s\nnetlink:\n  interval: 100ms\noutput:\n  path: %s\n", cg, out))
+	if n := attachedPrograms(t, cg); n != 1 {
+		t.Fatalf("%d sockops programs attached to %s while flowd runs, want 1", n, cg)
+	}
+
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 4<<20)
+	time.Sleep(300 * time.Millisecond) // let netlink see it
+	p.Client.Close()
+	p.Server.Close()
+	time.Sleep(100 * time.Millisecond) // the close records are in the ring buffer, not yet read
+	d.stop(t)
+
+	if n := attachedPrograms(t, cg); n != 0 {
+		t.Fatalf("%d sockops programs still attached to %s after SIGTERM", n, cg)
+	}
+	recs, err := flows.Load(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := map[string]int{}
+	for _, r := range recs {
+		if r.Cookie == cookie {
+			events[r.Backend+"/"+r.Event.String()]++
+		}
+	}
+	for _, want := range []string{"ebpf/open", "ebpf/sample", "ebpf/state", "ebpf/close", "netlink/open"} {
+		if events[want] == 0 {
+			t.Errorf("no %s record of the flow in the output; got %v", want, events)
+		}
+	}
+}
+
+// TestDaemonReportsDrops fills a one-page ring buffer and checks that the
+// daemon logs the drops and exports them.
+func TestDaemonReportsDrops(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	out := filepath.Join(t.TempDir(), "records.jsonl")
+	// A 4 KiB ring holds about ten records; a reader draining it every
+	// second cannot keep up with a sample on every RTT callback.
+	d := startDaemon(t, fmt.Sprintf("backends: [ebpf]\ncgroup: %s\nebpf:\n  interval: 0s\n  ringbuf_size: 4096\n  flush_interval: 1s\noutput:\n  path: %s\n", cg, out))
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	p.Send(t, 16<<20)
+	d.waitLog(t, "records dropped", 15*time.Second)
+
+	m := regexp.MustCompile(`(?m)^flowd_ringbuf_drops_total\{backend="ebpf"\} (\S+)$`).FindStringSubmatch(d.scrape(t))
+	if m == nil {
+		t.Fatal("no flowd_ringbuf_drops_total{backend=\"ebpf\"} in the metrics")
+	}
+	if v, err := strconv.ParseFloat(m[1], 64); err != nil || v <= 0 {
+		t.Fatalf("flowd_ringbuf_drops_total = %s, want > 0", m[1])
+	}
+	d.stop(t)
+	if _, err := os.Stat(out); err != nil {
+		t.Fatal(err)
+	}
+}
