@@ -38,6 +38,7 @@ const (
 	KeyEBPFRingbufSize   = "ebpf.ringbuf_size"
 	KeyEBPFFlushInterval = "ebpf.flush_interval"
 	KeyNetlinkInterval   = "netlink.interval"
+	KeyNetlinkNetns      = "netlink.netns"
 	KeyLocalPorts        = "filter.local_ports"
 	KeyRemotePorts       = "filter.remote_ports"
 	KeyRemoteCIDRs       = "filter.remote_cidrs"
@@ -83,6 +84,7 @@ type EBPF struct {
 // Netlink configures the inet_diag backend.
 type Netlink struct {
 	Interval time.Duration // > 0
+	Netns    string        // network namespace file; "" = flowd's own
 }
 
 // Filter selects the flows both backends report.
@@ -161,6 +163,7 @@ func settings() []setting {
 		{KeyEBPFRingbufSize, 4 << 20},
 		{KeyEBPFFlushInterval, "100ms"},
 		{KeyNetlinkInterval, "1s"},
+		{KeyNetlinkNetns, ""},
 		{KeyLocalPorts, []int{}},
 		{KeyRemotePorts, []int{}},
 		{KeyRemoteCIDRs, []string{}},
@@ -414,7 +417,26 @@ func (l *loader) decode() (*Config, error) {
 	if c.Output.Path, err = l.output(KeyOutputPath); err != nil {
 		return nil, err
 	}
+	if c.Netlink.Netns, err = l.netns(KeyNetlinkNetns); err != nil {
+		return nil, err
+	}
 	return &c, nil
+}
+
+// netns checks that key names a network namespace file (or is empty).
+func (l *loader) netns(key string) (string, error) {
+	path, err := l.str(key)
+	if err != nil || path == "" {
+		return path, err
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return "", l.errorf(key, nil, "%q: %v", path, err)
+	}
+	if st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC {
+		return "", l.errorf(key, nil, "%q is not a network namespace file (e.g. /run/netns/NAME or /proc/PID/ns/net)", path)
+	}
+	return path, nil
 }
 
 // str returns key's value as a string. Other scalars (a YAML number, say)
@@ -750,6 +772,7 @@ func (c *Config) NetlinkConfig(log logrus.FieldLogger) netlink.Config {
 	return netlink.Config{
 		Cgroup:   c.Cgroup,
 		Interval: c.Netlink.Interval,
+		Netns:    c.Netlink.Netns,
 		Filter:   c.BackendFilter(),
 		Log:      log,
 	}
@@ -777,6 +800,7 @@ type yamlConfig struct {
 	} `yaml:"ebpf"`
 	Netlink struct {
 		Interval string `yaml:"interval"`
+		Netns    string `yaml:"netns"`
 	} `yaml:"netlink"`
 	Filter struct {
 		LocalPorts  []uint16 `yaml:"local_ports,flow"`
@@ -806,6 +830,7 @@ func (c *Config) YAML() ([]byte, error) {
 	y.EBPF.RingbufSize = c.EBPF.RingbufSize
 	y.EBPF.FlushInterval = c.EBPF.FlushInterval.String()
 	y.Netlink.Interval = c.Netlink.Interval.String()
+	y.Netlink.Netns = c.Netlink.Netns
 	y.Filter.LocalPorts = nonNil(c.Filter.LocalPorts)
 	y.Filter.RemotePorts = nonNil(c.Filter.RemotePorts)
 	y.Filter.RemoteCIDRs = []string{}

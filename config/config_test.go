@@ -267,6 +267,8 @@ func TestErrors(t *testing.T) {
 		{name: "zero flush interval", file: "ebpf:\n  flush_interval: 0s\n", want: []string{"ebpf.flush_interval: 0s is not greater than 0"}},
 		{name: "negative flush interval", file: "ebpf:\n  flush_interval: -5ms\n", want: []string{"ebpf.flush_interval: -5ms"}},
 		{name: "zero netlink interval", file: "netlink:\n  interval: 0\n", want: []string{"netlink.interval: 0s is not greater than 0"}},
+		{name: "missing netns", file: "netlink:\n  netns: /run/netns/does-not-exist\n", want: []string{`netlink.netns: "/run/netns/does-not-exist"`}},
+		{name: "netns not a namespace", file: "netlink:\n  netns: /etc/hostname\n", want: []string{`netlink.netns: "/etc/hostname" is not a network namespace file`}},
 		{name: "ringbuf not power of two", file: "ebpf:\n  ringbuf_size: 12288\n", want: []string{"ebpf.ringbuf_size: 12288 is not a power of two"}},
 		{name: "ringbuf below page size", file: "ebpf:\n  ringbuf_size: 2048\n", want: []string{"ebpf.ringbuf_size: 2048 is smaller than the page size"}},
 		{name: "ringbuf zero", file: "ebpf:\n  ringbuf_size: 0\n", want: []string{"ebpf.ringbuf_size: 0"}},
@@ -402,6 +404,16 @@ func TestYAMLRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, c) {
 		t.Errorf("round trip: got %+v, want %+v\n%s", got, c, b)
+	}
+}
+
+func TestNetns(t *testing.T) {
+	c, err := Load(writeConfig(t, "netlink:\n  netns: /proc/self/ns/net\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Netlink.Netns != "/proc/self/ns/net" || c.NetlinkConfig(nil).Netns != "/proc/self/ns/net" {
+		t.Fatalf("netns = %q / %q", c.Netlink.Netns, c.NetlinkConfig(nil).Netns)
 	}
 }
 
