@@ -37,7 +37,6 @@ const (
 // Defaults of the Daemon's tunables.
 const (
 	DefaultStatsInterval = 5 * time.Second
-	DefaultFlushInterval = time.Second
 	DefaultStopTimeout   = 1500 * time.Millisecond
 	metricsStopTimeout   = 250 * time.Millisecond
 )
@@ -57,7 +56,9 @@ type Daemon struct {
 
 	// StatsInterval is how often drop and flow counts are read.
 	StatsInterval time.Duration
-	// FlushInterval is how often buffered records are written out.
+	// FlushInterval is how often buffered records are written out. New
+	// sets it to ebpf.flush_interval, so that a record reaches the output
+	// about one flush interval after the kernel produced it.
 	FlushInterval time.Duration
 	// StopTimeout bounds the wait for backends to return once the context
 	// is cancelled.
@@ -80,7 +81,7 @@ func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error
 		NewEBPF:       newEBPF,
 		NewNetlink:    newNetlink,
 		StatsInterval: DefaultStatsInterval,
-		FlushInterval: DefaultFlushInterval,
+		FlushInterval: cfg.EBPF.FlushInterval,
 		StopTimeout:   DefaultStopTimeout,
 		cfg:           cfg,
 		log:           log,
