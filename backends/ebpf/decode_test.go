@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/internal/testutil"
 )
 
 // TestLayout checks that bpf2go's Go structs have the C structs' sizes and
@@ -273,5 +274,12 @@ func TestConfigDefaults(t *testing.T) {
 	_ = c.withDefaults()
 	if c.Mode != ModePoll || c.RingbufSize != DefaultRingbufSize || c.FlushInterval != DefaultFlushInterval {
 		t.Errorf("defaults: %+v", c)
+	}
+}
+
+func TestProbe(t *testing.T) {
+	testutil.RequireRoot(t)
+	if err := Probe(); err != nil {
+		t.Fatalf("Probe on a kernel that runs the backend: %v", err)
 	}
 }

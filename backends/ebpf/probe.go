@@ -5,13 +5,15 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 )
 
 // Probe reports why the ebpf backend cannot run on this host, or nil when
-// it can: the kernel must have BTF, sockops programs, ring buffers and
-// socket storage, and the process the privileges to load them.
+// it can: the kernel must have BTF, sockops programs, ring buffers, socket
+// storage and the helpers the program calls (Linux 5.10 or newer), and the
+// process the privileges to load them.
 func Probe() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return fmt.Errorf("kernel BTF is not available (/sys/kernel/btf/vmlinux): %w", err)
@@ -23,6 +25,10 @@ func Probe() error {
 		{"sockops programs", features.HaveProgramType(ebpf.SockOps)},
 		{"ring buffer maps", features.HaveMapType(ebpf.RingBuf)},
 		{"socket storage maps", features.HaveMapType(ebpf.SkStorage)},
+		// In sockops programs since 5.10 (5.9 had it for tracing only).
+		{"bpf_skc_to_tcp_sock in sockops programs", features.HaveProgramHelper(ebpf.SockOps, asm.FnSkcToTcpSock)},
+		{"bpf_sk_storage_get in sockops programs", features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageGet)},
+		{"bpf_ringbuf_reserve in sockops programs", features.HaveProgramHelper(ebpf.SockOps, asm.FnRingbufReserve)},
 	}
 	for _, c := range checks {
 		if c.err == nil {
