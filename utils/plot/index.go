@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"html/template"
+	"math"
+	"os"
+	"strconv"
+
+	"github.com/flowd/flowd/validation"
+)
+
+// streamPage is one stream's section of index.html.
+type streamPage struct {
+	N      int
+	Stream validation.Stream
+	Plots  []plotFile
+	Checks []validation.Check
+}
+
+var indexTemplate = template.Must(template.New("index").Funcs(template.FuncMap{
+	"verdict": func(pass bool) string {
+		if pass {
+			return "pass"
+		}
+		return "FAIL"
+	},
+	"num": num,
+}).Parse(`<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>flowd validation: {{.Report.Scenario}}</title>
+<style>
+body { font-family: sans-serif; margin: 1.5em; max-width: 1200px; }
+table { border-collapse: collapse; font-size: 90%; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #eee; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.FAIL td { background: #fdd; }
+.pass { color: #060; }
+.FAIL { color: #b00; font-weight: bold; }
+figure { margin: 1em 0; }
+img { width: 100%; max-width: 1000px; border: 1px solid #ddd; }
+</style>
+</head>
+<body>
+<h1>{{.Report.Scenario}}: <span class="{{verdict .Report.Pass}}">{{verdict .Report.Pass}}</span></h1>
+<p>{{.Report.Description}}</p>
+<p>Kernel {{.Report.Kernel}}, started {{.Report.Started.Format "2006-01-02 15:04:05 MST"}}, flowd sampling interval {{.Report.Interval}}.
+Time 0 of every plot is when flowd saw the stream's flow open; iperf3's intervals are placed from there.</p>
+<table>
+<tr><th>stream</th><th>sender (local-&gt;remote)</th><th>cookie</th><th>iperf3 socket</th><th>eBPF records</th><th>netlink records</th></tr>
+{{range .Streams}}<tr><td><a href="#s{{.N}}">{{.N}}</a></td><td>{{.Stream.Name}}</td><td class="num">{{.Stream.Cookie}}</td><td class="num">{{.Stream.IperfSocket}}</td><td class="num">{{.Stream.EBPFRecords}}</td><td class="num">{{.Stream.NetlinkRecord}}</td></tr>
+{{end}}</table>
+{{range .Streams}}
+<h2 id="s{{.N}}">Stream {{.N}}: {{.Stream.Name}}</h2>
+{{template "checks" .Checks}}
+{{range .Plots}}<figure><img src="{{.SVG}}" alt="{{.Title}}"><figcaption>{{.Title}} (<a href="{{.PNG}}">PNG</a>)</figcaption></figure>
+{{end}}{{end}}
+{{with .Other}}<h2>Other checks</h2>
+{{template "checks" .}}{{end}}
+</body>
+</html>
+{{define "checks"}}<table>
+<tr><th>metric</th><th>compared</th><th>flowd</th><th>reference</th><th>diff</th><th>tolerance</th><th>rule</th><th>samples</th><th>result</th></tr>
+{{range .}}<tr class="{{verdict .Pass}}"><td>{{.Metric}}</td><td>{{.Compared}}</td><td class="num">{{num .Value}}</td><td class="num">{{num .Reference}}</td><td class="num">{{num .Diff}}</td><td class="num">{{num .Tolerance}}</td><td>{{.Rule}}</td><td class="num">{{if .Samples}}{{.Samples}}{{end}}</td><td class="{{verdict .Pass}}">{{verdict .Pass}}</td></tr>
+{{end}}</table>{{end}}
+`))
+
+// num formats a report value: large ones whole, small ones to 4 digits.
+func num(v float64) string {
+	if math.Abs(v) >= 1e4 {
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	}
+	return strconv.FormatFloat(v, 'g', 4, 64)
+}
+
+// writeIndex writes index.html: the report's checks, grouped by stream,
+// and the streams' plots.
+func writeIndex(path string, r *validation.Report, pages []streamPage) error {
+	var other []validation.Check
+	for _, c := range r.Checks {
+		matched := false
+		for i := range pages {
+			if pages[i].Stream.Name == c.Stream {
+				pages[i].Checks = append(pages[i].Checks, c)
+				matched = true
+				break
+			}
+		}
+		if !matched {
+			other = append(other, c)
+		}
+	}
+	var b bytes.Buffer
+	data := struct {
+		Report  *validation.Report
+		Streams []streamPage
+		Other   []validation.Check
+	}{r, pages, other}
+	if err := indexTemplate.Execute(&b, data); err != nil {
+		return err
+	}
+	return os.WriteFile(path, b.Bytes(), 0o644)
+}
