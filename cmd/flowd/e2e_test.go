@@ -159,18 +159,25 @@ func TestDaemonRecordsAndDetaches(t *testing.T) {
 	}
 }
 
-// TestDaemonReportsDrops fills a one-page ring buffer and checks that the
-// daemon logs the drops and exports them.
+// TestDaemonReportsDrops fills a one-page ring buffer while the daemon is
+// stopped (SIGSTOP: nothing reads it) and checks that, once it runs again,
+// it logs the drops and exports them.
 func TestDaemonReportsDrops(t *testing.T) {
 	testutil.RequireRoot(t)
 	cg := testutil.TempCgroup(t)
 	out := filepath.Join(t.TempDir(), "records.jsonl")
-	// A 4 KiB ring holds about ten records; a reader draining it every
-	// second cannot keep up with a sample on every RTT callback.
-	d := startDaemon(t, fmt.Sprintf("backends: [ebpf]\ncgroup: %s\nebpf:\n  interval: 0s\n  ringbuf_size: 4096\n  flush_interval: 1s\noutput:\n  path: %s\n", cg, out))
+	// A 4 KiB ring holds about ten records; a transfer sampled on every RTT
+	// callback makes hundreds.
+	d := startDaemon(t, fmt.Sprintf("backends: [ebpf]\ncgroup: %s\nebpf:\n  interval: 0s\n  ringbuf_size: 4096\noutput:\n  path: %s\n", cg, out))
 	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	if err := d.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
 	p := testutil.Dial(t, cg, ln)
 	p.Send(t, 16<<20)
+	if err := d.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
 	d.waitLog(t, "records dropped", 15*time.Second)
 
 	m := regexp.MustCompile(`(?m)^flowd_ringbuf_drops_total\{backend="ebpf"\} (\S+)$`).FindStringSubmatch(d.scrape(t))
