@@ -6,6 +6,9 @@ package metrics
 
 import (
 	"fmt"
+	"maps"
+	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -80,23 +83,55 @@ func New(version string) (*Metrics, error) {
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Sink returns a sink that counts each record, then writes it to next.
-// Errors from next are counted as output errors and returned.
+// Errors from next are counted as output errors and returned. It is safe
+// for concurrent use if next is.
 func (m *Metrics) Sink(next backends.Sink) backends.Sink {
-	return &countingSink{m: m, next: next}
+	s := &countingSink{m: m, next: next}
+	s.counters.Store(&map[recordKey]prometheus.Counter{})
+	return s
 }
 
+// countingSink keeps the counter of every backend and event it has seen,
+// so that counting a record is a map lookup, not the label hashing and
+// locking of CounterVec.WithLabelValues: it runs once per record.
 type countingSink struct {
-	m    *Metrics
-	next backends.Sink
+	m        *Metrics
+	next     backends.Sink
+	mu       sync.Mutex                                       // serializes additions to counters
+	counters atomic.Pointer[map[recordKey]prometheus.Counter] // copied on write
+}
+
+type recordKey struct {
+	backend string
+	event   backends.Event
 }
 
 func (s *countingSink) Write(r *backends.Record) error {
-	s.m.records.WithLabelValues(r.Backend, r.Event.String()).Inc()
+	s.counter(r).Inc()
 	if err := s.next.Write(r); err != nil {
 		s.m.outputErrors.Inc()
 		return err
 	}
 	return nil
+}
+
+func (s *countingSink) counter(r *backends.Record) prometheus.Counter {
+	k := recordKey{r.Backend, r.Event}
+	if c, ok := (*s.counters.Load())[k]; ok {
+		return c
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := *s.counters.Load()
+	if c, ok := old[k]; ok {
+		return c
+	}
+	c := s.m.records.WithLabelValues(r.Backend, r.Event.String())
+	counters := make(map[recordKey]prometheus.Counter, len(old)+1)
+	maps.Copy(counters, old)
+	counters[k] = c
+	s.counters.Store(&counters)
+	return c
 }
 
 // AddDrops adds n records lost by backend. Adding 0 makes the series

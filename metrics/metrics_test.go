@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,5 +176,51 @@ func TestListenError(t *testing.T) {
 	defer srv.Shutdown(context.Background())
 	if _, err := m.Listen(srv.Addr().String(), log); err == nil || !strings.Contains(err.Error(), srv.Addr().String()) {
 		t.Errorf("second Listen on %s: err = %v, want one naming the address", srv.Addr(), err)
+	}
+}
+
+// TestSinkConcurrent counts records of several backends and events from
+// several goroutines at once (run it with -race).
+func TestSinkConcurrent(t *testing.T) {
+	m := newMetrics(t)
+	s := m.Sink(backends.SinkFunc(func(*backends.Record) error { return nil }))
+	const each = 1000
+	var wg sync.WaitGroup
+	for _, backend := range []string{"ebpf", "netlink"} {
+		for ev := backends.EventOpen; ev <= backends.EventClose; ev++ {
+			wg.Go(func() {
+				r := &backends.Record{Backend: backend, Event: ev}
+				for range each {
+					if err := s.Write(r); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	for _, backend := range []string{"ebpf", "netlink"} {
+		for ev := backends.EventOpen; ev <= backends.EventClose; ev++ {
+			if v := testutil.ToFloat64(m.records.WithLabelValues(backend, ev.String())); v != each {
+				t.Errorf("flowd_records_total{backend=%q,event=%q} = %v, want %d", backend, ev, v, each)
+			}
+		}
+	}
+}
+
+// BenchmarkSink is the metrics' cost per record the daemon writes.
+func BenchmarkSink(b *testing.B) {
+	m, err := New("1.2.3")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := m.Sink(backends.SinkFunc(func(*backends.Record) error { return nil }))
+	r := &backends.Record{Backend: "ebpf", Event: backends.EventSample}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := s.Write(r); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package sink
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,15 +28,35 @@ import (
 // time is RFC 3339 in UTC with exactly nine fractional digits; old_state is
 // there only on state events and ca only when it is known; tcp_info holds
 // the present members only, in Field order. It does not allocate when dst
-// has room.
+// has room (about 4 KiB beyond its length is always enough).
+//
+// An Encoder writes the same bytes faster when it encodes many records.
 func AppendJSON(dst []byte, r *backends.Record) []byte {
+	var e Encoder
+	return e.AppendJSON(dst, r)
+}
+
+// An Encoder encodes records as AppendJSON does. It remembers the date and
+// time, to the second, of the last record it encoded, which the records
+// that follow mostly share. The zero Encoder is ready to use; an Encoder
+// must not be used by several goroutines at once.
+//
+// Encoding is the hot path of the JSON Lines output, so the parts that
+// repeat (tcp_info members, integers, IPv4 addresses) are written with
+// fixed-size stores into room reserved once, not with append.
+type Encoder struct {
+	prefix [timePrefixLen]byte // "2006-01-02T15:04:05." of the Unix second sec
+	sec    int64
+	valid  bool // prefix and sec are set
+}
+
+// AppendJSON appends r to dst as the package's AppendJSON does.
+func (e *Encoder) AppendJSON(dst []byte, r *backends.Record) []byte {
 	dst = append(dst, `{"time":"`...)
-	dst = appendTime(dst, r.Time)
+	dst = e.appendTime(dst, r.Time)
 	dst = append(dst, `","backend":`...)
 	dst = appendString(dst, r.Backend)
-	dst = append(dst, `,"event":"`...)
-	dst = append(dst, r.Event.String()...)
-	dst = append(dst, `","cookie":`...)
+	dst = appendKey(dst, &eventKeys[r.Event])
 	dst = appendUint(dst, r.Cookie)
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = appendUint(dst, r.CgroupID)
@@ -49,43 +70,123 @@ func AppendJSON(dst []byte, r *backends.Record) []byte {
 	dst = appendAddr(dst, r.RemoteAddr)
 	dst = append(dst, `,"rport":`...)
 	dst = appendUint(dst, uint64(r.RemotePort))
-	dst = append(dst, `,"state":"`...)
-	dst = append(dst, r.State.String()...)
-	dst = append(dst, '"')
+	dst = appendKey(dst, &stateKeys[r.State])
 	if r.Event == backends.EventState {
-		dst = append(dst, `,"old_state":"`...)
-		dst = append(dst, r.OldState.String()...)
-		dst = append(dst, '"')
+		dst = appendKey(dst, &oldStateKeys[r.OldState])
 	}
 	if r.CA != "" {
 		dst = append(dst, `,"ca":`...)
 		dst = appendString(dst, r.CA)
 	}
 	dst = append(dst, `,"tcp_info":{`...)
-	sep := 1 // skip the comma before the first member
-	for w, present := range r.Info.Present {
-		for present != 0 {
-			f := backends.Field(w*64 + bits.TrailingZeros64(present))
-			present &= present - 1
-			if f >= backends.NumFields {
-				break
-			}
-			dst = append(dst, memberKeys[f][sep:]...)
-			sep = 0
-			dst = appendUint(dst, r.Info.Values[f])
-		}
-	}
+	dst = appendMembers(dst, &r.Info)
 	return append(dst, "}}"...)
 }
 
-// memberKeys holds `,"name":` for every field, so that a member's key is
-// one append. It is computed once and only read.
-var memberKeys = func() (keys [backends.NumFields]string) {
+// eventKeys, stateKeys and oldStateKeys hold `,"event":"sample","cookie":`
+// and the like for every value of the uint8 Event and State, so that a
+// name and the keys around it are one 32-byte store. They are computed
+// once and only read.
+var (
+	eventKeys = func() (keys [256]key) {
+		for e := range keys {
+			keys[e] = newKey(`,"event":"` + backends.Event(e).String() + `","cookie":`)
+		}
+		return keys
+	}()
+	stateKeys = func() (keys [256]key) {
+		for s := range keys {
+			keys[s] = newKey(`,"state":"` + backends.State(s).String() + `"`)
+		}
+		return keys
+	}()
+	oldStateKeys = func() (keys [256]key) {
+		for s := range keys {
+			keys[s] = newKey(`,"old_state":"` + backends.State(s).String() + `"`)
+		}
+		return keys
+	}()
+)
+
+// keyWidth is how many bytes of a key are stored, a power of two: every
+// key is shorter (TestKeysFit).
+const keyWidth = 32
+
+// key is a string of up to keyWidth bytes padded to keyWidth, so that
+// writing it is one fixed-size store; n is its real length.
+type key struct {
+	text [keyWidth]byte
+	n    int
+}
+
+func newKey(s string) key {
+	var k key
+	k.n = copy(k.text[:], s)
+	return k
+}
+
+// appendKey appends k.
+func appendKey(dst []byte, k *key) []byte {
+	dst = slices.Grow(dst, keyWidth)
+	n := len(dst)
+	*(*[keyWidth]byte)(dst[n : n+keyWidth]) = k.text
+	return dst[:n+k.n]
+}
+
+// memberKeys holds `,"name":` for every field. It is computed once and
+// only read.
+var memberKeys = func() (keys [backends.NumFields]key) {
 	for f := range backends.NumFields {
-		keys[f] = `,"` + f.Name() + `":`
+		keys[f] = newKey(`,"` + f.Name() + `":`)
 	}
 	return keys
 }()
+
+// fieldMask has the bits of the fields flowd knows; other bits of a
+// presence mask are ignored.
+var fieldMask = func() (m [backends.PresenceWords]uint64) {
+	for f := range backends.NumFields {
+		m[f/64] |= 1 << (f % 64)
+	}
+	return m
+}()
+
+// membersRoom is the room appendMembers reserves: a window of a key store
+// and a number store for every member.
+const membersRoom = int(backends.NumFields) * (keyWidth + uintRoom)
+
+// appendMembers appends the present members of info, in Field order, as
+// `"name":value` separated by commas, after the '{' that ends dst. It
+// visits the set bits of the presence mask only. Each member is written
+// into a fixed-size window, so that the stores need no bounds checks of
+// their own.
+func appendMembers(dst []byte, info *backends.TCPInfo) []byte {
+	dst = slices.Grow(dst, membersRoom)
+	// Every key starts with a comma: the first is written over the '{',
+	// which is put back at the end.
+	brace := len(dst) - 1
+	n := brace
+	b := dst[:cap(dst)]
+	for w, present := range info.Present {
+		present &= fieldMask[w]
+		for present != 0 {
+			f := w*64 + bits.TrailingZeros64(present)
+			present &= present - 1
+			k := &memberKeys[f]
+			m := (*[keyWidth + uintRoom]byte)(b[n : n+keyWidth+uintRoom])
+			*(*[keyWidth]byte)(m[:]) = k.text
+			kn := k.n & (keyWidth - 1) // k.n < keyWidth: the mask shows it to the compiler
+			if v := info.Values[f]; v < 10 {
+				m[kn] = byte('0' + v) // the most common value, without a call
+				n += kn + 1
+			} else {
+				n += kn + putUint((*[uintRoom]byte)(m[kn:kn+uintRoom]), v)
+			}
+		}
+	}
+	b[brace] = '{'
+	return dst[:max(n, brace+1)]
+}
 
 const digitPairs = "00010203040506070809" +
 	"10111213141516171819" +
@@ -98,88 +199,216 @@ const digitPairs = "00010203040506070809" +
 	"80818283848586878889" +
 	"90919293949596979899"
 
-// appendUint appends v in decimal. It writes the digits in place, which
-// saves strconv.AppendUint's copy through a scratch buffer.
+// uintRoom is the room putUint needs: a uint64 has up to 20 digits, and
+// they are stored 8 at a time.
+const uintRoom = 24
+
+// appendUint appends v in decimal.
 func appendUint(dst []byte, v uint64) []byte {
-	if v < 100 {
-		if v < 10 {
-			return append(dst, byte('0'+v))
-		}
-		return append(dst, digitPairs[v*2], digitPairs[v*2+1])
+	dst = slices.Grow(dst, uintRoom)
+	n := len(dst)
+	return dst[:n+putUint((*[uintRoom]byte)(dst[n:n+uintRoom]), v)]
+}
+
+// putUint writes v in decimal at the start of m and returns its length.
+func putUint(m *[uintRoom]byte, v uint64) int {
+	switch {
+	case v < 10:
+		m[0] = byte('0' + v)
+		return 1
+	case v < 100:
+		m[0], m[1] = digitPairs[2*v], digitPairs[2*v+1]
+		return 2
+	case v < 1e8:
+		l := digitCount(uint32(v))
+		binary.LittleEndian.PutUint64(m[:8], ascii8(uint32(v))>>((64-8*uint(l))&63))
+		return l
 	}
-	n := decimalLen(v)
-	dst = slices.Grow(dst, n)
-	i := len(dst) + n
-	dst = dst[:i]
-	for v >= 100 {
-		q := v / 100
-		r := (v - q*100) * 2
-		i -= 2
-		dst[i], dst[i+1] = digitPairs[r], digitPairs[r+1]
-		v = q
+	return putLongUint(m, v)
+}
+
+// putLongUint is putUint for v >= 1e8.
+func putLongUint(m *[uintRoom]byte, v uint64) int {
+	var hi uint64
+	if v >= 1e16 {
+		hi = v / 1e16 // at most 1844
+		v -= hi * 1e16
 	}
-	if v >= 10 {
-		dst[i-2], dst[i-1] = digitPairs[v*2], digitPairs[v*2+1]
+	mid, lo := uint32(v/1e8), uint32(v%1e8)
+	l := 0
+	if hi > 0 {
+		l = digitCount(uint32(hi))
+		binary.LittleEndian.PutUint64(m[:8], ascii8(uint32(hi))>>((64-8*uint(l))&63))
+		binary.LittleEndian.PutUint64(m[l:l+8], ascii8(mid))
+		l += 8
 	} else {
-		dst[i-1] = byte('0' + v)
+		l = digitCount(mid)
+		binary.LittleEndian.PutUint64(m[:8], ascii8(mid)>>((64-8*uint(l))&63))
 	}
-	return dst
+	binary.LittleEndian.PutUint64(m[l:l+8], ascii8(lo))
+	return l + 8
 }
 
-// powersOf10 holds 10^0 .. 10^19; only read.
-var powersOf10 = [...]uint64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9,
-	1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19}
-
-// decimalLen returns the number of decimal digits of v (v > 0).
-func decimalLen(v uint64) int {
-	// log10(2) ~ 1233/4096 gives the length or one less.
-	n := bits.Len64(v) * 1233 >> 12
-	if n < len(powersOf10) && v >= powersOf10[n] {
-		n++
-	}
-	return n
+// digitCount returns the number of decimal digits of x (1 for 0): x plus
+// the entry for its bit length carries into bit 32 exactly when x reaches
+// the next power of ten (Daniel Lemire's method).
+func digitCount(x uint32) int {
+	return int((uint64(x) + digitCountTable[bits.Len32(x)]) >> 32)
 }
+
+// digitCountTable[i] is, for the numbers of bit length i, their smallest
+// digit count in the upper half, and 2^32 minus the power of ten that adds
+// a digit in the lower half. Computed once and only read.
+var digitCountTable = func() (t [33]uint64) {
+	for i := range t {
+		lo := uint64(1) << max(i-1, 0) // smallest number of bit length i (0 for i = 0: 1 digit too)
+		d, p := uint64(1), uint64(10)
+		for p <= lo {
+			d, p = d+1, p*10
+		}
+		t[i] = d << 32
+		if p < 1<<32 {
+			t[i] += 1<<32 - p
+		}
+	}
+	return t
+}()
+
+// ascii8 returns the 8 decimal digits of x < 1e8 in ASCII, the most
+// significant in the lowest byte, so that a little-endian store puts them
+// in reading order: two table entries of four digits each.
+func ascii8(x uint32) uint64 {
+	return uint64(digitQuads[x/10000]) | uint64(digitQuads[x%10000])<<32
+}
+
+// digitQuads[i] is the four ASCII digits of i < 10000 in a little-endian
+// uint32 (40 KB: the entries in use stay cached, as a flow's values change
+// little from one record to the next). Computed once and only read.
+var digitQuads = func() (t [10000]uint32) {
+	for i := range t {
+		t[i] = uint32('0'+i/1000) | uint32('0'+i/100%10)<<8 | uint32('0'+i/10%10)<<16 | uint32('0'+i%10)<<24
+	}
+	return t
+}()
 
 // timeLayout is RFC 3339 with exactly nine fractional digits.
 const timeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 
-// appendTime appends t in UTC as timeLayout does, without time.Format's
-// layout parsing.
-func appendTime(dst []byte, t time.Time) []byte {
-	t = t.UTC()
-	year, month, day := t.Date()
-	if year < 0 || year > 9999 {
-		return t.AppendFormat(dst, timeLayout)
+// The instants appendTime formats itself: years 0000 to 9999 in UTC.
+var (
+	minTimeSec = time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+	maxTimeSec = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC).Unix()
+)
+
+// timeLen is the length of "2006-01-02T15:04:05.000000000Z", and
+// timePrefixLen that of its part up to the second, "2006-01-02T15:04:05.".
+const (
+	timeLen       = 30
+	timePrefixLen = 20
+)
+
+// appendTime appends t in UTC as timeLayout does. Only the nanoseconds are
+// formatted for every record; the rest when the second changes.
+func (e *Encoder) appendTime(dst []byte, t time.Time) []byte {
+	sec := t.Unix()
+	if sec != e.sec || !e.valid {
+		if sec < minTimeSec || sec > maxTimeSec {
+			return t.UTC().AppendFormat(dst, timeLayout)
+		}
+		e.sec, e.valid = sec, true
+		putTimePrefix(&e.prefix, sec)
 	}
-	hour, minute, sec := t.Clock()
-	ns := t.Nanosecond()
-	dst = appendPair(dst, year/100)
-	dst = appendPair(dst, year%100)
-	dst = append(dst, '-')
-	dst = appendPair(dst, int(month))
-	dst = append(dst, '-')
-	dst = appendPair(dst, day)
-	dst = append(dst, 'T')
-	dst = appendPair(dst, hour)
-	dst = append(dst, ':')
-	dst = appendPair(dst, minute)
-	dst = append(dst, ':')
-	dst = appendPair(dst, sec)
-	dst = append(dst, '.')
-	dst = appendPair(dst, ns/10000000)
-	dst = appendPair(dst, ns/100000%100)
-	dst = appendPair(dst, ns/1000%100)
-	dst = appendPair(dst, ns/10%100)
-	return append(dst, byte('0'+ns%10), 'Z')
+	ns := uint32(t.Nanosecond())
+	dst = slices.Grow(dst, timeLen)
+	n := len(dst)
+	b := (*[timeLen]byte)(dst[n : n+timeLen])
+	*(*[timePrefixLen]byte)(b[:timePrefixLen]) = e.prefix
+	b[20] = byte('0' + ns/1e8)
+	binary.LittleEndian.PutUint64(b[21:29], ascii8(ns%1e8))
+	b[29] = 'Z'
+	return dst[:n+timeLen]
 }
 
-// appendPair appends v (0..99) as two digits.
-func appendPair(dst []byte, v int) []byte {
-	return append(dst, digitPairs[v*2], digitPairs[v*2+1])
+// putTimePrefix writes the Unix second sec, within years 0000..9999, as
+// "2006-01-02T15:04:05.". It converts the Unix time to a civil date itself
+// (a few multiplications) rather than calling time.Time's Date and Clock,
+// which each redo that work.
+func putTimePrefix(b *[timePrefixLen]byte, sec int64) {
+	s := uint64(sec - minTimeSec) // since 0000-01-01T00:00:00Z
+	days := uint32(s / 86400)
+	sod := uint32(s - uint64(days)*86400)
+	year, month, day := civilDate(days)
+	putPair(b[0:2], year/100)
+	putPair(b[2:4], year%100)
+	b[4] = '-'
+	putPair(b[5:7], month)
+	b[7] = '-'
+	putPair(b[8:10], day)
+	b[10] = 'T'
+	putPair(b[11:13], sod/3600)
+	b[13] = ':'
+	putPair(b[14:16], sod/60%60)
+	b[16] = ':'
+	putPair(b[17:19], sod%60)
+	b[19] = '.'
 }
+
+// civilDate returns the proleptic Gregorian date of the day days after
+// 0000-01-01 (Howard Hinnant's civil_from_days, in unsigned arithmetic).
+func civilDate(days uint32) (year, month, day uint32) {
+	// Count from 0400 BC March 1st: a 400-year cycle starts there, and a
+	// year that starts in March ends with the leap day.
+	z := days + 146097 - 60
+	era := z / 146097
+	doe := z - era*146097                                  // day of the era, 0..146096
+	yoe := (doe - doe/1460 + doe/36524 - doe/146096) / 365 // year of the era, 0..399
+	doy := doe - (365*yoe + yoe/4 - yoe/100)               // day of the March-based year, 0..365
+	mp := (5*doy + 2) / 153                                // month, 0 = March
+	day = doy - (153*mp+2)/5 + 1
+	month = mp + 3
+	if mp >= 10 {
+		month = mp - 9
+	}
+	year = yoe + era*400
+	if month <= 2 {
+		year++
+	}
+	return year - 400, month, day
+}
+
+// putPair writes v (0..99) as two digits.
+func putPair(b []byte, v uint32) {
+	b[0], b[1] = digitPairs[v*2], digitPairs[v*2+1]
+}
+
+// ipv4Octets holds "0." to "255." padded to 4 bytes, with their lengths:
+// writing an octet is one 4-byte store. Computed once and only read.
+var ipv4Octets = func() (t [256]struct {
+	text [4]byte
+	n    int
+}) {
+	for i := range t {
+		t[i].n = copy(t[i].text[:], strconv.Itoa(i)+".")
+	}
+	return t
+}()
 
 // appendAddr appends a quoted address; the zero Addr becomes "".
 func appendAddr(dst []byte, a netip.Addr) []byte {
+	if a.Is4() {
+		dst = slices.Grow(dst, 2+4*4)
+		n := len(dst)
+		b := dst[:n+2+4*4]
+		b[n] = '"'
+		n++
+		for _, o := range a.As4() {
+			t := &ipv4Octets[o]
+			*(*[4]byte)(b[n:]) = t.text
+			n += t.n
+		}
+		b[n-1] = '"' // over the last dot
+		return b[:n]
+	}
 	if a.Zone() != "" {
 		// A zone is free text; records from the kernel never have one.
 		return appendString(dst, a.String())

@@ -3,6 +3,7 @@ package sink
 import (
 	"bytes"
 	"encoding/json"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"strconv"
@@ -378,10 +379,46 @@ func TestAppendUint(t *testing.T) {
 	for p := uint64(1); p < 1e19; p *= 10 {
 		vals = append(vals, p-1, p, p+1)
 	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 100000 {
+		vals = append(vals, randomUint(rng))
+	}
 	for _, v := range vals {
 		want := "x" + strconv.FormatUint(v, 10)
 		if got := string(appendUint([]byte("x"), v)); got != want {
 			t.Errorf("appendUint(%d) = %q, want %q", v, got, want)
+		}
+	}
+}
+
+func TestKeysFit(t *testing.T) {
+	var keys []string
+	for f := range backends.NumFields {
+		keys = append(keys, `,"`+f.Name()+`":`)
+	}
+	for i := range 256 {
+		keys = append(keys, `,"event":"`+backends.Event(i).String()+`","cookie":`,
+			`,"old_state":"`+backends.State(i).String()+`"`)
+	}
+	for _, k := range keys {
+		if len(k) >= keyWidth { // appendMembers masks lengths with keyWidth-1
+			t.Errorf("key %s is %d bytes, keyWidth is %d", k, len(k), keyWidth)
+		}
+	}
+}
+
+func TestDigitCount(t *testing.T) {
+	var vals []uint32
+	for p := uint64(1); p <= 1<<32; p *= 10 {
+		vals = append(vals, uint32(p-1), uint32(p), uint32(p+1))
+	}
+	for i := range 33 {
+		p := uint64(1) << i
+		vals = append(vals, uint32(p-1), uint32(p), uint32(p+1))
+	}
+	for _, x := range vals {
+		if got, want := digitCount(x), len(strconv.FormatUint(uint64(x), 10)); got != want {
+			t.Errorf("digitCount(%d) = %d, want %d", x, got, want)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/flowd/flowd/backends"
 )
@@ -113,5 +114,62 @@ func BenchmarkJSONLWrite(b *testing.B) {
 		if err := j.Write(r); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// sizesWriter keeps what it is given and the size of every write.
+type sizesWriter struct {
+	bytes.Buffer
+	sizes []int
+}
+
+func (w *sizesWriter) Write(p []byte) (int, error) {
+	w.sizes = append(w.sizes, len(p))
+	return w.Buffer.Write(p)
+}
+
+// TestJSONLLarge writes more than the buffer holds: the records reach the
+// writer in writes of at least bufferSize, byte for byte as AppendJSON
+// encodes them.
+func TestJSONLLarge(t *testing.T) {
+	var w sizesWriter
+	j := NewJSONL(&w)
+	var want []byte
+	r := sample()
+	for i := range 1000 {
+		r.Cookie = uint64(i)
+		r.Time = r.Time.Add(time.Duration(i) * 987654321) // across seconds, for the Encoder's cache
+		want = append(AppendJSON(want, r), '\n')
+		if err := j.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(w.sizes) == 0 {
+		t.Fatal("nothing written before Close")
+	}
+	for _, n := range w.sizes {
+		if n < bufferSize {
+			t.Errorf("a write of %d bytes before Close, want at least %d", n, bufferSize)
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(w.Bytes(), want) {
+		t.Error("output differs from AppendJSON's lines")
+	}
+}
+
+type shortWriter struct{}
+
+func (shortWriter) Write(p []byte) (int, error) { return len(p) / 2, nil }
+
+func TestJSONLShortWrite(t *testing.T) {
+	j := NewJSONL(shortWriter{})
+	if err := j.Write(sample()); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Flush(); !errors.Is(err, io.ErrShortWrite) {
+		t.Errorf("Flush = %v, want io.ErrShortWrite", err)
 	}
 }

@@ -3,6 +3,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"time"
 	"unsafe"
@@ -156,11 +157,10 @@ func decodeInfo(k *bpfFlowdTcpInfo, present [2]uint64, t *backends.TCPInfo) {
 
 	// Only the bits of fields flowd knows; absent values are zeroed so that
 	// nothing stale is kept in a reused record.
-	t.Present[0] = present[0] & presenceMask[0]
-	t.Present[1] = present[1] & presenceMask[1]
-	for f := backends.Field(0); f < backends.NumFields; f++ {
-		if !t.Has(f) {
-			v[f] = 0
+	for w := range t.Present {
+		t.Present[w] = present[w] & presenceMask[w]
+		for absent := presenceMask[w] &^ present[w]; absent != 0; absent &= absent - 1 {
+			v[w*64+bits.TrailingZeros64(absent)] = 0
 		}
 	}
 }

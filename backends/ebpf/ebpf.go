@@ -168,9 +168,7 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 		"hz":           hz,
 		"filter_ports": boolU8(len(f.LocalPorts) > 0 || len(f.RemotePorts) > 0),
 		"filter_cidrs": boolU8(len(f.RemoteCIDRs) > 0),
-		// Wake the reader early once a quarter of the buffer is unread;
-		// otherwise it drains on its FlushInterval timer.
-		"wakeup_bytes": uint64(cfg.RingbufSize / 4),
+		"wakeup_bytes": wakeupBytes(cfg.RingbufSize),
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
@@ -186,6 +184,13 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 	spec.Maps["remote_ports"].MaxEntries = uint32(max(1, len(f.RemotePorts)))
 	spec.Maps["remote_cidrs"].MaxEntries = uint32(max(1, len(f.RemoteCIDRs)))
 	return nil
+}
+
+// wakeupBytes is how much unread data makes the program wake the reader
+// early: a quarter of the buffer. Otherwise it drains on its FlushInterval
+// timer.
+func wakeupBytes(ringbufSize int) uint64 {
+	return uint64(ringbufSize / 4)
 }
 
 func boolU8(b bool) uint8 {
