@@ -7,6 +7,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 CONFIG    ?= configs/flowd.yaml
 TESTFLAGS ?=
+BENCHFLAGS ?=
 # Debian packages the tests and `make generate` need.
 TEST_PKGS := iperf3 iproute2
 GEN_PKGS  := clang-19 llvm-19 libbpf-dev bpftool
@@ -49,8 +50,8 @@ test: test-deps test-binary ## run all tests (privileged ones too when root), ip
 test-binary: ## build ./test, the iperf3 validation (sudo ./test -test.v; -test.run TestIperf3/NAME -out DIR)
 	$(GO) test -c -o test ./validation
 
-bench: ## run the Go benchmarks
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: test-deps ## run the benchmark suite as root (~7 min on 2 CPUs): rewrites BENCHMARKS.md and bench/results.json (BENCHFLAGS=-quick: smoke run)
+	$(GO) run ./bench -go $(GO) -md BENCHMARKS.md -json bench/results.json $(BENCHFLAGS)
 
 run: build ## run the daemon with the default config (needs root)
 	./flowd run --config $(CONFIG)
