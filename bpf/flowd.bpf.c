@@ -61,6 +61,9 @@ struct {
 
 struct flow_state {
 	__u64 last_sample_ns;
+	__u64 cgroup_id;		/* a socket never changes cgroup */
+	__u64 ca_ops;			/* icsk_ca_ops when ca was read */
+	char ca[FLOWD_CA_NAME_MAX];	/* its name */
 };
 
 /* Present for the flows flowd tracks. */
@@ -181,7 +184,7 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 	i->snd_cwnd = tp->snd_cwnd;
 	PRESENT(r, FLOWD_F_SND_CWND);
 
-	i->ca_state = BPF_CORE_READ_BITFIELD_PROBED(tp, inet_conn.icsk_ca_state);
+	i->ca_state = BPF_CORE_READ_BITFIELD(tp, inet_conn.icsk_ca_state);
 	PRESENT(r, FLOWD_F_CA_STATE);
 	i->retransmits = icsk->icsk_retransmits;
 	PRESENT(r, FLOWD_F_RETRANSMITS);
@@ -191,16 +194,17 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 	PRESENT(r, FLOWD_F_BACKOFF);
 
 	/* Bitfields are read relative to the outermost struct: CO-RE computes
-	 * their offsets from the root of the access chain. */
+	 * their offsets from the root of the access chain. tp is a BTF pointer,
+	 * so they are direct loads, not bpf_probe_read_kernel calls. */
 	__u8 opts = 0;
-	if (BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.tstamp_ok))
+	if (BPF_CORE_READ_BITFIELD(tp, rx_opt.tstamp_ok))
 		opts |= TCPI_OPT_TIMESTAMPS;
-	if (BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.sack_ok))
+	if (BPF_CORE_READ_BITFIELD(tp, rx_opt.sack_ok))
 		opts |= TCPI_OPT_SACK;
-	if (BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.wscale_ok)) {
+	if (BPF_CORE_READ_BITFIELD(tp, rx_opt.wscale_ok)) {
 		opts |= TCPI_OPT_WSCALE;
-		i->snd_wscale = BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.snd_wscale);
-		i->rcv_wscale = BPF_CORE_READ_BITFIELD_PROBED(tp, rx_opt.rcv_wscale);
+		i->snd_wscale = BPF_CORE_READ_BITFIELD(tp, rx_opt.snd_wscale);
+		i->rcv_wscale = BPF_CORE_READ_BITFIELD(tp, rx_opt.rcv_wscale);
 	}
 	PRESENT(r, FLOWD_F_SND_WSCALE);
 	PRESENT(r, FLOWD_F_RCV_WSCALE);
@@ -209,18 +213,18 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 		opts |= TCPI_OPT_ECN;
 	if (ecn & FLOWD_ECN_SEEN)
 		opts |= TCPI_OPT_ECN_SEEN;
-	if (BPF_CORE_READ_BITFIELD_PROBED(tp, syn_data_acked))
+	if (BPF_CORE_READ_BITFIELD(tp, syn_data_acked))
 		opts |= TCPI_OPT_SYN_DATA;
-	if (bpf_core_field_exists(tp->tcp_usec_ts) && BPF_CORE_READ_BITFIELD_PROBED(tp, tcp_usec_ts))
+	if (bpf_core_field_exists(tp->tcp_usec_ts) && BPF_CORE_READ_BITFIELD(tp, tcp_usec_ts))
 		opts |= TCPI_OPT_USEC_TS;
-	if (bpf_core_field_exists(tp->syn_fastopen_child) && BPF_CORE_READ_BITFIELD_PROBED(tp, syn_fastopen_child))
+	if (bpf_core_field_exists(tp->syn_fastopen_child) && BPF_CORE_READ_BITFIELD(tp, syn_fastopen_child))
 		opts |= TCPI_OPT_TFO_CHILD;
 	i->options = opts;
 	PRESENT(r, FLOWD_F_OPTIONS);
 
 	i->rto = jiffies_to_usecs(icsk->icsk_rto);
 	PRESENT(r, FLOWD_F_RTO);
-	__u32 ato = BPF_CORE_READ_BITFIELD_PROBED(tp, inet_conn.icsk_ack.ato);
+	__u32 ato = BPF_CORE_READ_BITFIELD(tp, inet_conn.icsk_ack.ato);
 	if (bpf_core_field_exists(icsk->icsk_delack_max)) {
 		/* min(ato, tcp_delack_max(sk)); the route's locked RTAX_RTO_MIN
 		 * metric, which tcp_rto_min() also honours, is not looked at. */
@@ -314,7 +318,7 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 	i->min_rtt = tp->rtt_min.s[0].v;
 	PRESENT(r, FLOWD_F_MIN_RTT);
 
-	i->delivery_rate_app_limited = BPF_CORE_READ_BITFIELD_PROBED(tp, rate_app_limited) ? 1 : 0;
+	i->delivery_rate_app_limited = BPF_CORE_READ_BITFIELD(tp, rate_app_limited) ? 1 : 0;
 	PRESENT(r, FLOWD_F_DELIVERY_RATE_APP_LIMITED);
 	__u32 rate = tp->rate_delivered, intv = tp->rate_interval_us;
 	v = 0;
@@ -358,7 +362,7 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 		PRESENT(r, FLOWD_F_REHASH);
 	}
 	if (bpf_core_field_exists(tp->fastopen_client_fail)) {
-		i->fastopen_client_fail = BPF_CORE_READ_BITFIELD_PROBED(tp, fastopen_client_fail);
+		i->fastopen_client_fail = BPF_CORE_READ_BITFIELD(tp, fastopen_client_fail);
 		PRESENT(r, FLOWD_F_FASTOPEN_CLIENT_FAIL);
 	}
 	if (bpf_core_field_exists(tp->total_rto) && bpf_core_field_exists(tp->rto_stamp)) {
@@ -403,8 +407,8 @@ static __always_inline __u64 socket_cgroup_id(const struct sock *sk)
 	return BPF_CORE_READ(cg, kn, id);
 }
 
-static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_sock *tp, __u8 event,
-				 __u8 old_state, __u8 new_state, __u64 now_ns)
+static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_sock *tp, struct flow_state *st,
+				 __u8 event, __u8 old_state, __u8 new_state, __u64 now_ns)
 {
 	const struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 	const struct sock_common *skc = &sk->__sk_common;
@@ -421,7 +425,12 @@ static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_so
 
 	r->timestamp_ns = now_ns;
 	r->cookie = bpf_get_socket_cookie(skops);
-	r->cgroup_id = socket_cgroup_id(sk);
+	/* The cgroup id and the congestion control's name are read once per
+	 * flow (and the name again when the flow's congestion control changes),
+	 * and kept in its storage. */
+	if (!st->cgroup_id)
+		st->cgroup_id = socket_cgroup_id(sk);
+	r->cgroup_id = st->cgroup_id;
 	r->event = event;
 	r->old_state = old_state;
 	r->new_state = new_state;
@@ -437,7 +446,12 @@ static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_so
 		__builtin_memcpy(r->laddr, &l, 16);
 		__builtin_memcpy(r->raddr, &d, 16);
 	}
-	bpf_probe_read_kernel_str(r->ca, sizeof(r->ca), tp->inet_conn.icsk_ca_ops->name);
+	const struct tcp_congestion_ops *ops = tp->inet_conn.icsk_ca_ops;
+	if ((__u64)ops != st->ca_ops) {
+		bpf_probe_read_kernel_str(st->ca, sizeof(st->ca), ops->name);
+		st->ca_ops = (__u64)ops;
+	}
+	__builtin_memcpy(r->ca, st->ca, sizeof(r->ca));
 
 	fill_info(r, tp, new_state, now_ns);
 
@@ -474,7 +488,7 @@ static __always_inline struct flow_state *track(struct bpf_sock_ops *skops, stru
 	if (cb != skops->bpf_sock_ops_cb_flags)
 		bpf_sock_ops_cb_flags_set(skops, cb);
 	st->last_sample_ns = now;
-	emit(skops, tp, FLOWD_EVENT_OPEN, 0, state, now);
+	emit(skops, tp, st, FLOWD_EVENT_OPEN, 0, state, now);
 	return st;
 }
 
@@ -494,20 +508,28 @@ static __always_inline struct flow_state *lookup(struct bpf_sock_ops *skops, str
 	return st;
 }
 
-static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)
+/* Runs on every RTT callback of every tracked flow, so the common case (a
+ * tracked flow whose interval has not passed) is decided before anything
+ * else: one storage lookup and a clock read. */
+static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *bsk)
 {
-	__u8 state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
 	__u64 now = bpf_ktime_get_ns();
-	struct flow_state *st;
-	bool adopted;
+	struct tcp_sock *tp;
+	__u8 state;
 
-	st = lookup(skops, bsk, tp, state, now, &adopted);
-	if (!st || adopted)
+	if (st && interval_ns && now - st->last_sample_ns < interval_ns)
 		return;
-	if (interval_ns && now - st->last_sample_ns < interval_ns)
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
 		return;
+	state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	if (!st) {
+		track(skops, bsk, tp, state, now); /* adopt: the open record for now */
+		return;
+	}
 	st->last_sample_ns = now;
-	emit(skops, tp, FLOWD_EVENT_SAMPLE, 0, state, now);
+	emit(skops, tp, st, FLOWD_EVENT_SAMPLE, 0, state, now);
 }
 
 static __always_inline void on_state(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)
@@ -521,9 +543,9 @@ static __always_inline void on_state(struct bpf_sock_ops *skops, struct bpf_sock
 	if (!st)
 		return;
 	/* The callback runs before the kernel stores the new state. */
-	emit(skops, tp, FLOWD_EVENT_STATE, old_state, new_state, now);
+	emit(skops, tp, st, FLOWD_EVENT_STATE, old_state, new_state, now);
 	if (new_state == TCP_CLOSE) {
-		emit(skops, tp, FLOWD_EVENT_CLOSE, old_state, new_state, now);
+		emit(skops, tp, st, FLOWD_EVENT_CLOSE, old_state, new_state, now);
 		bpf_sk_storage_delete(&flows, bsk);
 	}
 }
@@ -541,6 +563,12 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 	bsk = skops->sk;
 	if (!bsk)
 		return 1;
+	if (op == BPF_SOCK_OPS_RTT_CB) {
+		/* Another program may have asked for RTT callbacks. */
+		if (mode == MODE_POLL)
+			on_rtt(skops, bsk);
+		return 1;
+	}
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return 1;
@@ -549,11 +577,6 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		track(skops, bsk, tp, tp->inet_conn.icsk_inet.sk.__sk_common.skc_state, bpf_ktime_get_ns());
-		break;
-	case BPF_SOCK_OPS_RTT_CB:
-		/* Another program may have asked for RTT callbacks. */
-		if (mode == MODE_POLL)
-			on_rtt(skops, bsk, tp);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		on_state(skops, bsk, tp);

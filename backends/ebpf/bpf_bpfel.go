@@ -16,6 +16,9 @@ import (
 type bpfFlowState struct {
 	_            structs.HostLayout
 	LastSampleNs uint64
+	CgroupId     uint64
+	CaOps        uint64
+	Ca           [16]int8
 }
 
 type bpfFlowdCidrKey struct {

@@ -560,3 +560,31 @@ func TestNestedInstances(t *testing.T) {
 		t.Errorf("poll-mode instance sent no samples")
 	}
 }
+
+// TestCongestionChange checks that samples follow a congestion control
+// changed on an established flow (the program caches the name per flow).
+func TestCongestionChange(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 256<<10)
+	testutil.WaitFor(t, "a cubic sample", 5*time.Second, func() bool {
+		s := col.Find(cookie, backends.EventSample)
+		return len(s) > 0 && s[len(s)-1].CA == "cubic"
+	})
+	var err error
+	testutil.Control(t, p.Client, func(fd int) {
+		err = unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, "reno")
+	})
+	if err != nil {
+		t.Fatalf("setsockopt TCP_CONGESTION reno: %v", err)
+	}
+	p.Send(t, 1<<20)
+	testutil.WaitFor(t, "a reno sample", 5*time.Second, func() bool {
+		s := col.Find(cookie, backends.EventSample)
+		return len(s) > 0 && s[len(s)-1].CA == "reno"
+	})
+}
