@@ -244,7 +244,7 @@ func renderGoBench(w writer, res *Results) {
 	}
 	w("## 2. User-space cost per record\n\n")
 	w("The Go benchmarks of `backends/ebpf` (decode of a ring buffer record plus its JSON encoding; the whole pipeline from a BPF producer), run by the suite as `%s`. ", g.Command)
-	w("DecodeEncode: an op is one record (unless the line reports `ns/record`, `allocs/record`). Pipeline: the best `records/s` among its sub-benchmarks (offered rates) that report no `drops` and nothing `lost` must reach the target within 1%%.\n\n")
+	w("DecodeEncode: an op is one record (unless the line reports `ns/record`, `allocs/record`). Pipeline: the best `records/s` among its sub-benchmarks (offered rates) that report no `drops` and nothing `lost` must reach the target within 1%%. *On one core*: the producer runs on CPU 0, the backend's reading thread (ring buffer, decode, JSON, the file's write calls) is pinned to CPU 1 at nice −20, so that other jobs of this shared machine do not take that core from it; `consumer-ns/record` is that thread's CPU time per record, `others-cpu-%%` what the rest of the machine used meanwhile.\n\n")
 	w("| figure | value | target | result | command |\n| --- | --- | --- | --- | --- |\n")
 	for _, c := range benchChecks(g.Lines, g.Command) {
 		w("| %s | %s | %s | %s | `%s` |\n", c.Figure, c.Value, c.Target, pendingCell(c.Pass), c.Command)

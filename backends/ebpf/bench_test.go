@@ -123,10 +123,13 @@ func BenchmarkPipeline(b *testing.B) {
 	}
 }
 
-// CPUs the pipeline benchmark pins its threads to.
+// CPUs the pipeline benchmark pins its threads to, and the consumer's
+// nice value: with -20 it gets 98.9% of its CPU against one runnable
+// task of nice 0 (CFS weights 88761 and 1024).
 const (
-	producerCPU = 0
-	consumerCPU = 1
+	producerCPU  = 0
+	consumerCPU  = 1
+	consumerNice = -20
 )
 
 func benchPipeline(b *testing.B, cg, dir string, rate int) {
@@ -169,6 +172,12 @@ func benchPipeline(b *testing.B, cg, dir string, rate int) {
 		defer runtime.UnlockOSThread()
 		if err := pinThread(consumerCPU); err != nil {
 			started <- err
+			return
+		}
+		// Other jobs of a shared host must not take the consumer's
+		// core: the figure is what flowd sustains on one core.
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, consumerNice); err != nil {
+			started <- fmt.Errorf("setting the consumer's nice value: %w", err)
 			return
 		}
 		started <- nil
