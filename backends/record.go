@@ -106,6 +106,23 @@ type Sink interface {
 	Write(r *Record) error
 }
 
+// Flusher is implemented by sinks that buffer records (the JSON Lines
+// output). Backends call Flush after each batch they deliver (the ebpf
+// backend when it has drained its ring buffer on its flush timer, netlink
+// after each poll), so that records reach the output with the batch and
+// the daemon needs no timer of its own.
+type Flusher interface {
+	Flush() error
+}
+
+// Flush flushes s if it is a Flusher.
+func Flush(s Sink) error {
+	if f, ok := s.(Flusher); ok {
+		return f.Flush()
+	}
+	return nil
+}
+
 // SinkFunc adapts a function to Sink.
 type SinkFunc func(r *Record) error
 

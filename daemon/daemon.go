@@ -56,10 +56,6 @@ type Daemon struct {
 
 	// StatsInterval is how often drop and flow counts are read.
 	StatsInterval time.Duration
-	// FlushInterval is how often buffered records are written out. New
-	// sets it to ebpf.flush_interval, so that a record reaches the output
-	// about one flush interval after the kernel produced it.
-	FlushInterval time.Duration
 	// StopTimeout bounds the wait for backends to return once the context
 	// is cancelled.
 	StopTimeout time.Duration
@@ -81,7 +77,6 @@ func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error
 		NewEBPF:       newEBPF,
 		NewNetlink:    newNetlink,
 		StatsInterval: DefaultStatsInterval,
-		FlushInterval: cfg.EBPF.FlushInterval,
 		StopTimeout:   DefaultStopTimeout,
 		cfg:           cfg,
 		log:           log,
@@ -179,7 +174,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 // run runs the backends into out, through the metrics, until ctx is
 // cancelled or one fails, and returns once they have all returned (or
-// StopTimeout passed). Meanwhile it flushes out and reads the counters.
+// StopTimeout passed). Meanwhile it reads the counters. The backends flush
+// out after each batch (backends.Flusher): ebpf every ebpf.flush_interval,
+// when it has drained its ring buffer, netlink after each poll. One timer
+// per batch, not two: an idle daemon wakes half as often.
 func (d *Daemon) run(ctx context.Context, bs []backends.Backend, out *sink.JSONL) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -196,8 +194,6 @@ func (d *Daemon) run(ctx context.Context, bs []backends.Backend, out *sink.JSONL
 
 	w := newWatcher(d, bs)
 	w.poll() // the series exist from the start
-	flush := time.NewTicker(d.FlushInterval)
-	defer flush.Stop()
 	stats := time.NewTicker(d.StatsInterval)
 	defer stats.Stop()
 
@@ -217,10 +213,6 @@ func (d *Daemon) run(ctx context.Context, bs []backends.Backend, out *sink.JSONL
 		case r := <-results:
 			running--
 			if err := d.runError(runCtx, r.backend, r.err); err != nil {
-				fail(err)
-			}
-		case <-flush.C:
-			if err := out.Flush(); err != nil {
 				fail(err)
 			}
 		case <-stats.C:

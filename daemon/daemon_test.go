@@ -54,6 +54,7 @@ type fake struct {
 	j       *journal
 	before  []backends.Record
 	drain   []backends.Record
+	flush   bool  // flush the sink after writing before, as real backends do after a batch
 	exit    bool  // return right after writing before
 	runErr  error // what Run returns
 	ignore  bool  // ignore ctx: block until Close
@@ -83,6 +84,9 @@ func (f *fake) Run(ctx context.Context, s backends.Sink) error {
 		return nil
 	}
 	err := write(f.before)
+	if err == nil && f.flush {
+		err = backends.Flush(s)
+	}
 	close(f.started)
 	if err != nil {
 		return err
@@ -233,7 +237,6 @@ func newHarness(t *testing.T, cfg *config.Config) *harness {
 		}
 		return h.nl, nil
 	}
-	d.FlushInterval = time.Hour // only the final flush, unless a test wants more
 	d.StatsInterval = time.Hour
 	return h
 }
@@ -346,6 +349,27 @@ func TestRecordsReachOutput(t *testing.T) {
 	}
 	if counted != 3 {
 		t.Errorf("flowd_records_total sums to %v, want 3", counted)
+	}
+}
+
+// TestBackendFlushes: a backend's flush after a batch reaches the output
+// through the metrics' sink, without a timer of the daemon's, and the
+// records are counted once.
+func TestBackendFlushes(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	nl := fakeOf(h.nl)
+	nl.before = []backends.Record{record("netlink", 1), record("netlink", 2)}
+	nl.flush = true
+	stop := h.start(t)
+	<-nl.started
+	if n := strings.Count(h.out.String(), "\n"); n != 2 {
+		t.Errorf("%d lines in the output after the backend flushed, want 2", n)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if n := len(h.lines(t)); n != 2 {
+		t.Errorf("%d lines in the output after stopping, want 2", n)
 	}
 }
 
@@ -574,8 +598,8 @@ func (failWriter) Write([]byte) (int, error) { return 0, io.ErrShortWrite }
 func TestOutputError(t *testing.T) {
 	h := newHarness(t, testConfig("netlink"))
 	h.d.Out = failWriter{}
-	h.d.FlushInterval = 5 * time.Millisecond
 	fakeOf(h.nl).before = []backends.Record{record("netlink", 1)}
+	fakeOf(h.nl).flush = true
 	err := h.d.Run(context.Background())
 	if !errors.Is(err, io.ErrShortWrite) {
 		t.Fatalf("Run = %v, want the output's error", err)

@@ -6,7 +6,8 @@ package metrics
 
 import (
 	"fmt"
-	"maps"
+	"slices"
+
 	"sync"
 	"sync/atomic"
 
@@ -87,23 +88,27 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // for concurrent use if next is.
 func (m *Metrics) Sink(next backends.Sink) backends.Sink {
 	s := &countingSink{m: m, next: next}
-	s.counters.Store(&map[recordKey]prometheus.Counter{})
+	s.counters.Store(&[]backendCounters{})
 	return s
 }
 
-// countingSink keeps the counter of every backend and event it has seen,
-// so that counting a record is a map lookup, not the label hashing and
-// locking of CounterVec.WithLabelValues: it runs once per record.
+// countingSink keeps the counters of every backend and event it has seen,
+// so that counting a record is a short scan of a slice holding one entry
+// per backend (usually the first matches), not the label hashing and
+// locking of CounterVec.WithLabelValues, nor a map's string hashing: it
+// runs once per record.
 type countingSink struct {
 	m        *Metrics
 	next     backends.Sink
-	mu       sync.Mutex                                       // serializes additions to counters
-	counters atomic.Pointer[map[recordKey]prometheus.Counter] // copied on write
+	mu       sync.Mutex                        // serializes additions to counters
+	counters atomic.Pointer[[]backendCounters] // copied on write
 }
 
-type recordKey struct {
+// backendCounters holds one backend's counters, indexed by event; nil
+// until a record with that event is seen.
+type backendCounters struct {
 	backend string
-	event   backends.Event
+	events  [256]prometheus.Counter
 }
 
 func (s *countingSink) Write(r *backends.Record) error {
@@ -115,23 +120,45 @@ func (s *countingSink) Write(r *backends.Record) error {
 	return nil
 }
 
+// Flush flushes next, when it buffers; its errors count as output errors.
+func (s *countingSink) Flush() error {
+	if err := backends.Flush(s.next); err != nil {
+		s.m.outputErrors.Inc()
+		return err
+	}
+	return nil
+}
+
 func (s *countingSink) counter(r *backends.Record) prometheus.Counter {
-	k := recordKey{r.Backend, r.Event}
-	if c, ok := (*s.counters.Load())[k]; ok {
+	if c := find(*s.counters.Load(), r); c != nil {
 		return c
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := *s.counters.Load()
-	if c, ok := old[k]; ok {
+	if c := find(old, r); c != nil {
 		return c
 	}
+	counters := slices.Clone(old)
+	i := slices.IndexFunc(counters, func(b backendCounters) bool { return b.backend == r.Backend })
+	if i < 0 {
+		counters = append(counters, backendCounters{backend: r.Backend})
+		i = len(counters) - 1
+	}
 	c := s.m.records.WithLabelValues(r.Backend, r.Event.String())
-	counters := make(map[recordKey]prometheus.Counter, len(old)+1)
-	maps.Copy(counters, old)
-	counters[k] = c
+	counters[i].events[r.Event] = c
 	s.counters.Store(&counters)
 	return c
+}
+
+// find returns the counter of r's backend and event, nil if there is none yet.
+func find(counters []backendCounters, r *backends.Record) prometheus.Counter {
+	for i := range counters {
+		if counters[i].backend == r.Backend {
+			return counters[i].events[r.Event]
+		}
+	}
+	return nil
 }
 
 // AddDrops adds n records lost by backend. Adding 0 makes the series

@@ -71,6 +71,40 @@ func TestSinkCountsAndForwards(t *testing.T) {
 	}
 }
 
+// flushSink is a buffering sink: Flush counts, and fails when told to.
+type flushSink struct {
+	flushes int
+	err     error
+}
+
+func (s *flushSink) Write(*backends.Record) error { return nil }
+func (s *flushSink) Flush() error {
+	s.flushes++
+	return s.err
+}
+
+// TestSinkFlushes: the counting sink passes Flush on to a buffering sink,
+// counting its errors as output errors, and ignores sinks that do not buffer.
+func TestSinkFlushes(t *testing.T) {
+	m := newMetrics(t)
+	next := &flushSink{}
+	s := m.Sink(next)
+	if err := backends.Flush(s); err != nil || next.flushes != 1 {
+		t.Fatalf("Flush = %v, %d flushes of the next sink, want nil, 1", err, next.flushes)
+	}
+	next.err = errors.New("disk full")
+	if err := backends.Flush(s); !errors.Is(err, next.err) {
+		t.Errorf("Flush = %v, want the next sink's error", err)
+	}
+	if v := testutil.ToFloat64(m.outputErrors); v != 1 {
+		t.Errorf("flowd_output_errors_total = %v, want 1", v)
+	}
+	plain := m.Sink(backends.SinkFunc(func(*backends.Record) error { return nil }))
+	if err := backends.Flush(plain); err != nil {
+		t.Errorf("Flush of a sink that does not buffer = %v", err)
+	}
+}
+
 func TestDropsAndFlows(t *testing.T) {
 	m := newMetrics(t)
 	m.AddDrops("ebpf", 0)

@@ -270,6 +270,11 @@ func (b *Backend) Run(ctx context.Context, sink backends.Sink) error {
 				return err
 			}
 		case errors.Is(err, ringbuf.ErrFlushed):
+			// The flush timer fired and the ring buffer is drained: the
+			// batch goes to the output now.
+			if err := backends.Flush(sink); err != nil {
+				return fmt.Errorf("flushing records: %w", err)
+			}
 		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
 			return nil
 		default:

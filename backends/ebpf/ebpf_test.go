@@ -208,6 +208,30 @@ func TestOutsideCgroup(t *testing.T) {
 	}
 }
 
+// TestFlushesBatches: Run flushes the sink once the flush timer has drained
+// the ring buffer, so a record reaches a buffering output within about a
+// flush interval, and an idle backend flushes on every tick.
+func TestFlushesBatches(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	_, col := startBackend(t, Config{Cgroup: cg, Mode: ModeTransition, FlushInterval: 50 * time.Millisecond})
+	time.Sleep(300 * time.Millisecond)
+	if flushes, _ := col.Flushed(); flushes < 2 {
+		t.Errorf("%d flushes in 300 ms at a 50 ms flush interval", flushes)
+	}
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	testutil.WaitFor(t, "the open record", 5*time.Second, func() bool {
+		return len(col.Find(cookie, backends.EventOpen)) == 1
+	})
+	written := len(col.Records(0))
+	testutil.WaitFor(t, "a flush after the open record", time.Second, func() bool {
+		_, flushed := col.Flushed()
+		return flushed >= written
+	})
+}
+
 // TestFilters checks each in-kernel filter both ways.
 func TestFilters(t *testing.T) {
 	testutil.RequireRoot(t)

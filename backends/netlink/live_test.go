@@ -310,6 +310,12 @@ func TestLiveRunCancel(t *testing.T) {
 	p := dialPair(t, cg, "tcp4", "127.0.0.1:0")
 	testutil.WaitFor(t, "samples of the client", waitTimeout, func() bool { return len(col.Records(p.client.cookie)) >= 2 })
 	testutil.WaitFor(t, "Flows() to count the two sockets", waitTimeout, func() bool { return b.Flows() == 2 })
+	// Each poll's records are flushed with the poll.
+	written := len(col.Records(0))
+	testutil.WaitFor(t, "a flush after the records", waitTimeout, func() bool {
+		_, flushed := col.Flushed()
+		return flushed >= written
+	})
 	if err := stop(); err != nil {
 		t.Fatalf("Run after cancel = %v, want nil", err)
 	}

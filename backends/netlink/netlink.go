@@ -156,6 +156,9 @@ func (b *Backend) Run(ctx context.Context, s backends.Sink) error {
 			}
 			return err
 		}
+		if err := backends.Flush(s); err != nil {
+			return fmt.Errorf("flushing records: %w", err)
+		}
 		select {
 		case <-ctx.Done():
 		case <-tick.C:

@@ -15,10 +15,31 @@ import (
 	"github.com/flowd/flowd/backends"
 )
 
-// Collector is a Sink that keeps a copy of every record.
+// Collector is a Sink that keeps a copy of every record. It is also a
+// backends.Flusher that remembers how many records had been written at its
+// last Flush.
 type Collector struct {
-	mu   sync.Mutex
-	recs []backends.Record
+	mu      sync.Mutex
+	recs    []backends.Record
+	flushes int
+	flushed int // len(recs) at the last Flush
+}
+
+// Flush notes that the records written so far were flushed.
+func (c *Collector) Flush() error {
+	c.mu.Lock()
+	c.flushes++
+	c.flushed = len(c.recs)
+	c.mu.Unlock()
+	return nil
+}
+
+// Flushed returns the number of Flush calls and of the records written
+// before the last one.
+func (c *Collector) Flushed() (flushes, records int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushes, c.flushed
 }
 
 // Write keeps a copy of r.
