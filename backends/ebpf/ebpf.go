@@ -62,6 +62,7 @@ type Backend struct {
 	objs   bpfObjects
 	link   link.Link
 	reader *ringbuf.Reader
+	wake   *os.File // a duplicate of the ring buffer's fd, in Go's network poller: Run waits on it
 	dec    decoder
 
 	detachOnce sync.Once
@@ -105,6 +106,12 @@ func New(cfg Config) (*Backend, error) {
 		b.objs.Close()
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
+	b.wake, err = pollable(b.objs.Events.FD(), "flowd-events")
+	if err != nil {
+		b.reader.Close()
+		b.objs.Close()
+		return nil, fmt.Errorf("opening ring buffer: %w", err)
+	}
 	b.dec.monoToWall = monoToWallOffset()
 
 	b.link, err = link.AttachCgroup(link.CgroupOptions{
@@ -113,6 +120,7 @@ func New(cfg Config) (*Backend, error) {
 		Program: b.objs.FlowdSockops,
 	})
 	if err != nil {
+		b.wake.Close()
 		b.reader.Close()
 		b.objs.Close()
 		return nil, fmt.Errorf("attaching sockops to %s: %w", cfg.Cgroup, err)
@@ -237,65 +245,87 @@ func (b *Backend) Name() string { return Name }
 
 // Run reads records until ctx is cancelled, then detaches the program,
 // drains what the ring buffer still holds and returns. The ring buffer is
-// drained every FlushInterval: the program wakes the reader early only when
-// a quarter of the buffer is unread.
+// drained every FlushInterval, and the sink flushed after it (a
+// backends.Flusher); the program wakes the reader early only when a quarter
+// of the buffer is unread.
+//
+// The reader never blocks in a system call of its own: ReadInto, with a
+// deadline in the past, only drains, and Run waits for the next tick or
+// wakeup in Go's network poller (a duplicate of the ring buffer's fd, see
+// New). So one timer drives the drain and the flush, and while Run waits
+// its thread and processor are free, which lets the Go runtime's monitor
+// thread sleep instead of polling a thread stuck in epoll_wait.
 func (b *Backend) Run(ctx context.Context, sink backends.Sink) error {
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		t := time.NewTicker(b.cfg.FlushInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-ctx.Done():
-				_ = b.reader.Flush() // wake the reader so it sees ctx
-				return
-			case <-t.C:
-				_ = b.reader.Flush()
-			}
-		}
-	}()
+	rc, err := b.wake.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("ring buffer wakeups: %w", err)
+	}
+	// Cancelling ctx ends the current wait at once.
+	stop := context.AfterFunc(ctx, func() { _ = b.wake.SetReadDeadline(time.Now()) })
+	defer stop()
+	b.reader.SetDeadline(time.Unix(1, 0))
 
 	var (
-		raw ringbuf.Record
-		rec backends.Record
+		raw    ringbuf.Record
+		rec    backends.Record
+		next   = time.Now().Add(b.cfg.FlushInterval)
+		runErr error
 	)
-	for ctx.Err() == nil {
-		err := b.reader.ReadInto(&raw)
-		switch {
-		case err == nil:
-			if err := b.deliver(raw.RawSample, &rec, sink); err != nil {
-				return err
-			}
-		case errors.Is(err, ringbuf.ErrFlushed):
-			// The flush timer fired and the ring buffer is drained: the
-			// batch goes to the output now.
+	for {
+		closed, err := b.drain(&raw, &rec, sink)
+		if err != nil || closed {
+			return err
+		}
+		if now := time.Now(); !now.Before(next) {
+			// The batch goes to the output now.
 			if err := backends.Flush(sink); err != nil {
 				return fmt.Errorf("flushing records: %w", err)
 			}
-		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
-			return nil
-		default:
-			return fmt.Errorf("reading ring buffer: %w", err)
+			next = now.Add(b.cfg.FlushInterval)
+		}
+		if err := b.wake.SetReadDeadline(next); err != nil {
+			if errors.Is(err, os.ErrNoDeadline) { // not in the poller: cannot happen since Linux 5.8
+				runErr = fmt.Errorf("waiting for the ring buffer: %w", err)
+			}
+			break // or Close closed it
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		// Until the next tick, a wakeup by the program, or ctx's end.
+		first := true
+		err = rc.Read(func(uintptr) bool {
+			ready := !first
+			first = false
+			return ready
+		})
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			break // Close closed it
 		}
 	}
 
 	// Stop new records, then read everything already submitted.
 	b.detach()
-	b.reader.SetDeadline(time.Now())
+	_, err = b.drain(&raw, &rec, sink)
+	return errors.Join(runErr, err)
+}
+
+// drain delivers every record the ring buffer holds to sink. closed
+// reports that the reader was closed (by Close).
+func (b *Backend) drain(raw *ringbuf.Record, rec *backends.Record, sink backends.Sink) (closed bool, err error) {
 	for {
-		err := b.reader.ReadInto(&raw)
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) ||
-				errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
-				return nil
+		err := b.reader.ReadInto(raw)
+		switch {
+		case err == nil:
+			if err := b.deliver(raw.RawSample, rec, sink); err != nil {
+				return false, err
 			}
-			return fmt.Errorf("draining ring buffer: %w", err)
-		}
-		if err := b.deliver(raw.RawSample, &rec, sink); err != nil {
-			return err
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):
+			return false, nil
+		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
+			return true, nil
+		default:
+			return false, fmt.Errorf("reading ring buffer: %w", err)
 		}
 	}
 }
@@ -325,6 +355,22 @@ func (b *Backend) Drops() (uint64, error) {
 	return n, nil
 }
 
+// pollable returns a non-blocking duplicate of fd (a ring buffer map's) as
+// an *os.File, which Go registers with its network poller: reading from
+// it is never done, waiting for it to become readable (the program's
+// wakeups) is.
+func pollable(fd int, name string) (*os.File, error) {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicating fd: %w", err)
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return nil, fmt.Errorf("making fd non-blocking: %w", err)
+	}
+	return os.NewFile(uintptr(dup), name), nil
+}
+
 // detach removes the program from the cgroup; the maps stay readable.
 func (b *Backend) detach() error {
 	b.detachOnce.Do(func() {
@@ -340,6 +386,9 @@ func (b *Backend) detach() error {
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		errs := []error{b.detach()}
+		if b.wake != nil {
+			errs = append(errs, b.wake.Close())
+		}
 		if b.reader != nil {
 			errs = append(errs, b.reader.Close())
 		}
