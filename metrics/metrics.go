@@ -7,7 +7,6 @@ package metrics
 import (
 	"fmt"
 	"slices"
-
 	"sync"
 	"sync/atomic"
 

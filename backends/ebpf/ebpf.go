@@ -49,7 +49,7 @@ type Config struct {
 	Mode          Mode          // poll (default) or transition
 	Interval      time.Duration // poll mode: minimum time between samples of one flow; 0 = every RTT callback
 	RingbufSize   int           // bytes; a power of two and a multiple of the page size
-	FlushInterval time.Duration // how often user space drains the ring buffer
+	FlushInterval time.Duration // how often user space drains the ring buffer and flushes the sink
 	Filter        backends.Filter
 	Log           logrus.FieldLogger
 }
