@@ -47,6 +47,7 @@ output:
   path: $dir/records.jsonl
 EOF
 
+: >"$dir/flowd.log"
 "$bin" run --config "$dir/flowd.yaml" 2>"$dir/flowd.log" &
 flowd=$!
 for _ in $(seq 50); do
