@@ -280,8 +280,8 @@ func (s *suite) scaleNetlink(ctx context.Context, rows []ScaleRow) error {
 }
 
 // timeNetlinkPolls times reps single polls of flowd's netlink backend on
-// the monitored cgroup: one inet_diag dump of every TCP socket of the host
-// (IPv4 and IPv6), parsed, filtered to the cgroup and diffed. A poll is
+// the monitored cgroup: one inet_diag dump (IPv4 and IPv6) that the kernel
+// filters to the cgroup's sockets, parsed and diffed. A poll is
 // over when the backend publishes its flow count (checked every 100 µs).
 // It returns the wall time and the CPU time of the thread that ran it
 // (Run is called on a locked thread; the kernel builds the dump in its

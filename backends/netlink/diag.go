@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -25,6 +26,51 @@ const (
 	inetDiagCong     = 4  // INET_DIAG_CONG: congestion control name, NUL-terminated
 	inetDiagCgroupID = 21 // INET_DIAG_CGROUP_ID: u64 cgroup v2 id of the socket
 )
+
+// In-kernel filtering: a filter program sent with the dump request
+// (INET_DIAG_REQ_BYTECODE), which the kernel runs on each socket before it
+// fills in tcp_info and copies the socket out.
+const (
+	inetDiagReqBytecode  = 1  // INET_DIAG_REQ_BYTECODE
+	inetDiagBcJmp        = 1  // INET_DIAG_BC_JMP: always takes its "no" branch
+	inetDiagBcCgroupCond = 13 // INET_DIAG_BC_CGROUP_COND (Linux 5.9): followed by a u64 cgroup v2 id
+
+	sizeofBcOp = 4 // struct inet_diag_bc_op: u8 code, u8 yes, u16 no
+)
+
+// maxFilterCgroups is the most cgroups an in-kernel filter lists: 16 bytes
+// each, in one netlink attribute of at most 64 KiB. A larger subtree is
+// filtered in user space only.
+const maxFilterCgroups = 2048
+
+// cgroupFilter returns an inet_diag filter program that accepts a socket
+// exactly when its cgroup id is one of ids (at most maxFilterCgroups).
+//
+// The kernel runs it from the first op: an op whose condition holds moves
+// on by its "yes" length, otherwise by its "no" length, and the socket is
+// accepted when that lands exactly on the end. Each id gets a CGROUP_COND
+// (on a match: the JMP right after it; otherwise: the next CGROUP_COND)
+// and a JMP to the end; a last JMP jumps 4 bytes past the end: no id
+// matched. The kernel's check of the program (inet_diag_bc_audit) wants
+// every op reachable by "yes" steps from the first, and every "no" to land
+// on one of them or on the end (or 4 bytes past it).
+func cgroupFilter(ids []uint64) []byte {
+	const pair = 16 // CGROUP_COND with its id, then JMP
+	b := make([]byte, pair*len(ids)+sizeofBcOp)
+	for i, id := range ids {
+		op := b[pair*i:]
+		putBcOp(op, inetDiagBcCgroupCond, 12, pair)
+		binary.NativeEndian.PutUint64(op[sizeofBcOp:], id)
+		putBcOp(op[12:], inetDiagBcJmp, sizeofBcOp, uint16(len(b)-pair*i-12))
+	}
+	putBcOp(b[pair*len(ids):], inetDiagBcJmp, sizeofBcOp, 2*sizeofBcOp)
+	return b
+}
+
+func putBcOp(b []byte, code, yes uint8, no uint16) {
+	b[0], b[1] = code, yes
+	binary.NativeEndian.PutUint16(b[2:], no)
+}
 
 // diagExt asks for the attributes flowd decodes: bit n-1 requests attribute
 // n. INET_DIAG_CGROUP_ID needs no bit: the kernel always sends it when it
@@ -53,14 +99,20 @@ const maxDumpAttempts = 4
 const recvTimeout = 10 * time.Second
 
 // diagRequest returns the struct inet_diag_req_v2 that dumps the TCP
-// sockets of one address family.
-func diagRequest(family uint8) []byte {
-	b := make([]byte, sizeofInetDiagReqV2)
+// sockets of one address family, followed by the filter program bytecode
+// as an INET_DIAG_REQ_BYTECODE attribute when there is one.
+func diagRequest(family uint8, bytecode []byte) []byte {
+	b := make([]byte, sizeofInetDiagReqV2, sizeofInetDiagReqV2+unix.SizeofNlAttr+len(bytecode))
 	b[0] = family                                    // sdiag_family
 	b[1] = unix.IPPROTO_TCP                          // sdiag_protocol
 	b[2] = diagExt                                   // idiag_ext
 	binary.NativeEndian.PutUint32(b[4:], diagStates) // idiag_states
 	// The zero socket id matches every socket.
+	if bytecode != nil {
+		b = binary.NativeEndian.AppendUint16(b, uint16(unix.SizeofNlAttr+len(bytecode))) // nla_len
+		b = binary.NativeEndian.AppendUint16(b, inetDiagReqBytecode)                     // nla_type
+		b = append(b, bytecode...)                                                       // a multiple of 4: no padding
+	}
 	return b
 }
 
@@ -72,6 +124,9 @@ type dumper struct {
 	log  logrus.FieldLogger
 	msgs [][]byte // payloads of the last dump, reused
 
+	cgroups  []uint64 // the cgroups of the requests' filter, sorted; nil: no filter
+	filtered bool     // the requests carry a filter
+
 	// execute runs one dump request, calling collect with the payload of
 	// each reply message: (*nl.NetlinkRequest).ExecuteIter, but for tests.
 	execute func(req *nl.NetlinkRequest, collect func([]byte) bool) error
@@ -80,6 +135,7 @@ type dumper struct {
 // familyRequest is the dump request of one address family.
 type familyRequest struct {
 	family string // "IPv4" or "IPv6", for messages
+	af     uint8  // AF_INET or AF_INET6
 	req    *nl.NetlinkRequest
 }
 
@@ -98,21 +154,37 @@ func newDumper(log logrus.FieldLogger, netnsPath string) (*dumper, error) {
 	handles := map[int]*nl.SocketHandle{unix.NETLINK_SOCK_DIAG: {Socket: sock}}
 	newReq := func(family uint8) *nl.NetlinkRequest {
 		req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
-		req.AddRawData(diagRequest(family))
+		req.AddRawData(diagRequest(family, nil))
 		req.Sockets = handles
 		return req
 	}
 	return &dumper{
 		sock: sock,
 		reqs: [2]familyRequest{
-			{family: "IPv4", req: newReq(unix.AF_INET)},
-			{family: "IPv6", req: newReq(unix.AF_INET6)},
+			{family: "IPv4", af: unix.AF_INET, req: newReq(unix.AF_INET)},
+			{family: "IPv6", af: unix.AF_INET6, req: newReq(unix.AF_INET6)},
 		},
 		log: log,
 		execute: func(req *nl.NetlinkRequest, collect func([]byte) bool) error {
 			return req.ExecuteIter(unix.NETLINK_SOCK_DIAG, nl.SOCK_DIAG_BY_FAMILY, collect)
 		},
 	}, nil
+}
+
+// filter makes the kernel return only the sockets of these cgroups (sorted,
+// at most maxFilterCgroups) from the next dump on; nil: every socket.
+func (d *dumper) filter(cgroups []uint64) {
+	if (cgroups != nil) == d.filtered && slices.Equal(cgroups, d.cgroups) {
+		return
+	}
+	var bytecode []byte
+	if cgroups != nil {
+		bytecode = cgroupFilter(cgroups)
+	}
+	for _, r := range d.reqs {
+		r.req.RawData = diagRequest(r.af, bytecode)
+	}
+	d.cgroups, d.filtered = slices.Clone(cgroups), cgroups != nil
 }
 
 // close closes the netlink socket. It also ends a dump in progress.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -169,7 +170,7 @@ func TestDiagMsgAddrs(t *testing.T) {
 }
 
 func TestDiagRequest(t *testing.T) {
-	b := diagRequest(unix.AF_INET6)
+	b := diagRequest(unix.AF_INET6, nil)
 	if len(b) != sizeofInetDiagReqV2 {
 		t.Fatalf("length %d", len(b))
 	}
@@ -223,4 +224,129 @@ func FuzzParseDiagMsg(f *testing.F) {
 		var info backends.TCPInfo
 		decodeTCPInfo(&info, m.info)
 	})
+}
+
+func TestDiagRequestBytecode(t *testing.T) {
+	bc := cgroupFilter([]uint64{7})
+	b := diagRequest(unix.AF_INET, bc)
+	if !bytes.Equal(b[:sizeofInetDiagReqV2], diagRequest(unix.AF_INET, nil)) {
+		t.Errorf("the request part changed with a filter")
+	}
+	attr := b[sizeofInetDiagReqV2:]
+	if len(attr) != unix.SizeofNlAttr+len(bc) {
+		t.Fatalf("attribute of %d bytes, want %d", len(attr), unix.SizeofNlAttr+len(bc))
+	}
+	if l, typ := binary.NativeEndian.Uint16(attr), binary.NativeEndian.Uint16(attr[2:]); int(l) != len(attr) || typ != inetDiagReqBytecode {
+		t.Errorf("nla_len %d, nla_type %d; want %d, %d", l, typ, len(attr), inetDiagReqBytecode)
+	}
+	if !bytes.Equal(attr[unix.SizeofNlAttr:], bc) {
+		t.Errorf("bytecode %x, want %x", attr[unix.SizeofNlAttr:], bc)
+	}
+}
+
+// bcAudit checks a filter program as the kernel's inet_diag_bc_audit does
+// (net/ipv4/inet_diag.c) for the ops cgroupFilter uses.
+func bcAudit(bc []byte) error {
+	validTarget := func(cc int) bool { // valid_cc: an op reached by "yes" steps, or the end
+		for off := 0; off <= len(bc); {
+			if off == cc {
+				return true
+			}
+			if off == len(bc) || off+sizeofBcOp > len(bc) {
+				return false
+			}
+			yes := int(bc[off+1])
+			if yes < sizeofBcOp || yes%4 != 0 {
+				return false
+			}
+			off += yes
+		}
+		return false
+	}
+	for off := 0; off < len(bc); {
+		l := len(bc) - off
+		if l < sizeofBcOp {
+			return fmt.Errorf("op at %d: truncated", off)
+		}
+		code, yes, no := bc[off], int(bc[off+1]), int(binary.NativeEndian.Uint16(bc[off+2:]))
+		minLen := sizeofBcOp
+		switch code {
+		case inetDiagBcCgroupCond:
+			if l < sizeofBcOp+8 {
+				return fmt.Errorf("op at %d: cgroup condition without its id", off)
+			}
+			minLen += 8
+		case inetDiagBcJmp:
+		default:
+			return fmt.Errorf("op at %d: code %d", off, code)
+		}
+		if no < minLen || no > l+4 || no%4 != 0 {
+			return fmt.Errorf("op at %d: no = %d (%d bytes left)", off, no, l)
+		}
+		if no < l && !validTarget(off+no) {
+			return fmt.Errorf("op at %d: no = %d lands inside an op", off, no)
+		}
+		if yes < minLen || yes > l+4 || yes%4 != 0 {
+			return fmt.Errorf("op at %d: yes = %d (%d bytes left)", off, yes, l)
+		}
+		off += yes
+		if off > len(bc) {
+			return fmt.Errorf("yes steps end past the program")
+		}
+	}
+	return nil
+}
+
+// bcRun runs a filter program as the kernel's inet_diag_bc_run does, for a
+// socket of cgroup id.
+func bcRun(bc []byte, id uint64) bool {
+	off := 0
+	for off < len(bc) {
+		code, yes, no := bc[off], int(bc[off+1]), int(binary.NativeEndian.Uint16(bc[off+2:]))
+		match := false
+		if code == inetDiagBcCgroupCond {
+			match = binary.NativeEndian.Uint64(bc[off+sizeofBcOp:]) == id
+		}
+		if match {
+			off += yes
+		} else {
+			off += no
+		}
+	}
+	return off == len(bc)
+}
+
+func TestCgroupFilter(t *testing.T) {
+	for _, ids := range [][]uint64{
+		{42},
+		{3, 9},
+		{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25},
+		func() []uint64 { // the largest filter: "no" jumps reach past 32 KiB
+			ids := make([]uint64, maxFilterCgroups)
+			for i := range ids {
+				ids[i] = uint64(1000 + 2*i)
+			}
+			return ids
+		}(),
+	} {
+		bc := cgroupFilter(ids)
+		if err := bcAudit(bc); err != nil {
+			t.Fatalf("%d ids: the kernel would reject the program: %v", len(ids), err)
+		}
+		if len(bc)+unix.SizeofNlAttr > 0xffff {
+			t.Fatalf("%d ids: %d bytes do not fit one netlink attribute", len(ids), len(bc))
+		}
+		in := make(map[uint64]bool)
+		for _, id := range ids {
+			in[id] = true
+			if !bcRun(bc, id) {
+				t.Errorf("%d ids: cgroup %d rejected", len(ids), id)
+			}
+		}
+		for _, id := range []uint64{0, 1, 2, 41, 43, 999, 1001, 1000 + 2*maxFilterCgroups, ^uint64(0)} {
+			if !in[id] && bcRun(bc, id) {
+				t.Errorf("%d ids: cgroup %d accepted", len(ids), id)
+			}
+		}
+	}
 }

@@ -444,6 +444,32 @@ func TestLiveScope(t *testing.T) {
 	if n := b.Flows(); n != 4 {
 		t.Errorf("Flows() = %d, want 4", n)
 	}
+	// The kernel filtered the dump by cgroup: it returned the subtree's
+	// four sockets, not the connection outside (nor the host's others).
+	if p.userFilter {
+		t.Error("the kernel rejected the inet_diag cgroup filter")
+	}
+	if n := len(p.d.msgs); n != 4 {
+		t.Errorf("the last dump returned %d sockets, want the subtree's 4", n)
+	}
+
+	// A tracked flow whose cgroup is removed (its sockets outlive it) stays
+	// in the filter: no close record while the connection is open.
+	if err := os.Remove(child); err != nil {
+		t.Fatal(err)
+	}
+	before := len(col.Records(0))
+	if err := p.poll(col); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range col.Records(0)[before:] {
+		if r.Event != backends.EventSample {
+			t.Errorf("after the child cgroup was removed: %s record of cookie %d", r.Event, r.Cookie)
+		}
+	}
+	if n := len(col.Records(0)) - before; n != 4 {
+		t.Errorf("%d records after the child cgroup was removed, want 4 samples", n)
+	}
 
 	// The cgroup2 root takes in every socket, the outside ones too.
 	root, err := New(Config{Cgroup: cgroupRoot(t), Interval: time.Hour})

@@ -230,6 +230,9 @@ type poller struct {
 	msg     diagMsg       // the message being processed, reused
 	warned  bool          // the missing INET_DIAG_CGROUP_ID has been logged
 	skipped int           // dumps skipped in a row because they were interrupted
+
+	userFilter bool     // the kernel rejected the cgroup filter: filter in user space only
+	cgroups    []uint64 // the filter's cgroup ids, reused
 }
 
 func (b *Backend) newPoller() (*poller, error) {
@@ -250,7 +253,18 @@ func (b *Backend) newPoller() (*poller, error) {
 // poll makes one dump and writes its records to s.
 func (p *poller) poll(s backends.Sink) error {
 	now := time.Now().UTC()
+	p.scope.newDump()
+	if err := p.filterInKernel(); err != nil {
+		return err
+	}
 	msgs, err := p.d.dump()
+	if err != nil && p.d.filtered && errors.Is(err, unix.EINVAL) {
+		p.log.WithError(err).Info("the kernel rejected the inet_diag cgroup filter (INET_DIAG_BC_CGROUP_COND " +
+			"needs Linux 5.9): every TCP socket of the host is dumped and filtered in user space")
+		p.userFilter = true
+		p.d.filter(nil)
+		msgs, err = p.d.dump()
+	}
 	if errors.Is(err, nl.ErrDumpInterrupted) {
 		// The kernel's socket tables kept changing under the dump. What it
 		// returned may miss sockets, which would read as closed flows:
@@ -267,7 +281,6 @@ func (p *poller) poll(s backends.Sink) error {
 	}
 	p.skipped = 0
 
-	p.scope.newDump()
 	p.t.begin(now)
 	for _, b := range msgs {
 		if err := p.process(b, s); err != nil {
@@ -279,6 +292,38 @@ func (p *poller) poll(s backends.Sink) error {
 	if err != nil {
 		return fmt.Errorf("writing record: %w", err)
 	}
+	return nil
+}
+
+// filterInKernel has the next dump return only the sockets of the cgroup
+// subtree (walked again now, so that it holds the cgroups made since the
+// last dump) and of the flows already tracked, so that the kernel neither
+// fills in tcp_info for the host's other sockets nor copies them out: the
+// dump's cost follows the monitored sockets, not all of the host's. The
+// cgroup2 root takes every socket, and a subtree of more than
+// maxFilterCgroups cgroups is filtered in user space only; process checks
+// the scope in either case.
+func (p *poller) filterInKernel() error {
+	if p.scope.all || p.userFilter {
+		return nil
+	}
+	inside, err := p.scope.walk()
+	if err != nil {
+		return err
+	}
+	ids := p.cgroups[:0]
+	for id := range inside {
+		ids = append(ids, id)
+	}
+	ids = p.t.appendCgroupIDs(ids)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	p.cgroups = ids
+	if len(ids) > maxFilterCgroups {
+		p.d.filter(nil)
+		return nil
+	}
+	p.d.filter(ids)
 	return nil
 }
 

@@ -149,7 +149,7 @@ func fakeDumper(log logrus.FieldLogger, answer func(family int, collect func([]b
 	v4 := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
 	v6 := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
 	return &dumper{
-		reqs: [2]familyRequest{{"IPv4", v4}, {"IPv6", v6}},
+		reqs: [2]familyRequest{{"IPv4", unix.AF_INET, v4}, {"IPv6", unix.AF_INET6, v6}},
 		log:  log,
 		execute: func(req *nl.NetlinkRequest, collect func([]byte) bool) error {
 			if req == v4 {
@@ -263,5 +263,60 @@ func TestPollSkipsInterruptedDump(t *testing.T) {
 	want := []backends.Event{backends.EventOpen, backends.EventSample, backends.EventClose}
 	if !slices.Equal(events, want) {
 		t.Errorf("events %v, want %v", events, want)
+	}
+}
+
+// TestPollFallsBackToUserFilter: a kernel that rejects the cgroup filter
+// (EINVAL: Linux before 5.9) gets the same dump again without it, once
+// and for all, and the scope is then checked in user space.
+func TestPollFallsBackToUserFilter(t *testing.T) {
+	log, hook := logtest.NewNullLogger()
+	root := t.TempDir() // stands for the cgroup: the scope only walks directories
+	id, err := cgroup.ID(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inside := newMsg(unix.AF_INET, 1, netip.MustParseAddrPort("127.0.0.1:5201"), netip.MustParseAddrPort("127.0.0.1:40000"), 77).
+		attr(inetDiagInfo, make([]byte, sizeofTCPInfo), false).
+		attr(inetDiagCgroupID, u64(id), false).b
+	outside := newMsg(unix.AF_INET, 1, netip.MustParseAddrPort("127.0.0.1:22"), netip.MustParseAddrPort("127.0.0.1:40001"), 78).
+		attr(inetDiagInfo, make([]byte, sizeofTCPInfo), false).
+		attr(inetDiagCgroupID, u64(id+1), false).b
+	var filtered, plain int
+	d := fakeDumper(log, nil)
+	d.execute = func(req *nl.NetlinkRequest, collect func([]byte) bool) error {
+		if len(req.RawData) > sizeofInetDiagReqV2 {
+			filtered++
+			return fmt.Errorf("dumping: %w", unix.EINVAL)
+		}
+		plain++
+		if req == d.reqs[0].req {
+			collect(inside)
+			collect(outside)
+		}
+		return nil
+	}
+	p := &poller{d: d, t: newTracker(), scope: newScope(root, false), log: log, flows: new(atomic.Int64)}
+	col := &testutil.Collector{}
+	for range 2 {
+		if err := p.poll(col); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if filtered != 1 || plain != 4 {
+		t.Errorf("%d filtered and %d plain requests, want 1 and 4 (2 dumps of 2 families)", filtered, plain)
+	}
+	if !p.userFilter || d.filtered {
+		t.Errorf("userFilter = %v, requests filtered = %v after the kernel rejected the filter", p.userFilter, d.filtered)
+	}
+	var cookies []uint64
+	for _, r := range col.Records(0) {
+		cookies = append(cookies, r.Cookie)
+	}
+	if !slices.Equal(cookies, []uint64{77, 77}) {
+		t.Errorf("records of cookies %v, want the inside socket's (77) twice", cookies)
+	}
+	if e := hook.LastEntry(); e == nil || e.Level != logrus.InfoLevel || !strings.Contains(e.Message, "rejected the inet_diag cgroup filter") {
+		t.Errorf("log %+v, want the fallback explained at info level", e)
 	}
 }

@@ -31,6 +31,17 @@ func newScope(root string, all bool) scope {
 // newDump allows one more walk of the subtree.
 func (s *scope) newDump() { s.walked = false }
 
+// walk walks the subtree now (it counts as this dump's walk) and returns
+// the ids in it. The map is the scope's: it must not be changed.
+func (s *scope) walk() (map[uint64]struct{}, error) {
+	inside, err := cgroup.Subtree(s.root)
+	if err != nil {
+		return nil, err
+	}
+	s.inside, s.walked = inside, true
+	return inside, nil
+}
+
 // contains reports whether the cgroup with this id is in the subtree.
 func (s *scope) contains(id uint64) (bool, error) {
 	if s.all {
@@ -46,11 +57,9 @@ func (s *scope) contains(id uint64) (bool, error) {
 		// Created after this dump's walk: decide at the next dump.
 		return false, nil
 	}
-	inside, err := cgroup.Subtree(s.root)
-	if err != nil {
+	if _, err := s.walk(); err != nil {
 		return false, err
 	}
-	s.inside, s.walked = inside, true
 	if _, ok := s.inside[id]; ok {
 		return true, nil
 	}

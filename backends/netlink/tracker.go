@@ -51,6 +51,14 @@ func (t *tracker) tracked(cookie uint64) bool {
 	return ok
 }
 
+// appendCgroupIDs appends the cgroup ids of the tracked flows to ids.
+func (t *tracker) appendCgroupIDs(ids []uint64) []uint64 {
+	for _, f := range t.flows {
+		ids = append(ids, f.rec.CgroupID)
+	}
+	return ids
+}
+
 // observe records that the current dump holds m, a socket that has
 // tcp_info, and returns the record to write for it, or nil when m's cookie
 // was seen before in this dump. The record is valid until the next call.
