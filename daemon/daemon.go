@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -64,6 +65,10 @@ type Daemon struct {
 	cfg     *config.Config
 	log     *logrus.Logger
 	metrics *metrics.Metrics
+
+	mu      sync.Mutex  // guards records and file, what Reopen acts on
+	records *sink.JSONL // while Run runs
+	file    *outputFile // while Run runs, when the output is output.path
 }
 
 // New returns a daemon for cfg that logs to log and reports version in its
@@ -128,7 +133,7 @@ func NewLogger(c config.Log, w io.Writer) (*logrus.Logger, error) {
 // flushed, the backends are closed in reverse order of creation and the
 // metrics server stops. A cancelled ctx is a clean exit: Run returns nil.
 func (d *Daemon) Run(ctx context.Context) (err error) {
-	out, closeOut, err := d.openOutput()
+	out, file, closeOut, err := d.openOutput()
 	if err != nil {
 		return err
 	}
@@ -170,7 +175,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}).Info("recording flows")
 
 	records := sink.NewJSONL(out)
+	d.setOutput(records, file)
 	err = d.run(ctx, bs, records)
+	d.setOutput(nil, nil)
 	if cerr := records.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
@@ -251,25 +258,45 @@ func (d *Daemon) runError(ctx context.Context, b backends.Backend, err error) er
 	}
 }
 
-// openOutput returns where records go and how to close it.
-func (d *Daemon) openOutput() (io.Writer, func() error, error) {
+// openOutput returns where records go and how to close it; file is set
+// when that is output.path, which Reopen can reopen.
+func (d *Daemon) openOutput() (w io.Writer, file *outputFile, closeOut func() error, err error) {
 	noClose := func() error { return nil }
 	if d.Out != nil {
-		return d.Out, noClose, nil
+		return d.Out, nil, noClose, nil
 	}
 	if d.cfg.Output.Path == config.Stdout {
-		return os.Stdout, noClose, nil
+		return os.Stdout, nil, noClose, nil
 	}
-	f, err := os.OpenFile(d.cfg.Output.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	f, err := openOutputFile(d.cfg.Output.Path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("opening output: %w", err)
+		return nil, nil, nil, err
 	}
-	return f, func() error {
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("closing output: %w", err)
-		}
-		return nil
-	}, nil
+	return f, f, f.Close, nil
+}
+
+// Reopen writes out the records buffered so far and reopens output.path,
+// for log rotation: once the file has been renamed away, records go to a
+// new file at the path. It reports false when there is nothing to reopen:
+// the output is standard output (or Out), or Run is not running. It is
+// safe to call from another goroutine while Run runs (flowd's SIGHUP).
+func (d *Daemon) Reopen() (bool, error) {
+	d.mu.Lock() // held throughout: Run does not close the file meanwhile
+	defer d.mu.Unlock()
+	if d.file == nil {
+		return false, nil
+	}
+	if err := d.records.Flush(); err != nil {
+		return true, err
+	}
+	return true, d.file.reopen()
+}
+
+// setOutput tells Reopen what Run writes to, or (nil, nil) that it is done.
+func (d *Daemon) setOutput(records *sink.JSONL, file *outputFile) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.records, d.file = records, file
 }
 
 // openBackends creates the configured backends. When one fails, those

@@ -717,3 +717,83 @@ func TestNewLogger(t *testing.T) {
 		t.Error("bad level accepted")
 	}
 }
+
+// fileCookies returns the cookies of the records in a JSON Lines file, in order.
+func fileCookies(t *testing.T, path string) []uint64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookies []uint64
+	s := bufio.NewScanner(bytes.NewReader(b))
+	for s.Scan() {
+		var r backends.Record
+		if err := sink.ParseJSON(s.Bytes(), &r); err != nil {
+			t.Fatalf("%s: line %q: %v", path, s.Text(), err)
+		}
+		cookies = append(cookies, r.Cookie)
+	}
+	return cookies
+}
+
+// TestReopen: log rotation. After the output file is renamed, Reopen
+// writes out what is buffered (to the renamed file) and creates a new file
+// at output.path for what follows; nothing is lost.
+func TestReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "records.jsonl")
+	cfg := testConfig("netlink")
+	cfg.Output.Path = path
+	h := newHarness(t, cfg)
+	h.d.Out = nil // output.path, not the harness's buffer
+	nl := fakeOf(h.nl)
+	nl.before = []backends.Record{record("netlink", 1), record("netlink", 2)} // buffered, not flushed
+	nl.drain = []backends.Record{record("netlink", 3)}
+
+	if ok, err := h.d.Reopen(); ok || err != nil {
+		t.Errorf("Reopen before Run = %v, %v; want false, nil", ok, err)
+	}
+	stop := h.start(t)
+	<-nl.started
+	rotated := filepath.Join(dir, "records.jsonl.1")
+	if err := os.Rename(path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := h.d.Reopen(); !ok || err != nil {
+		t.Fatalf("Reopen = %v, %v; want true, nil", ok, err)
+	}
+	// A failed reopen (the directory is gone) keeps the current file.
+	if err := os.Rename(dir, dir+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := h.d.Reopen(); !ok || err == nil {
+		t.Errorf("Reopen with the directory gone = %v, %v; want true and an error", ok, err)
+	}
+	if err := os.Rename(dir+".moved", dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if got := fileCookies(t, rotated); !slices.Equal(got, []uint64{1, 2}) {
+		t.Errorf("rotated file holds cookies %v, want 1 and 2", got)
+	}
+	if got := fileCookies(t, path); !slices.Equal(got, []uint64{3}) {
+		t.Errorf("new file holds cookies %v, want 3", got)
+	}
+	if ok, err := h.d.Reopen(); ok || err != nil {
+		t.Errorf("Reopen after Run = %v, %v; want false, nil", ok, err)
+	}
+
+	// Standard output (or Out) has nothing to reopen.
+	h2 := newHarness(t, testConfig("netlink"))
+	stop2 := h2.start(t)
+	<-fakeOf(h2.nl).started
+	if ok, err := h2.d.Reopen(); ok || err != nil {
+		t.Errorf("Reopen of a non-file output = %v, %v; want false, nil", ok, err)
+	}
+	if err := stop2(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -192,3 +192,67 @@ func TestDaemonReportsDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDaemonReopensOnSIGHUP: log rotation with the real daemon. The output
+// file is renamed, SIGHUP makes flowd write a new one at output.path, and
+// each flow's records are in the file that was current when they were
+// written; flowd keeps running.
+func TestDaemonReopensOnSIGHUP(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "records.jsonl")
+	d := startDaemon(t, fmt.Sprintf("backends: [ebpf]\ncgroup: %s\nebpf:\n  mode: transition\noutput:\n  path: %s\n", cg, out))
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+
+	// connection opens and closes a connection and waits until its client's
+	// close record is in the file at path.
+	connection := func(path string) uint64 {
+		t.Helper()
+		p := testutil.Dial(t, cg, ln)
+		cookie := testutil.Cookie(t, p.Client)
+		p.Client.Close()
+		p.Server.Close()
+		testutil.WaitFor(t, "the close record in "+path, 5*time.Second, func() bool {
+			recs, err := flows.Load(path)
+			if err != nil {
+				return false
+			}
+			for _, r := range recs {
+				if r.Cookie == cookie && r.Event.String() == "close" {
+					return true
+				}
+			}
+			return false
+		})
+		return cookie
+	}
+	first := connection(out)
+	rotated := out + ".1"
+	if err := os.Rename(out, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog(t, "SIGHUP: reopened the output", 5*time.Second)
+	second := connection(out)
+	d.stop(t)
+
+	for _, f := range []struct {
+		path       string
+		has, lacks uint64
+	}{{rotated, first, second}, {out, second, first}} {
+		recs, err := flows.Load(f.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[uint64]bool{}
+		for _, r := range recs {
+			seen[r.Cookie] = true
+		}
+		if !seen[f.has] || seen[f.lacks] {
+			t.Errorf("%s: records of cookie %d: %v, of cookie %d: %v; want true, false", f.path, f.has, seen[f.has], f.lacks, seen[f.lacks])
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
 	"github.com/flowd/flowd/config"
@@ -115,7 +116,7 @@ func (o *options) load(cmd *cobra.Command) (*config.Config, error) {
 func newRunCmd(o *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "run",
-		Short: "Record flows until SIGINT or SIGTERM",
+		Short: "Record flows until SIGINT or SIGTERM; SIGHUP reopens the output file",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := o.load(cmd)
@@ -134,6 +135,8 @@ func newRunCmd(o *options) *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			context.AfterFunc(ctx, stop) // a second signal kills flowd at once
+			stopHUP := reopenOnSIGHUP(ctx, d, log)
+			defer stopHUP()
 
 			if err := d.Run(ctx); err != nil {
 				return &runtimeError{err}
@@ -141,6 +144,38 @@ func newRunCmd(o *options) *cobra.Command {
 			log.Info("stopped")
 			return nil
 		},
+	}
+}
+
+// reopenOnSIGHUP reopens the daemon's output file on every SIGHUP (log
+// rotation: rename the file, then send SIGHUP) until ctx ends or the
+// returned function is called. Without it SIGHUP would end flowd.
+func reopenOnSIGHUP(ctx context.Context, d *daemon.Daemon, log logrus.FieldLogger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-done:
+				return
+			case <-hup:
+				switch reopened, err := d.Reopen(); {
+				case err != nil:
+					log.WithError(err).Error("SIGHUP: reopening the output failed; writing on to the current file")
+				case reopened:
+					log.Info("SIGHUP: reopened the output")
+				default:
+					log.Info("SIGHUP: the output is not a file, nothing to reopen")
+				}
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
 	}
 }
 
