@@ -48,15 +48,16 @@ func main() {
 
 // options are the suite's flags.
 type options struct {
-	quick     bool
-	run       *regexp.Regexp
-	md        string
-	jsonPath  string
-	repo      string
-	goCmd     string
-	benchtime string
-	flowdBin  string
-	render    string
+	quick      bool
+	run        *regexp.Regexp
+	md         string
+	jsonPath   string
+	repo       string
+	goCmd      string
+	benchtime  string
+	benchCount int
+	flowdBin   string
+	render     string
 
 	pairs           int           // section 1: A/B pairs per configuration with a target
 	pairsUntargeted int           // section 1: A/B pairs per configuration without one
@@ -88,6 +89,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.render, "render", "", "measure nothing: render the report from this results file (a -json output)")
 	fs.StringVar(&o.flowdBin, "flowd", "", "run this flowd binary instead of building one from -repo (to compare a change)")
 	fs.StringVar(&o.benchtime, "benchtime", "3s", "-benchtime for section 2's go test (the pipeline needs seconds to be sustained)")
+	fs.IntVar(&o.benchCount, "bench-count", 3, "-count for section 2's go test: runs of each benchmark, judged by their median (and the pipeline's rates by most runs)")
 	fs.IntVar(&o.pairs, "pairs", 10, "section 1: A/B pairs per configuration that has a target")
 	fs.IntVar(&o.pairsUntargeted, "pairs-untargeted", 6, "section 1: A/B pairs per configuration without a target (netlink)")
 	fs.IntVar(&o.iperfSecs, "iperf-time", 2, "section 1: seconds per iperf3 run")
@@ -125,6 +127,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 			"conns":            func() { o.conns = 50 },
 			"spread":           func() { o.latSpread = 250 * time.Millisecond },
 			"benchtime":        func() { o.benchtime = "100x" },
+			"bench-count":      func() { o.benchCount = 1 },
 		}
 		for name, apply := range quick {
 			if !set[name] {
