@@ -315,7 +315,7 @@ func (p *poller) filterInKernel() error {
 	for id := range inside {
 		ids = append(ids, id)
 	}
-	ids = p.t.appendCgroupIDs(ids)
+	ids = p.t.appendCgroupIDs(ids, inside) // flows whose cgroup was removed since
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	p.cgroups = ids

@@ -51,10 +51,13 @@ func (t *tracker) tracked(cookie uint64) bool {
 	return ok
 }
 
-// appendCgroupIDs appends the cgroup ids of the tracked flows to ids.
-func (t *tracker) appendCgroupIDs(ids []uint64) []uint64 {
+// appendCgroupIDs appends to ids the cgroup ids of the tracked flows that
+// are not in known (with repeats).
+func (t *tracker) appendCgroupIDs(ids []uint64, known map[uint64]struct{}) []uint64 {
 	for _, f := range t.flows {
-		ids = append(ids, f.rec.CgroupID)
+		if _, ok := known[f.rec.CgroupID]; !ok {
+			ids = append(ids, f.rec.CgroupID)
+		}
 	}
 	return ids
 }
