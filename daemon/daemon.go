@@ -138,6 +138,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, closeOut()) }()
+	// Reopen works from here on (a SIGHUP while the backends load too).
+	records := sink.NewJSONL(out)
+	d.setOutput(records, file)
+	defer d.setOutput(nil, nil) // before closeOut
 
 	if addr := d.cfg.Metrics.Listen; addr != "" {
 		srv, err := d.metrics.Listen(addr, d.log)
@@ -174,10 +178,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		fieldOutput:   d.cfg.Output.Path,
 	}).Info("recording flows")
 
-	records := sink.NewJSONL(out)
-	d.setOutput(records, file)
 	err = d.run(ctx, bs, records)
-	d.setOutput(nil, nil)
 	if cerr := records.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
@@ -278,8 +279,9 @@ func (d *Daemon) openOutput() (w io.Writer, file *outputFile, closeOut func() er
 // Reopen writes out the records buffered so far and reopens output.path,
 // for log rotation: once the file has been renamed away, records go to a
 // new file at the path. It reports false when there is nothing to reopen:
-// the output is standard output (or Out), or Run is not running. It is
-// safe to call from another goroutine while Run runs (flowd's SIGHUP).
+// the output is standard output (or Out), or Run has not opened it yet or
+// has closed it. It is safe to call from another goroutine while Run runs
+// (flowd's SIGHUP).
 func (d *Daemon) Reopen() (bool, error) {
 	d.mu.Lock() // held throughout: Run does not close the file meanwhile
 	defer d.mu.Unlock()
