@@ -41,7 +41,13 @@
 /* Set by user space at load time. */
 const volatile __u8 mode = MODE_POLL;
 const volatile __u64 interval_ns = 1000000000ULL; /* poll: min time between samples; 0 = every RTT */
-const volatile __u32 hz = 250;			  /* the kernel's CONFIG_HZ */
+/* Jiffies to µs and ms as include/linux/jiffies.h converts them for the
+ * kernel's HZ: num/den is USEC_PER_SEC/HZ (MSEC_PER_SEC/HZ) in lowest terms.
+ * den is 1 for every HZ that divides 1000 (100, 250, 1000), and the verifier
+ * then removes the division: these fields are read-only constants. */
+const volatile __u32 jiffy_usec_num = 4000, jiffy_usec_den = 1;
+const volatile __u32 jiffy_msec_num = 4, jiffy_msec_den = 1;
+const volatile __u32 usec_per_jiffy = 4000;	  /* USEC_PER_SEC / HZ, truncated */
 const volatile __u8 filter_ports = 0;		  /* local_ports / remote_ports are set */
 const volatile __u8 filter_cidrs = 0;		  /* remote_cidrs is set */
 const volatile __u64 wakeup_bytes = 1 << 20;	  /* force a wakeup past this much unread data */
@@ -104,14 +110,24 @@ const enum flowd_field *unused_field __attribute__((unused));
 
 #define PRESENT(r, f) ((r)->present[(f) / 64] |= 1ULL << ((f) % 64))
 
-static __always_inline __u64 jiffies_to_usecs(__u64 j)
+/* jiffies_to_usecs(): rounds down. */
+static __always_inline __u32 jiffies_to_usecs(__u64 j)
 {
-	return j * (1000000 / hz);
+	__u64 v = j * jiffy_usec_num;
+
+	if (jiffy_usec_den != 1)
+		v /= jiffy_usec_den;
+	return v;
 }
 
-static __always_inline __u64 jiffies_to_msecs(__u64 j)
+/* jiffies_to_msecs(): rounds up. */
+static __always_inline __u32 jiffies_to_msecs(__u64 j)
 {
-	return j * 1000 / hz;
+	__u64 v = j * jiffy_msec_num;
+
+	if (jiffy_msec_den != 1)
+		v = (v + jiffy_msec_den - 1) / jiffy_msec_den;
+	return v;
 }
 
 static __always_inline void count_drop(void)
@@ -167,7 +183,6 @@ static __always_inline void fill_info(struct flowd_record *r, const struct tcp_s
 	const struct sock *sk = &icsk->icsk_inet.sk;
 	struct flowd_tcp_info *i = &r->info;
 	__u32 now = (__u32)bpf_jiffies64(); /* tcp_jiffies32 */
-	__u64 usec_per_jiffy = 1000000 / hz;
 	__u64 v;
 
 	r->present[0] = 0;

@@ -210,13 +210,17 @@ const (
 	bpfProgFlowdSockops = "flowd_sockops"
 	bpfVarFilterCidrs   = "filter_cidrs"
 	bpfVarFilterPorts   = "filter_ports"
-	bpfVarHz            = "hz"
 	bpfVarIntervalNs    = "interval_ns"
+	bpfVarJiffyMsecDen  = "jiffy_msec_den"
+	bpfVarJiffyMsecNum  = "jiffy_msec_num"
+	bpfVarJiffyUsecDen  = "jiffy_usec_den"
+	bpfVarJiffyUsecNum  = "jiffy_usec_num"
 	bpfVarMode          = "mode"
 	bpfVarUnusedCidrKey = "unused_cidr_key"
 	bpfVarUnusedEvent   = "unused_event"
 	bpfVarUnusedField   = "unused_field"
 	bpfVarUnusedRecord  = "unused_record"
+	bpfVarUsecPerJiffy  = "usec_per_jiffy"
 	bpfVarWakeupBytes   = "wakeup_bytes"
 )
 
@@ -283,13 +287,17 @@ type bpfMapSpecs struct {
 type bpfVariableSpecs struct {
 	FilterCidrs   *ebpf.VariableSpec `ebpf:"filter_cidrs"`
 	FilterPorts   *ebpf.VariableSpec `ebpf:"filter_ports"`
-	Hz            *ebpf.VariableSpec `ebpf:"hz"`
 	IntervalNs    *ebpf.VariableSpec `ebpf:"interval_ns"`
+	JiffyMsecDen  *ebpf.VariableSpec `ebpf:"jiffy_msec_den"`
+	JiffyMsecNum  *ebpf.VariableSpec `ebpf:"jiffy_msec_num"`
+	JiffyUsecDen  *ebpf.VariableSpec `ebpf:"jiffy_usec_den"`
+	JiffyUsecNum  *ebpf.VariableSpec `ebpf:"jiffy_usec_num"`
 	Mode          *ebpf.VariableSpec `ebpf:"mode"`
 	UnusedCidrKey *ebpf.VariableSpec `ebpf:"unused_cidr_key"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedField   *ebpf.VariableSpec `ebpf:"unused_field"`
 	UnusedRecord  *ebpf.VariableSpec `ebpf:"unused_record"`
+	UsecPerJiffy  *ebpf.VariableSpec `ebpf:"usec_per_jiffy"`
 	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -338,13 +346,17 @@ func (m *bpfMaps) Close() error {
 type bpfVariables struct {
 	FilterCidrs   *ebpf.Variable `ebpf:"filter_cidrs"`
 	FilterPorts   *ebpf.Variable `ebpf:"filter_ports"`
-	Hz            *ebpf.Variable `ebpf:"hz"`
 	IntervalNs    *ebpf.Variable `ebpf:"interval_ns"`
+	JiffyMsecDen  *ebpf.Variable `ebpf:"jiffy_msec_den"`
+	JiffyMsecNum  *ebpf.Variable `ebpf:"jiffy_msec_num"`
+	JiffyUsecDen  *ebpf.Variable `ebpf:"jiffy_usec_den"`
+	JiffyUsecNum  *ebpf.Variable `ebpf:"jiffy_usec_num"`
 	Mode          *ebpf.Variable `ebpf:"mode"`
 	UnusedCidrKey *ebpf.Variable `ebpf:"unused_cidr_key"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	UnusedField   *ebpf.Variable `ebpf:"unused_field"`
 	UnusedRecord  *ebpf.Variable `ebpf:"unused_record"`
+	UsecPerJiffy  *ebpf.Variable `ebpf:"usec_per_jiffy"`
 	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

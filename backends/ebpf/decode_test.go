@@ -253,6 +253,37 @@ func TestHZ(t *testing.T) {
 	}
 }
 
+// TestJiffyConversions checks the factors against the constants the
+// kernel's kernel/time/timeconst.bc generates for each HZ, and a few
+// conversions against jiffies_to_usecs() and jiffies_to_msecs().
+func TestJiffyConversions(t *testing.T) {
+	for _, tc := range []struct {
+		hz   uint32
+		want jiffyRatios
+	}{
+		{100, jiffyRatios{10000, 1, 10, 1, 10000}},
+		{250, jiffyRatios{4000, 1, 4, 1, 4000}},
+		{300, jiffyRatios{10000, 3, 10, 3, 3333}},
+		{1000, jiffyRatios{1000, 1, 1, 1, 1000}},
+		{1024, jiffyRatios{15625, 16, 125, 128, 976}},
+	} {
+		if got := jiffyConversions(tc.hz); got != tc.want {
+			t.Errorf("HZ=%d: %+v, want %+v", tc.hz, got, tc.want)
+		}
+	}
+	// What the program computes, for HZ=300: µs round down, ms round up.
+	jc := jiffyConversions(300)
+	usecs := func(j uint64) uint64 { return j * uint64(jc.usecNum) / uint64(jc.usecDen) }
+	msecs := func(j uint64) uint64 {
+		return (j*uint64(jc.msecNum) + uint64(jc.msecDen) - 1) / uint64(jc.msecDen)
+	}
+	for j, want := range map[uint64][2]uint64{1: {3333, 4}, 3: {10000, 10}, 61: {203333, 204}} {
+		if u, m := usecs(j), msecs(j); u != want[0] || m != want[1] {
+			t.Errorf("HZ=300, %d jiffies: %d µs, %d ms; want %d µs, %d ms", j, u, m, want[0], want[1])
+		}
+	}
+}
+
 func TestConfigDefaults(t *testing.T) {
 	for _, tc := range []struct {
 		cfg  Config

@@ -173,11 +173,14 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 	consts := map[string]any{
 		"mode":         mode,
 		"interval_ns":  uint64(cfg.Interval.Nanoseconds()),
-		"hz":           hz,
 		"filter_ports": boolU8(len(f.LocalPorts) > 0 || len(f.RemotePorts) > 0),
 		"filter_cidrs": boolU8(len(f.RemoteCIDRs) > 0),
 		"wakeup_bytes": wakeupBytes(cfg.RingbufSize),
 	}
+	jc := jiffyConversions(hz)
+	consts["jiffy_usec_num"], consts["jiffy_usec_den"] = jc.usecNum, jc.usecDen
+	consts["jiffy_msec_num"], consts["jiffy_msec_den"] = jc.msecNum, jc.msecDen
+	consts["usec_per_jiffy"] = jc.usecPerJiffy
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
 		if !ok {

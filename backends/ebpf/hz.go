@@ -33,6 +33,32 @@ func kernelHZ() (uint32, error) {
 	return hzFromTimerList()
 }
 
+// jiffyRatios are the factors that convert jiffies to µs and ms the way
+// include/linux/jiffies.h does for one HZ: jiffies_to_usecs() multiplies by
+// usecNum/usecDen and rounds down, jiffies_to_msecs() by msecNum/msecDen and
+// rounds up, both fractions in lowest terms; tcp_get_info() scales the
+// chrono stats by usecPerJiffy, USEC_PER_SEC / HZ rounded down.
+type jiffyRatios struct {
+	usecNum, usecDen, msecNum, msecDen, usecPerJiffy uint32
+}
+
+func jiffyConversions(hz uint32) jiffyRatios {
+	const usecPerSec, msecPerSec = 1_000_000, 1_000
+	ug, mg := gcd(usecPerSec, hz), gcd(msecPerSec, hz)
+	return jiffyRatios{
+		usecNum: usecPerSec / ug, usecDen: hz / ug,
+		msecNum: msecPerSec / mg, msecDen: hz / mg,
+		usecPerJiffy: usecPerSec / hz,
+	}
+}
+
+func gcd(a, b uint32) uint32 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
 func hzFromConfigFile(path string) (uint32, error) {
 	f, err := os.Open(path)
 	if err != nil {
