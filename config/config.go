@@ -43,6 +43,7 @@ const (
 	KeyRemotePorts       = "filter.remote_ports"
 	KeyRemoteCIDRs       = "filter.remote_cidrs"
 	KeyOutputPath        = "output.path"
+	KeyOutputTCPInfo     = "output.tcp_info"
 	KeyLogLevel          = "log.level"
 	KeyLogFormat         = "log.format"
 	KeyMetricsListen     = "metrics.listen"
@@ -94,9 +95,10 @@ type Filter struct {
 	RemoteCIDRs []netip.Prefix // masked
 }
 
-// Output says where records go.
+// Output says where records go and what they hold.
 type Output struct {
-	Path string // Stdout ("-") or a file opened for append
+	Path    string           // Stdout ("-") or a file opened for append
+	TCPInfo []backends.Field // the tcp_info members written; none = every member
 }
 
 // Log configures flowd's own log (on stderr).
@@ -168,6 +170,7 @@ func settings() []setting {
 		{KeyRemotePorts, []int{}},
 		{KeyRemoteCIDRs, []string{}},
 		{KeyOutputPath, Stdout},
+		{KeyOutputTCPInfo, []string{}},
 		{KeyLogLevel, "info"},
 		{KeyLogFormat, "text"},
 		{KeyMetricsListen, ""},
@@ -396,6 +399,10 @@ func (l *loader) decode() (*Config, error) {
 		return nil, err
 	}
 	if c.Filter.RemoteCIDRs, err = l.cidrs(KeyRemoteCIDRs); err != nil {
+		return nil, err
+	}
+
+	if c.Output.TCPInfo, err = l.members(KeyOutputTCPInfo); err != nil {
 		return nil, err
 	}
 
@@ -649,6 +656,45 @@ func (l *loader) cidrs(key string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// members reads a list of tcp_info member names, in the order given and
+// without duplicates.
+func (l *loader) members(key string) ([]backends.Field, error) {
+	items, err := l.list(key)
+	if err != nil {
+		return nil, err
+	}
+	out := []backends.Field{}
+	for _, it := range items {
+		name, ok := it.(string)
+		if !ok {
+			return nil, l.errorf(key, nil, "%s is not a tcp_info member name", formatValue(it))
+		}
+		f, ok := backends.FieldByName(name)
+		if !ok {
+			return nil, l.errorf(key, nil, "%q is not a tcp_info member%s", name, suggestMembers(name))
+		}
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// suggestMembers names the members whose names contain s (cwnd: snd_cwnd),
+// or points to the list when none or too many do.
+func suggestMembers(s string) string {
+	var near []string
+	for f := range backends.NumFields {
+		if s != "" && strings.Contains(f.Name(), strings.ToLower(s)) {
+			near = append(near, f.Name())
+		}
+	}
+	if len(near) == 0 || len(near) > 4 {
+		return " (the members are listed in the README, under tcp_info)"
+	}
+	return " (did you mean " + strings.Join(near, ", ") + "?)"
+}
+
 func (l *loader) listen(key string) (string, error) {
 	s, err := l.str(key)
 	if err != nil || s == "" {
@@ -808,7 +854,8 @@ type yamlConfig struct {
 		RemoteCIDRs []string `yaml:"remote_cidrs,flow"`
 	} `yaml:"filter"`
 	Output struct {
-		Path string `yaml:"path"`
+		Path    string   `yaml:"path"`
+		TCPInfo []string `yaml:"tcp_info,flow"`
 	} `yaml:"output"`
 	Log struct {
 		Level  string `yaml:"level"`
@@ -838,6 +885,10 @@ func (c *Config) YAML() ([]byte, error) {
 		y.Filter.RemoteCIDRs = append(y.Filter.RemoteCIDRs, p.String())
 	}
 	y.Output.Path = c.Output.Path
+	y.Output.TCPInfo = []string{}
+	for _, f := range c.Output.TCPInfo {
+		y.Output.TCPInfo = append(y.Output.TCPInfo, f.Name())
+	}
 	y.Log.Level = c.Log.Level
 	y.Log.Format = c.Log.Format
 	y.Metrics.Listen = c.Metrics.Listen

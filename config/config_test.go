@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/cgroup"
 )
@@ -60,7 +61,7 @@ func defaults(root string) *Config {
 		},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []uint16{}, RemotePorts: []uint16{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-"},
+		Output:  Output{Path: "-", TCPInfo: []backends.Field{}},
 		Log:     Log{Level: "info", Format: "text"},
 	}
 }
@@ -122,6 +123,7 @@ filter:
   remote_cidrs: [10.1.2.3/8, "2001:db8::1/32"]
 output:
   path: `+out+`
+  tcp_info: [snd_cwnd, rtt, "snd_cwnd"]
 log:
   level: debug
   format: json
@@ -142,7 +144,7 @@ metrics:
 			RemotePorts: []uint16{443},
 			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
 		},
-		Output:  Output{Path: out},
+		Output:  Output{Path: out, TCPInfo: []backends.Field{backends.FieldSndCwnd, backends.FieldRTT}},
 		Log:     Log{Level: "debug", Format: "json"},
 		Metrics: Metrics{Listen: "127.0.0.1:9100"},
 	}
@@ -181,6 +183,7 @@ func TestEnv(t *testing.T) {
 	t.Setenv("FLOWD_FILTER_LOCAL_PORTS", "80, 443 8080")
 	t.Setenv("FLOWD_FILTER_REMOTE_CIDRS", "192.168.0.0/16,::1/128")
 	t.Setenv("FLOWD_LOG_LEVEL", "warn")
+	t.Setenv("FLOWD_OUTPUT_TCP_INFO", "delivery_rate, snd_cwnd")
 	for _, backendsVar := range []string{"ebpf netlink", "ebpf,netlink"} {
 		t.Setenv("FLOWD_BACKENDS", backendsVar)
 		c, err := Load(path)
@@ -190,7 +193,8 @@ func TestEnv(t *testing.T) {
 		if c.EBPF.Mode != ebpf.ModeTransition || c.Netlink.Interval != 2*time.Second || c.EBPF.RingbufSize != 8192 ||
 			!reflect.DeepEqual(c.Backends, []string{"ebpf", "netlink"}) ||
 			!reflect.DeepEqual(c.Filter.LocalPorts, []uint16{80, 443, 8080}) ||
-			len(c.Filter.RemoteCIDRs) != 2 || c.Log.Level != "warn" {
+			len(c.Filter.RemoteCIDRs) != 2 || c.Log.Level != "warn" ||
+			!reflect.DeepEqual(c.Output.TCPInfo, []backends.Field{backends.FieldDeliveryRate, backends.FieldSndCwnd}) {
 			t.Errorf("FLOWD_BACKENDS=%q: env did not override: %+v", backendsVar, c)
 		}
 	}
@@ -286,6 +290,9 @@ func TestErrors(t *testing.T) {
 		{name: "bad CIDR", file: "filter:\n  remote_cidrs: [10.0.0.0/33]\n", want: []string{`filter.remote_cidrs: "10.0.0.0/33" is not a CIDR prefix`}},
 		{name: "address without length", file: "filter:\n  remote_cidrs: [10.0.0.1]\n", want: []string{`filter.remote_cidrs: "10.0.0.1" is not a CIDR prefix`}},
 		{name: "bad IPv6 CIDR", file: "filter:\n  remote_cidrs: [\"2001:db8::g/32\"]\n", want: []string{`filter.remote_cidrs: "2001:db8::g/32"`}},
+		{name: "unknown member", file: "output:\n  tcp_info: [cwnd]\n", want: []string{`output.tcp_info: "cwnd" is not a tcp_info member (did you mean snd_cwnd?)`}},
+		{name: "unknown member env", env: map[string]string{"FLOWD_OUTPUT_TCP_INFO": "rtt,bogus"}, want: []string{`output.tcp_info: "bogus" is not a tcp_info member (the members are listed in the README`, "FLOWD_OUTPUT_TCP_INFO"}},
+		{name: "member not a name", file: "output:\n  tcp_info: [[rtt]]\n", want: []string{"output.tcp_info:", "is not a list of values"}},
 		{name: "bad CIDR env", env: map[string]string{"FLOWD_FILTER_REMOTE_CIDRS": "10.0.0.0/8,nope"}, want: []string{`filter.remote_cidrs: "nope"`}},
 
 		{name: "unknown log level", file: "log:\n  level: loud\n", want: []string{`log.level: "loud" is not one of trace, debug, info, warn, error`}},

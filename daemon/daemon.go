@@ -139,7 +139,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	defer func() { err = errors.Join(err, closeOut()) }()
 	// Reopen works from here on (a SIGHUP while the backends load too).
-	records := sink.NewJSONL(out)
+	records := sink.NewJSONL(out, d.cfg.Output.TCPInfo...)
 	d.setOutput(records, file)
 	defer d.setOutput(nil, nil) // before closeOut
 

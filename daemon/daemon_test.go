@@ -352,6 +352,25 @@ func TestRecordsReachOutput(t *testing.T) {
 	}
 }
 
+// TestOutputMembers: output.tcp_info decides the members of every line.
+func TestOutputMembers(t *testing.T) {
+	cfg := testConfig("netlink")
+	cfg.Output.TCPInfo = []backends.Field{backends.FieldSndCwnd}
+	h := newHarness(t, cfg)
+	nl := fakeOf(h.nl)
+	r := record("netlink", 1)
+	r.Info.Set(backends.FieldSndCwnd, 10)
+	nl.before = []backends.Record{r}
+	stop := h.start(t)
+	<-nl.started
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if out := h.out.String(); !strings.HasSuffix(out, `,"tcp_info":{"snd_cwnd":10}}`+"\n") {
+		t.Errorf("with output.tcp_info [snd_cwnd]:\n%s", out)
+	}
+}
+
 // TestBackendFlushes: a backend's flush after a batch reaches the output
 // through the metrics' sink, without a timer of the daemon's, and the
 // records are counted once.

@@ -48,6 +48,25 @@ type Encoder struct {
 	prefix [timePrefixLen]byte // "2006-01-02T15:04:05." of the Unix second sec
 	sec    int64
 	valid  bool // prefix and sec are set
+	// omit has the bits of the tcp_info members left out even when
+	// present (SetMembers); zero writes every present member.
+	omit [backends.PresenceWords]uint64
+}
+
+// SetMembers makes the Encoder write only the listed tcp_info members (those
+// of them a record has), still in Field order; with none listed it writes
+// every present member, as the zero Encoder does.
+func (e *Encoder) SetMembers(members ...backends.Field) {
+	e.omit = [backends.PresenceWords]uint64{}
+	if len(members) == 0 {
+		return
+	}
+	e.omit = fieldMask
+	for _, f := range members {
+		if f < backends.NumFields {
+			e.omit[f/64] &^= 1 << (f % 64)
+		}
+	}
 }
 
 // AppendJSON appends r to dst as the package's AppendJSON does.
@@ -79,7 +98,7 @@ func (e *Encoder) AppendJSON(dst []byte, r *backends.Record) []byte {
 		dst = appendString(dst, r.CA)
 	}
 	dst = append(dst, `,"tcp_info":{`...)
-	dst = appendMembers(dst, &r.Info)
+	dst = appendMembers(dst, &r.Info, &e.omit)
 	return append(dst, "}}"...)
 }
 
@@ -155,12 +174,12 @@ var fieldMask = func() (m [backends.PresenceWords]uint64) {
 // and a number store for every member.
 const membersRoom = int(backends.NumFields) * (keyWidth + uintRoom)
 
-// appendMembers appends the present members of info, in Field order, as
-// `"name":value` separated by commas, after the '{' that ends dst. It
-// visits the set bits of the presence mask only. Each member is written
+// appendMembers appends the present members of info that omit does not
+// name, in Field order, as `"name":value` separated by commas, after the
+// '{' that ends dst. It visits the set bits of the presence mask only. Each member is written
 // into a fixed-size window, so that the stores need no bounds checks of
 // their own.
-func appendMembers(dst []byte, info *backends.TCPInfo) []byte {
+func appendMembers(dst []byte, info *backends.TCPInfo, omit *[backends.PresenceWords]uint64) []byte {
 	dst = slices.Grow(dst, membersRoom)
 	// Every key starts with a comma: the first is written over the '{',
 	// which is put back at the end.
@@ -168,7 +187,7 @@ func appendMembers(dst []byte, info *backends.TCPInfo) []byte {
 	n := brace
 	b := dst[:cap(dst)]
 	for w, present := range info.Present {
-		present &= fieldMask[w]
+		present &= fieldMask[w] &^ omit[w]
 		for present != 0 {
 			f := w*64 + bits.TrailingZeros64(present)
 			present &= present - 1

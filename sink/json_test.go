@@ -202,6 +202,32 @@ func TestAppendJSONAbsentFields(t *testing.T) {
 	}
 }
 
+func TestEncoderMembers(t *testing.T) {
+	r := sample()
+	r.Info.Clear()
+	r.Info.Set(backends.FieldSndCwnd, 10)
+	r.Info.Set(backends.FieldRTT, 25)
+	r.Info.Set(backends.FieldLost, 3)
+	var e Encoder
+	// Listed out of Field order, and one member the record lacks.
+	e.SetMembers(backends.FieldSndCwnd, backends.FieldDeliveryRate, backends.FieldRTT)
+	b := string(e.AppendJSON(nil, r))
+	if !strings.HasSuffix(b, `,"tcp_info":{"rtt":25,"snd_cwnd":10}}`) {
+		t.Errorf("with members rtt, snd_cwnd, delivery_rate: %s", b)
+	}
+	if want := string(AppendJSON(nil, r)); !strings.HasPrefix(b, want[:strings.Index(want, `"tcp_info"`)]) {
+		t.Errorf("members changed the keys before tcp_info:\n%s\n%s", b, want)
+	}
+	e.SetMembers(backends.FieldDeliveryRate)
+	if b := string(e.AppendJSON(nil, r)); !strings.HasSuffix(b, `,"tcp_info":{}}`) {
+		t.Errorf("with a member the record lacks: %s", b)
+	}
+	e.SetMembers() // every member again
+	if b, want := string(e.AppendJSON(nil, r)), string(AppendJSON(nil, r)); b != want {
+		t.Errorf("after SetMembers():\n%s\nwant\n%s", b, want)
+	}
+}
+
 func TestAppendJSONAllocs(t *testing.T) {
 	r := sample()
 	buf := make([]byte, 0, 4096)

@@ -38,9 +38,12 @@ type JSONL struct {
 var _ backends.Sink = (*JSONL)(nil)
 
 // NewJSONL returns a JSONL that writes to w. Closing the JSONL does not
-// close w.
-func NewJSONL(w io.Writer) *JSONL {
-	return &JSONL{w: w, buf: make([]byte, 0, bufferSize+recordRoom)}
+// close w. With members listed, the lines hold only those tcp_info members
+// (Encoder.SetMembers); with none, every member a record has.
+func NewJSONL(w io.Writer, members ...backends.Field) *JSONL {
+	j := &JSONL{w: w, buf: make([]byte, 0, bufferSize+recordRoom)}
+	j.enc.SetMembers(members...)
+	return j
 }
 
 // Write appends r as one line. It does not keep r. Records are encoded

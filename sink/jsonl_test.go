@@ -86,6 +86,33 @@ func TestJSONLFlushAndClose(t *testing.T) {
 	}
 }
 
+func TestJSONLMembers(t *testing.T) {
+	var out bytes.Buffer
+	j := NewJSONL(&out, backends.FieldSndCwnd, backends.FieldRTT)
+	if err := j.Write(sample()); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var r backends.Record
+	if err := ParseJSON(bytes.TrimSuffix(out.Bytes(), []byte("\n")), &r); err != nil {
+		t.Fatal(err)
+	}
+	want := sample()
+	for f := range backends.NumFields {
+		v, ok := r.Info.Get(f)
+		switch {
+		case f == backends.FieldSndCwnd || f == backends.FieldRTT:
+			if w, _ := want.Info.Get(f); !ok || v != w {
+				t.Errorf("%s = %d, %v; want %d", f, v, ok, w)
+			}
+		case ok:
+			t.Errorf("%s written, not listed", f)
+		}
+	}
+}
+
 type failWriter struct{}
 
 func (failWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }

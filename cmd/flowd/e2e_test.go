@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/utils/flows"
 )
@@ -156,6 +158,58 @@ func TestDaemonRecordsAndDetaches(t *testing.T) {
 		if events[want] == 0 {
 			t.Errorf("no %s record of the flow in the output; got %v", want, events)
 		}
+	}
+}
+
+// TestDaemonOutputMembers runs the real daemon with output.tcp_info set and
+// both backends, moves bytes, and checks that every line of the flow holds
+// exactly the listed members.
+func TestDaemonOutputMembers(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	out := filepath.Join(t.TempDir(), "records.jsonl")
+	d := startDaemon(t, fmt.Sprintf("backends: [ebpf, netlink]\ncgroup: %s\nebpf:\n  interval: 0s\nnetlink:\n  interval: 100ms\n"+
+		"output:\n  path: %s\n  tcp_info: [snd_cwnd, rtt, bytes_acked]\n", cg, out))
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 4<<20)
+	time.Sleep(300 * time.Millisecond) // let netlink see it
+	p.Client.Close()
+	p.Server.Close()
+	time.Sleep(100 * time.Millisecond)
+	d.stop(t)
+
+	recs, err := flows.Load(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"snd_cwnd", "rtt", "bytes_acked"}
+	seen := map[string]int{}
+	for _, r := range recs {
+		if r.Cookie != cookie {
+			continue
+		}
+		seen[r.Backend+"/"+r.Event.String()]++
+		var got []string
+		for f := range backends.NumFields {
+			if r.Info.Has(f) {
+				got = append(got, f.Name())
+			}
+		}
+		// In Field order; a record may lack a member (netlink's close
+		// record of a vanished socket has none), a sample may not.
+		if r.Event == backends.EventSample && !slices.Equal(got, []string{"rtt", "snd_cwnd", "bytes_acked"}) {
+			t.Errorf("%s %s record holds %v, want %v", r.Backend, r.Event, got, want)
+		}
+		for _, name := range got {
+			if !slices.Contains(want, name) {
+				t.Errorf("%s %s record holds %s, not listed", r.Backend, r.Event, name)
+			}
+		}
+	}
+	if seen["ebpf/sample"] == 0 || seen["netlink/sample"] == 0 {
+		t.Errorf("records of the flow: %v, want samples from both backends", seen)
 	}
 }
 
