@@ -23,6 +23,7 @@ type flowdConfig struct {
 	Interval        time.Duration // ebpf.interval, when IntervalSet
 	IntervalSet     bool          // set ebpf.interval (0s is a value: a sample every RTT)
 	NetlinkInterval time.Duration // netlink.interval; 0 = default
+	Members         []string      // output.tcp_info; nil = default (every member)
 }
 
 // Keys returns the non-default keys, for the report.
@@ -36,6 +37,9 @@ func (c flowdConfig) Keys() string {
 	}
 	if c.NetlinkInterval != 0 {
 		parts = append(parts, "netlink.interval: "+fmtDuration(c.NetlinkInterval))
+	}
+	if c.Members != nil {
+		parts = append(parts, "output.tcp_info: ["+strings.Join(c.Members, ", ")+"]")
 	}
 	return strings.Join(parts, ", ")
 }
@@ -57,6 +61,9 @@ func (c flowdConfig) YAML(cgroupPath, output string) string {
 		fmt.Fprintf(&b, "netlink:\n  interval: %s\n", fmtDuration(c.NetlinkInterval))
 	}
 	fmt.Fprintf(&b, "output:\n  path: %q\n", output)
+	if c.Members != nil {
+		fmt.Fprintf(&b, "  tcp_info: [%s]\n", strings.Join(c.Members, ", "))
+	}
 	return b.String()
 }
 

@@ -21,10 +21,22 @@ func overheadCases() []overheadCase {
 	return []overheadCase{
 		{"ebpf-poll-1s", flowdConfig{Backend: "ebpf"}, 0.99},
 		{"ebpf-poll-0s", flowdConfig{Backend: "ebpf", Interval: 0, IntervalSet: true}, 0.97},
+		// The same with the members a study of congestion control plots
+		// (README, output.tcp_info): reported only, to show what the
+		// bytes of a line cost.
+		{"ebpf-poll-0s-members", flowdConfig{Backend: "ebpf", Interval: 0, IntervalSet: true, Members: ccMembers}, 0},
 		{"ebpf-transition", flowdConfig{Backend: "ebpf", Mode: "transition"}, 0.99},
 		{"netlink-1s", flowdConfig{Backend: "netlink"}, 0},
 		{"netlink-100ms", flowdConfig{Backend: "netlink", NetlinkInterval: 100 * time.Millisecond}, 0},
 	}
+}
+
+// ccMembers are 18 of tcp_info's 66 members: window, RTT, loss, rate and
+// what limited the sender.
+var ccMembers = []string{
+	"delivery_rate_app_limited", "unacked", "lost", "retrans", "rtt", "rttvar", "snd_ssthresh",
+	"snd_cwnd", "total_retrans", "pacing_rate", "bytes_acked", "notsent_bytes", "min_rtt",
+	"delivery_rate", "busy_time", "rwnd_limited", "sndbuf_limited", "bytes_retrans",
 }
 
 // ciConfidence is the confidence of the interval around a median ratio.

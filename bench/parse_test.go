@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowd/flowd/backends"
 )
 
 func TestParseBenchOutput(t *testing.T) {
@@ -199,6 +201,8 @@ func TestFlowdConfigYAML(t *testing.T) {
 			"backends: [ebpf]\ncgroup: \"/cg\"\nebpf:\n  mode: transition\noutput:\n  path: \"/o.jsonl\"\n"},
 		{flowdConfig{Backend: "netlink", NetlinkInterval: 100 * time.Millisecond}, "backends: [netlink], netlink.interval: 100ms",
 			"backends: [netlink]\ncgroup: \"/cg\"\nnetlink:\n  interval: 100ms\noutput:\n  path: \"/o.jsonl\"\n"},
+		{flowdConfig{Backend: "ebpf", Members: []string{"rtt", "snd_cwnd"}}, "backends: [ebpf], output.tcp_info: [rtt, snd_cwnd]",
+			"backends: [ebpf]\ncgroup: \"/cg\"\noutput:\n  path: \"/o.jsonl\"\n  tcp_info: [rtt, snd_cwnd]\n"},
 	}
 	for _, tt := range tests {
 		if got := tt.cfg.Keys(); got != tt.keys {
@@ -207,6 +211,19 @@ func TestFlowdConfigYAML(t *testing.T) {
 		if got := tt.cfg.YAML("/cg", "/o.jsonl"); got != tt.yaml {
 			t.Errorf("YAML() = %q, want %q", got, tt.yaml)
 		}
+	}
+}
+
+// TestCCMembers: the member list of the ebpf-poll-0s-members row names
+// members flowd knows, each once.
+func TestCCMembers(t *testing.T) {
+	seen := map[backends.Field]bool{}
+	for _, name := range ccMembers {
+		f, ok := backends.FieldByName(name)
+		if !ok || seen[f] {
+			t.Errorf("%q: unknown or listed twice", name)
+		}
+		seen[f] = true
 	}
 }
 
