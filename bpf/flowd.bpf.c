@@ -51,6 +51,10 @@ const volatile __u32 usec_per_jiffy = 4000;	  /* USEC_PER_SEC / HZ, truncated */
 const volatile __u8 filter_ports = 0;		  /* local_ports / remote_ports are set */
 const volatile __u8 filter_cidrs = 0;		  /* remote_cidrs is set */
 const volatile __u64 wakeup_bytes = 1 << 20;	  /* force a wakeup past this much unread data */
+/* The tcp_info members to read when select_members is set: a bit per enum
+ * flowd_field. Without select_members, every member. */
+const volatile __u8 select_members = 0;
+const volatile __u64 members[2] = {~0ULL, ~0ULL};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -108,7 +112,23 @@ const struct flowd_cidr_key *unused_cidr_key __attribute__((unused));
 const enum flowd_event *unused_event __attribute__((unused));
 const enum flowd_field *unused_field __attribute__((unused));
 
-#define PRESENT(r, f) ((r)->present[(f) / 64] |= 1ULL << ((f) % 64))
+/* In fill_info(): mark member f present, in registers until the end. */
+#define PRESENT(f) (present[(f) / 64] |= 1ULL << ((f) % 64))
+
+/* In fill_info(): whether member f is to be read. Always when not
+ * selective (the compiler drops the test); otherwise its bit in members,
+ * read once: the verifier knows the read-only constant and removes the
+ * code of the members not asked for. */
+#define WANT(f) (!selective || ((want[(f) / 64] >> ((f) % 64)) & 1))
+
+/* In fill_info(): i->member = expr, and mark it present, when f is wanted. */
+#define PUT(f, member, expr)                 \
+	do {                                 \
+		if (WANT(f)) {               \
+			i->member = (expr);  \
+			PRESENT(f);          \
+		}                            \
+	} while (0)
 
 /* jiffies_to_usecs(): rounds down. */
 static __always_inline __u32 jiffies_to_usecs(__u64 j)
@@ -175,241 +195,192 @@ static __always_inline bool flow_matches(const struct sock_common *skc)
 	return true;
 }
 
-/* Fills r->info and r->present like tcp_get_info() fills struct tcp_info.
- * Members whose tcp_sock fields this kernel lacks stay absent. */
-static __always_inline void fill_info(struct flowd_record *r, const struct tcp_sock *tp, __u8 state, __u64 now_ns)
+/* Fills r->info and r->present like tcp_get_info() fills struct tcp_info:
+ * every member, or when selective the members user space asked for
+ * (members). Members whose tcp_sock fields this kernel lacks stay absent.
+ * selective is a compile-time constant at each call. */
+static __always_inline void fill_info(struct flowd_record *r, const struct tcp_sock *tp, __u8 state, __u64 now_ns,
+				      const bool selective)
 {
 	const struct inet_connection_sock *icsk = &tp->inet_conn;
 	const struct sock *sk = &icsk->icsk_inet.sk;
 	struct flowd_tcp_info *i = &r->info;
 	__u32 now = (__u32)bpf_jiffies64(); /* tcp_jiffies32 */
-	__u64 v;
+	const __u64 want[2] = {members[0], members[1]};
+	__u64 present[2] = {0, 0};
 
-	r->present[0] = 0;
-	r->present[1] = 0;
+	PUT(FLOWD_F_STATE, state, state);
+	PUT(FLOWD_F_PACING_RATE, pacing_rate, sk->sk_pacing_rate);
+	PUT(FLOWD_F_MAX_PACING_RATE, max_pacing_rate, sk->sk_max_pacing_rate);
+	PUT(FLOWD_F_REORDERING, reordering, tp->reordering);
+	PUT(FLOWD_F_SND_CWND, snd_cwnd, tp->snd_cwnd);
 
-	i->state = state;
-	PRESENT(r, FLOWD_F_STATE);
-	i->pacing_rate = sk->sk_pacing_rate;
-	PRESENT(r, FLOWD_F_PACING_RATE);
-	i->max_pacing_rate = sk->sk_max_pacing_rate;
-	PRESENT(r, FLOWD_F_MAX_PACING_RATE);
-	i->reordering = tp->reordering;
-	PRESENT(r, FLOWD_F_REORDERING);
-	i->snd_cwnd = tp->snd_cwnd;
-	PRESENT(r, FLOWD_F_SND_CWND);
-
-	i->ca_state = BPF_CORE_READ_BITFIELD(tp, inet_conn.icsk_ca_state);
-	PRESENT(r, FLOWD_F_CA_STATE);
-	i->retransmits = icsk->icsk_retransmits;
-	PRESENT(r, FLOWD_F_RETRANSMITS);
-	i->probes = icsk->icsk_probes_out;
-	PRESENT(r, FLOWD_F_PROBES);
-	i->backoff = icsk->icsk_backoff;
-	PRESENT(r, FLOWD_F_BACKOFF);
+	PUT(FLOWD_F_CA_STATE, ca_state, BPF_CORE_READ_BITFIELD(tp, inet_conn.icsk_ca_state));
+	PUT(FLOWD_F_RETRANSMITS, retransmits, icsk->icsk_retransmits);
+	PUT(FLOWD_F_PROBES, probes, icsk->icsk_probes_out);
+	PUT(FLOWD_F_BACKOFF, backoff, icsk->icsk_backoff);
 
 	/* Bitfields are read relative to the outermost struct: CO-RE computes
 	 * their offsets from the root of the access chain. tp is a BTF pointer,
 	 * so they are direct loads, not bpf_probe_read_kernel calls. */
-	__u8 opts = 0;
-	if (BPF_CORE_READ_BITFIELD(tp, rx_opt.tstamp_ok))
-		opts |= TCPI_OPT_TIMESTAMPS;
-	if (BPF_CORE_READ_BITFIELD(tp, rx_opt.sack_ok))
-		opts |= TCPI_OPT_SACK;
-	if (BPF_CORE_READ_BITFIELD(tp, rx_opt.wscale_ok)) {
-		opts |= TCPI_OPT_WSCALE;
-		i->snd_wscale = BPF_CORE_READ_BITFIELD(tp, rx_opt.snd_wscale);
-		i->rcv_wscale = BPF_CORE_READ_BITFIELD(tp, rx_opt.rcv_wscale);
+	if (WANT(FLOWD_F_OPTIONS)) {
+		__u8 opts = 0;
+		if (BPF_CORE_READ_BITFIELD(tp, rx_opt.tstamp_ok))
+			opts |= TCPI_OPT_TIMESTAMPS;
+		if (BPF_CORE_READ_BITFIELD(tp, rx_opt.sack_ok))
+			opts |= TCPI_OPT_SACK;
+		if (BPF_CORE_READ_BITFIELD(tp, rx_opt.wscale_ok))
+			opts |= TCPI_OPT_WSCALE;
+		__u8 ecn = tp->ecn_flags;
+		if (ecn & FLOWD_ECN_MODE_ANY)
+			opts |= TCPI_OPT_ECN;
+		if (ecn & FLOWD_ECN_SEEN)
+			opts |= TCPI_OPT_ECN_SEEN;
+		if (BPF_CORE_READ_BITFIELD(tp, syn_data_acked))
+			opts |= TCPI_OPT_SYN_DATA;
+		if (bpf_core_field_exists(tp->tcp_usec_ts) && BPF_CORE_READ_BITFIELD(tp, tcp_usec_ts))
+			opts |= TCPI_OPT_USEC_TS;
+		if (bpf_core_field_exists(tp->syn_fastopen_child) && BPF_CORE_READ_BITFIELD(tp, syn_fastopen_child))
+			opts |= TCPI_OPT_TFO_CHILD;
+		i->options = opts;
+		PRESENT(FLOWD_F_OPTIONS);
 	}
-	PRESENT(r, FLOWD_F_SND_WSCALE);
-	PRESENT(r, FLOWD_F_RCV_WSCALE);
-	__u8 ecn = tp->ecn_flags;
-	if (ecn & FLOWD_ECN_MODE_ANY)
-		opts |= TCPI_OPT_ECN;
-	if (ecn & FLOWD_ECN_SEEN)
-		opts |= TCPI_OPT_ECN_SEEN;
-	if (BPF_CORE_READ_BITFIELD(tp, syn_data_acked))
-		opts |= TCPI_OPT_SYN_DATA;
-	if (bpf_core_field_exists(tp->tcp_usec_ts) && BPF_CORE_READ_BITFIELD(tp, tcp_usec_ts))
-		opts |= TCPI_OPT_USEC_TS;
-	if (bpf_core_field_exists(tp->syn_fastopen_child) && BPF_CORE_READ_BITFIELD(tp, syn_fastopen_child))
-		opts |= TCPI_OPT_TFO_CHILD;
-	i->options = opts;
-	PRESENT(r, FLOWD_F_OPTIONS);
-
-	i->rto = jiffies_to_usecs(icsk->icsk_rto);
-	PRESENT(r, FLOWD_F_RTO);
-	__u32 ato = BPF_CORE_READ_BITFIELD(tp, inet_conn.icsk_ack.ato);
-	if (bpf_core_field_exists(icsk->icsk_delack_max)) {
-		/* min(ato, tcp_delack_max(sk)); the route's locked RTAX_RTO_MIN
-		 * metric, which tcp_rto_min() also honours, is not looked at. */
-		__u32 delack_max = icsk->icsk_delack_max;
-		__u32 rto_min = icsk->icsk_rto_min;
-		__u32 from_rto_min = (rto_min > 2 ? rto_min : 2) - 1;
-
-		if (from_rto_min < delack_max)
-			delack_max = from_rto_min;
-		if (delack_max < ato)
-			ato = delack_max;
+	/* Window scales are 0 without the option, as in tcp_get_info(). */
+	if (WANT(FLOWD_F_SND_WSCALE) || WANT(FLOWD_F_RCV_WSCALE)) {
+		bool wscale = BPF_CORE_READ_BITFIELD(tp, rx_opt.wscale_ok);
+		PUT(FLOWD_F_SND_WSCALE, snd_wscale, wscale ? BPF_CORE_READ_BITFIELD(tp, rx_opt.snd_wscale) : 0);
+		PUT(FLOWD_F_RCV_WSCALE, rcv_wscale, wscale ? BPF_CORE_READ_BITFIELD(tp, rx_opt.rcv_wscale) : 0);
 	}
-	i->ato = jiffies_to_usecs(ato);
-	PRESENT(r, FLOWD_F_ATO);
-	i->snd_mss = tp->mss_cache;
-	PRESENT(r, FLOWD_F_SND_MSS);
-	i->rcv_mss = icsk->icsk_ack.rcv_mss;
-	PRESENT(r, FLOWD_F_RCV_MSS);
 
-	i->unacked = tp->packets_out;
-	PRESENT(r, FLOWD_F_UNACKED);
-	i->sacked = tp->sacked_out;
-	PRESENT(r, FLOWD_F_SACKED);
-	i->lost = tp->lost_out;
-	PRESENT(r, FLOWD_F_LOST);
-	i->retrans = tp->retrans_out;
-	PRESENT(r, FLOWD_F_RETRANS);
+	PUT(FLOWD_F_RTO, rto, jiffies_to_usecs(icsk->icsk_rto));
+	if (WANT(FLOWD_F_ATO)) {
+		__u32 ato = BPF_CORE_READ_BITFIELD(tp, inet_conn.icsk_ack.ato);
+		if (bpf_core_field_exists(icsk->icsk_delack_max)) {
+			/* min(ato, tcp_delack_max(sk)); the route's locked
+			 * RTAX_RTO_MIN metric, which tcp_rto_min() also honours,
+			 * is not looked at. */
+			__u32 delack_max = icsk->icsk_delack_max;
+			__u32 rto_min = icsk->icsk_rto_min;
+			__u32 from_rto_min = (rto_min > 2 ? rto_min : 2) - 1;
 
-	i->last_data_sent = jiffies_to_msecs((__u32)(now - tp->lsndtime));
-	PRESENT(r, FLOWD_F_LAST_DATA_SENT);
-	i->last_data_recv = jiffies_to_msecs((__u32)(now - icsk->icsk_ack.lrcvtime));
-	PRESENT(r, FLOWD_F_LAST_DATA_RECV);
-	i->last_ack_recv = jiffies_to_msecs((__u32)(now - tp->rcv_tstamp));
-	PRESENT(r, FLOWD_F_LAST_ACK_RECV);
+			if (from_rto_min < delack_max)
+				delack_max = from_rto_min;
+			if (delack_max < ato)
+				ato = delack_max;
+		}
+		i->ato = jiffies_to_usecs(ato);
+		PRESENT(FLOWD_F_ATO);
+	}
+	PUT(FLOWD_F_SND_MSS, snd_mss, tp->mss_cache);
+	PUT(FLOWD_F_RCV_MSS, rcv_mss, icsk->icsk_ack.rcv_mss);
 
-	i->pmtu = icsk->icsk_pmtu_cookie;
-	PRESENT(r, FLOWD_F_PMTU);
-	i->rcv_ssthresh = tp->rcv_ssthresh;
-	PRESENT(r, FLOWD_F_RCV_SSTHRESH);
-	i->rtt = tp->srtt_us >> 3;
-	PRESENT(r, FLOWD_F_RTT);
-	i->rttvar = tp->mdev_us >> 2;
-	PRESENT(r, FLOWD_F_RTTVAR);
-	i->snd_ssthresh = tp->snd_ssthresh;
-	PRESENT(r, FLOWD_F_SND_SSTHRESH);
-	i->advmss = tp->advmss;
-	PRESENT(r, FLOWD_F_ADVMSS);
-	i->rcv_rtt = tp->rcv_rtt_est.rtt_us >> 3;
-	PRESENT(r, FLOWD_F_RCV_RTT);
-	i->rcv_space = tp->rcvq_space.space;
-	PRESENT(r, FLOWD_F_RCV_SPACE);
-	i->total_retrans = tp->total_retrans;
-	PRESENT(r, FLOWD_F_TOTAL_RETRANS);
+	PUT(FLOWD_F_UNACKED, unacked, tp->packets_out);
+	PUT(FLOWD_F_SACKED, sacked, tp->sacked_out);
+	PUT(FLOWD_F_LOST, lost, tp->lost_out);
+	PUT(FLOWD_F_RETRANS, retrans, tp->retrans_out);
 
-	i->bytes_acked = tp->bytes_acked;
-	PRESENT(r, FLOWD_F_BYTES_ACKED);
-	i->bytes_received = tp->bytes_received;
-	PRESENT(r, FLOWD_F_BYTES_RECEIVED);
-	int notsent = (int)(tp->write_seq - tp->snd_nxt);
-	i->notsent_bytes = notsent > 0 ? notsent : 0;
-	PRESENT(r, FLOWD_F_NOTSENT_BYTES);
+	PUT(FLOWD_F_LAST_DATA_SENT, last_data_sent, jiffies_to_msecs((__u32)(now - tp->lsndtime)));
+	PUT(FLOWD_F_LAST_DATA_RECV, last_data_recv, jiffies_to_msecs((__u32)(now - icsk->icsk_ack.lrcvtime)));
+	PUT(FLOWD_F_LAST_ACK_RECV, last_ack_recv, jiffies_to_msecs((__u32)(now - tp->rcv_tstamp)));
+
+	PUT(FLOWD_F_PMTU, pmtu, icsk->icsk_pmtu_cookie);
+	PUT(FLOWD_F_RCV_SSTHRESH, rcv_ssthresh, tp->rcv_ssthresh);
+	PUT(FLOWD_F_RTT, rtt, tp->srtt_us >> 3);
+	PUT(FLOWD_F_RTTVAR, rttvar, tp->mdev_us >> 2);
+	PUT(FLOWD_F_SND_SSTHRESH, snd_ssthresh, tp->snd_ssthresh);
+	PUT(FLOWD_F_ADVMSS, advmss, tp->advmss);
+	PUT(FLOWD_F_RCV_RTT, rcv_rtt, tp->rcv_rtt_est.rtt_us >> 3);
+	PUT(FLOWD_F_RCV_SPACE, rcv_space, tp->rcvq_space.space);
+	PUT(FLOWD_F_TOTAL_RETRANS, total_retrans, tp->total_retrans);
+
+	PUT(FLOWD_F_BYTES_ACKED, bytes_acked, tp->bytes_acked);
+	PUT(FLOWD_F_BYTES_RECEIVED, bytes_received, tp->bytes_received);
+	if (WANT(FLOWD_F_NOTSENT_BYTES)) {
+		int notsent = (int)(tp->write_seq - tp->snd_nxt);
+		i->notsent_bytes = notsent > 0 ? notsent : 0;
+		PRESENT(FLOWD_F_NOTSENT_BYTES);
+	}
 
 	/* tcp_get_info_chrono_stats() */
-	__u8 chrono_type = tp->chrono_type;
-	__u32 chrono_start = tp->chrono_start;
-	__u64 busy = tp->chrono_stat[0], rwnd = tp->chrono_stat[1], sndbuf = tp->chrono_stat[2];
-	if (chrono_type == TCP_CHRONO_BUSY)
-		busy += (__u32)(now - chrono_start);
-	else if (chrono_type == TCP_CHRONO_RWND_LIMITED)
-		rwnd += (__u32)(now - chrono_start);
-	else if (chrono_type == TCP_CHRONO_SNDBUF_LIMITED)
-		sndbuf += (__u32)(now - chrono_start);
-	busy *= usec_per_jiffy;
-	rwnd *= usec_per_jiffy;
-	sndbuf *= usec_per_jiffy;
-	i->busy_time = busy + rwnd + sndbuf;
-	i->rwnd_limited = rwnd;
-	i->sndbuf_limited = sndbuf;
-	PRESENT(r, FLOWD_F_BUSY_TIME);
-	PRESENT(r, FLOWD_F_RWND_LIMITED);
-	PRESENT(r, FLOWD_F_SNDBUF_LIMITED);
+	if (WANT(FLOWD_F_BUSY_TIME) || WANT(FLOWD_F_RWND_LIMITED) || WANT(FLOWD_F_SNDBUF_LIMITED)) {
+		__u8 chrono_type = tp->chrono_type;
+		__u32 chrono_start = tp->chrono_start;
+		__u64 busy = tp->chrono_stat[0], rwnd = tp->chrono_stat[1], sndbuf = tp->chrono_stat[2];
+		if (chrono_type == TCP_CHRONO_BUSY)
+			busy += (__u32)(now - chrono_start);
+		else if (chrono_type == TCP_CHRONO_RWND_LIMITED)
+			rwnd += (__u32)(now - chrono_start);
+		else if (chrono_type == TCP_CHRONO_SNDBUF_LIMITED)
+			sndbuf += (__u32)(now - chrono_start);
+		busy *= usec_per_jiffy;
+		rwnd *= usec_per_jiffy;
+		sndbuf *= usec_per_jiffy;
+		PUT(FLOWD_F_BUSY_TIME, busy_time, busy + rwnd + sndbuf);
+		PUT(FLOWD_F_RWND_LIMITED, rwnd_limited, rwnd);
+		PUT(FLOWD_F_SNDBUF_LIMITED, sndbuf_limited, sndbuf);
+	}
 
-	i->segs_out = tp->segs_out;
-	PRESENT(r, FLOWD_F_SEGS_OUT);
-	i->segs_in = tp->segs_in;
-	PRESENT(r, FLOWD_F_SEGS_IN);
-	i->data_segs_in = tp->data_segs_in;
-	PRESENT(r, FLOWD_F_DATA_SEGS_IN);
-	i->data_segs_out = tp->data_segs_out;
-	PRESENT(r, FLOWD_F_DATA_SEGS_OUT);
-	i->min_rtt = tp->rtt_min.s[0].v;
-	PRESENT(r, FLOWD_F_MIN_RTT);
+	PUT(FLOWD_F_SEGS_OUT, segs_out, tp->segs_out);
+	PUT(FLOWD_F_SEGS_IN, segs_in, tp->segs_in);
+	PUT(FLOWD_F_DATA_SEGS_IN, data_segs_in, tp->data_segs_in);
+	PUT(FLOWD_F_DATA_SEGS_OUT, data_segs_out, tp->data_segs_out);
+	PUT(FLOWD_F_MIN_RTT, min_rtt, tp->rtt_min.s[0].v);
 
-	i->delivery_rate_app_limited = BPF_CORE_READ_BITFIELD(tp, rate_app_limited) ? 1 : 0;
-	PRESENT(r, FLOWD_F_DELIVERY_RATE_APP_LIMITED);
-	__u32 rate = tp->rate_delivered, intv = tp->rate_interval_us;
-	v = 0;
-	if (rate && intv)
-		v = (__u64)rate * tp->mss_cache * 1000000 / intv;
-	i->delivery_rate = v;
-	PRESENT(r, FLOWD_F_DELIVERY_RATE);
-	i->delivered = tp->delivered;
-	PRESENT(r, FLOWD_F_DELIVERED);
+	PUT(FLOWD_F_DELIVERY_RATE_APP_LIMITED, delivery_rate_app_limited,
+	    BPF_CORE_READ_BITFIELD(tp, rate_app_limited) ? 1 : 0);
+	if (WANT(FLOWD_F_DELIVERY_RATE)) {
+		__u32 rate = tp->rate_delivered, intv = tp->rate_interval_us;
+		__u64 v = 0;
+		if (rate && intv)
+			v = (__u64)rate * tp->mss_cache * 1000000 / intv;
+		i->delivery_rate = v;
+		PRESENT(FLOWD_F_DELIVERY_RATE);
+	}
+	PUT(FLOWD_F_DELIVERED, delivered, tp->delivered);
 
-	if (bpf_core_field_exists(tp->delivered_ce)) {
-		i->delivered_ce = tp->delivered_ce;
-		PRESENT(r, FLOWD_F_DELIVERED_CE);
-	}
-	if (bpf_core_field_exists(tp->bytes_sent)) {
-		i->bytes_sent = tp->bytes_sent;
-		PRESENT(r, FLOWD_F_BYTES_SENT);
-	}
-	if (bpf_core_field_exists(tp->bytes_retrans)) {
-		i->bytes_retrans = tp->bytes_retrans;
-		PRESENT(r, FLOWD_F_BYTES_RETRANS);
-	}
-	if (bpf_core_field_exists(tp->dsack_dups)) {
-		i->dsack_dups = tp->dsack_dups;
-		PRESENT(r, FLOWD_F_DSACK_DUPS);
-	}
-	if (bpf_core_field_exists(tp->reord_seen)) {
-		i->reord_seen = tp->reord_seen;
-		PRESENT(r, FLOWD_F_REORD_SEEN);
-	}
-	if (bpf_core_field_exists(tp->rcv_ooopack)) {
-		i->rcv_ooopack = tp->rcv_ooopack;
-		PRESENT(r, FLOWD_F_RCV_OOOPACK);
-	}
-	i->snd_wnd = tp->snd_wnd;
-	PRESENT(r, FLOWD_F_SND_WND);
-	i->rcv_wnd = tp->rcv_wnd;
-	PRESENT(r, FLOWD_F_RCV_WND);
-	if (bpf_core_field_exists(tp->plb_rehash) && bpf_core_field_exists(tp->timeout_rehash)) {
-		i->rehash = tp->plb_rehash + tp->timeout_rehash;
-		PRESENT(r, FLOWD_F_REHASH);
-	}
-	if (bpf_core_field_exists(tp->fastopen_client_fail)) {
-		i->fastopen_client_fail = BPF_CORE_READ_BITFIELD(tp, fastopen_client_fail);
-		PRESENT(r, FLOWD_F_FASTOPEN_CLIENT_FAIL);
-	}
+	if (bpf_core_field_exists(tp->delivered_ce))
+		PUT(FLOWD_F_DELIVERED_CE, delivered_ce, tp->delivered_ce);
+	if (bpf_core_field_exists(tp->bytes_sent))
+		PUT(FLOWD_F_BYTES_SENT, bytes_sent, tp->bytes_sent);
+	if (bpf_core_field_exists(tp->bytes_retrans))
+		PUT(FLOWD_F_BYTES_RETRANS, bytes_retrans, tp->bytes_retrans);
+	if (bpf_core_field_exists(tp->dsack_dups))
+		PUT(FLOWD_F_DSACK_DUPS, dsack_dups, tp->dsack_dups);
+	if (bpf_core_field_exists(tp->reord_seen))
+		PUT(FLOWD_F_REORD_SEEN, reord_seen, tp->reord_seen);
+	if (bpf_core_field_exists(tp->rcv_ooopack))
+		PUT(FLOWD_F_RCV_OOOPACK, rcv_ooopack, tp->rcv_ooopack);
+	PUT(FLOWD_F_SND_WND, snd_wnd, tp->snd_wnd);
+	PUT(FLOWD_F_RCV_WND, rcv_wnd, tp->rcv_wnd);
+	if (bpf_core_field_exists(tp->plb_rehash) && bpf_core_field_exists(tp->timeout_rehash))
+		PUT(FLOWD_F_REHASH, rehash, tp->plb_rehash + tp->timeout_rehash);
+	if (bpf_core_field_exists(tp->fastopen_client_fail))
+		PUT(FLOWD_F_FASTOPEN_CLIENT_FAIL, fastopen_client_fail, BPF_CORE_READ_BITFIELD(tp, fastopen_client_fail));
 	if (bpf_core_field_exists(tp->total_rto) && bpf_core_field_exists(tp->rto_stamp)) {
-		i->total_rto = tp->total_rto;
-		i->total_rto_recoveries = tp->total_rto_recoveries;
-		__u32 rto_time = tp->total_rto_time;
-		__u32 rto_stamp = tp->rto_stamp;
-		if (rto_stamp)
-			rto_time += (__u32)(now_ns / 1000000) - rto_stamp; /* tcp_clock_ms() */
-		i->total_rto_time = rto_time;
-		PRESENT(r, FLOWD_F_TOTAL_RTO);
-		PRESENT(r, FLOWD_F_TOTAL_RTO_RECOVERIES);
-		PRESENT(r, FLOWD_F_TOTAL_RTO_TIME);
+		PUT(FLOWD_F_TOTAL_RTO, total_rto, tp->total_rto);
+		PUT(FLOWD_F_TOTAL_RTO_RECOVERIES, total_rto_recoveries, tp->total_rto_recoveries);
+		if (WANT(FLOWD_F_TOTAL_RTO_TIME)) {
+			__u32 rto_time = tp->total_rto_time;
+			__u32 rto_stamp = tp->rto_stamp;
+			if (rto_stamp)
+				rto_time += (__u32)(now_ns / 1000000) - rto_stamp; /* tcp_clock_ms() */
+			i->total_rto_time = rto_time;
+			PRESENT(FLOWD_F_TOTAL_RTO_TIME);
+		}
 	}
 	if (bpf_core_field_exists(tp->received_ce) && bpf_core_field_exists(tp->delivered_ecn_bytes) &&
 	    bpf_core_field_exists(tp->received_ecn_bytes)) {
 		/* index = INET_ECN_ECT_1 - 1, INET_ECN_ECT_0 - 1, INET_ECN_CE - 1 */
-		i->received_ce = tp->received_ce;
-		i->delivered_e1_bytes = tp->delivered_ecn_bytes[0];
-		i->delivered_e0_bytes = tp->delivered_ecn_bytes[1];
-		i->delivered_ce_bytes = tp->delivered_ecn_bytes[2];
-		i->received_e1_bytes = tp->received_ecn_bytes[0];
-		i->received_e0_bytes = tp->received_ecn_bytes[1];
-		i->received_ce_bytes = tp->received_ecn_bytes[2];
-		PRESENT(r, FLOWD_F_RECEIVED_CE);
-		PRESENT(r, FLOWD_F_DELIVERED_E1_BYTES);
-		PRESENT(r, FLOWD_F_DELIVERED_E0_BYTES);
-		PRESENT(r, FLOWD_F_DELIVERED_CE_BYTES);
-		PRESENT(r, FLOWD_F_RECEIVED_E1_BYTES);
-		PRESENT(r, FLOWD_F_RECEIVED_E0_BYTES);
-		PRESENT(r, FLOWD_F_RECEIVED_CE_BYTES);
+		PUT(FLOWD_F_RECEIVED_CE, received_ce, tp->received_ce);
+		PUT(FLOWD_F_DELIVERED_E1_BYTES, delivered_e1_bytes, tp->delivered_ecn_bytes[0]);
+		PUT(FLOWD_F_DELIVERED_E0_BYTES, delivered_e0_bytes, tp->delivered_ecn_bytes[1]);
+		PUT(FLOWD_F_DELIVERED_CE_BYTES, delivered_ce_bytes, tp->delivered_ecn_bytes[2]);
+		PUT(FLOWD_F_RECEIVED_E1_BYTES, received_e1_bytes, tp->received_ecn_bytes[0]);
+		PUT(FLOWD_F_RECEIVED_E0_BYTES, received_e0_bytes, tp->received_ecn_bytes[1]);
+		PUT(FLOWD_F_RECEIVED_CE_BYTES, received_ce_bytes, tp->received_ecn_bytes[2]);
 	}
+	r->present[0] = present[0];
+	r->present[1] = present[1];
 }
 
 static __always_inline __u64 socket_cgroup_id(const struct sock *sk)
@@ -468,7 +439,11 @@ static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_so
 	}
 	__builtin_memcpy(r->ca, st->ca, sizeof(r->ca));
 
-	fill_info(r, tp, new_state, now_ns);
+	/* The verifier keeps one of the two. */
+	if (select_members)
+		fill_info(r, tp, new_state, now_ns, true);
+	else
+		fill_info(r, tp, new_state, now_ns, false);
 
 	/* Batch wakeups: user space drains on a timer; wake it early only when
 	 * the unread data passes the watermark. */

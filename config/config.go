@@ -809,6 +809,7 @@ func (c *Config) EBPFConfig(log logrus.FieldLogger) ebpf.Config {
 		RingbufSize:   c.EBPF.RingbufSize,
 		FlushInterval: c.EBPF.FlushInterval,
 		Filter:        c.BackendFilter(),
+		Members:       c.Output.TCPInfo,
 		Log:           log,
 	}
 }

@@ -165,7 +165,8 @@ metrics:
 	}
 	ec := c.EBPFConfig(nil)
 	if ec.Cgroup != root || ec.Mode != ebpf.ModeTransition || ec.Interval != 0 || ec.RingbufSize != 65536 ||
-		ec.FlushInterval != 250*time.Millisecond || len(ec.Filter.RemoteCIDRs) != 2 {
+		ec.FlushInterval != 250*time.Millisecond || len(ec.Filter.RemoteCIDRs) != 2 ||
+		!reflect.DeepEqual(ec.Members, []backends.Field{backends.FieldSndCwnd, backends.FieldRTT}) {
 		t.Errorf("EBPFConfig() = %+v", ec)
 	}
 	nc := c.NetlinkConfig(nil)

@@ -215,7 +215,9 @@ const (
 	bpfVarJiffyMsecNum  = "jiffy_msec_num"
 	bpfVarJiffyUsecDen  = "jiffy_usec_den"
 	bpfVarJiffyUsecNum  = "jiffy_usec_num"
+	bpfVarMembers       = "members"
 	bpfVarMode          = "mode"
+	bpfVarSelectMembers = "select_members"
 	bpfVarUnusedCidrKey = "unused_cidr_key"
 	bpfVarUnusedEvent   = "unused_event"
 	bpfVarUnusedField   = "unused_field"
@@ -292,7 +294,9 @@ type bpfVariableSpecs struct {
 	JiffyMsecNum  *ebpf.VariableSpec `ebpf:"jiffy_msec_num"`
 	JiffyUsecDen  *ebpf.VariableSpec `ebpf:"jiffy_usec_den"`
 	JiffyUsecNum  *ebpf.VariableSpec `ebpf:"jiffy_usec_num"`
+	Members       *ebpf.VariableSpec `ebpf:"members"`
 	Mode          *ebpf.VariableSpec `ebpf:"mode"`
+	SelectMembers *ebpf.VariableSpec `ebpf:"select_members"`
 	UnusedCidrKey *ebpf.VariableSpec `ebpf:"unused_cidr_key"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedField   *ebpf.VariableSpec `ebpf:"unused_field"`
@@ -351,7 +355,9 @@ type bpfVariables struct {
 	JiffyMsecNum  *ebpf.Variable `ebpf:"jiffy_msec_num"`
 	JiffyUsecDen  *ebpf.Variable `ebpf:"jiffy_usec_den"`
 	JiffyUsecNum  *ebpf.Variable `ebpf:"jiffy_usec_num"`
+	Members       *ebpf.Variable `ebpf:"members"`
 	Mode          *ebpf.Variable `ebpf:"mode"`
+	SelectMembers *ebpf.Variable `ebpf:"select_members"`
 	UnusedCidrKey *ebpf.Variable `ebpf:"unused_cidr_key"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	UnusedField   *ebpf.Variable `ebpf:"unused_field"`

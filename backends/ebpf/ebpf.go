@@ -51,7 +51,10 @@ type Config struct {
 	RingbufSize   int           // bytes; a power of two and a multiple of the page size
 	FlushInterval time.Duration // how often user space drains the ring buffer and flushes the sink
 	Filter        backends.Filter
-	Log           logrus.FieldLogger
+	// Members are the tcp_info members the program reads and reports;
+	// none = every member. The others are left out of the records.
+	Members []backends.Field
+	Log     logrus.FieldLogger
 }
 
 // Backend is the eBPF sockops backend. New loads and attaches it; Run reads
@@ -177,6 +180,8 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 		"filter_cidrs": boolU8(len(f.RemoteCIDRs) > 0),
 		"wakeup_bytes": wakeupBytes(cfg.RingbufSize),
 	}
+	consts["select_members"] = boolU8(len(cfg.Members) > 0)
+	consts["members"] = memberMask(cfg.Members)
 	jc := jiffyConversions(hz)
 	consts["jiffy_usec_num"], consts["jiffy_usec_den"] = jc.usecNum, jc.usecDen
 	consts["jiffy_msec_num"], consts["jiffy_msec_den"] = jc.msecNum, jc.msecDen
@@ -195,6 +200,22 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 	spec.Maps["remote_ports"].MaxEntries = uint32(max(1, len(f.RemotePorts)))
 	spec.Maps["remote_cidrs"].MaxEntries = uint32(max(1, len(f.RemoteCIDRs)))
 	return nil
+}
+
+// memberMask is the program's members constant: a bit per enum flowd_field
+// (the same numbers as backends.Field); every bit when none are listed.
+func memberMask(members []backends.Field) [backends.PresenceWords]uint64 {
+	var m [backends.PresenceWords]uint64
+	if len(members) == 0 {
+		for i := range m {
+			m[i] = ^uint64(0)
+		}
+		return m
+	}
+	for _, f := range members {
+		m[f/64] |= 1 << (f % 64)
+	}
+	return m
 }
 
 // wakeupBytes is how much unread data makes the program wake the reader

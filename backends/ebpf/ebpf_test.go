@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -181,6 +182,61 @@ func TestTransfer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMembers asks the program for a few members (Config.Members): every
+// record holds exactly those, with the values TCP_INFO has.
+func TestMembers(t *testing.T) {
+	testutil.RequireRoot(t)
+	members := []backends.Field{
+		backends.FieldOptions, backends.FieldSndWscale, backends.FieldRcvWscale, backends.FieldRTT,
+		backends.FieldSndCwnd, backends.FieldBytesAcked, backends.FieldDeliveryRate, backends.FieldBusyTime,
+	}
+	cg := testutil.TempCgroup(t)
+	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond, Members: members})
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 4<<20)
+	p.Quiesce(t)
+	info := testutil.TCPInfo(t, p.Client)
+	p.Client.Close()
+	testutil.ReadEOF(t, p.Server)
+	p.Server.Close()
+	testutil.WaitFor(t, "the close record", 5*time.Second, func() bool { return len(col.Find(cookie, backends.EventClose)) == 1 })
+
+	recs := col.Records(cookie)
+	for _, r := range recs {
+		for f := range backends.NumFields {
+			if r.Info.Has(f) != slices.Contains(members, f) {
+				t.Errorf("%s record: %s present = %v, members %v", r.Event, f, r.Info.Has(f), members)
+			}
+		}
+	}
+	if len(col.Find(cookie, backends.EventSample)) == 0 {
+		t.Error("no samples")
+	}
+	for _, r := range recs {
+		if r.Event != backends.EventState || r.State != backends.StateFinWait1 {
+			continue
+		}
+		for f, want := range map[backends.Field]uint64{
+			backends.FieldOptions:      uint64(info.Options),
+			backends.FieldRTT:          uint64(info.Rtt),
+			backends.FieldSndCwnd:      uint64(info.Snd_cwnd),
+			backends.FieldBytesAcked:   info.Bytes_acked,
+			backends.FieldDeliveryRate: info.Delivery_rate,
+		} {
+			if got, _ := r.Info.Get(f); got != want {
+				t.Errorf("%s = %d, TCP_INFO says %d", f, got, want)
+			}
+		}
+		if v, _ := r.Info.Get(backends.FieldSndWscale); v == 0 && info.Options&4 != 0 {
+			t.Error("snd_wscale = 0 on a connection with window scaling")
+		}
+		return
+	}
+	t.Error("no ESTABLISHED -> FIN_WAIT1 record")
 }
 
 // TestOutsideCgroup checks that a socket outside the cgroup is never seen.
