@@ -30,6 +30,7 @@ const (
 	fieldBackends   = "backends"
 	fieldCgroup     = "cgroup"
 	fieldOutput     = "output"
+	fieldTCPInfo    = "tcp_info"
 	fieldListen     = "listen"
 	fieldDrops      = "drops"
 	fieldDropsTotal = "drops_total"
@@ -172,11 +173,19 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	for i, b := range bs {
 		names[i] = b.Name()
 	}
-	d.log.WithFields(logrus.Fields{
+	fields := logrus.Fields{
 		fieldBackends: names,
 		fieldCgroup:   d.cfg.Cgroup,
 		fieldOutput:   d.cfg.Output.Path,
-	}).Info("recording flows")
+	}
+	if members := d.cfg.Output.TCPInfo; len(members) > 0 {
+		list := make([]string, len(members))
+		for i, f := range members {
+			list[i] = f.Name()
+		}
+		fields[fieldTCPInfo] = list // only these members are written
+	}
+	d.log.WithFields(fields).Info("recording flows")
 
 	err = d.run(ctx, bs, records)
 	if cerr := records.Close(); cerr != nil && err == nil {

@@ -369,6 +369,16 @@ func TestOutputMembers(t *testing.T) {
 	if out := h.out.String(); !strings.HasSuffix(out, `,"tcp_info":{"snd_cwnd":10}}`+"\n") {
 		t.Errorf("with output.tcp_info [snd_cwnd]:\n%s", out)
 	}
+	logged := false
+	for _, e := range h.hook.AllEntries() {
+		if e.Message == "recording flows" {
+			members, _ := e.Data["tcp_info"].([]string)
+			logged = slices.Equal(members, []string{"snd_cwnd"})
+		}
+	}
+	if !logged {
+		t.Error(`"recording flows" does not name the members written`)
+	}
 }
 
 // TestBackendFlushes: a backend's flush after a batch reaches the output

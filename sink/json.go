@@ -176,9 +176,9 @@ const membersRoom = int(backends.NumFields) * (keyWidth + uintRoom)
 
 // appendMembers appends the present members of info that omit does not
 // name, in Field order, as `"name":value` separated by commas, after the
-// '{' that ends dst. It visits the set bits of the presence mask only. Each member is written
-// into a fixed-size window, so that the stores need no bounds checks of
-// their own.
+// '{' that ends dst. It visits the set bits of the presence mask only.
+// Each member is written into a fixed-size window, so that the stores need
+// no bounds checks of their own.
 func appendMembers(dst []byte, info *backends.TCPInfo, omit *[backends.PresenceWords]uint64) []byte {
 	dst = slices.Grow(dst, membersRoom)
 	// Every key starts with a comma: the first is written over the '{',

@@ -179,9 +179,10 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 		"filter_ports": boolU8(len(f.LocalPorts) > 0 || len(f.RemotePorts) > 0),
 		"filter_cidrs": boolU8(len(f.RemoteCIDRs) > 0),
 		"wakeup_bytes": wakeupBytes(cfg.RingbufSize),
+
+		"select_members": boolU8(len(cfg.Members) > 0),
+		"members":        memberMask(cfg.Members),
 	}
-	consts["select_members"] = boolU8(len(cfg.Members) > 0)
-	consts["members"] = memberMask(cfg.Members)
 	jc := jiffyConversions(hz)
 	consts["jiffy_usec_num"], consts["jiffy_usec_den"] = jc.usecNum, jc.usecDen
 	consts["jiffy_msec_num"], consts["jiffy_msec_den"] = jc.msecNum, jc.msecDen
@@ -213,7 +214,9 @@ func memberMask(members []backends.Field) [backends.PresenceWords]uint64 {
 		return m
 	}
 	for _, f := range members {
-		m[f/64] |= 1 << (f % 64)
+		if f < backends.NumFields {
+			m[f/64] |= 1 << (f % 64)
+		}
 	}
 	return m
 }
