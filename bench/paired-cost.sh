@@ -4,9 +4,10 @@
 # CPU-bound loopback iperf3 flow. Both programs run on every RTT callback
 # of the same flow and both daemons read through the same seconds, so the
 # host's moods (other jobs, a third slower from one minute to the next)
-# move A and B together, which alternating runs (record-cost.sh) cannot
-# promise. What is left: the program that runs first pays ~40 ns more
-# (it brings the socket's lines into the cache), so run both orders.
+# move A and B together, which alternating runs cannot promise. What is
+# left: the program that runs first pays ~40 ns more (it brings the
+# socket's lines into the cache), so run both orders. The same binary
+# twice gives what a record costs now, for one binary.
 #
 #   sudo bench/paired-cost.sh FLOWD_A FLOWD_B [SECONDS]
 #
@@ -20,7 +21,7 @@
 # /proc/PID/task/*/schedstat: at interval 0 nearly every run is a record).
 set -euo pipefail
 
-[ $# -ge 2 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,21p' "$0" >&2; exit 2; }
 bins=("$(realpath "$1")" "$(realpath "$2")")
 secs=${3:-5}
 port=5997

@@ -119,6 +119,22 @@ func attachedPrograms(t *testing.T, cg string) int {
 	return len(res.Programs)
 }
 
+// oneFlow moves 4 MiB over a loopback connection in cg, long enough for a
+// 100 ms netlink poll to see it, closes it, and returns the client's cookie
+// once its records can have reached a running daemon's ring buffer.
+func oneFlow(t *testing.T, cg string) uint64 {
+	t.Helper()
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	p := testutil.Dial(t, cg, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 4<<20)
+	time.Sleep(300 * time.Millisecond) // let netlink see it
+	p.Client.Close()
+	p.Server.Close()
+	time.Sleep(100 * time.Millisecond) // the close records are in the ring buffer, not yet read
+	return cookie
+}
+
 // TestDaemonRecordsAndDetaches runs the real daemon with both backends on
 // a temporary cgroup, moves bytes in it, stops it with SIGTERM and checks
 // that every record reached the file and nothing stays attached.
@@ -131,14 +147,7 @@ func TestDaemonRecordsAndDetaches(t *testing.T) {
 		t.Fatalf("%d sockops programs attached to %s while flowd runs, want 1", n, cg)
 	}
 
-	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
-	p := testutil.Dial(t, cg, ln)
-	cookie := testutil.Cookie(t, p.Client)
-	p.Send(t, 4<<20)
-	time.Sleep(300 * time.Millisecond) // let netlink see it
-	p.Client.Close()
-	p.Server.Close()
-	time.Sleep(100 * time.Millisecond) // the close records are in the ring buffer, not yet read
+	cookie := oneFlow(t, cg)
 	d.stop(t)
 
 	if n := attachedPrograms(t, cg); n != 0 {
@@ -170,14 +179,7 @@ func TestDaemonOutputMembers(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "records.jsonl")
 	d := startDaemon(t, fmt.Sprintf("backends: [ebpf, netlink]\ncgroup: %s\nebpf:\n  interval: 0s\nnetlink:\n  interval: 100ms\n"+
 		"output:\n  path: %s\n  tcp_info: [snd_cwnd, rtt, bytes_acked]\n", cg, out))
-	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
-	p := testutil.Dial(t, cg, ln)
-	cookie := testutil.Cookie(t, p.Client)
-	p.Send(t, 4<<20)
-	time.Sleep(300 * time.Millisecond) // let netlink see it
-	p.Client.Close()
-	p.Server.Close()
-	time.Sleep(100 * time.Millisecond)
+	cookie := oneFlow(t, cg)
 	d.stop(t)
 
 	recs, err := flows.Load(out)
