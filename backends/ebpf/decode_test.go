@@ -1,7 +1,10 @@
 package ebpf
 
 import (
+	"errors"
+	"io/fs"
 	"net/netip"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -9,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/internal/testutil"
@@ -251,6 +255,74 @@ func TestHZ(t *testing.T) {
 	if _, err := nearestHZ(600); err == nil {
 		t.Error("nearestHZ(600) accepted")
 	}
+}
+
+func TestHZFromJiffiesSinceBoot(t *testing.T) {
+	// jiffies as the kernel counts them: from 2^32 − 300·HZ, starting a
+	// little after CLOCK_MONOTONIC does.
+	reading := func(hz uint32, uptime, lateStart float64) timerList {
+		return timerList{
+			monotonicNS: uint64(uptime * 1e9),
+			jiffies:     1<<32 - 300*uint64(hz) + uint64((uptime-lateStart)*float64(hz)),
+		}
+	}
+	for _, hz := range configurableHZ {
+		for _, uptime := range []float64{3, 60, 280, 320, 3600, 86400 * 400} {
+			if got, ok := hzFromJiffiesSinceBoot(reading(hz, uptime, 0.4)); !ok || got != hz {
+				t.Errorf("HZ=%d, uptime %vs: got %d, %t", hz, uptime, got, ok)
+			}
+		}
+		// Five minutes after boot every HZ fits: the rate must decide.
+		if got, ok := hzFromJiffiesSinceBoot(reading(hz, 300, 0.4)); ok {
+			t.Errorf("HZ=%d, uptime 300s: %d accepted from one reading", hz, got)
+		}
+	}
+	// A reading that fits no HZ (the clock and jiffies disagree).
+	if got, ok := hzFromJiffiesSinceBoot(timerList{monotonicNS: 3600e9, jiffies: 1 << 40}); ok {
+		t.Errorf("inconsistent reading gave HZ=%d", got)
+	}
+}
+
+func TestParseTimerList(t *testing.T) {
+	text := "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 32171949457912 nsecs\n\ncpu: 0\n" +
+		" clock 0:\n  .resolution: 1 nsecs\n  .offset:     0 nsecs\n" +
+		"  .tick_stopped   : 0\n  .idle_jiffies   : 4302935249\n  .last_jiffies   : 4302935249\n" +
+		"  .next_timer     : 32171952000000\njiffies: 4302935258\n\ncpu: 1\njiffies: 4302935259\n"
+	got, err := parseTimerList([]byte(text))
+	if want := (timerList{monotonicNS: 32171949457912, jiffies: 4302935258}); err != nil || got != want {
+		t.Fatalf("parseTimerList = %+v, %v; want %+v", got, err, want)
+	}
+	if _, err := parseTimerList([]byte("now at 5 nsecs\n")); err == nil {
+		t.Error("a listing without jiffies accepted")
+	}
+}
+
+// TestHZFromTimerList reads this machine's /proc/timer_list and compares
+// with its kernel config, where there is one.
+func TestHZFromTimerList(t *testing.T) {
+	if _, err := os.Stat("/proc/timer_list"); err != nil {
+		t.Skipf("no /proc/timer_list here (%v): nothing to read HZ from", err)
+	}
+	got, err := hzFromTimerList()
+	if errors.Is(err, fs.ErrPermission) {
+		t.Skip("/proc/timer_list needs root: run the tests as root")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/proc/config.gz", "/boot/config-" + unix.ByteSliceToString(uts.Release[:])} {
+		if want, err := hzFromConfigFile(path); err == nil {
+			if got != want {
+				t.Fatalf("HZ from /proc/timer_list = %d, %s says %d", got, path, want)
+			}
+			return
+		}
+	}
+	t.Logf("HZ = %d from /proc/timer_list; no kernel config to compare with", got)
 }
 
 // TestJiffyConversions checks the factors against the constants the

@@ -94,24 +94,61 @@ func hzFromConfig(r io.Reader) (uint32, error) {
 	return 0, errors.New("no CONFIG_HZ in kernel config")
 }
 
-// hzFromTimerList samples the jiffies counter twice and rounds the rate
-// to the nearest HZ the kernel can be configured with.
+// configurableHZ are the values of CONFIG_HZ x86 and arm64 kernels offer.
+var configurableHZ = []uint32{100, 250, 300, 1000}
+
+// hzFromTimerList finds HZ from the kernel's clocks as /proc/timer_list
+// shows them. Jiffies start at INITIAL_JIFFIES, 2^32 − 300·HZ, and advance HZ
+// times per second of CLOCK_MONOTONIC, so one reading of both names HZ,
+// except around five minutes after boot, when every HZ gives about 2^32 (the
+// kernel chose INITIAL_JIFFIES so that jiffies wrap there). Then the rate over
+// a second decides, measured with the kernel's clock, not ours: reading the
+// file can take long on a slow machine (an emulated one, say).
 func hzFromTimerList() (uint32, error) {
-	j0, t0, err := readJiffies()
+	r0, err := readTimerList()
 	if err != nil {
 		return 0, err
 	}
-	time.Sleep(200 * time.Millisecond)
-	j1, t1, err := readJiffies()
+	if hz, ok := hzFromJiffiesSinceBoot(r0); ok {
+		return hz, nil
+	}
+	time.Sleep(time.Second)
+	r1, err := readTimerList()
 	if err != nil {
 		return 0, err
 	}
-	return nearestHZ(float64(j1-j0) / t1.Sub(t0).Seconds())
+	if r1.monotonicNS <= r0.monotonicNS {
+		return 0, errors.New("/proc/timer_list: the kernel's clock did not advance")
+	}
+	return nearestHZ(float64(r1.jiffies-r0.jiffies) / (float64(r1.monotonicNS-r0.monotonicNS) / 1e9))
+}
+
+// timerList is what /proc/timer_list says of the kernel's clocks: "now at"
+// (CLOCK_MONOTONIC) and the first CPU's "jiffies", printed in one pass.
+type timerList struct {
+	monotonicNS uint64
+	jiffies     uint64
+}
+
+// hzFromJiffiesSinceBoot returns the HZ for which the jiffies counted since
+// INITIAL_JIFFIES agree with the time since boot to within bootSkew (jiffies
+// start ticking a little after the clock), when exactly one HZ does.
+func hzFromJiffiesSinceBoot(r timerList) (uint32, bool) {
+	const bootSkew = 2.0 // seconds
+	found, n := uint32(0), 0
+	for _, hz := range configurableHZ {
+		initial := uint64(1)<<32 - 300*uint64(hz)
+		counted := float64(int64(r.jiffies - initial))
+		if skew := counted/float64(hz) - float64(r.monotonicNS)/1e9; math.Abs(skew) < bootSkew {
+			found, n = hz, n+1
+		}
+	}
+	return found, n == 1
 }
 
 func nearestHZ(rate float64) (uint32, error) {
 	best, bestDiff := uint32(0), math.Inf(1)
-	for _, hz := range []uint32{100, 250, 300, 1000} {
+	for _, hz := range configurableHZ {
 		if d := math.Abs(rate - float64(hz)); d < bestDiff {
 			best, bestDiff = hz, d
 		}
@@ -122,19 +159,35 @@ func nearestHZ(rate float64) (uint32, error) {
 	return best, nil
 }
 
-func readJiffies() (uint64, time.Time, error) {
+func readTimerList() (timerList, error) {
 	b, err := os.ReadFile("/proc/timer_list")
-	now := time.Now()
 	if err != nil {
-		return 0, now, fmt.Errorf("no kernel config and no /proc/timer_list: %w", err)
+		return timerList{}, fmt.Errorf("no kernel config and no /proc/timer_list: %w", err)
 	}
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		if v, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("jiffies:")); ok {
-			j, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
-			if err == nil {
-				return j, now, nil
+	return parseTimerList(b)
+}
+
+func parseTimerList(b []byte) (timerList, error) {
+	var (
+		r                    timerList
+		haveNow, haveJiffies bool
+		err                  error
+	)
+	for line := range bytes.Lines(b) {
+		line = bytes.TrimSpace(line)
+		if v, ok := bytes.CutPrefix(line, []byte("now at ")); ok && !haveNow {
+			if ns, ok := bytes.CutSuffix(v, []byte(" nsecs")); ok {
+				r.monotonicNS, err = strconv.ParseUint(string(ns), 10, 64)
+				haveNow = err == nil
 			}
 		}
+		if v, ok := bytes.CutPrefix(line, []byte("jiffies:")); ok && !haveJiffies {
+			r.jiffies, err = strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
+			haveJiffies = err == nil
+		}
+		if haveNow && haveJiffies {
+			return r, nil
+		}
 	}
-	return 0, now, errors.New("no jiffies in /proc/timer_list")
+	return r, errors.New("/proc/timer_list: no \"now at\" and \"jiffies:\" lines")
 }
