@@ -289,13 +289,27 @@ func table(checks []Check) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "stream\tmetric\tflowd\treference\tdiff\ttolerance\tn\tresult")
+	// A check passes by its rule, which is not always diff <= tolerance
+	// (bracketed counters, an absolute floor, informational rows): those
+	// rules are printed below the table.
+	var rules []string
 	for _, c := range checks {
 		res := "ok"
-		if !c.Pass {
+		switch {
+		case !c.Pass:
 			res = "FAIL"
+		case strings.HasPrefix(c.Rule, "informational"):
+			res = "info"
+		}
+		if !c.Pass || c.Diff > c.Tolerance || res == "info" {
+			res += fmt.Sprintf(" [%d]", len(rules)+1)
+			rules = append(rules, fmt.Sprintf("[%d] %s %s: %s", len(rules)+1, c.Stream, c.Metric, c.Rule))
 		}
 		fmt.Fprintf(w, "%s\t%s\t%.4g\t%.4g\t%.3g\t%.3g\t%d\t%s\n", c.Stream, c.Metric, c.Value, c.Reference, c.Diff, c.Tolerance, c.Samples, res)
 	}
 	w.Flush()
+	for _, r := range rules {
+		fmt.Fprintln(&b, r)
+	}
 	return b.String()
 }
