@@ -19,7 +19,7 @@ import (
 // kernelHZ returns the kernel's CONFIG_HZ, needed to convert the jiffies
 // that tcp_sock keeps (rto, ato, lsndtime, chrono stats) to µs and ms exactly
 // as tcp_get_info() does. It reads the kernel config and, where none is
-// installed, measures the jiffies rate from /proc/timer_list.
+// installed, works it out from the jiffies and the clock in /proc/timer_list.
 func kernelHZ() (uint32, error) {
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
