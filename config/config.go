@@ -27,6 +27,7 @@ import (
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/backends/netlink"
 	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/sink"
 )
 
 // Config keys, in the order flowd prints them.
@@ -44,6 +45,7 @@ const (
 	KeyRemoteCIDRs       = "filter.remote_cidrs"
 	KeyOutputPath        = "output.path"
 	KeyOutputTCPInfo     = "output.tcp_info"
+	KeyOutputSamples     = "output.samples"
 	KeyLogLevel          = "log.level"
 	KeyLogFormat         = "log.format"
 	KeyMetricsListen     = "metrics.listen"
@@ -99,6 +101,7 @@ type Filter struct {
 type Output struct {
 	Path    string           // Stdout ("-") or a file opened for append
 	TCPInfo []backends.Field // the tcp_info members written; none = every member
+	Samples sink.Samples     // what a sample line's tcp_info holds
 }
 
 // Log configures flowd's own log (on stderr).
@@ -171,6 +174,7 @@ func settings() []setting {
 		{KeyRemoteCIDRs, []string{}},
 		{KeyOutputPath, Stdout},
 		{KeyOutputTCPInfo, []string{}},
+		{KeyOutputSamples, sink.SamplesChanges.String()},
 		{KeyLogLevel, "info"},
 		{KeyLogFormat, "text"},
 		{KeyMetricsListen, ""},
@@ -405,6 +409,11 @@ func (l *loader) decode() (*Config, error) {
 	if c.Output.TCPInfo, err = l.members(KeyOutputTCPInfo); err != nil {
 		return nil, err
 	}
+	samples, err := l.oneOf(KeyOutputSamples, sink.SamplesChanges.String(), sink.SamplesFull.String())
+	if err != nil {
+		return nil, err
+	}
+	c.Output.Samples, _ = sink.ParseSamples(samples)
 
 	if c.Log.Level, err = l.oneOf(KeyLogLevel, "trace", "debug", "info", "warn", "error"); err != nil {
 		return nil, err
@@ -857,6 +866,7 @@ type yamlConfig struct {
 	Output struct {
 		Path    string   `yaml:"path"`
 		TCPInfo []string `yaml:"tcp_info,flow"`
+		Samples string   `yaml:"samples"`
 	} `yaml:"output"`
 	Log struct {
 		Level  string `yaml:"level"`
@@ -890,6 +900,7 @@ func (c *Config) YAML() ([]byte, error) {
 	for _, f := range c.Output.TCPInfo {
 		y.Output.TCPInfo = append(y.Output.TCPInfo, f.Name())
 	}
+	y.Output.Samples = c.Output.Samples.String()
 	y.Log.Level = c.Log.Level
 	y.Log.Format = c.Log.Format
 	y.Metrics.Listen = c.Metrics.Listen

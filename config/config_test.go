@@ -16,6 +16,7 @@ import (
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/sink"
 )
 
 func TestMain(m *testing.M) {
@@ -61,7 +62,7 @@ func defaults(root string) *Config {
 		},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []uint16{}, RemotePorts: []uint16{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-", TCPInfo: []backends.Field{}},
+		Output:  Output{Path: "-", TCPInfo: []backends.Field{}, Samples: sink.SamplesChanges},
 		Log:     Log{Level: "info", Format: "text"},
 	}
 }
@@ -124,6 +125,7 @@ filter:
 output:
   path: `+out+`
   tcp_info: [snd_cwnd, rtt, "snd_cwnd"]
+  samples: full
 log:
   level: debug
   format: json
@@ -144,7 +146,7 @@ metrics:
 			RemotePorts: []uint16{443},
 			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
 		},
-		Output:  Output{Path: out, TCPInfo: []backends.Field{backends.FieldSndCwnd, backends.FieldRTT}},
+		Output:  Output{Path: out, TCPInfo: []backends.Field{backends.FieldSndCwnd, backends.FieldRTT}, Samples: sink.SamplesFull},
 		Log:     Log{Level: "debug", Format: "json"},
 		Metrics: Metrics{Listen: "127.0.0.1:9100"},
 	}
@@ -298,6 +300,8 @@ func TestErrors(t *testing.T) {
 
 		{name: "unknown log level", file: "log:\n  level: loud\n", want: []string{`log.level: "loud" is not one of trace, debug, info, warn, error`}},
 		{name: "unknown log format", file: "log:\n  format: xml\n", want: []string{`log.format: "xml" is not one of text, json`}},
+		{name: "unknown output samples", file: "output:\n  samples: some\n", want: []string{`output.samples: "some" is not one of changes, full`}},
+		{name: "output samples by env", env: map[string]string{"FLOWD_OUTPUT_SAMPLES": "all"}, want: []string{`output.samples: "all" is not one of changes, full`}},
 		{name: "listen without port", file: "metrics:\n  listen: localhost\n", want: []string{`metrics.listen: "localhost" is not host:port`}},
 		{name: "listen bad port", file: "metrics:\n  listen: \":http-alt\"\n", want: []string{`metrics.listen: ":http-alt" has no valid port`}},
 

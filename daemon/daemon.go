@@ -141,6 +141,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, closeOut()) }()
 	// Reopen works from here on (a SIGHUP while the backends load too).
 	records := sink.NewJSONL(out, d.cfg.Output.TCPInfo...)
+	records.SetSamples(d.cfg.Output.Samples)
 	d.setOutput(records, file)
 	defer d.setOutput(nil, nil) // before closeOut
 
@@ -297,10 +298,7 @@ func (d *Daemon) Reopen() (bool, error) {
 	if d.file == nil {
 		return false, nil
 	}
-	if err := d.records.Flush(); err != nil {
-		return true, err
-	}
-	return true, d.file.reopen()
+	return true, d.records.Rotate(d.file.reopen)
 }
 
 // setOutput tells Reopen what Run writes to, or (nil, nil) that it is done.

@@ -829,6 +829,63 @@ func TestReopen(t *testing.T) {
 	}
 }
 
+// TestSamplesAcrossReopen: with output.samples: changes, a flow's second
+// sample is partial, and the first one in a reopened file is complete, so
+// that the new file can be read on its own.
+func TestSamplesAcrossReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "records.jsonl")
+	cfg := testConfig("netlink")
+	cfg.Output.Path = path
+	cfg.Output.Samples = sink.SamplesChanges
+	h := newHarness(t, cfg)
+	h.d.Out = nil
+	nl := fakeOf(h.nl)
+	second := record("netlink", 7)
+	second.Time = second.Time.Add(time.Second)
+	second.Info.Set(backends.FieldRTT, 43)
+	third := second
+	third.Time = third.Time.Add(time.Second)
+	nl.before = []backends.Record{record("netlink", 7), second}
+	nl.drain = []backends.Record{third}
+
+	stop := h.start(t)
+	<-nl.started
+	rotated := path + ".1"
+	if err := os.Rename(path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := h.d.Reopen(); !ok || err != nil {
+		t.Fatalf("Reopen = %v, %v; want true, nil", ok, err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	partial := func(path string) []bool {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []bool
+		for line := range bytes.Lines(b) {
+			var r backends.Record
+			p, err := sink.ParseLine(line, &r)
+			if err != nil {
+				t.Fatalf("%s: %q: %v", path, line, err)
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+	if got := partial(rotated); !slices.Equal(got, []bool{false, true}) {
+		t.Errorf("rotated file: partial lines %v, want [false true]", got)
+	}
+	if got := partial(path); !slices.Equal(got, []bool{false}) {
+		t.Errorf("new file: partial lines %v, want [false]", got)
+	}
+}
+
 // TestOutputFileWriteBehind writes 20 MiB to an output file: the file holds
 // every byte, and what lies more than two steps behind its end has left the
 // page cache (mincore), while the last step is still cached.

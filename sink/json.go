@@ -71,6 +71,25 @@ func (e *Encoder) SetMembers(members ...backends.Field) {
 
 // AppendJSON appends r to dst as the package's AppendJSON does.
 func (e *Encoder) AppendJSON(dst []byte, r *backends.Record) []byte {
+	return e.appendRecord(dst, r, &e.omit)
+}
+
+// appendPartial appends r as a partial sample: time, backend, event,
+// cookie, "partial":true, and the tcp_info members omit does not name.
+func (e *Encoder) appendPartial(dst []byte, r *backends.Record, omit *[backends.PresenceWords]uint64) []byte {
+	dst = append(dst, `{"time":"`...)
+	dst = e.appendTime(dst, r.Time)
+	dst = append(dst, `","backend":`...)
+	dst = appendString(dst, r.Backend)
+	dst = appendKey(dst, &eventKeys[r.Event])
+	dst = appendUint(dst, r.Cookie)
+	dst = append(dst, `,"partial":true,"tcp_info":{`...)
+	dst = appendMembers(dst, &r.Info, omit)
+	return append(dst, "}}"...)
+}
+
+// appendRecord appends r leaving out the tcp_info members in omit.
+func (e *Encoder) appendRecord(dst []byte, r *backends.Record, omit *[backends.PresenceWords]uint64) []byte {
 	dst = append(dst, `{"time":"`...)
 	dst = e.appendTime(dst, r.Time)
 	dst = append(dst, `","backend":`...)
@@ -98,7 +117,7 @@ func (e *Encoder) AppendJSON(dst []byte, r *backends.Record) []byte {
 		dst = appendString(dst, r.CA)
 	}
 	dst = append(dst, `,"tcp_info":{`...)
-	dst = appendMembers(dst, &r.Info, &e.omit)
+	dst = appendMembers(dst, &r.Info, omit)
 	return append(dst, "}}"...)
 }
 
@@ -505,74 +524,87 @@ type wireRecord struct {
 	State    string                     `json:"state"`
 	OldState *string                    `json:"old_state"`
 	CA       string                     `json:"ca"`
+	Partial  bool                       `json:"partial"`
 	TCPInfo  map[string]json.RawMessage `json:"tcp_info"`
 }
 
 // ParseJSON reads one record written by AppendJSON into r (overwriting
 // it). Unknown keys, in tcp_info too, are errors. It is meant for tools and
-// tests, not for speed.
+// tests, not for speed. The record of a partial sample (SamplesChanges)
+// holds only the members its line has: ParseLine says which lines are
+// partial, and a Filler completes them.
 func ParseJSON(line []byte, r *backends.Record) error {
+	_, err := ParseLine(line, r)
+	return err
+}
+
+// ParseLine is ParseJSON that also reports whether the line is a partial
+// sample ("partial":true).
+func ParseLine(line []byte, r *backends.Record) (partial bool, err error) {
 	var w wireRecord
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&w); err != nil {
-		return fmt.Errorf("decoding record: %w", err)
+		return false, fmt.Errorf("decoding record: %w", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("decoding record: data after the object")
+		return false, errors.New("decoding record: data after the object")
 	}
 	*r = backends.Record{}
 
 	if w.Time == nil || w.Backend == nil || w.Event == nil {
-		return errors.New("decoding record: time, backend and event are required")
+		return false, errors.New("decoding record: time, backend and event are required")
 	}
 	t, err := time.Parse(time.RFC3339Nano, *w.Time)
 	if err != nil {
-		return fmt.Errorf("decoding time: %w", err)
+		return false, fmt.Errorf("decoding time: %w", err)
 	}
 	r.Time = t.UTC()
 	if y := r.Time.Year(); y < 0 || y > 9999 {
-		return fmt.Errorf("decoding time: %q is outside years 0000..9999 in UTC", *w.Time)
+		return false, fmt.Errorf("decoding time: %q is outside years 0000..9999 in UTC", *w.Time)
 	}
 	r.Backend = *w.Backend
 	if r.Event, err = parseEvent(*w.Event); err != nil {
-		return err
+		return false, err
 	}
 	r.Cookie = w.Cookie
 	r.CgroupID = w.CgroupID
 	r.Family = w.Family
 	if r.LocalAddr, err = parseAddr("laddr", w.LAddr); err != nil {
-		return err
+		return false, err
 	}
 	if r.RemoteAddr, err = parseAddr("raddr", w.RAddr); err != nil {
-		return err
+		return false, err
 	}
 	r.LocalPort = w.LPort
 	r.RemotePort = w.RPort
 	if r.State, err = parseState("state", w.State); err != nil {
-		return err
+		return false, err
 	}
 	if w.OldState != nil {
 		if r.Event != backends.EventState {
-			return fmt.Errorf("decoding record: old_state on a %s event", r.Event)
+			return false, fmt.Errorf("decoding record: old_state on a %s event", r.Event)
 		}
 		if r.OldState, err = parseState("old_state", *w.OldState); err != nil {
-			return err
+			return false, err
 		}
 	}
 	r.CA = w.CA
 	for name, raw := range w.TCPInfo {
 		f, ok := backends.FieldByName(name)
 		if !ok {
-			return fmt.Errorf("decoding tcp_info: unknown member %q", name)
+			return false, fmt.Errorf("decoding tcp_info: unknown member %q", name)
 		}
 		v, err := strconv.ParseUint(string(raw), 10, 64)
 		if err != nil {
-			return fmt.Errorf("decoding tcp_info: %s: %s is not an unsigned 64-bit integer", name, raw)
+			return false, fmt.Errorf("decoding tcp_info: %s: %s is not an unsigned 64-bit integer", name, raw)
 		}
 		r.Info.Set(f, v)
 	}
-	return nil
+	if w.Partial && r.Event != backends.EventSample {
+		return false, fmt.Errorf("decoding record: partial on a %s event", r.Event)
+	}
+	return w.Partial, nil
 }
 
 func parseEvent(s string) (backends.Event, error) {

@@ -33,6 +33,10 @@ type JSONL struct {
 	buf    []byte // encoded records not yet written
 	err    error  // the first write error, returned from then on
 	closed bool
+	// samples is what sample lines hold; changes remembers flows for
+	// SamplesChanges.
+	samples Samples
+	changes changes
 }
 
 var _ backends.Sink = (*JSONL)(nil)
@@ -46,6 +50,15 @@ func NewJSONL(w io.Writer, members ...backends.Field) *JSONL {
 	return j
 }
 
+// SetSamples says what sample lines hold: SamplesFull (NewJSONL's), or
+// SamplesChanges. Call it before the first Write.
+func (j *JSONL) SetSamples(s Samples) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.samples = s
+	j.changes.reset()
+}
+
 // Write appends r as one line. It does not keep r. Records are encoded
 // straight into the buffer that is written out.
 func (j *JSONL) Write(r *backends.Record) error {
@@ -57,7 +70,19 @@ func (j *JSONL) Write(r *backends.Record) error {
 	if j.err != nil {
 		return j.err
 	}
-	j.buf = append(j.enc.AppendJSON(j.buf, r), '\n')
+	if j.samples == SamplesChanges {
+		if omit, partial := j.changes.unchanged(r); partial {
+			for w := range omit {
+				omit[w] |= j.enc.omit[w]
+			}
+			j.buf = j.enc.appendPartial(j.buf, r, &omit)
+		} else {
+			j.buf = j.enc.AppendJSON(j.buf, r)
+		}
+	} else {
+		j.buf = j.enc.AppendJSON(j.buf, r)
+	}
+	j.buf = append(j.buf, '\n')
 	if len(j.buf) >= bufferSize {
 		return j.flush()
 	}
@@ -94,6 +119,27 @@ func (j *JSONL) flush() error {
 		return j.err
 	}
 	j.buf = j.buf[:0]
+	return nil
+}
+
+// Rotate writes out the buffered records and calls reopen, which moves the
+// underlying writer to a new file (log rotation). When reopen succeeds, the
+// flows' previous lines are forgotten, so that under SamplesChanges the new
+// file starts each flow with a complete line. Records written meanwhile by
+// other goroutines wait.
+func (j *JSONL) Rotate(reopen func() error) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return nil
+	}
+	if err := j.flush(); err != nil {
+		return err
+	}
+	if err := reopen(); err != nil {
+		return err
+	}
+	j.changes.reset()
 	return nil
 }
 

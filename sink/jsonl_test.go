@@ -133,17 +133,6 @@ func TestJSONLWriteError(t *testing.T) {
 	}
 }
 
-func BenchmarkJSONLWrite(b *testing.B) {
-	j := NewJSONL(io.Discard)
-	r := sample()
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := j.Write(r); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // sizesWriter keeps what it is given and the size of every write.
 type sizesWriter struct {
 	bytes.Buffer

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,7 +29,7 @@ import (
 	"github.com/flowd/flowd/utils/iperf3"
 )
 
-var outDir = flag.String("out", "", "keep each scenario's files (ebpf.jsonl, netlink.jsonl, iperf3.json, report.json) in DIR/<scenario>")
+var outDir = flag.String("out", "", "keep each scenario's files (ebpf.jsonl, netlink.jsonl, their .full.jsonl twins, iperf3.json, report.json) in DIR/<scenario>")
 
 // The sampling interval of both backends, and iperf3's reporting interval.
 const (
@@ -159,14 +161,8 @@ func runScenario(t *testing.T, sc Scenario) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	erecs, err := flows.Load(filepath.Join(dir, "ebpf.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nrecs, err := flows.Load(filepath.Join(dir, "netlink.jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	erecs := loadBoth(t, dir, "ebpf")
+	nrecs := loadBoth(t, dir, "netlink")
 	streams, checks, err := Compare(Inputs{Iperf: res, EBPF: erecs, Netlink: nrecs, Reverse: sc.Reverse, Shaped: sc.Shape != nil})
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +205,45 @@ func runScenario(t *testing.T, sc Scenario) {
 	}
 }
 
-// record runs both backends into dir/ebpf.jsonl and dir/netlink.jsonl; the
+// loadBoth loads dir/NAME.jsonl, written with output.samples: changes (the
+// default), and checks that it reads back as the same records as
+// dir/NAME.full.jsonl, which the same backend wrote with every sample
+// complete.
+func loadBoth(t *testing.T, dir, name string) []backends.Record {
+	t.Helper()
+	recs, err := flows.Load(filepath.Join(dir, name+".jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := flows.Load(filepath.Join(dir, name+".full.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != len(full) {
+		t.Fatalf("%s: %d records with output.samples: changes, %d with full", name, len(recs), len(full))
+	}
+	for i := range recs {
+		if !reflect.DeepEqual(recs[i], full[i]) {
+			t.Fatalf("%s: record %d reads back as\n%+v\nfrom output.samples: changes, and as\n%+v\nfrom full", name, i, recs[i], full[i])
+		}
+	}
+	return recs
+}
+
+// tee writes every record to both of its sinks.
+type tee [2]*sink.JSONL
+
+func (s tee) Write(r *backends.Record) error {
+	return errors.Join(s[0].Write(r), s[1].Write(r))
+}
+
+func (s tee) Flush() error { return errors.Join(s[0].Flush(), s[1].Flush()) }
+
+func (s tee) Close() error { return errors.Join(s[0].Close(), s[1].Close()) }
+
+// record runs both backends into dir/ebpf.jsonl and dir/netlink.jsonl
+// (output.samples: changes), and the same records with every sample
+// complete into dir/ebpf.full.jsonl and dir/netlink.full.jsonl; the
 // returned function stops them and flushes the files.
 func record(t *testing.T, dir, cg, netns string) (stop func()) {
 	eb, err := ebpf.New(ebpf.Config{Cgroup: cg, Mode: ebpf.ModePoll, Interval: sampleInterval, FlushInterval: 50 * time.Millisecond})
@@ -224,17 +258,21 @@ func record(t *testing.T, dir, cg, netns string) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	type running struct {
 		b    backends.Backend
-		f    *os.File
-		out  *sink.JSONL
+		f    [2]*os.File
+		out  tee
 		done chan error
 	}
 	var rs []running
 	for _, b := range []backends.Backend{eb, nb} {
-		f, err := os.Create(filepath.Join(dir, b.Name()+".jsonl"))
-		if err != nil {
-			t.Fatal(err)
+		r := running{b: b, done: make(chan error, 1)}
+		for i, suffix := range []string{".jsonl", ".full.jsonl"} {
+			f, err := os.Create(filepath.Join(dir, b.Name()+suffix))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.f[i], r.out[i] = f, sink.NewJSONL(f)
 		}
-		r := running{b: b, f: f, out: sink.NewJSONL(f), done: make(chan error, 1)}
+		r.out[0].SetSamples(sink.SamplesChanges)
 		go func() { r.done <- r.b.Run(ctx, r.out) }()
 		rs = append(rs, r)
 	}
@@ -252,8 +290,10 @@ func record(t *testing.T, dir, cg, netns string) (stop func()) {
 			if err := r.out.Close(); err != nil {
 				t.Errorf("%s output: %v", r.b.Name(), err)
 			}
-			if err := r.f.Close(); err != nil {
-				t.Error(err)
+			for _, f := range r.f {
+				if err := f.Close(); err != nil {
+					t.Error(err)
+				}
 			}
 			if err := r.b.Close(); err != nil {
 				t.Errorf("%s: close: %v", r.b.Name(), err)

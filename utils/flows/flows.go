@@ -12,14 +12,21 @@ import (
 	"github.com/flowd/flowd/sink"
 )
 
-// Load reads a JSON Lines file written by flowd. Errors name the file and line.
+// Load reads a JSON Lines file written by flowd, with partial samples
+// (output.samples: changes) completed from the lines before them. A partial
+// sample whose flow has no earlier line in the file is an error: the file
+// does not start where flowd started writing it. Errors name the file and
+// line.
 func Load(path string) ([]backends.Record, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []backends.Record
+	var (
+		out    []backends.Record
+		filler sink.Filler
+	)
 	s := bufio.NewScanner(f)
 	s.Buffer(make([]byte, 0, 64<<10), 4<<20)
 	for line := 1; s.Scan(); line++ {
@@ -27,8 +34,12 @@ func Load(path string) ([]backends.Record, error) {
 			continue
 		}
 		var r backends.Record
-		if err := sink.ParseJSON(s.Bytes(), &r); err != nil {
+		partial, err := sink.ParseLine(s.Bytes(), &r)
+		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+		if !filler.Fill(&r, partial) {
+			return nil, fmt.Errorf("%s:%d: a partial sample of flow %d (%s), which has no earlier line", path, line, r.Cookie, r.Backend)
 		}
 		out = append(out, r)
 	}

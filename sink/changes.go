@@ -1,0 +1,227 @@
+package sink
+
+import (
+	"math/bits"
+	"time"
+
+	"github.com/flowd/flowd/backends"
+)
+
+// Samples says what the tcp_info of a sample record's line holds.
+type Samples uint8
+
+const (
+	// SamplesFull: every member the record has, as on every other event.
+	SamplesFull Samples = iota
+	// SamplesChanges: a sample line holds, besides time, backend, event
+	// and cookie, only the tcp_info members whose values changed since the
+	// flow's previous line in this output, and "partial":true. A Filler
+	// gives it back the rest.
+	SamplesChanges
+)
+
+// String returns the name output.samples uses.
+func (s Samples) String() string {
+	switch s {
+	case SamplesFull:
+		return "full"
+	case SamplesChanges:
+		return "changes"
+	}
+	return "unknown"
+}
+
+// ParseSamples is the inverse of String.
+func ParseSamples(s string) (Samples, bool) {
+	for _, v := range []Samples{SamplesFull, SamplesChanges} {
+		if v.String() == s {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+const (
+	// CompleteEvery is how long at most a flow's samples go on being
+	// partial: its first sample this long after its last complete line is
+	// complete again, so that a reader that starts in the middle of an
+	// output knows every member of a flow within this time.
+	CompleteEvery = 10 * time.Second
+	// forgetAfter is how long the last line of a flow that has not closed
+	// is remembered; the next sample of a flow forgotten is complete.
+	forgetAfter = time.Minute
+)
+
+// lastLine is what a flow's previous line held.
+type lastLine struct {
+	rec      backends.Record // Time and Event aside
+	complete int64           // the time of the flow's last complete line, in Unix ns
+	seen     int64           // the time of its last line, in Unix ns
+}
+
+// changes decides, record by record, which tcp_info members a line can
+// leave out under SamplesChanges. The two backends' records of a socket are
+// separate series. It is not safe for concurrent use.
+type changes struct {
+	backends []backendLines
+	swept    int64 // when forgotten flows were last looked for, in Unix ns
+}
+
+// backendLines holds the flows of one backend, by cookie.
+type backendLines struct {
+	name  string
+	flows map[uint64]*lastLine
+}
+
+// flows returns the flows of the named backend.
+func (c *changes) flows(backend string) map[uint64]*lastLine {
+	for i := range c.backends {
+		if c.backends[i].name == backend {
+			return c.backends[i].flows
+		}
+	}
+	m := make(map[uint64]*lastLine)
+	c.backends = append(c.backends, backendLines{backend, m})
+	return m
+}
+
+// unchanged returns the members of r to leave out of its line, and whether
+// the line is partial (then the mask is what it leaves out). Only samples
+// are partial, and only when the flow's previous line is known, recent
+// enough (CompleteEvery since its last complete line), had the same header
+// (addresses, ports, cgroup, state, congestion control) and no member that
+// r lacks: a reader carries the previous values forward, so a member that
+// went away, or a header that changed, needs a complete line to say so. A
+// close record forgets the flow.
+func (c *changes) unchanged(r *backends.Record) (omit [backends.PresenceWords]uint64, partial bool) {
+	now := r.Time.UnixNano()
+	if c.backends == nil {
+		c.swept = now
+	}
+	flows := c.flows(r.Backend)
+	last := flows[r.Cookie]
+	if r.Event == backends.EventClose {
+		delete(flows, r.Cookie)
+		return omit, false
+	}
+	if last == nil {
+		last = new(lastLine)
+		flows[r.Cookie] = last
+	} else if r.Event == backends.EventSample {
+		since := now - last.complete
+		partial = since >= 0 && since < int64(CompleteEvery) && sameHeader(r, &last.rec)
+		for w := range omit {
+			if last.rec.Info.Present[w]&^r.Info.Present[w] != 0 {
+				partial = false
+			}
+		}
+	}
+	if partial {
+		// Every member is compared, present or not, without a branch on
+		// the outcome, and the previous values replaced as it goes; the
+		// presence masks then keep the members that count. The header is
+		// the same (sameHeader), so it needs no copy.
+		cur, prev := &r.Info.Values, &last.rec.Info.Values
+		for f := range cur {
+			var same uint64
+			if cur[f] == prev[f] {
+				same = 1
+			}
+			omit[f/64] |= same << (f % 64)
+			prev[f] = cur[f]
+		}
+		for w := range omit {
+			omit[w] &= r.Info.Present[w] & last.rec.Info.Present[w]
+		}
+		last.rec.Info.Present = r.Info.Present
+	} else {
+		last.complete = now
+		last.rec = *r
+	}
+	last.seen = now
+	if d := now - c.swept; d >= int64(forgetAfter) || d < 0 {
+		c.forget(now)
+	}
+	return omit, partial
+}
+
+// sameHeader reports whether r has the header of the flow's previous line
+// (Time and Event aside).
+func sameHeader(r, last *backends.Record) bool {
+	return r.CgroupID == last.CgroupID && r.Family == last.Family &&
+		r.LocalAddr == last.LocalAddr && r.LocalPort == last.LocalPort &&
+		r.RemoteAddr == last.RemoteAddr && r.RemotePort == last.RemotePort &&
+		r.State == last.State && r.OldState == last.OldState && r.CA == last.CA
+}
+
+// forget drops the flows not seen for forgetAfter before now: flows whose
+// close record never came (lost in a full ring buffer, or flowd stopped
+// watching them).
+func (c *changes) forget(now int64) {
+	for _, b := range c.backends {
+		for cookie, l := range b.flows {
+			if now-l.seen >= int64(forgetAfter) {
+				delete(b.flows, cookie)
+			}
+		}
+	}
+	c.swept = now
+}
+
+// reset forgets every flow: the next line of each is complete.
+func (c *changes) reset() { c.backends = nil }
+
+// flowKey names a flow in one backend's records.
+type flowKey struct {
+	backend string
+	cookie  uint64
+}
+
+// A Filler gives partial samples (SamplesChanges) back what they leave out,
+// from the previous line of the same flow. Feed it the lines of one output
+// in order, from its start.
+type Filler struct {
+	flows map[flowKey]*backends.Record
+}
+
+// Fill completes r, parsed from a line that was partial or not, in place.
+// It reports false for a partial sample whose flow it has not seen before
+// (its reader started in the middle of the output): r keeps only what its
+// line had.
+func (f *Filler) Fill(r *backends.Record, partial bool) bool {
+	if f.flows == nil {
+		f.flows = make(map[flowKey]*backends.Record)
+	}
+	k := flowKey{r.Backend, r.Cookie}
+	last := f.flows[k]
+	ok := true
+	switch {
+	case partial && last == nil:
+		ok = false
+	case partial:
+		r.CgroupID, r.Family, r.CA = last.CgroupID, last.Family, last.CA
+		r.LocalAddr, r.LocalPort = last.LocalAddr, last.LocalPort
+		r.RemoteAddr, r.RemotePort = last.RemoteAddr, last.RemotePort
+		r.State, r.OldState = last.State, last.OldState
+		for w, missing := range last.Info.Present {
+			missing &^= r.Info.Present[w]
+			for missing != 0 {
+				b := missing & -missing
+				missing &^= b
+				m := w*64 + bits.TrailingZeros64(b)
+				r.Info.Values[m] = last.Info.Values[m]
+			}
+			r.Info.Present[w] |= last.Info.Present[w]
+		}
+	}
+	if r.Event == backends.EventClose {
+		delete(f.flows, k)
+		return ok
+	}
+	if last == nil {
+		last = new(backends.Record)
+		f.flows[k] = last
+	}
+	*last = *r
+	return ok
+}

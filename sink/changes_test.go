@@ -1,0 +1,405 @@
+package sink
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowd/flowd/backends"
+)
+
+// readBack parses and fills the lines of out, failing on any error, and
+// returns the records and which lines were partial.
+func readBack(t *testing.T, out []byte) ([]backends.Record, []bool) {
+	t.Helper()
+	var (
+		recs    []backends.Record
+		partial []bool
+		f       Filler
+	)
+	s := bufio.NewScanner(bytes.NewReader(out))
+	s.Buffer(nil, 1<<20)
+	for s.Scan() {
+		var r backends.Record
+		p, err := ParseLine(s.Bytes(), &r)
+		if err != nil {
+			t.Fatalf("line %s: %v", s.Bytes(), err)
+		}
+		if !f.Fill(&r, p) {
+			t.Fatalf("line %s: partial without an earlier line of its flow", s.Bytes())
+		}
+		recs = append(recs, r)
+		partial = append(partial, p)
+	}
+	return recs, partial
+}
+
+func sameRecords(t *testing.T, got []backends.Record, want []*backends.Record) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d records read back, want %d", len(got), len(want))
+	}
+	for i := range want {
+		g, w := got[i], *want[i]
+		if !g.Time.Equal(w.Time) {
+			t.Errorf("record %d: time %v, want %v", i, g.Time, w.Time)
+		}
+		g.Time = w.Time
+		if !reflect.DeepEqual(g, w) {
+			t.Errorf("record %d read back as\n%+v\nwant\n%+v", i, g, w)
+		}
+	}
+}
+
+func TestSamplesChangesLines(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
+	open := sample()
+	open.Event, open.OldState, open.Time = backends.EventOpen, 0, t0
+	at := func(d time.Duration, change func(r *backends.Record)) *backends.Record {
+		r := *open
+		r.Event, r.Time = backends.EventSample, t0.Add(d)
+		if change != nil {
+			change(&r)
+		}
+		return &r
+	}
+	rtt := func(v uint64) func(*backends.Record) {
+		return func(r *backends.Record) { r.Info.Set(backends.FieldRTT, v) }
+	}
+	netlinkOpen := *open
+	netlinkOpen.Backend = "netlink"
+	state := at(3*time.Second, nil)
+	state.Event, state.State, state.OldState = backends.EventState, backends.StateFinWait1, backends.StateEstablished
+	closed := at(4*time.Second, nil)
+	closed.Event, closed.State = backends.EventClose, backends.StateClose
+
+	type step struct {
+		r       *backends.Record
+		partial bool
+		members string // the tcp_info of a partial line
+	}
+	steps := []step{
+		{open, false, ""},
+		{at(time.Millisecond, rtt(7)), true, `{"rtt":7}`},
+		{at(2*time.Millisecond, rtt(7)), true, `{}`},
+		{&netlinkOpen, false, ""}, // the same socket from the other backend: its own series
+		{at(3*time.Millisecond, func(r *backends.Record) {
+			r.Info.Set(backends.FieldSndCwnd, 10)
+			r.Info.Set(backends.FieldBytesAcked, 99)
+		}), true, `{"rtt":23023,"snd_cwnd":10,"bytes_acked":99}`}, // rtt is back to open's
+		{at(4*time.Millisecond, func(r *backends.Record) { // a member goes away: complete
+			r.Info.Present[backends.FieldRTT/64] &^= 1 << (backends.FieldRTT % 64)
+			r.Info.Values[backends.FieldRTT] = 0
+		}), false, ""},
+		{at(5*time.Millisecond, nil), true, `{"rtt":23023}`}, // and comes back
+		{at(6*time.Millisecond, func(r *backends.Record) { r.CA = "bbr" }), false, ""},
+		{at(7*time.Millisecond, func(r *backends.Record) { r.CA = "bbr" }), true, `{}`},
+		// The last complete line was at 6 ms: CompleteEvery after it, complete again.
+		{at(6*time.Millisecond+CompleteEvery-1, func(r *backends.Record) { r.CA = "bbr" }), true, `{}`},
+		{at(6*time.Millisecond+CompleteEvery, func(r *backends.Record) { r.CA = "bbr" }), false, ""},
+		{at(6*time.Millisecond+CompleteEvery+1, func(r *backends.Record) { r.CA = "bbr" }), true, `{}`},
+		{at(time.Second, nil), false, ""}, // the clock went back, and the CA is open's again
+		{at(time.Second, nil), true, `{}`},
+		{state, false, ""},
+		{closed, false, ""},
+		{at(5*time.Second, nil), false, ""}, // after close, the flow is new
+	}
+
+	var out bytes.Buffer
+	j := NewJSONL(&out)
+	j.SetSamples(SamplesChanges)
+	var want []*backends.Record
+	for _, s := range steps {
+		if err := j.Write(s.r); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, s.r)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	recs, partial := readBack(t, out.Bytes())
+	sameRecords(t, recs, want)
+	for i, s := range steps {
+		if partial[i] != s.partial {
+			t.Errorf("step %d: partial %v, want %v: %s", i, partial[i], s.partial, lines[i])
+			continue
+		}
+		if !s.partial {
+			if lines[i] != string(AppendJSON(nil, s.r)) {
+				t.Errorf("step %d: complete line %s\nwant %s", i, lines[i], AppendJSON(nil, s.r))
+			}
+			continue
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(lines[i]), &m); err != nil {
+			t.Fatal(err)
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		if want := []string{"backend", "cookie", "event", "partial", "tcp_info", "time"}; !slices.Equal(keys, want) {
+			t.Errorf("step %d: keys %v, want %v: %s", i, keys, want, lines[i])
+		}
+		if got := string(m["tcp_info"]); got != s.members {
+			t.Errorf("step %d: tcp_info %s, want %s", i, got, s.members)
+		}
+	}
+}
+
+// TestSamplesChangesRoundTrip writes random series of several flows of two
+// backends, with members that change, vanish and come back, headers that
+// change and flows that close, and reads them back: a Filler must give
+// every record exactly as it was written.
+func TestSamplesChangesRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	t0 := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
+	type flow struct{ r backends.Record }
+	flows := make([]*flow, 6)
+	newFlow := func(i int) *flow {
+		r := *sample()
+		r.Backend = []string{"ebpf", "netlink"}[i%2]
+		r.Cookie = uint64(i/2 + 1)
+		r.Event, r.OldState = backends.EventOpen, 0
+		return &flow{r}
+	}
+	for i := range flows {
+		flows[i] = newFlow(i)
+	}
+	var (
+		out  bytes.Buffer
+		want []*backends.Record
+		now  = t0
+	)
+	j := NewJSONL(&out)
+	j.SetSamples(SamplesChanges)
+	for range 5000 {
+		i := rng.IntN(len(flows))
+		f := flows[i]
+		now = now.Add(time.Duration(rng.IntN(int(time.Second))))
+		r := f.r
+		r.Time, r.Event, r.OldState = now, backends.EventSample, 0
+		switch n := rng.IntN(100); {
+		case n < 60: // a few members change
+			for range rng.IntN(4) {
+				r.Info.Set(backends.Field(rng.IntN(int(backends.NumFields))), uint64(rng.IntN(3)))
+			}
+		case n < 65: // one goes away, or comes back
+			fld := backends.Field(rng.IntN(int(backends.NumFields)))
+			if r.Info.Has(fld) {
+				r.Info.Present[fld/64] &^= 1 << (fld % 64)
+				r.Info.Values[fld] = 0
+			} else {
+				r.Info.Set(fld, 1)
+			}
+		case n < 67:
+			r.CA = []string{"cubic", "bbr", "reno"}[rng.IntN(3)]
+		case n < 70:
+			r.Event, r.OldState, r.State = backends.EventState, r.State, backends.State(1+rng.IntN(11))
+		case n < 72:
+			r.Event = backends.EventClose
+		}
+		if err := j.Write(&r); err != nil {
+			t.Fatal(err)
+		}
+		w := r
+		want = append(want, &w)
+		f.r = r
+		if r.Event == backends.EventClose {
+			flows[i] = newFlow(i)
+			flows[i].r.Cookie += uint64(len(want)) * 8 // a new socket
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	recs, partial := readBack(t, out.Bytes())
+	sameRecords(t, recs, want)
+	n := 0
+	for _, p := range partial {
+		if p {
+			n++
+		}
+	}
+	if n < len(partial)/3 {
+		t.Errorf("only %d of %d lines partial", n, len(partial))
+	}
+	t.Logf("%d lines, %d partial, %d bytes", len(partial), n, out.Len())
+}
+
+func TestFillerWithoutEarlierLine(t *testing.T) {
+	var out bytes.Buffer
+	j := NewJSONL(&out)
+	j.SetSamples(SamplesChanges)
+	r := sample()
+	r.Event = backends.EventSample
+	for range 2 {
+		if err := j.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n"))
+	var (
+		f   Filler
+		got backends.Record
+	)
+	partial, err := ParseLine(lines[1], &got)
+	if err != nil || !partial {
+		t.Fatalf("second line %s: partial %v, %v", lines[1], partial, err)
+	}
+	if f.Fill(&got, partial) {
+		t.Errorf("Fill of a partial line whose flow it has not seen reported true")
+	}
+	if got.Info.Has(backends.FieldRTT) || got.LocalPort != 0 {
+		t.Errorf("Fill made up values: %+v", got)
+	}
+}
+
+func TestParseLinePartialOnlyOnSamples(t *testing.T) {
+	line := []byte(`{"time":"2026-12-05T06:00:00.000000000Z","backend":"ebpf","event":"open","cookie":1,"partial":true,"tcp_info":{}}`)
+	var r backends.Record
+	if _, err := ParseLine(line, &r); err == nil || !strings.Contains(err.Error(), "partial on a open event") {
+		t.Errorf("ParseLine(%s): %v, want an error about partial", line, err)
+	}
+	line = bytes.Replace(line, []byte(`"open"`), []byte(`"sample"`), 1)
+	if p, err := ParseLine(line, &r); err != nil || !p {
+		t.Errorf("ParseLine(%s) = %v, %v; want true, nil", line, p, err)
+	}
+}
+
+func TestChangesForget(t *testing.T) {
+	var c changes
+	r := sample()
+	r.Event = backends.EventSample
+	t0 := r.Time
+	for i := range 3 {
+		r.Cookie = uint64(i)
+		c.unchanged(r)
+	}
+	r.Cookie = 0
+	r.Time = t0.Add(forgetAfter / 2)
+	c.unchanged(r) // flow 0 seen again; 1 and 2 not
+	r.Cookie = 9
+	r.Time = t0.Add(forgetAfter)
+	c.unchanged(r) // sweeps
+	var left []uint64
+	for _, b := range c.backends {
+		for cookie := range b.flows {
+			left = append(left, cookie)
+		}
+	}
+	slices.Sort(left)
+	if !slices.Equal(left, []uint64{0, 9}) {
+		t.Errorf("flows remembered after a minute: %v, want [0 9]", left)
+	}
+}
+
+func TestJSONLRotate(t *testing.T) {
+	var out bytes.Buffer
+	j := NewJSONL(&out)
+	j.SetSamples(SamplesChanges)
+	r := sample()
+	r.Event = backends.EventSample
+	write := func() bool { // reports whether the line was partial
+		t.Helper()
+		out.Reset()
+		if err := j.Write(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := j.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return bytes.Contains(out.Bytes(), []byte(`"partial":true`))
+	}
+	write()
+	if !write() {
+		t.Fatal("second sample not partial")
+	}
+	failed := errors.New("cannot reopen")
+	if err := j.Rotate(func() error { return failed }); !errors.Is(err, failed) {
+		t.Fatalf("Rotate: %v, want %v", err, failed)
+	}
+	if !write() {
+		t.Error("after a failed reopen (same file), a sample was complete")
+	}
+	reopened := false
+	if err := j.Rotate(func() error { reopened = true; return nil }); err != nil || !reopened {
+		t.Fatalf("Rotate: %v (reopen called: %v)", err, reopened)
+	}
+	if write() {
+		t.Error("the first sample after a reopen was partial")
+	}
+}
+
+func TestJSONLChangesAllocs(t *testing.T) {
+	j := NewJSONL(io.Discard)
+	j.SetSamples(SamplesChanges)
+	r := sample()
+	r.Event = backends.EventSample
+	if err := j.Write(r); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(1000, func() {
+		r.Time = r.Time.Add(time.Microsecond)
+		r.Info.Values[backends.FieldRTT]++
+		if err := j.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("a partial sample of a known flow: %v allocations, want 0", n)
+	}
+}
+
+// BenchmarkJSONLWrite: a sample of a bulk flow, as every line or as its
+// changes (ten members, as between two RTT samples), with the bytes of a
+// line.
+func BenchmarkJSONLWrite(b *testing.B) {
+	for _, s := range []Samples{SamplesFull, SamplesChanges} {
+		b.Run("samples="+s.String(), func(b *testing.B) {
+			var w countingWriter
+			j := NewJSONL(&w)
+			j.SetSamples(s)
+			r := sample()
+			r.Event = backends.EventSample
+			changing := []backends.Field{backends.FieldRTT, backends.FieldBytesAcked, backends.FieldBytesSent,
+				backends.FieldSegsOut, backends.FieldSegsIn, backends.FieldDataSegsOut, backends.FieldDelivered,
+				backends.FieldDeliveryRate, backends.FieldPacingRate, backends.FieldUnacked}
+			b.ReportAllocs()
+			for b.Loop() {
+				r.Time = r.Time.Add(25 * time.Microsecond)
+				for _, f := range changing {
+					r.Info.Values[f] += 1448
+				}
+				if err := j.Write(r); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := j.Flush(); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(w.n)/float64(b.N), "bytes/line")
+		})
+	}
+}
+
+// countingWriter counts what it is given.
+type countingWriter struct{ n int }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n += len(p)
+	return len(p), nil
+}
