@@ -222,10 +222,10 @@ func memberMask(members []backends.Field) [backends.PresenceWords]uint64 {
 }
 
 // wakeupBytes is how much unread data makes the program wake the reader
-// early: a quarter of the buffer. Otherwise it drains on its FlushInterval
+// early: half the buffer. Otherwise it drains on its FlushInterval
 // timer.
 func wakeupBytes(ringbufSize int) uint64 {
-	return uint64(ringbufSize / 4)
+	return uint64(ringbufSize / 2)
 }
 
 func boolU8(b bool) uint8 {
@@ -273,7 +273,7 @@ func (b *Backend) Name() string { return Name }
 // Run reads records until ctx is cancelled, then detaches the program,
 // drains what the ring buffer still holds and returns. The ring buffer is
 // drained every FlushInterval, and the sink flushed after it (a
-// backends.Flusher); the program wakes the reader early only when a quarter
+// backends.Flusher); the program wakes the reader early only when half
 // of the buffer is unread.
 //
 // The reader never blocks in a system call of its own: ReadInto, with a
