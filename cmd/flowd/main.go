@@ -93,7 +93,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SetOut(cmd.ErrOrStderr())
 			_ = cmd.Usage()
-			return errors.New("missing command: run, config or version")
+			return errors.New("missing command: run, config, fill or version")
 		},
 	}
 	root.SetOut(stdout)
@@ -104,7 +104,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVarP(&o.configPath, "config", "c", "", "YAML config `file` (default: built-in defaults and FLOWD_* variables)")
 	pf.StringVar(&o.logLevel, "log-level", "", "override log.level: trace, debug, info, warn or error")
 
-	root.AddCommand(newRunCmd(o), newConfigCmd(o), newVersionCmd())
+	root.AddCommand(newRunCmd(o), newConfigCmd(o), newFillCmd(), newVersionCmd())
 	return root
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,9 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/cgroup"
 	"github.com/flowd/flowd/config"
 	"github.com/flowd/flowd/internal/testutil"
+	"github.com/flowd/flowd/sink"
 )
 
 const testVersion = "v9.9.9-test"
@@ -361,5 +364,75 @@ func TestSignalExit(t *testing.T) {
 				t.Errorf("metrics endpoint %s still open after exit", listen)
 			}
 		})
+	}
+}
+
+// TestFill: flowd fill turns an output written with output.samples: changes,
+// split in two files, into the lines output.samples: full writes for the
+// same records; input that starts in the middle of an output passes its
+// orphaned partial samples through with a warning; a bad line is an error
+// that names the file and line.
+func TestFill(t *testing.T) {
+	var changes, full bytes.Buffer
+	jc, jf := sink.NewJSONL(&changes), sink.NewJSONL(&full)
+	jc.SetSamples(sink.SamplesChanges)
+	t0 := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
+	for i := range 40 {
+		r := backends.Record{Time: t0.Add(time.Duration(i) * time.Millisecond), Backend: []string{"ebpf", "netlink"}[i%2],
+			Event: backends.EventSample, Cookie: uint64(i % 4), Family: 4, State: backends.StateEstablished, CA: "cubic",
+			LocalAddr: netip.MustParseAddr("10.0.0.1"), RemoteAddr: netip.MustParseAddr("10.0.0.2"), LocalPort: 5201, RemotePort: 40000}
+		if i < 4 {
+			r.Event = backends.EventOpen
+		}
+		r.Info.Set(backends.FieldRTT, uint64(100+i%3))
+		r.Info.Set(backends.FieldSndCwnd, 10)
+		r.Info.Set(backends.FieldBytesAcked, uint64(i*1448))
+		for _, j := range []*sink.JSONL{jc, jf} {
+			if err := j.Write(&r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, j := range []*sink.JSONL{jc, jf} {
+		if err := j.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !strings.Contains(changes.String(), `"partial":true`) {
+		t.Fatal("no partial sample to fill")
+	}
+	lines := strings.SplitAfter(changes.String(), "\n")
+	dir := t.TempDir()
+	first, second := filepath.Join(dir, "records.jsonl.1"), filepath.Join(dir, "records.jsonl")
+	if err := os.WriteFile(first, []byte(strings.Join(lines[:17], "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(second, []byte(strings.Join(lines[17:], "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := flowd(t, env(), "fill", first, second)
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("fill: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r.stdout != full.String() {
+		t.Errorf("fill printed\n%s\nwant what output.samples: full writes\n%s", r.stdout, full.String())
+	}
+
+	// The second file alone: its first partial samples have no base.
+	r = flowd(t, env(), "fill", second)
+	if r.code != 0 || !strings.Contains(r.stderr, "records.jsonl:1: partial sample of") || r.stdout == "" {
+		t.Errorf("fill of the second file alone: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if got, want := strings.Count(r.stdout, "\n"), len(lines)-1-17; got != want {
+		t.Errorf("fill of the second file alone printed %d lines, want %d", got, want)
+	}
+
+	bad := filepath.Join(dir, "bad.jsonl")
+	if err := os.WriteFile(bad, []byte(lines[0]+"{\"time\":1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = flowd(t, env(), "fill", bad)
+	if r.code != 1 || !strings.Contains(r.stderr, "bad.jsonl:2: ") {
+		t.Errorf("fill of a bad line: exit %d, stderr %q; want 1 and the file and line", r.code, r.stderr)
 	}
 }
