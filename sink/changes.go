@@ -2,6 +2,8 @@ package sink
 
 import (
 	"math/bits"
+	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/flowd/flowd/backends"
@@ -52,11 +54,71 @@ const (
 	forgetAfter = time.Minute
 )
 
-// lastLine is what a flow's previous line held.
+// lastLine is what a flow's previous line held: its header (Time, Event,
+// Backend and Cookie aside) and its tcp_info. It is kept for every flow
+// the output has seen, so it is compact: the members that tcp_info holds
+// in 32 bits take 32 bits here. A record with a larger value in one of
+// them (no backend makes one) gets a complete line, and so does the
+// flow's next sample.
 type lastLine struct {
-	rec      backends.Record // Time and Event aside
-	complete int64           // the time of the flow's last complete line, in Unix ns
-	seen     int64           // the time of its last line, in Unix ns
+	present  [backends.PresenceWords]uint64
+	narrow   [backends.NumFields]uint32 // by Field; the wide members' entries unused
+	wide     [numWide]uint64            // by wideFields' order
+	overflow bool                       // a 32-bit member did not fit in narrow
+	complete int64                      // the time of the flow's last complete line, in Unix ns
+	seen     int64                      // the time of its last line, in Unix ns
+
+	cgroupID              uint64
+	localAddr, remoteAddr netip.Addr
+	ca                    string
+	localPort, remotePort uint16
+	family                uint8
+	state, oldState       backends.State
+}
+
+// The members that struct tcp_info holds in 64 bits, and the others.
+var (
+	wideFields = [...]backends.Field{backends.FieldPacingRate, backends.FieldMaxPacingRate,
+		backends.FieldBytesAcked, backends.FieldBytesReceived, backends.FieldDeliveryRate, backends.FieldBusyTime,
+		backends.FieldRwndLimited, backends.FieldSndbufLimited, backends.FieldBytesSent, backends.FieldBytesRetrans}
+	narrowFields = func() (n [int(backends.NumFields) - numWide]backends.Field) {
+		i := 0
+		for f := range backends.NumFields {
+			if !slices.Contains(wideFields[:], f) {
+				n[i] = f
+				i++
+			}
+		}
+		return n
+	}()
+)
+
+const numWide = len(wideFields)
+
+// remember makes l hold r's header and values.
+func (l *lastLine) remember(r *backends.Record) {
+	l.cgroupID, l.family, l.ca = r.CgroupID, r.Family, r.CA
+	l.localAddr, l.localPort, l.remoteAddr, l.remotePort = r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort
+	l.state, l.oldState = r.State, r.OldState
+	l.present = r.Info.Present
+	var hi uint64
+	for _, f := range narrowFields {
+		v := r.Info.Values[f]
+		l.narrow[f] = uint32(v)
+		hi |= v >> 32
+	}
+	l.overflow = hi != 0
+	for i, f := range wideFields {
+		l.wide[i] = r.Info.Values[f]
+	}
+}
+
+// sameHeader reports whether r has the header of the flow's previous line.
+func (l *lastLine) sameHeader(r *backends.Record) bool {
+	return r.CgroupID == l.cgroupID && r.Family == l.family &&
+		r.LocalAddr == l.localAddr && r.LocalPort == l.localPort &&
+		r.RemoteAddr == l.remoteAddr && r.RemotePort == l.remotePort &&
+		r.State == l.state && r.OldState == l.oldState && r.CA == l.ca
 }
 
 // changes decides, record by record, which tcp_info members a line can
@@ -109,49 +171,53 @@ func (c *changes) unchanged(r *backends.Record) (omit [backends.PresenceWords]ui
 		flows[r.Cookie] = last
 	} else if r.Event == backends.EventSample {
 		since := now - last.complete
-		partial = since >= 0 && since < int64(CompleteEvery) && sameHeader(r, &last.rec)
+		partial = since >= 0 && since < int64(CompleteEvery) && !last.overflow && last.sameHeader(r)
 		for w := range omit {
-			if last.rec.Info.Present[w]&^r.Info.Present[w] != 0 {
+			if last.present[w]&^r.Info.Present[w] != 0 {
 				partial = false
 			}
 		}
 	}
 	if partial {
-		// Every member is compared, present or not, without a branch on
-		// the outcome, and the previous values replaced as it goes; the
-		// presence masks then keep the members that count. The header is
-		// the same (sameHeader), so it needs no copy.
-		cur, prev := &r.Info.Values, &last.rec.Info.Values
-		for f := range cur {
+		// Every member is compared, present or not, and the previous
+		// values replaced as it goes; the presence masks then keep the
+		// members that count. The header is the same, so it needs no copy.
+		var hi uint64
+		for _, f := range narrowFields {
+			v := r.Info.Values[f]
 			var same uint64
-			if cur[f] == prev[f] {
+			if uint64(last.narrow[f]) == v {
 				same = 1
 			}
+			hi |= v >> 32
+			last.narrow[f] = uint32(v)
 			omit[f/64] |= same << (f % 64)
-			prev[f] = cur[f]
 		}
-		for w := range omit {
-			omit[w] &= r.Info.Present[w] & last.rec.Info.Present[w]
+		for i, f := range wideFields {
+			v := r.Info.Values[f]
+			if last.wide[i] == v {
+				omit[f/64] |= 1 << (f % 64)
+			}
+			last.wide[i] = v
 		}
-		last.rec.Info.Present = r.Info.Present
-	} else {
+		if hi != 0 {
+			partial, omit = false, [backends.PresenceWords]uint64{}
+		} else {
+			for w := range omit {
+				omit[w] &= r.Info.Present[w] & last.present[w]
+			}
+			last.present = r.Info.Present
+		}
+	}
+	if !partial {
 		last.complete = now
-		last.rec = *r
+		last.remember(r)
 	}
 	last.seen = now
 	if d := now - c.swept; d >= int64(forgetAfter) || d < 0 {
 		c.forget(now)
 	}
 	return omit, partial
-}
-
-// sameHeader reports whether r has the header of the flow's previous line
-// (Time and Event aside).
-func sameHeader(r, last *backends.Record) bool {
-	return r.CgroupID == last.CgroupID && r.Family == last.Family &&
-		r.LocalAddr == last.LocalAddr && r.LocalPort == last.LocalPort &&
-		r.RemoteAddr == last.RemoteAddr && r.RemotePort == last.RemotePort &&
-		r.State == last.State && r.OldState == last.OldState && r.CA == last.CA
 }
 
 // forget drops the flows not seen for forgetAfter before now: flows whose
