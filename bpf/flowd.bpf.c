@@ -500,19 +500,23 @@ static __always_inline struct flow_state *lookup(struct bpf_sock_ops *skops, str
 
 /* Runs on every RTT callback of every tracked flow, so the common case (a
  * tracked flow whose interval has not passed) is decided before anything
- * else: one storage lookup and a clock read. */
+ * else: one storage lookup and the socket's own clock. tcp_mstamp is
+ * tcp_clock_us(), CLOCK_MONOTONIC in µs, which the kernel refreshed for the
+ * ACK being processed: the same clock as bpf_ktime_get_ns(), without a
+ * clock read on this path. */
 static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *bsk)
 {
 	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
-	__u64 now = bpf_ktime_get_ns();
 	struct tcp_sock *tp;
+	__u64 now;
 	__u8 state;
 
-	if (st && interval_ns && now - st->last_sample_ns < interval_ns)
-		return;
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return;
+	if (st && interval_ns && tp->tcp_mstamp * 1000 - st->last_sample_ns < interval_ns)
+		return;
+	now = bpf_ktime_get_ns();
 	state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
 	if (!st) {
 		track(skops, bsk, tp, state, now); /* adopt: the open record for now */
