@@ -22,8 +22,9 @@ const bufferSize = 1 << 20
 // encoding a record into the buffer does not grow it.
 const recordRoom = 8 << 10
 
-// JSONL writes records as JSON Lines: one AppendJSON object per line. It is
-// buffered: records reach the writer when the buffer fills, on Flush and on
+// JSONL writes records as JSON Lines: one AppendJSON object per line, or,
+// with SetSamples(SamplesChanges), a partial line for a sample that can
+// be one. It is buffered: records reach the writer when the buffer fills, on Flush and on
 // Close. Its methods are safe for concurrent use, so several backends can
 // share one JSONL.
 type JSONL struct {
