@@ -242,12 +242,19 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 	t.Logf("%d lines, %d partial, %d bytes", len(partial), n, out.Len())
 }
 
-func TestFillerWithoutEarlierLine(t *testing.T) {
-	var out bytes.Buffer
-	j := NewJSONL(&out)
+// changesSink returns a JSONL writing partial samples to out, and a sample
+// record.
+func changesSink(out io.Writer) (*JSONL, *backends.Record) {
+	j := NewJSONL(out)
 	j.SetSamples(SamplesChanges)
 	r := sample()
 	r.Event = backends.EventSample
+	return j, r
+}
+
+func TestFillerWithoutEarlierLine(t *testing.T) {
+	var out bytes.Buffer
+	j, r := changesSink(&out)
 	for range 2 {
 		if err := j.Write(r); err != nil {
 			t.Fatal(err)
@@ -314,10 +321,7 @@ func TestChangesForget(t *testing.T) {
 
 func TestJSONLRotate(t *testing.T) {
 	var out bytes.Buffer
-	j := NewJSONL(&out)
-	j.SetSamples(SamplesChanges)
-	r := sample()
-	r.Event = backends.EventSample
+	j, r := changesSink(&out)
 	write := func() bool { // reports whether the line was partial
 		t.Helper()
 		out.Reset()
@@ -350,10 +354,7 @@ func TestJSONLRotate(t *testing.T) {
 }
 
 func TestJSONLChangesAllocs(t *testing.T) {
-	j := NewJSONL(io.Discard)
-	j.SetSamples(SamplesChanges)
-	r := sample()
-	r.Event = backends.EventSample
+	j, r := changesSink(io.Discard)
 	if err := j.Write(r); err != nil {
 		t.Fatal(err)
 	}

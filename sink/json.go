@@ -77,25 +77,26 @@ func (e *Encoder) AppendJSON(dst []byte, r *backends.Record) []byte {
 // appendPartial appends r as a partial sample: time, backend, event,
 // cookie, "partial":true, and the tcp_info members omit does not name.
 func (e *Encoder) appendPartial(dst []byte, r *backends.Record, omit *[backends.PresenceWords]uint64) []byte {
-	dst = append(dst, `{"time":"`...)
-	dst = e.appendTime(dst, r.Time)
-	dst = append(dst, `","backend":`...)
-	dst = appendString(dst, r.Backend)
-	dst = appendKey(dst, &eventKeys[r.Event])
-	dst = appendUint(dst, r.Cookie)
+	dst = e.appendHead(dst, r)
 	dst = append(dst, `,"partial":true,"tcp_info":{`...)
 	dst = appendMembers(dst, &r.Info, omit)
 	return append(dst, "}}"...)
 }
 
-// appendRecord appends r leaving out the tcp_info members in omit.
-func (e *Encoder) appendRecord(dst []byte, r *backends.Record, omit *[backends.PresenceWords]uint64) []byte {
+// appendHead appends the keys every line starts with: time, backend,
+// event and cookie.
+func (e *Encoder) appendHead(dst []byte, r *backends.Record) []byte {
 	dst = append(dst, `{"time":"`...)
 	dst = e.appendTime(dst, r.Time)
 	dst = append(dst, `","backend":`...)
 	dst = appendString(dst, r.Backend)
 	dst = appendKey(dst, &eventKeys[r.Event])
-	dst = appendUint(dst, r.Cookie)
+	return appendUint(dst, r.Cookie)
+}
+
+// appendRecord appends r leaving out the tcp_info members in omit.
+func (e *Encoder) appendRecord(dst []byte, r *backends.Record, omit *[backends.PresenceWords]uint64) []byte {
+	dst = e.appendHead(dst, r)
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = appendUint(dst, r.CgroupID)
 	dst = append(dst, `,"family":`...)
