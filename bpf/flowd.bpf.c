@@ -514,7 +514,9 @@ static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return;
-	if (st && interval_ns && tp->tcp_mstamp * 1000 - st->last_sample_ns < interval_ns)
+	/* Signed: the last sample's clock read may be later than this ACK's
+	 * tcp_mstamp, which is truncated to the µs. */
+	if (st && interval_ns && (__s64)(tp->tcp_mstamp * 1000 - st->last_sample_ns) < (__s64)interval_ns)
 		return;
 	now = bpf_ktime_get_ns();
 	state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
