@@ -109,11 +109,10 @@ func (f *filler) record(line []byte, label string, n int) error {
 			fmt.Fprintf(f.warn, "flowd fill: %s:%d: partial sample of %s flow %d with no earlier line of that flow: printed as it is\n",
 				label, n, r.Backend, r.Cookie)
 		}
-		if line[len(line)-1] != '\n' {
-			line = append(line, '\n')
+		if _, err := f.out.Write(line); err != nil || line[len(line)-1] == '\n' {
+			return writeErr(err)
 		}
-		_, err := f.out.Write(line)
-		return writeErr(err)
+		return writeErr(f.out.WriteByte('\n')) // the input's last line had none
 	}
 	f.line = append(f.enc.AppendJSON(f.line[:0], &r), '\n')
 	_, err = f.out.Write(f.line)
