@@ -274,11 +274,15 @@ func checkFlowRecords(t *testing.T, who string, recs []backends.Record, e end, f
 			t.Errorf("%s record %d: tcpi_state %d, idiag_state %s", who, i, st, r.State)
 		}
 	}
-	if recs[0].State != backends.StateEstablished {
-		t.Errorf("%s opened in %s", who, recs[0].State)
+	// A dump during connect() may catch the client before the handshake
+	// completes (seen on a loaded machine): then it opens in SYN_SENT.
+	if s := recs[0].State; s != backends.StateEstablished && !(s == backends.StateSynSent && who == "client") {
+		t.Errorf("%s opened in %s", who, s)
 	}
-	i := slices.IndexFunc(recs, func(r backends.Record) bool { return r.Event == backends.EventState })
-	if i < 0 || recs[i].OldState != backends.StateEstablished {
+	i := slices.IndexFunc(recs, func(r backends.Record) bool {
+		return r.Event == backends.EventState && r.OldState == backends.StateEstablished
+	})
+	if i < 0 {
 		t.Errorf("%s: no state record leaving ESTABLISHED", who)
 	}
 	last, cl := recs[len(recs)-2], recs[len(recs)-1]
