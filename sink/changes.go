@@ -55,7 +55,7 @@ const (
 )
 
 // lastLine is what a flow's previous line held: its header (Time, Event,
-// Backend and Cookie aside) and its tcp_info. It is kept for every flow
+// Backend, Cookie and a state event's OldState aside) and its tcp_info. It is kept for every flow
 // the output has seen, so it is compact: the members that tcp_info holds
 // in 32 bits take 32 bits here. A record with a larger value in one of
 // them (no backend makes one) gets a complete line, and so does the
@@ -73,7 +73,7 @@ type lastLine struct {
 	ca                    string
 	localPort, remotePort uint16
 	family                uint8
-	state, oldState       backends.State
+	state                 backends.State
 }
 
 // The members that struct tcp_info holds in 64 bits, and the others.
@@ -99,7 +99,7 @@ const numWide = len(wideFields)
 func (l *lastLine) remember(r *backends.Record) {
 	l.cgroupID, l.family, l.ca = r.CgroupID, r.Family, r.CA
 	l.localAddr, l.localPort, l.remoteAddr, l.remotePort = r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort
-	l.state, l.oldState = r.State, r.OldState
+	l.state = r.State
 	l.present = r.Info.Present
 	var hi uint64
 	for _, f := range narrowFields {
@@ -118,7 +118,7 @@ func (l *lastLine) sameHeader(r *backends.Record) bool {
 	return r.CgroupID == l.cgroupID && r.Family == l.family &&
 		r.LocalAddr == l.localAddr && r.LocalPort == l.localPort &&
 		r.RemoteAddr == l.remoteAddr && r.RemotePort == l.remotePort &&
-		r.State == l.state && r.OldState == l.oldState && r.CA == l.ca
+		r.State == l.state && r.CA == l.ca
 }
 
 // changes decides, record by record, which tcp_info members a line can
@@ -268,7 +268,7 @@ func (f *Filler) Fill(r *backends.Record, partial bool) bool {
 		r.CgroupID, r.Family, r.CA = last.CgroupID, last.Family, last.CA
 		r.LocalAddr, r.LocalPort = last.LocalAddr, last.LocalPort
 		r.RemoteAddr, r.RemotePort = last.RemoteAddr, last.RemotePort
-		r.State, r.OldState = last.State, last.OldState
+		r.State, r.OldState = last.State, 0 // a sample has no old state
 		for w, missing := range last.Info.Present {
 			missing &^= r.Info.Present[w]
 			for missing != 0 {

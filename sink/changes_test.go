@@ -109,6 +109,9 @@ func TestSamplesChangesLines(t *testing.T) {
 		{at(time.Second, nil), false, ""}, // the clock went back, and the CA is open's again
 		{at(time.Second, nil), true, `{}`},
 		{state, false, ""},
+		// A sample after a state record: partial, and it reads back
+		// without the state record's old_state.
+		{at(3500*time.Millisecond, func(r *backends.Record) { r.State = backends.StateFinWait1 }), true, `{}`},
 		{closed, false, ""},
 		{at(5*time.Second, nil), false, ""}, // after close, the flow is new
 	}
