@@ -62,7 +62,7 @@ func (s *suite) overhead(ctx context.Context, c overheadCase) OverheadRow {
 	if s.opts.cpu >= 0 {
 		row.K = 1
 	}
-	var accounted, traffic, flowdCPU, bpfCPU, bpfRuns, bpfNs, recs []float64
+	var accounted, baseTraffic, traffic, flowdCPU, bpfCPU, bpfRuns, bpfNs, recs []float64
 	for i := range pairs {
 		a, err := runIperf(ctx, s.mon, s.opts.iperfSecs, s.opts.cpu)
 		if err != nil {
@@ -82,6 +82,7 @@ func (s *suite) overhead(ctx context.Context, c overheadCase) OverheadRow {
 		row.WithOthers = append(row.WithOthers, (b.Host-b.CPU-run.cpu).Seconds()/wall)
 		accounted = append(accounted, accountedRatio(u, run.bpf.cpu, f, f0, row.K))
 		traffic = append(traffic, u)
+		baseTraffic = append(baseTraffic, a.CPU.Seconds()/a.Wall.Seconds())
 		flowdCPU = append(flowdCPU, f)
 		bpfCPU = append(bpfCPU, run.bpf.cpu)
 		bpfRuns = append(bpfRuns, run.bpf.runsPerSec)
@@ -100,6 +101,7 @@ func (s *suite) overhead(ctx context.Context, c overheadCase) OverheadRow {
 	}
 	row.Accounted = Summarize(accounted)
 	row.TrafficCPU = Summarize(traffic)
+	row.BaseTrafficCPU = Summarize(baseTraffic)
 	row.FlowdCPU = Summarize(flowdCPU)
 	row.RecordsPerSec = Summarize(recs)
 	if c.cfg.Backend == "ebpf" {

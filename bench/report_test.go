@@ -82,6 +82,29 @@ func TestRenderTargets(t *testing.T) {
 	}
 }
 
+func TestOverheadResult(t *testing.T) {
+	row := func(measured, ciHi, accounted float64) OverheadRow {
+		return OverheadRow{Target: 0.97, Ratio: Summary{N: 10, Median: measured}, RatioCIHi: ciHi,
+			Accounted: Summary{N: 10, Median: accounted}}
+	}
+	for _, tt := range []struct {
+		name string
+		r    OverheadRow
+		want string
+	}{
+		{"both reach it", row(0.975, 0.99, 0.98), "**pass**"},
+		{"measured median below, within the noise", row(0.862, 0.988, 0.9721), "**not shown**"},
+		{"measured significantly below", row(0.90, 0.95, 0.98), "**FAIL**"},
+		{"accounted below", row(1.01, 1.05, 0.96), "**FAIL**"},
+		{"no target", OverheadRow{Ratio: Summary{N: 10, Median: 1}}, "—"},
+		{"not measured", OverheadRow{Target: 0.97}, "—"},
+	} {
+		if got := overheadResult(tt.r); got != tt.want {
+			t.Errorf("%s: %s, want %s", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestRenderSections(t *testing.T) {
 	md := Render(sampleResults())
 	for _, want := range []string{

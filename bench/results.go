@@ -88,10 +88,14 @@ type OverheadRow struct {
 	K         float64 `json:"k"`
 	// TrafficCPU is U, FlowdCPU is f and BPFCPU is b (CPU-s/s), per B run.
 	TrafficCPU Summary `json:"traffic_cpu"`
-	FlowdCPU   Summary `json:"flowd_cpu"`
-	BPFCPU     Summary `json:"bpf_cpu"`
-	BPFRuns    Summary `json:"bpf_runs_per_sec"`
-	BPFNsRun   Summary `json:"bpf_ns_per_run"`
+	// BaseTrafficCPU is the traffic's CPU-s/s in the A runs: where it is
+	// above TrafficCPU, the traffic's tasks waited more with flowd than
+	// flowd's own CPU time explains.
+	BaseTrafficCPU Summary `json:"base_traffic_cpu"`
+	FlowdCPU       Summary `json:"flowd_cpu"`
+	BPFCPU         Summary `json:"bpf_cpu"`
+	BPFRuns        Summary `json:"bpf_runs_per_sec"`
+	BPFNsRun       Summary `json:"bpf_ns_per_run"`
 	// Records per second flowd wrote during the B runs.
 	RecordsPerSec Summary `json:"records_per_sec"`
 	Drops         uint64  `json:"drops"`
