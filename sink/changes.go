@@ -95,6 +95,23 @@ var (
 
 const numWide = len(wideFields)
 
+// narrowByWord and wideByWord are narrowFields, and the indices of
+// wideFields, by the word of the presence masks that holds their bit.
+var (
+	narrowByWord = func() (w [backends.PresenceWords][]backends.Field) {
+		for _, f := range narrowFields {
+			w[f/64] = append(w[f/64], f)
+		}
+		return w
+	}()
+	wideByWord = func() (w [backends.PresenceWords][]int) {
+		for i, f := range wideFields {
+			w[f/64] = append(w[f/64], i)
+		}
+		return w
+	}()
+)
+
 // remember makes l hold r's header and values.
 func (l *lastLine) remember(r *backends.Record) {
 	l.cgroupID, l.family, l.ca = r.CgroupID, r.Family, r.CA
@@ -182,23 +199,32 @@ func (c *changes) unchanged(r *backends.Record) (omit [backends.PresenceWords]ui
 		// Every member is compared, present or not, and the previous
 		// values replaced as it goes; the presence masks then keep the
 		// members that count. The header is the same, so it needs no copy.
+		// Each word of the mask is built in a register: or-ing into omit
+		// in memory made every comparison wait for the previous store.
 		var hi uint64
-		for _, f := range narrowFields {
-			v := r.Info.Values[f]
-			var same uint64
-			if uint64(last.narrow[f]) == v {
-				same = 1
+		for w := range omit {
+			var o uint64
+			for _, f := range narrowByWord[w] {
+				v := r.Info.Values[f]
+				var same uint64
+				if uint64(last.narrow[f]) == v {
+					same = 1
+				}
+				hi |= v >> 32
+				last.narrow[f] = uint32(v)
+				o |= same << (f % 64)
 			}
-			hi |= v >> 32
-			last.narrow[f] = uint32(v)
-			omit[f/64] |= same << (f % 64)
-		}
-		for i, f := range wideFields {
-			v := r.Info.Values[f]
-			if last.wide[i] == v {
-				omit[f/64] |= 1 << (f % 64)
+			for _, i := range wideByWord[w] {
+				f := wideFields[i]
+				v := r.Info.Values[f]
+				var same uint64
+				if last.wide[i] == v {
+					same = 1
+				}
+				last.wide[i] = v
+				o |= same << (f % 64)
 			}
-			last.wide[i] = v
+			omit[w] = o
 		}
 		if hi != 0 {
 			partial, omit = false, [backends.PresenceWords]uint64{}
