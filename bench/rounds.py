@@ -17,7 +17,8 @@ An ARM is NAME=SPEC, SPEC one of:
     -                         nothing
     flowd:BINARY[:KEY=VALUE]... flowd (backends: [ebpf]) watching the cgroup;
                               KEY=VALUE are environment variables (FLOWD_*
-                              settings, GOMAXPROCS, ...)
+                              settings, GOMAXPROCS, ...); BINARY may have a
+                              prefix, split on spaces ("nice -n 19 ./flowd")
     cmd:COMMAND...            any command, split on spaces
     hog:PERIOD_MS:BUSY_MS     a busy loop of BUSY_MS every PERIOD_MS
 
@@ -90,7 +91,7 @@ def start(spec, cg, arm_cg, tmp, name):
         conf = os.path.join(tmp, name + ".yaml")
         with open(conf, "w") as f:
             f.write(f"backends: [ebpf]\ncgroup: {cg}\noutput:\n  path: {tmp}/{name}.jsonl\n")
-        argv = [binary, "run", "--config", conf]
+        argv = binary.split() + ["run", "--config", conf]
     elif kind == "cmd":
         argv = rest.split()
     elif kind == "hog":
