@@ -28,6 +28,7 @@ An ARM is NAME=SPEC, SPEC one of:
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -100,9 +101,11 @@ def start(spec, cg, arm_cg, tmp, name):
         sys.exit(f"arm {name}: unknown kind {kind!r}")
     log = open(os.path.join(tmp, name + ".log"), "a")
     p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=joiner(arm_cg))
+    log.close()  # the child has its own descriptor
     time.sleep(1.0)
     if p.poll() is not None:
-        sys.exit(f"arm {name} exited with {p.returncode}: see {log.name}")
+        with open(log.name) as f:
+            sys.exit(f"arm {name} exited with {p.returncode}:\n{f.read()}")
     return p
 
 
@@ -112,16 +115,22 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     rounds = int(sys.argv[1])
-    arms = [a.split("=", 1) for a in sys.argv[2:]]
+    arms = []
+    for a in sys.argv[2:]:
+        name, eq, spec = a.partition("=")
+        if not eq or not name or spec.partition(":")[0] not in ("-", "flowd", "cmd", "hog"):
+            sys.exit(f"bad arm {a!r}: want NAME=SPEC, SPEC -, flowd:..., cmd:... or hog:...")
+        arms.append((name, spec))
     root = cgroup2_root()
     cg = tempfile.mkdtemp(prefix="flowd-rounds-", dir=root)
     arm_cg = tempfile.mkdtemp(prefix="flowd-rounds-arm-", dir=root)
     tmp = tempfile.mkdtemp()
-    server = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(PORT)],
-                              stdout=subprocess.DEVNULL, preexec_fn=joiner(cg))
-    time.sleep(0.5)
     runs = {name: [] for name, _ in arms}
+    server = p = None
     try:
+        server = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(PORT)],
+                                  stdout=subprocess.DEVNULL, preexec_fn=joiner(cg))
+        time.sleep(0.5)
         for r in range(rounds):
             order = arms[:]
             random.shuffle(order)
@@ -134,6 +143,7 @@ def main():
                 if p is not None:
                     p.send_signal(signal.SIGTERM)
                     p.wait()
+                    p = None
                 for f in os.listdir(tmp):
                     if f.endswith(".jsonl"):
                         os.unlink(os.path.join(tmp, f))
@@ -144,10 +154,13 @@ def main():
                 print(f"round {r + 1} {name}: {run[0]:.1f} Gbit/s, traffic {run[1]:.3f}, "
                       f"arm {run[2]:.4f}, host idle {run[3]:.3f} CPU-s/s", flush=True)
     finally:
-        server.kill()
-        server.wait()
+        for proc in (p, server):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
         for d in (cg, arm_cg):
             os.rmdir(d)
+        shutil.rmtree(tmp)
     base = arms[0][0]
     print(f"\nper arm, medians over {rounds} rounds; ratio = throughput / {base}'s in the same round (min-max)")
     for name, _ in arms:
