@@ -83,6 +83,32 @@ func TestBenchChecks(t *testing.T) {
 			}
 		}
 	})
+	t.Run("kinds of lines", func(t *testing.T) {
+		// One check per kind, each on its own lines only: the full lines'
+		// drops at 500k do not touch the partial lines' result, and the full
+		// lines are reported, not judged.
+		lines := parseBenchOutput("BenchmarkPipeline/samples=changes/rate=500k-2 1 5 ns/op 499900 records/s 0 drops 0 lost\n" +
+			"BenchmarkPipeline/samples=changes/rate=max-2 1 5 ns/op 1100000 records/s 0 drops 0 lost 600 consumer-ns/record\n" +
+			"BenchmarkPipeline/samples=full/rate=500k-2 1 5 ns/op 470000 records/s 1200 drops 0 lost\n" +
+			"BenchmarkPipeline/samples=full/rate=max-2 1 5 ns/op 480000 records/s 0 drops 0 lost\n")
+		var pipeline []BenchCheck
+		for _, c := range benchChecks(lines, "cmd") {
+			if strings.HasPrefix(c.Figure, "Pipeline") {
+				pipeline = append(pipeline, c)
+			}
+		}
+		if len(pipeline) != 2 {
+			t.Fatalf("Pipeline checks %+v, want one per kind of lines", pipeline)
+		}
+		if c := pipeline[0]; c.Figure != pipelineFigures["samples=changes"] || c.Pass == nil || !*c.Pass ||
+			!strings.HasPrefix(c.Value, "1100000 records/s (Pipeline/samples=changes/rate=max-2") || !strings.Contains(c.Value, "600 consumer-ns/record") {
+			t.Errorf("partial lines: %+v", c)
+		}
+		if c := pipeline[1]; c.Figure != pipelineFigures["samples=full"] || !c.Info || checkCell(c) != "—" || c.Pass == nil || *c.Pass ||
+			!strings.HasPrefix(c.Value, "480000 records/s (Pipeline/samples=full/rate=max-2: 1 of 1 runs without drops)") {
+			t.Errorf("complete lines: %+v", c)
+		}
+	})
 	t.Run("repeated runs", func(t *testing.T) {
 		// go test -count 3: each benchmark three times in a row.
 		lines := parseBenchOutput("BenchmarkDecodeEncode-2 100 900 ns/op 0 allocs/op\n" +

@@ -125,6 +125,7 @@ type BenchCheck struct {
 	Value   string `json:"value"`
 	Target  string `json:"target"`
 	Pass    *bool  `json:"pass,omitempty"` // nil: pending (no such benchmark yet)
+	Info    bool   `json:"info,omitempty"` // reported, not judged: Target says what it is compared with
 	Command string `json:"command"`
 }
 

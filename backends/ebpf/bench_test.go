@@ -3,6 +3,7 @@ package ebpf
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -85,10 +86,14 @@ func BenchmarkDecodeEncode(b *testing.B) {
 // (internal/producer), run with BPF_PROG_TEST_RUN on CPU 0, writes real
 // records into the real backend's ring buffer with flowd's wakeup policy,
 // at a set rate; the backend, with its defaults (4 MiB ring buffer, 100 ms
-// flush interval), reads them on CPU 1 into a sink.JSONL writing a file,
-// which is flushed every flush interval as the daemon does. b.N is the
-// number of records produced; each sub-benchmark is one rate ("max": as
-// fast as the producer can). Use -benchtime 3s or more for sustained runs.
+// flush interval), reads them on CPU 1 into a sink.JSONL writing a
+// sink.File, which is flushed every flush interval: the daemon's output
+// path. b.N is the number of records produced. The sub-benchmarks are the
+// sample lines (samples=changes: partial lines, flowd's default;
+// samples=full: complete lines, output.samples: full) and the offered rate
+// ("max": as fast as the producer can). The records are spread over 1,024
+// flows, so a flow's consecutive samples differ as a busy flow's do. Use
+// -benchtime 3s or more for sustained runs.
 //
 // Besides ns/op (wall time per record produced) it reports:
 //
@@ -114,12 +119,22 @@ func BenchmarkPipeline(b *testing.B) {
 	if dir == "" {
 		dir = b.TempDir()
 	}
-	for _, rate := range []int{250_000, 500_000, 600_000, 700_000, 800_000, 1_000_000, 0} {
-		name := "rate=max"
-		if rate > 0 {
-			name = fmt.Sprintf("rate=%dk", rate/1000)
-		}
-		b.Run(name, func(b *testing.B) { benchPipeline(b, cg, dir, rate) })
+	for _, lines := range []struct {
+		samples sink.Samples
+		rates   []int
+	}{
+		{sink.SamplesChanges, []int{500_000, 1_000_000, 0}},
+		{sink.SamplesFull, []int{500_000, 750_000, 0}},
+	} {
+		b.Run("samples="+lines.samples.String(), func(b *testing.B) {
+			for _, rate := range lines.rates {
+				name := "rate=max"
+				if rate > 0 {
+					name = fmt.Sprintf("rate=%dk", rate/1000)
+				}
+				b.Run(name, func(b *testing.B) { benchPipeline(b, cg, dir, lines.samples, rate) })
+			}
+		})
 	}
 }
 
@@ -132,7 +147,7 @@ const (
 	consumerNice = -20
 )
 
-func benchPipeline(b *testing.B, cg, dir string, rate int) {
+func benchPipeline(b *testing.B, cg, dir string, samples sink.Samples, rate int) {
 	b.StopTimer()
 	be, err := New(Config{Cgroup: cg})
 	if err != nil {
@@ -149,13 +164,17 @@ func benchPipeline(b *testing.B, cg, dir string, rate int) {
 	}
 	defer prod.Close()
 	path := filepath.Join(dir, "pipeline.jsonl")
-	f, err := os.Create(path)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		b.Fatal(err)
+	}
+	f, err := sink.OpenFile(path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer os.Remove(path)
 	defer f.Close()
 	out := sink.NewJSONL(f)
+	out.SetSamples(samples)
 	counter := &countingSink{next: out}
 
 	// The consumer: the backend's read loop on its own thread and CPU.
