@@ -194,6 +194,14 @@ func (s *suite) scaleEBPF(ctx context.Context, rows []ScaleRow) error {
 				r.stop()
 				return err
 			}
+			// Tearing down N connections keeps the host busy for a while
+			// (their sockets are freed later), which raised flowd's cost
+			// in the next window without them by up to a third at
+			// N=30000: that window waits as the one with them did.
+			if err := sleep(ctx, s.opts.settle/3); err != nil {
+				r.stop()
+				return err
+			}
 			zero, at = append(zero, w0), append(at, wn)
 			growth = append(growth, wn.total()/w0.total())
 			s.logf("  ebpf N=%d pair %d/%d: N=0 %.5f+%.6f, N=%d %.5f+%.6f CPU-s/s (%.2f)",

@@ -124,7 +124,7 @@ func BenchmarkPipeline(b *testing.B) {
 		rates   []int
 	}{
 		{sink.SamplesChanges, []int{500_000, 1_000_000, 0}},
-		{sink.SamplesFull, []int{500_000, 750_000, 0}},
+		{sink.SamplesFull, []int{500_000, 0}},
 	} {
 		b.Run("samples="+lines.samples.String(), func(b *testing.B) {
 			for _, rate := range lines.rates {
