@@ -1,4 +1,5 @@
-// Package sink holds flowd's outputs: records as JSON Lines.
+// Package sink holds flowd's outputs: records as JSON Lines, and the file
+// they are written to.
 package sink
 
 import (
