@@ -55,6 +55,7 @@ const volatile __u64 wakeup_bytes = 1 << 20;	  /* force a wakeup past this much 
  * flowd_field. Without select_members, every member. */
 const volatile __u8 select_members = 0;
 const volatile __u64 members[2] = {~0ULL, ~0ULL};
+const volatile __u8 recent_bits = 16;		  /* recent has 2^recent_bits slots */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -83,6 +84,29 @@ struct {
 	__type(key, int);
 	__type(value, struct flow_state);
 } flows SEC(".maps");
+
+/* When each flow was last sampled, so that the RTT callback's common case
+ * (a flow whose interval has not passed) is decided without the flow's
+ * storage, whose cache lines are cold on every callback: one word per
+ * slot, the slot chosen by the low recent_bits bits of the socket cookie.
+ * The word holds RECENT_VALID, the cookie's next RECENT_TAG_BITS bits and
+ * the tcp_mstamp (µs) of the flow's last sample modulo 2^RECENT_TIME_BITS
+ * (12.7 days). A flow whose word is not its own (two flows on one slot,
+ * cookies 2^(recent_bits + RECENT_TAG_BITS) apart, or a flow flowd adopted)
+ * goes the storage's way, which decides. */
+#define RECENT_TIME_BITS 40
+#define RECENT_TAG_BITS 23
+#define RECENT_VALID (1ULL << 63)
+#define RECENT_TIME_MASK ((1ULL << RECENT_TIME_BITS) - 1)
+/* Intervals from this long on do not fit the word's time. */
+#define RECENT_MAX_INTERVAL_NS ((1ULL << RECENT_TIME_BITS) * 1000)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* resized by user space: 2^recent_bits */
+	__type(key, __u32);
+	__type(value, __u64);
+} recent SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -453,6 +477,49 @@ static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_so
 	bpf_ringbuf_submit(r, flags);
 }
 
+/* Whether the RTT callback keeps its flows' last samples in recent. */
+static __always_inline bool uses_recent(void)
+{
+	return mode == MODE_POLL && interval_ns && interval_ns < RECENT_MAX_INTERVAL_NS;
+}
+
+static __always_inline __u64 *recent_slot(__u64 cookie)
+{
+	__u32 k = cookie & ((1U << recent_bits) - 1);
+
+	return bpf_map_lookup_elem(&recent, &k);
+}
+
+static __always_inline __u64 recent_tag(__u64 cookie)
+{
+	return RECENT_VALID | ((cookie >> recent_bits) & ((1ULL << RECENT_TAG_BITS) - 1)) << RECENT_TIME_BITS;
+}
+
+/* Whether the flow's word says its last sample was less than interval_ns
+ * before now_us (tcp_mstamp). */
+static __always_inline bool sampled_recently(__u64 cookie, __u64 now_us)
+{
+	__u64 *slot = recent_slot(cookie);
+	__u64 v;
+
+	if (!slot)
+		return false;
+	v = *slot;
+	return (v & ~RECENT_TIME_MASK) == recent_tag(cookie) && ((now_us - v) & RECENT_TIME_MASK) * 1000 < interval_ns;
+}
+
+/* Makes the flow's word say it was sampled at sample_us (tcp_mstamp). */
+static __always_inline void remember_sample(__u64 cookie, __u64 sample_us)
+{
+	__u64 *slot;
+
+	if (!uses_recent())
+		return;
+	slot = recent_slot(cookie);
+	if (slot)
+		*slot = recent_tag(cookie) | (sample_us & RECENT_TIME_MASK);
+}
+
 static __always_inline int wanted_cb_flags(void)
 {
 	return mode == MODE_POLL ? BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG : BPF_SOCK_OPS_STATE_CB_FLAG;
@@ -479,6 +546,7 @@ static __always_inline struct flow_state *track(struct bpf_sock_ops *skops, stru
 		bpf_sock_ops_cb_flags_set(skops, cb);
 	st->last_sample_ns = now;
 	emit(skops, tp, st, FLOWD_EVENT_OPEN, 0, state, now);
+	remember_sample(bpf_get_socket_cookie(skops), now / 1000);
 	return st;
 }
 
@@ -500,24 +568,32 @@ static __always_inline struct flow_state *lookup(struct bpf_sock_ops *skops, str
 
 /* Runs on every RTT callback of every tracked flow, so the common case (a
  * tracked flow whose interval has not passed) is decided before anything
- * else: one storage lookup and the socket's own clock. tcp_mstamp is
- * tcp_clock_us(), CLOCK_MONOTONIC in µs, which the kernel refreshed for the
- * ACK being processed: the same clock as bpf_ktime_get_ns(), without a
- * clock read on this path. */
+ * else: from the flow's word in recent and the socket's own clock, without
+ * its storage or a clock read. tcp_mstamp is tcp_clock_us(),
+ * CLOCK_MONOTONIC in µs, which the kernel refreshed for the ACK being
+ * processed: the same clock as bpf_ktime_get_ns(). */
 static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *bsk)
 {
-	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
-	struct tcp_sock *tp;
-	__u64 now;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	struct flow_state *st;
+	__u64 cookie = 0, now;
 	__u8 state;
 
-	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return;
+	if (uses_recent()) {
+		cookie = bpf_get_socket_cookie(skops);
+		if (sampled_recently(cookie, tp->tcp_mstamp))
+			return;
+	}
+	st = bpf_sk_storage_get(&flows, bsk, 0, 0);
 	/* Signed: the last sample's clock read may be later than this ACK's
 	 * tcp_mstamp, which is truncated to the µs. */
-	if (st && interval_ns && (__s64)(tp->tcp_mstamp * 1000 - st->last_sample_ns) < (__s64)interval_ns)
+	if (st && interval_ns && (__s64)(tp->tcp_mstamp * 1000 - st->last_sample_ns) < (__s64)interval_ns) {
+		/* The word was not the flow's: make it so. */
+		remember_sample(cookie, st->last_sample_ns / 1000);
 		return;
+	}
 	now = bpf_ktime_get_ns();
 	state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
 	if (!st) {
@@ -526,6 +602,7 @@ static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *
 	}
 	st->last_sample_ns = now;
 	emit(skops, tp, st, FLOWD_EVENT_SAMPLE, 0, state, now);
+	remember_sample(cookie, now / 1000);
 }
 
 static __always_inline void on_state(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)

@@ -205,6 +205,7 @@ const (
 	bpfMapEvents        = "events"
 	bpfMapFlows         = "flows"
 	bpfMapLocalPorts    = "local_ports"
+	bpfMapRecent        = "recent"
 	bpfMapRemoteCidrs   = "remote_cidrs"
 	bpfMapRemotePorts   = "remote_ports"
 	bpfProgFlowdSockops = "flowd_sockops"
@@ -217,6 +218,7 @@ const (
 	bpfVarJiffyUsecNum  = "jiffy_usec_num"
 	bpfVarMembers       = "members"
 	bpfVarMode          = "mode"
+	bpfVarRecentBits    = "recent_bits"
 	bpfVarSelectMembers = "select_members"
 	bpfVarUnusedCidrKey = "unused_cidr_key"
 	bpfVarUnusedEvent   = "unused_event"
@@ -279,6 +281,7 @@ type bpfMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	LocalPorts  *ebpf.MapSpec `ebpf:"local_ports"`
+	Recent      *ebpf.MapSpec `ebpf:"recent"`
 	RemoteCidrs *ebpf.MapSpec `ebpf:"remote_cidrs"`
 	RemotePorts *ebpf.MapSpec `ebpf:"remote_ports"`
 }
@@ -296,6 +299,7 @@ type bpfVariableSpecs struct {
 	JiffyUsecNum  *ebpf.VariableSpec `ebpf:"jiffy_usec_num"`
 	Members       *ebpf.VariableSpec `ebpf:"members"`
 	Mode          *ebpf.VariableSpec `ebpf:"mode"`
+	RecentBits    *ebpf.VariableSpec `ebpf:"recent_bits"`
 	SelectMembers *ebpf.VariableSpec `ebpf:"select_members"`
 	UnusedCidrKey *ebpf.VariableSpec `ebpf:"unused_cidr_key"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -329,6 +333,7 @@ type bpfMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	Flows       *ebpf.Map `ebpf:"flows"`
 	LocalPorts  *ebpf.Map `ebpf:"local_ports"`
+	Recent      *ebpf.Map `ebpf:"recent"`
 	RemoteCidrs *ebpf.Map `ebpf:"remote_cidrs"`
 	RemotePorts *ebpf.Map `ebpf:"remote_ports"`
 }
@@ -339,6 +344,7 @@ func (m *bpfMaps) Close() error {
 		m.Events,
 		m.Flows,
 		m.LocalPorts,
+		m.Recent,
 		m.RemoteCidrs,
 		m.RemotePorts,
 	)
@@ -357,6 +363,7 @@ type bpfVariables struct {
 	JiffyUsecNum  *ebpf.Variable `ebpf:"jiffy_usec_num"`
 	Members       *ebpf.Variable `ebpf:"members"`
 	Mode          *ebpf.Variable `ebpf:"mode"`
+	RecentBits    *ebpf.Variable `ebpf:"recent_bits"`
 	SelectMembers *ebpf.Variable `ebpf:"select_members"`
 	UnusedCidrKey *ebpf.Variable `ebpf:"unused_cidr_key"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`

@@ -182,6 +182,7 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 
 		"select_members": boolU8(len(cfg.Members) > 0),
 		"members":        memberMask(cfg.Members),
+		"recent_bits":    recentBits,
 	}
 	jc := jiffyConversions(hz)
 	consts["jiffy_usec_num"], consts["jiffy_usec_den"] = jc.usecNum, jc.usecDen
@@ -197,11 +198,19 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 		}
 	}
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingbufSize)
+	spec.Maps["recent"].MaxEntries = 1 << recentBits
 	spec.Maps["local_ports"].MaxEntries = uint32(max(1, len(f.LocalPorts)))
 	spec.Maps["remote_ports"].MaxEntries = uint32(max(1, len(f.RemotePorts)))
 	spec.Maps["remote_cidrs"].MaxEntries = uint32(max(1, len(f.RemoteCIDRs)))
 	return nil
 }
+
+// recentBits sets the slots of the program's recent map (2^recentBits
+// words, 8 bytes each): where the RTT callback finds when a flow was last
+// sampled without looking up its storage. Flows whose socket cookies agree
+// in these low bits share a slot, and then take the storage's slower way.
+// A variable so that tests can make every flow share one slot.
+var recentBits uint8 = 16
 
 // memberMask is the program's members constant: a bit per enum flowd_field
 // (the same numbers as backends.Field); every bit when none are listed.

@@ -1,11 +1,13 @@
 package ebpf
 
 import (
+	"fmt"
 	"math"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -366,7 +368,8 @@ func paced(t *testing.T, p testutil.Pair, d, period time.Duration) {
 	chunk := make([]byte, 16<<10)
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(period) {
 		if _, err := p.Client.Write(chunk); err != nil {
-			t.Fatalf("write: %v", err)
+			t.Errorf("write: %v", err) // not Fatal: paced may run in its own goroutine
+			break
 		}
 	}
 	p.Client.Close()
@@ -410,19 +413,65 @@ func TestModes(t *testing.T) {
 					t.Errorf("transition mode sent %d samples", samples)
 				}
 			case ModePoll:
-				limit := int(elapsed/tc.interval) + 1
-				if samples > limit {
-					t.Errorf("%d samples in %s at interval %s, want <= %d", samples, elapsed, tc.interval, limit)
-				}
-				if samples < limit/2 {
-					t.Errorf("only %d samples in %s at interval %s", samples, elapsed, tc.interval)
-				}
-				recs := col.Find(cookie, backends.EventSample)
-				for i := 1; i < len(recs); i++ {
-					if gap := recs[i].Time.Sub(recs[i-1].Time); gap < tc.interval {
-						t.Errorf("samples %d and %d only %s apart", i-1, i, gap)
-					}
-				}
+				checkPollSamples(t, col.Find(cookie, backends.EventSample), elapsed, tc.interval)
+			}
+		})
+	}
+}
+
+// checkPollSamples checks one flow's samples over elapsed at interval: at
+// most one per interval, and at least half that many.
+func checkPollSamples(t *testing.T, samples []backends.Record, elapsed, interval time.Duration) {
+	t.Helper()
+	limit := int(elapsed/interval) + 1
+	if len(samples) > limit {
+		t.Errorf("%d samples in %s at interval %s, want <= %d", len(samples), elapsed, interval, limit)
+	}
+	if len(samples) < limit/2 {
+		t.Errorf("only %d samples in %s at interval %s", len(samples), elapsed, interval)
+	}
+	for i := 1; i < len(samples); i++ {
+		if gap := samples[i].Time.Sub(samples[i-1].Time); gap < interval {
+			t.Errorf("samples %d and %d only %s apart", i-1, i, gap)
+		}
+	}
+}
+
+// TestPollSharedSlot runs flows whose last samples share one word of the
+// program's recent map, as flows whose cookies agree in its low bits do:
+// each flow still gets its samples at its interval, no more and not fewer.
+func TestPollSharedSlot(t *testing.T) {
+	testutil.RequireRoot(t)
+	const (
+		flows    = 3
+		interval = 200 * time.Millisecond
+		duration = 1200 * time.Millisecond
+	)
+	for _, bits := range []uint8{0, recentBits} {
+		t.Run(fmt.Sprintf("slots=%d", 1<<bits), func(t *testing.T) {
+			defer func(b uint8) { recentBits = b }(recentBits)
+			recentBits = bits
+			cg := testutil.TempCgroup(t)
+			_, col := startBackend(t, Config{Cgroup: cg, Interval: interval, FlushInterval: 20 * time.Millisecond})
+			ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+			var (
+				cookies [flows]uint64
+				elapsed [flows]time.Duration
+				wg      sync.WaitGroup
+			)
+			for i := range flows {
+				p := testutil.Dial(t, cg, ln)
+				cookies[i] = testutil.Cookie(t, p.Client)
+				wg.Go(func() {
+					start := time.Now()
+					paced(t, p, duration, 5*time.Millisecond)
+					elapsed[i] = time.Since(start)
+				})
+			}
+			wg.Wait()
+			for i, c := range cookies {
+				testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(c, backends.EventClose)) == 1 })
+				checkPollSamples(t, col.Find(c, backends.EventSample), elapsed[i], interval)
 			}
 		})
 	}
