@@ -90,10 +90,12 @@ struct {
  * storage, whose cache lines are cold on every callback: one word per
  * slot, the slot chosen by the low recent_bits bits of the socket cookie.
  * The word holds RECENT_VALID, the cookie's next RECENT_TAG_BITS bits and
- * the tcp_mstamp (µs) of the flow's last sample modulo 2^RECENT_TIME_BITS
- * (12.7 days). A flow whose word is not its own (two flows on one slot,
- * cookies 2^(recent_bits + RECENT_TAG_BITS) apart, or a flow flowd adopted)
- * goes the storage's way, which decides. */
+ * the time of the flow's last sample in µs (CLOCK_MONOTONIC, tcp_mstamp's
+ * clock) modulo 2^RECENT_TIME_BITS (12.7 days). A flow that finds another
+ * flow's word in its slot, or none (a flow flowd adopted), goes the
+ * storage's way, which decides. Only flows whose cookies agree in their
+ * low recent_bits + RECENT_TAG_BITS bits (2^39 sockets apart) are taken
+ * for each other, and then share one interval. */
 #define RECENT_TIME_BITS 40
 #define RECENT_TAG_BITS 23
 #define RECENT_VALID (1ULL << 63)
@@ -496,7 +498,8 @@ static __always_inline __u64 recent_tag(__u64 cookie)
 }
 
 /* Whether the flow's word says its last sample was less than interval_ns
- * before now_us (tcp_mstamp). */
+ * before now_us (the ACK's tcp_mstamp). A word from a later clock read
+ * than now_us reads as long past: the storage decides then. */
 static __always_inline bool sampled_recently(__u64 cookie, __u64 now_us)
 {
 	__u64 *slot = recent_slot(cookie);
@@ -508,7 +511,8 @@ static __always_inline bool sampled_recently(__u64 cookie, __u64 now_us)
 	return (v & ~RECENT_TIME_MASK) == recent_tag(cookie) && ((now_us - v) & RECENT_TIME_MASK) * 1000 < interval_ns;
 }
 
-/* Makes the flow's word say it was sampled at sample_us (tcp_mstamp). */
+/* Makes the flow's word say it was sampled at sample_us (µs, tcp_mstamp's
+ * clock). */
 static __always_inline void remember_sample(__u64 cookie, __u64 sample_us)
 {
 	__u64 *slot;
@@ -590,7 +594,8 @@ static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *
 	/* Signed: the last sample's clock read may be later than this ACK's
 	 * tcp_mstamp, which is truncated to the µs. */
 	if (st && interval_ns && (__s64)(tp->tcp_mstamp * 1000 - st->last_sample_ns) < (__s64)interval_ns) {
-		/* The word was not the flow's: make it so. */
+		/* The word did not say so (another flow's, none yet, or a
+		 * clock read later than this ACK): make it the flow's. */
 		remember_sample(cookie, st->last_sample_ns / 1000);
 		return;
 	}
