@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -92,11 +93,17 @@ func New(cfg Config) (*Backend, error) {
 		return nil, err
 	}
 
+	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones
+	// charge the memory cgroup, and this does nothing.
+	memlockErr := rlimit.RemoveMemlock()
 	b := &Backend{cfg: cfg, log: cfg.Log}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("loading BPF program: %+v", ve)
+		}
+		if memlockErr != nil && errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("loading BPF program: %w (raising RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to, failed too: %v)", err, memlockErr)
 		}
 		return nil, fmt.Errorf("loading BPF program: %w", err)
 	}
