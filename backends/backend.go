@@ -1,6 +1,13 @@
+// Package backends defines what a flowd backend is: something that produces
+// flow.Records about the flows it selects (Filter) and writes them to a
+// flow.Sink. The implementations are backends/ebpf and backends/netlink.
 package backends
 
-import "context"
+import (
+	"context"
+
+	"github.com/flowd/flowd/flow"
+)
 
 // Backend produces records about the flows it observes.
 //
@@ -9,7 +16,7 @@ import "context"
 // the backend's resources; it may be called more than once and after Run.
 type Backend interface {
 	Name() string
-	Run(ctx context.Context, sink Sink) error
+	Run(ctx context.Context, sink flow.Sink) error
 	Close() error
 }
 

@@ -4,9 +4,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/backends/netlink"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 )
 
@@ -40,18 +40,18 @@ func TestBackendsAgree(t *testing.T) {
 			infoLen := testutil.TCPInfoLen(t, p.Client)
 			quiet := time.Now()
 			testutil.WaitFor(t, "a netlink sample after the transfer", 5*time.Second, func() bool {
-				s := ncol.Find(cookie, backends.EventSample)
+				s := ncol.Find(cookie, flow.EventSample)
 				return len(s) > 0 && s[len(s)-1].Time.After(quiet)
 			})
-			nlSamples := ncol.Find(cookie, backends.EventSample)
+			nlSamples := ncol.Find(cookie, flow.EventSample)
 			nl := nlSamples[len(nlSamples)-1]
 			p.Client.Close()
 			testutil.WaitFor(t, "the ebpf state record of the close", 5*time.Second, func() bool {
-				return len(ecol.Find(cookie, backends.EventState)) > 0
+				return len(ecol.Find(cookie, flow.EventState)) > 0
 			})
-			var eb1 *backends.Record
-			for _, r := range ecol.Find(cookie, backends.EventState) {
-				if r.State == backends.StateFinWait1 {
+			var eb1 *flow.Record
+			for _, r := range ecol.Find(cookie, flow.EventState) {
+				if r.State == flow.StateFinWait1 {
 					eb1 = &r
 					break
 				}
@@ -64,13 +64,13 @@ func TestBackendsAgree(t *testing.T) {
 				eb1.Family != nl.Family || eb1.CgroupID != nl.CgroupID || eb1.CA != nl.CA {
 				t.Fatalf("same cookie, different flow:\nebpf    %+v\nnetlink %+v", *eb1, nl)
 			}
-			for _, f := range []backends.Field{
-				backends.FieldBytesAcked, backends.FieldBytesReceived, backends.FieldBytesSent,
-				backends.FieldDelivered, backends.FieldTotalRetrans, backends.FieldSndCwnd,
-				backends.FieldRTT, backends.FieldRTTVar, backends.FieldMinRTT, backends.FieldSegsOut,
-				backends.FieldDataSegsOut, backends.FieldSndMSS, backends.FieldRTO, backends.FieldOptions,
-				backends.FieldSndWscale, backends.FieldRcvWscale, backends.FieldRcvWnd, backends.FieldSndWnd,
-				backends.FieldDeliveryRate, backends.FieldPacingRate,
+			for _, f := range []flow.Field{
+				flow.FieldBytesAcked, flow.FieldBytesReceived, flow.FieldBytesSent,
+				flow.FieldDelivered, flow.FieldTotalRetrans, flow.FieldSndCwnd,
+				flow.FieldRTT, flow.FieldRTTVar, flow.FieldMinRTT, flow.FieldSegsOut,
+				flow.FieldDataSegsOut, flow.FieldSndMSS, flow.FieldRTO, flow.FieldOptions,
+				flow.FieldSndWscale, flow.FieldRcvWscale, flow.FieldRcvWnd, flow.FieldSndWnd,
+				flow.FieldDeliveryRate, flow.FieldPacingRate,
 			} {
 				if !testutil.InTCPInfo(f, infoLen) {
 					if nl.Info.Has(f) {
@@ -87,7 +87,7 @@ func TestBackendsAgree(t *testing.T) {
 			// Every member the kernel's own tcp_info has, ebpf computes too
 			// (ebpf may report more on kernels whose tcp_info is older than
 			// their tcp_sock).
-			for f := backends.Field(0); f < backends.NumFields; f++ {
+			for f := flow.Field(0); f < flow.NumFields; f++ {
 				if nl.Info.Has(f) && !eb1.Info.Has(f) {
 					t.Errorf("%s: present in netlink, absent in ebpf", f)
 				}

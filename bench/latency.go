@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -194,7 +194,7 @@ func (t *tail) follow(f *os.File) {
 	var (
 		pending []byte
 		buf     = make([]byte, 1<<20)
-		rec     backends.Record
+		rec     flow.Record
 		marker  = []byte(`"event":"close"`)
 	)
 	tick := time.NewTicker(tailPoll)

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 func TestParseBenchOutput(t *testing.T) {
@@ -243,9 +243,9 @@ func TestFlowdConfigYAML(t *testing.T) {
 // TestCCMembers: the member list of the ebpf-poll-0s-members row names
 // members flowd knows, each once.
 func TestCCMembers(t *testing.T) {
-	seen := map[backends.Field]bool{}
+	seen := map[flow.Field]bool{}
 	for _, name := range ccMembers {
-		f, ok := backends.FieldByName(name)
+		f, ok := flow.FieldByName(name)
 		if !ok || seen[f] {
 			t.Errorf("%q: unknown or listed twice", name)
 		}

@@ -17,8 +17,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/netlink"
+	"github.com/flowd/flowd/flow"
 )
 
 // Active flows of section 3: this many connections inside the monitored
@@ -295,7 +295,7 @@ func (s *suite) scaleNetlink(ctx context.Context, rows []ScaleRow) error {
 // (Run is called on a locked thread; the kernel builds the dump in its
 // recvmsg calls, so that is the dump's CPU too).
 func timeNetlinkPolls(ctx context.Context, mon *tempCgroup, reps int) (wall, cpu []time.Duration, err error) {
-	discard := backends.SinkFunc(func(*backends.Record) error { return nil })
+	discard := flow.SinkFunc(func(*flow.Record) error { return nil })
 	for range reps {
 		w, c, err := timeNetlinkPoll(ctx, mon, discard)
 		if err != nil {
@@ -306,7 +306,7 @@ func timeNetlinkPolls(ctx context.Context, mon *tempCgroup, reps int) (wall, cpu
 	return wall, cpu, nil
 }
 
-func timeNetlinkPoll(ctx context.Context, mon *tempCgroup, sink backends.Sink) (wall, cpu time.Duration, err error) {
+func timeNetlinkPoll(ctx context.Context, mon *tempCgroup, sink flow.Sink) (wall, cpu time.Duration, err error) {
 	b, err := netlink.New(netlink.Config{Cgroup: mon.path, Interval: time.Hour})
 	if err != nil {
 		return 0, 0, err

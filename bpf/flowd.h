@@ -6,7 +6,7 @@
 #ifndef FLOWD_H
 #define FLOWD_H
 
-/* Why a record was sent. Must match backends.Event. */
+/* Why a record was sent. Must match flow.Event. */
 enum flowd_event {
 	FLOWD_EVENT_OPEN = 1,
 	FLOWD_EVENT_SAMPLE = 2,
@@ -15,7 +15,7 @@ enum flowd_event {
 };
 
 /* Bit numbers of the presence mask, one per reported tcp_info member.
- * Must match backends.Field (a Go test compares them). */
+ * Must match flow.Field (a Go test compares them). */
 enum flowd_field {
 	FLOWD_F_STATE,
 	FLOWD_F_CA_STATE,

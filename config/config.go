@@ -27,6 +27,7 @@ import (
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/backends/netlink"
 	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -99,9 +100,9 @@ type Filter struct {
 
 // Output says where records go and what they hold.
 type Output struct {
-	Path    string           // Stdout ("-") or a file opened for append
-	TCPInfo []backends.Field // the tcp_info members written; none = every member
-	Samples sink.Samples     // what a sample line's tcp_info holds
+	Path    string       // Stdout ("-") or a file opened for append
+	TCPInfo []flow.Field // the tcp_info members written; none = every member
+	Samples sink.Samples // what a sample line's tcp_info holds
 }
 
 // Log configures flowd's own log (on stderr).
@@ -667,18 +668,18 @@ func (l *loader) cidrs(key string) ([]netip.Prefix, error) {
 
 // members reads a list of tcp_info member names, in the order given and
 // without duplicates.
-func (l *loader) members(key string) ([]backends.Field, error) {
+func (l *loader) members(key string) ([]flow.Field, error) {
 	items, err := l.list(key)
 	if err != nil {
 		return nil, err
 	}
-	out := []backends.Field{}
+	out := []flow.Field{}
 	for _, it := range items {
 		name, ok := it.(string)
 		if !ok {
 			return nil, l.errorf(key, nil, "%s is not a tcp_info member name", formatValue(it))
 		}
-		f, ok := backends.FieldByName(name)
+		f, ok := flow.FieldByName(name)
 		if !ok {
 			return nil, l.errorf(key, nil, "%q is not a tcp_info member%s", name, suggestMembers(name))
 		}
@@ -693,7 +694,7 @@ func (l *loader) members(key string) ([]backends.Field, error) {
 // or points to the list when none or too many do.
 func suggestMembers(s string) string {
 	var near []string
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		if s != "" && strings.Contains(f.Name(), strings.ToLower(s)) {
 			near = append(near, f.Name())
 		}

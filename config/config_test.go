@@ -13,9 +13,9 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -62,7 +62,7 @@ func defaults(root string) *Config {
 		},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []uint16{}, RemotePorts: []uint16{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-", TCPInfo: []backends.Field{}, Samples: sink.SamplesChanges},
+		Output:  Output{Path: "-", TCPInfo: []flow.Field{}, Samples: sink.SamplesChanges},
 		Log:     Log{Level: "info", Format: "text"},
 	}
 }
@@ -146,7 +146,7 @@ metrics:
 			RemotePorts: []uint16{443},
 			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
 		},
-		Output:  Output{Path: out, TCPInfo: []backends.Field{backends.FieldSndCwnd, backends.FieldRTT}, Samples: sink.SamplesFull},
+		Output:  Output{Path: out, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}, Samples: sink.SamplesFull},
 		Log:     Log{Level: "debug", Format: "json"},
 		Metrics: Metrics{Listen: "127.0.0.1:9100"},
 	}
@@ -168,7 +168,7 @@ metrics:
 	ec := c.EBPFConfig(nil)
 	if ec.Cgroup != root || ec.Mode != ebpf.ModeTransition || ec.Interval != 0 || ec.RingbufSize != 65536 ||
 		ec.FlushInterval != 250*time.Millisecond || len(ec.Filter.RemoteCIDRs) != 2 ||
-		!reflect.DeepEqual(ec.Members, []backends.Field{backends.FieldSndCwnd, backends.FieldRTT}) {
+		!reflect.DeepEqual(ec.Members, []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}) {
 		t.Errorf("EBPFConfig() = %+v", ec)
 	}
 	nc := c.NetlinkConfig(nil)
@@ -197,7 +197,7 @@ func TestEnv(t *testing.T) {
 			!reflect.DeepEqual(c.Backends, []string{"ebpf", "netlink"}) ||
 			!reflect.DeepEqual(c.Filter.LocalPorts, []uint16{80, 443, 8080}) ||
 			len(c.Filter.RemoteCIDRs) != 2 || c.Log.Level != "warn" ||
-			!reflect.DeepEqual(c.Output.TCPInfo, []backends.Field{backends.FieldDeliveryRate, backends.FieldSndCwnd}) {
+			!reflect.DeepEqual(c.Output.TCPInfo, []flow.Field{flow.FieldDeliveryRate, flow.FieldSndCwnd}) {
 			t.Errorf("FLOWD_BACKENDS=%q: env did not override: %+v", backendsVar, c)
 		}
 	}

@@ -198,7 +198,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 // run runs the backends into out, through the metrics, until ctx is
 // cancelled or one fails, and returns once they have all returned (or
 // StopTimeout passed). Meanwhile it reads the counters. The backends flush
-// out after each batch (backends.Flusher): ebpf every ebpf.flush_interval,
+// out after each batch (flow.Flusher): ebpf every ebpf.flush_interval,
 // when it has drained its ring buffer, netlink after each poll. One timer
 // per batch, not two: an idle daemon wakes half as often.
 func (d *Daemon) run(ctx context.Context, bs []backends.Backend, out *sink.JSONL) error {

@@ -25,6 +25,7 @@ import (
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/backends/netlink"
 	"github.com/flowd/flowd/config"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -52,8 +53,8 @@ func (j *journal) list() []string {
 type fake struct {
 	name    string
 	j       *journal
-	before  []backends.Record
-	drain   []backends.Record
+	before  []flow.Record
+	drain   []flow.Record
 	flush   bool  // flush the sink after writing before, as real backends do after a batch
 	exit    bool  // return right after writing before
 	runErr  error // what Run returns
@@ -73,9 +74,9 @@ func newFake(name string, j *journal) *fake {
 
 func (f *fake) Name() string { return f.name }
 
-func (f *fake) Run(ctx context.Context, s backends.Sink) error {
+func (f *fake) Run(ctx context.Context, s flow.Sink) error {
 	f.j.add("run " + f.name)
-	write := func(rs []backends.Record) error {
+	write := func(rs []flow.Record) error {
 		for i := range rs {
 			if err := s.Write(&rs[i]); err != nil {
 				return err
@@ -85,7 +86,7 @@ func (f *fake) Run(ctx context.Context, s backends.Sink) error {
 	}
 	err := write(f.before)
 	if err == nil && f.flush {
-		err = backends.Flush(s)
+		err = flow.Flush(s)
 	}
 	close(f.started)
 	if err != nil {
@@ -146,21 +147,21 @@ type flowFake struct{ *fake }
 
 func (flowFake) Flows() int { return 42 }
 
-func record(backend string, cookie uint64) backends.Record {
-	r := backends.Record{
+func record(backend string, cookie uint64) flow.Record {
+	r := flow.Record{
 		Time:       time.Date(2026, 11, 22, 0, 41, 2, 123456789, time.UTC),
 		Backend:    backend,
-		Event:      backends.EventSample,
+		Event:      flow.EventSample,
 		Cookie:     cookie,
 		Family:     4,
 		LocalAddr:  netip.MustParseAddr("127.0.0.1"),
 		RemoteAddr: netip.MustParseAddr("127.0.0.1"),
 		LocalPort:  5201,
 		RemotePort: 40000,
-		State:      backends.StateEstablished,
+		State:      flow.StateEstablished,
 		CA:         "cubic",
 	}
-	r.Info.Set(backends.FieldRTT, 42)
+	r.Info.Set(flow.FieldRTT, 42)
 	return r
 }
 
@@ -273,12 +274,12 @@ func (h *harness) start(t *testing.T) (stop func() error) {
 	}
 }
 
-func (h *harness) lines(t *testing.T) []backends.Record {
+func (h *harness) lines(t *testing.T) []flow.Record {
 	t.Helper()
-	var rs []backends.Record
+	var rs []flow.Record
 	s := bufio.NewScanner(strings.NewReader(h.out.String()))
 	for s.Scan() {
-		var r backends.Record
+		var r flow.Record
 		if err := sink.ParseJSON(s.Bytes(), &r); err != nil {
 			t.Fatalf("output line %q: %v", s.Text(), err)
 		}
@@ -311,7 +312,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestRecordsReachOutput(t *testing.T) {
 	h := newHarness(t, testConfig("netlink"))
 	nl := fakeOf(h.nl)
-	nl.before = []backends.Record{record("netlink", 1), record("netlink", 2), record("netlink", 3)}
+	nl.before = []flow.Record{record("netlink", 1), record("netlink", 2), record("netlink", 3)}
 	stop := h.start(t)
 	<-nl.started
 	if err := stop(); err != nil {
@@ -323,7 +324,7 @@ func TestRecordsReachOutput(t *testing.T) {
 	}
 	for i, r := range rs {
 		want := record("netlink", uint64(i+1))
-		if r.Cookie != want.Cookie || r.Backend != "netlink" || r.CA != "cubic" || r.Info.Values[backends.FieldRTT] != 42 {
+		if r.Cookie != want.Cookie || r.Backend != "netlink" || r.CA != "cubic" || r.Info.Values[flow.FieldRTT] != 42 {
 			t.Errorf("record %d = %+v", i, r)
 		}
 	}
@@ -355,12 +356,12 @@ func TestRecordsReachOutput(t *testing.T) {
 // TestOutputMembers: output.tcp_info decides the members of every line.
 func TestOutputMembers(t *testing.T) {
 	cfg := testConfig("netlink")
-	cfg.Output.TCPInfo = []backends.Field{backends.FieldSndCwnd}
+	cfg.Output.TCPInfo = []flow.Field{flow.FieldSndCwnd}
 	h := newHarness(t, cfg)
 	nl := fakeOf(h.nl)
 	r := record("netlink", 1)
-	r.Info.Set(backends.FieldSndCwnd, 10)
-	nl.before = []backends.Record{r}
+	r.Info.Set(flow.FieldSndCwnd, 10)
+	nl.before = []flow.Record{r}
 	stop := h.start(t)
 	<-nl.started
 	if err := stop(); err != nil {
@@ -387,7 +388,7 @@ func TestOutputMembers(t *testing.T) {
 func TestBackendFlushes(t *testing.T) {
 	h := newHarness(t, testConfig("netlink"))
 	nl := fakeOf(h.nl)
-	nl.before = []backends.Record{record("netlink", 1), record("netlink", 2)}
+	nl.before = []flow.Record{record("netlink", 1), record("netlink", 2)}
 	nl.flush = true
 	stop := h.start(t)
 	<-nl.started
@@ -407,9 +408,9 @@ func TestBackendFlushes(t *testing.T) {
 func TestShutdownOrder(t *testing.T) {
 	h := newHarness(t, testConfig("ebpf", "netlink"))
 	e, nl := fakeOf(h.ebpf), fakeOf(h.nl)
-	e.before = []backends.Record{record("ebpf", 1)}
-	e.drain = []backends.Record{record("ebpf", 2), record("ebpf", 3)}
-	nl.drain = []backends.Record{record("netlink", 4)}
+	e.before = []flow.Record{record("ebpf", 1)}
+	e.drain = []flow.Record{record("ebpf", 2), record("ebpf", 3)}
+	nl.drain = []flow.Record{record("netlink", 4)}
 	atClose := -1
 	// Count the lines in the output when the first backend is closed.
 	nl.onClose = func() { atClose = strings.Count(h.out.String(), "\n") }
@@ -471,7 +472,7 @@ func TestAutoFallback(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, testConfig("auto"))
 			h.probe, h.eErr = tc.probe, tc.eErr
-			fakeOf(h.nl).before = []backends.Record{record("netlink", 1)}
+			fakeOf(h.nl).before = []flow.Record{record("netlink", 1)}
 			stop := h.start(t)
 			<-fakeOf(h.nl).started
 			if err := stop(); err != nil {
@@ -627,7 +628,7 @@ func (failWriter) Write([]byte) (int, error) { return 0, io.ErrShortWrite }
 func TestOutputError(t *testing.T) {
 	h := newHarness(t, testConfig("netlink"))
 	h.d.Out = failWriter{}
-	fakeOf(h.nl).before = []backends.Record{record("netlink", 1)}
+	fakeOf(h.nl).before = []flow.Record{record("netlink", 1)}
 	fakeOf(h.nl).flush = true
 	err := h.d.Run(context.Background())
 	if !errors.Is(err, io.ErrShortWrite) {
@@ -662,7 +663,7 @@ func TestOutputFile(t *testing.T) {
 	cfg.Output.Path = path
 	h := newHarness(t, cfg)
 	h.d.Out = nil
-	fakeOf(h.nl).before = []backends.Record{record("netlink", 7)}
+	fakeOf(h.nl).before = []flow.Record{record("netlink", 7)}
 	stop := h.start(t)
 	<-fakeOf(h.nl).started
 	if err := stop(); err != nil {
@@ -689,7 +690,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	cfg := testConfig("netlink")
 	cfg.Metrics.Listen = addr
 	h := newHarness(t, cfg)
-	fakeOf(h.nl).before = []backends.Record{record("netlink", 1)}
+	fakeOf(h.nl).before = []flow.Record{record("netlink", 1)}
 	stop := h.start(t)
 	<-fakeOf(h.nl).started
 	url := "http://" + addr + "/metrics"
@@ -757,7 +758,7 @@ func fileCookies(t *testing.T, path string) []uint64 {
 	var cookies []uint64
 	s := bufio.NewScanner(bytes.NewReader(b))
 	for s.Scan() {
-		var r backends.Record
+		var r flow.Record
 		if err := sink.ParseJSON(s.Bytes(), &r); err != nil {
 			t.Fatalf("%s: line %q: %v", path, s.Text(), err)
 		}
@@ -777,8 +778,8 @@ func TestReopen(t *testing.T) {
 	h := newHarness(t, cfg)
 	h.d.Out = nil // output.path, not the harness's buffer
 	nl := fakeOf(h.nl)
-	nl.before = []backends.Record{record("netlink", 1), record("netlink", 2)} // buffered, not flushed
-	nl.drain = []backends.Record{record("netlink", 3)}
+	nl.before = []flow.Record{record("netlink", 1), record("netlink", 2)} // buffered, not flushed
+	nl.drain = []flow.Record{record("netlink", 3)}
 
 	if ok, err := h.d.Reopen(); ok || err != nil {
 		t.Errorf("Reopen before Run = %v, %v; want false, nil", ok, err)
@@ -841,11 +842,11 @@ func TestSamplesAcrossReopen(t *testing.T) {
 	nl := fakeOf(h.nl)
 	second := record("netlink", 7)
 	second.Time = second.Time.Add(time.Second)
-	second.Info.Set(backends.FieldRTT, 43)
+	second.Info.Set(flow.FieldRTT, 43)
 	third := second
 	third.Time = third.Time.Add(time.Second)
-	nl.before = []backends.Record{record("netlink", 7), second}
-	nl.drain = []backends.Record{third}
+	nl.before = []flow.Record{record("netlink", 7), second}
+	nl.drain = []flow.Record{third}
 
 	stop := h.start(t)
 	<-nl.started
@@ -867,7 +868,7 @@ func TestSamplesAcrossReopen(t *testing.T) {
 		}
 		var out []bool
 		for line := range bytes.Lines(b) {
-			var r backends.Record
+			var r flow.Record
 			p, err := sink.ParseLine(line, &r)
 			if err != nil {
 				t.Fatalf("%s: %q: %v", path, line, err)

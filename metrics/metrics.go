@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 const namespace = "flowd"
@@ -85,7 +85,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Sink returns a sink that counts each record, then writes it to next.
 // Errors from next are counted as output errors and returned. It is safe
 // for concurrent use if next is.
-func (m *Metrics) Sink(next backends.Sink) backends.Sink {
+func (m *Metrics) Sink(next flow.Sink) flow.Sink {
 	s := &countingSink{m: m, next: next}
 	s.counters.Store(&[]backendCounters{})
 	return s
@@ -98,7 +98,7 @@ func (m *Metrics) Sink(next backends.Sink) backends.Sink {
 // runs once per record.
 type countingSink struct {
 	m        *Metrics
-	next     backends.Sink
+	next     flow.Sink
 	mu       sync.Mutex                        // serializes additions to counters
 	counters atomic.Pointer[[]backendCounters] // copied on write
 }
@@ -110,7 +110,7 @@ type backendCounters struct {
 	events  [256]prometheus.Counter
 }
 
-func (s *countingSink) Write(r *backends.Record) error {
+func (s *countingSink) Write(r *flow.Record) error {
 	s.counter(r).Inc()
 	if err := s.next.Write(r); err != nil {
 		s.m.outputErrors.Inc()
@@ -121,14 +121,14 @@ func (s *countingSink) Write(r *backends.Record) error {
 
 // Flush flushes next, when it buffers; its errors count as output errors.
 func (s *countingSink) Flush() error {
-	if err := backends.Flush(s.next); err != nil {
+	if err := flow.Flush(s.next); err != nil {
 		s.m.outputErrors.Inc()
 		return err
 	}
 	return nil
 }
 
-func (s *countingSink) counter(r *backends.Record) prometheus.Counter {
+func (s *countingSink) counter(r *flow.Record) prometheus.Counter {
 	if c := find(*s.counters.Load(), r); c != nil {
 		return c
 	}
@@ -151,7 +151,7 @@ func (s *countingSink) counter(r *backends.Record) prometheus.Counter {
 }
 
 // find returns the counter of r's backend and event, nil if there is none yet.
-func find(counters []backendCounters, r *backends.Record) prometheus.Counter {
+func find(counters []backendCounters, r *flow.Record) prometheus.Counter {
 	for i := range counters {
 		if counters[i].backend == r.Backend {
 			return counters[i].events[r.Event]

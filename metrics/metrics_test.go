@@ -15,7 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 func newMetrics(t *testing.T) *Metrics {
@@ -29,9 +29,9 @@ func newMetrics(t *testing.T) *Metrics {
 
 func TestSinkCountsAndForwards(t *testing.T) {
 	m := newMetrics(t)
-	var got []backends.Event
+	var got []flow.Event
 	fail := false
-	next := backends.SinkFunc(func(r *backends.Record) error {
+	next := flow.SinkFunc(func(r *flow.Record) error {
 		if fail {
 			return errors.New("disk full")
 		}
@@ -39,18 +39,18 @@ func TestSinkCountsAndForwards(t *testing.T) {
 		return nil
 	})
 	s := m.Sink(next)
-	for _, r := range []backends.Record{
-		{Backend: "ebpf", Event: backends.EventOpen},
-		{Backend: "ebpf", Event: backends.EventSample},
-		{Backend: "ebpf", Event: backends.EventSample},
-		{Backend: "netlink", Event: backends.EventClose},
+	for _, r := range []flow.Record{
+		{Backend: "ebpf", Event: flow.EventOpen},
+		{Backend: "ebpf", Event: flow.EventSample},
+		{Backend: "ebpf", Event: flow.EventSample},
+		{Backend: "netlink", Event: flow.EventClose},
 	} {
 		if err := s.Write(&r); err != nil {
 			t.Fatal(err)
 		}
 	}
 	fail = true
-	if err := s.Write(&backends.Record{Backend: "netlink", Event: backends.EventSample}); err == nil {
+	if err := s.Write(&flow.Record{Backend: "netlink", Event: flow.EventSample}); err == nil {
 		t.Error("the sink's error was not returned")
 	}
 	if len(got) != 4 {
@@ -77,7 +77,7 @@ type flushSink struct {
 	err     error
 }
 
-func (s *flushSink) Write(*backends.Record) error { return nil }
+func (s *flushSink) Write(*flow.Record) error { return nil }
 func (s *flushSink) Flush() error {
 	s.flushes++
 	return s.err
@@ -89,18 +89,18 @@ func TestSinkFlushes(t *testing.T) {
 	m := newMetrics(t)
 	next := &flushSink{}
 	s := m.Sink(next)
-	if err := backends.Flush(s); err != nil || next.flushes != 1 {
+	if err := flow.Flush(s); err != nil || next.flushes != 1 {
 		t.Fatalf("Flush = %v, %d flushes of the next sink, want nil, 1", err, next.flushes)
 	}
 	next.err = errors.New("disk full")
-	if err := backends.Flush(s); !errors.Is(err, next.err) {
+	if err := flow.Flush(s); !errors.Is(err, next.err) {
 		t.Errorf("Flush = %v, want the next sink's error", err)
 	}
 	if v := testutil.ToFloat64(m.outputErrors); v != 1 {
 		t.Errorf("flowd_output_errors_total = %v, want 1", v)
 	}
-	plain := m.Sink(backends.SinkFunc(func(*backends.Record) error { return nil }))
-	if err := backends.Flush(plain); err != nil {
+	plain := m.Sink(flow.SinkFunc(func(*flow.Record) error { return nil }))
+	if err := flow.Flush(plain); err != nil {
 		t.Errorf("Flush of a sink that does not buffer = %v", err)
 	}
 }
@@ -152,7 +152,7 @@ func TestOwnRegistry(t *testing.T) {
 
 func TestServer(t *testing.T) {
 	m := newMetrics(t)
-	m.Sink(backends.SinkFunc(func(*backends.Record) error { return nil })).Write(&backends.Record{Backend: "ebpf", Event: backends.EventSample})
+	m.Sink(flow.SinkFunc(func(*flow.Record) error { return nil })).Write(&flow.Record{Backend: "ebpf", Event: flow.EventSample})
 	log, hook := logtest.NewNullLogger()
 	srv, err := m.Listen("127.0.0.1:0", log)
 	if err != nil {
@@ -217,13 +217,13 @@ func TestListenError(t *testing.T) {
 // several goroutines at once (run it with -race).
 func TestSinkConcurrent(t *testing.T) {
 	m := newMetrics(t)
-	s := m.Sink(backends.SinkFunc(func(*backends.Record) error { return nil }))
+	s := m.Sink(flow.SinkFunc(func(*flow.Record) error { return nil }))
 	const each = 1000
 	var wg sync.WaitGroup
 	for _, backend := range []string{"ebpf", "netlink"} {
-		for ev := backends.EventOpen; ev <= backends.EventClose; ev++ {
+		for ev := flow.EventOpen; ev <= flow.EventClose; ev++ {
 			wg.Go(func() {
-				r := &backends.Record{Backend: backend, Event: ev}
+				r := &flow.Record{Backend: backend, Event: ev}
 				for range each {
 					if err := s.Write(r); err != nil {
 						t.Error(err)
@@ -235,7 +235,7 @@ func TestSinkConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	for _, backend := range []string{"ebpf", "netlink"} {
-		for ev := backends.EventOpen; ev <= backends.EventClose; ev++ {
+		for ev := flow.EventOpen; ev <= flow.EventClose; ev++ {
 			if v := testutil.ToFloat64(m.records.WithLabelValues(backend, ev.String())); v != each {
 				t.Errorf("flowd_records_total{backend=%q,event=%q} = %v, want %d", backend, ev, v, each)
 			}
@@ -249,8 +249,8 @@ func BenchmarkSink(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := m.Sink(backends.SinkFunc(func(*backends.Record) error { return nil }))
-	r := &backends.Record{Backend: "ebpf", Event: backends.EventSample}
+	s := m.Sink(flow.SinkFunc(func(*flow.Record) error { return nil }))
+	r := &flow.Record{Backend: "ebpf", Event: flow.EventSample}
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := s.Write(r); err != nil {

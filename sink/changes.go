@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // Samples says what the tcp_info of a sample record's line holds.
@@ -61,29 +61,29 @@ const (
 // them (no backend makes one) gets a complete line, and so does the
 // flow's next sample.
 type lastLine struct {
-	present  [backends.PresenceWords]uint64
-	narrow   [backends.NumFields]uint32 // by Field; the wide members' entries unused
-	wide     [numWide]uint64            // by wideFields' order
-	overflow bool                       // a 32-bit member did not fit in narrow
-	complete int64                      // the time of the flow's last complete line, in Unix ns
-	seen     int64                      // the time of its last line, in Unix ns
+	present  [flow.PresenceWords]uint64
+	narrow   [flow.NumFields]uint32 // by Field; the wide members' entries unused
+	wide     [numWide]uint64        // by wideFields' order
+	overflow bool                   // a 32-bit member did not fit in narrow
+	complete int64                  // the time of the flow's last complete line, in Unix ns
+	seen     int64                  // the time of its last line, in Unix ns
 
 	cgroupID              uint64
 	localAddr, remoteAddr netip.Addr
 	ca                    string
 	localPort, remotePort uint16
 	family                uint8
-	state                 backends.State
+	state                 flow.State
 }
 
 // The members that struct tcp_info holds in 64 bits, and the others.
 var (
-	wideFields = [...]backends.Field{backends.FieldPacingRate, backends.FieldMaxPacingRate,
-		backends.FieldBytesAcked, backends.FieldBytesReceived, backends.FieldDeliveryRate, backends.FieldBusyTime,
-		backends.FieldRwndLimited, backends.FieldSndbufLimited, backends.FieldBytesSent, backends.FieldBytesRetrans}
-	narrowFields = func() (n [int(backends.NumFields) - numWide]backends.Field) {
+	wideFields = [...]flow.Field{flow.FieldPacingRate, flow.FieldMaxPacingRate,
+		flow.FieldBytesAcked, flow.FieldBytesReceived, flow.FieldDeliveryRate, flow.FieldBusyTime,
+		flow.FieldRwndLimited, flow.FieldSndbufLimited, flow.FieldBytesSent, flow.FieldBytesRetrans}
+	narrowFields = func() (n [int(flow.NumFields) - numWide]flow.Field) {
 		i := 0
-		for f := range backends.NumFields {
+		for f := range flow.NumFields {
 			if !slices.Contains(wideFields[:], f) {
 				n[i] = f
 				i++
@@ -98,13 +98,13 @@ const numWide = len(wideFields)
 // narrowByWord and wideByWord are narrowFields, and the indices of
 // wideFields, by the word of the presence masks that holds their bit.
 var (
-	narrowByWord = func() (w [backends.PresenceWords][]backends.Field) {
+	narrowByWord = func() (w [flow.PresenceWords][]flow.Field) {
 		for _, f := range narrowFields {
 			w[f/64] = append(w[f/64], f)
 		}
 		return w
 	}()
-	wideByWord = func() (w [backends.PresenceWords][]int) {
+	wideByWord = func() (w [flow.PresenceWords][]int) {
 		for i, f := range wideFields {
 			w[f/64] = append(w[f/64], i)
 		}
@@ -113,7 +113,7 @@ var (
 )
 
 // remember makes l hold r's header and values.
-func (l *lastLine) remember(r *backends.Record) {
+func (l *lastLine) remember(r *flow.Record) {
 	l.cgroupID, l.family, l.ca = r.CgroupID, r.Family, r.CA
 	l.localAddr, l.localPort, l.remoteAddr, l.remotePort = r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort
 	l.state = r.State
@@ -131,7 +131,7 @@ func (l *lastLine) remember(r *backends.Record) {
 }
 
 // sameHeader reports whether r has the header of the flow's previous line.
-func (l *lastLine) sameHeader(r *backends.Record) bool {
+func (l *lastLine) sameHeader(r *flow.Record) bool {
 	return r.CgroupID == l.cgroupID && r.Family == l.family &&
 		r.LocalAddr == l.localAddr && r.LocalPort == l.localPort &&
 		r.RemoteAddr == l.remoteAddr && r.RemotePort == l.remotePort &&
@@ -172,21 +172,21 @@ func (c *changes) flows(backend string) map[uint64]*lastLine {
 // r lacks: a reader carries the previous values forward, so a member that
 // went away, or a header that changed, needs a complete line to say so. A
 // close record forgets the flow.
-func (c *changes) unchanged(r *backends.Record) (omit [backends.PresenceWords]uint64, partial bool) {
+func (c *changes) unchanged(r *flow.Record) (omit [flow.PresenceWords]uint64, partial bool) {
 	now := r.Time.UnixNano()
 	if c.backends == nil {
 		c.swept = now
 	}
 	flows := c.flows(r.Backend)
 	last := flows[r.Cookie]
-	if r.Event == backends.EventClose {
+	if r.Event == flow.EventClose {
 		delete(flows, r.Cookie)
 		return omit, false
 	}
 	if last == nil {
 		last = new(lastLine)
 		flows[r.Cookie] = last
-	} else if r.Event == backends.EventSample {
+	} else if r.Event == flow.EventSample {
 		since := now - last.complete
 		partial = since >= 0 && since < int64(CompleteEvery) && !last.overflow && last.sameHeader(r)
 		for w := range omit {
@@ -227,7 +227,7 @@ func (c *changes) unchanged(r *backends.Record) (omit [backends.PresenceWords]ui
 			omit[w] = o
 		}
 		if hi != 0 {
-			partial, omit = false, [backends.PresenceWords]uint64{}
+			partial, omit = false, [flow.PresenceWords]uint64{}
 		} else {
 			for w := range omit {
 				omit[w] &= r.Info.Present[w] & last.present[w]
@@ -273,16 +273,16 @@ type flowKey struct {
 // from the previous line of the same flow. Feed it the lines of one output
 // in order, from its start.
 type Filler struct {
-	flows map[flowKey]*backends.Record
+	flows map[flowKey]*flow.Record
 }
 
 // Fill completes r, parsed from a line that was partial or not, in place.
 // It reports false for a partial sample whose flow it has not seen before
 // (its reader started in the middle of the output): r keeps only what its
 // line had.
-func (f *Filler) Fill(r *backends.Record, partial bool) bool {
+func (f *Filler) Fill(r *flow.Record, partial bool) bool {
 	if f.flows == nil {
-		f.flows = make(map[flowKey]*backends.Record)
+		f.flows = make(map[flowKey]*flow.Record)
 	}
 	k := flowKey{r.Backend, r.Cookie}
 	last := f.flows[k]
@@ -306,12 +306,12 @@ func (f *Filler) Fill(r *backends.Record, partial bool) bool {
 			r.Info.Present[w] |= last.Info.Present[w]
 		}
 	}
-	if r.Event == backends.EventClose {
+	if r.Event == flow.EventClose {
 		delete(f.flows, k)
 		return ok
 	}
 	if last == nil {
-		last = new(backends.Record)
+		last = new(flow.Record)
 		f.flows[k] = last
 	}
 	*last = *r

@@ -13,22 +13,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // readBack parses and fills the lines of out, failing on any error, and
 // returns the records and which lines were partial.
-func readBack(t *testing.T, out []byte) ([]backends.Record, []bool) {
+func readBack(t *testing.T, out []byte) ([]flow.Record, []bool) {
 	t.Helper()
 	var (
-		recs    []backends.Record
+		recs    []flow.Record
 		partial []bool
 		f       Filler
 	)
 	s := bufio.NewScanner(bytes.NewReader(out))
 	s.Buffer(nil, 1<<20)
 	for s.Scan() {
-		var r backends.Record
+		var r flow.Record
 		p, err := ParseLine(s.Bytes(), &r)
 		if err != nil {
 			t.Fatalf("line %s: %v", s.Bytes(), err)
@@ -42,7 +42,7 @@ func readBack(t *testing.T, out []byte) ([]backends.Record, []bool) {
 	return recs, partial
 }
 
-func sameRecords(t *testing.T, got []backends.Record, want []*backends.Record) {
+func sameRecords(t *testing.T, got []flow.Record, want []*flow.Record) {
 	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("%d records read back, want %d", len(got), len(want))
@@ -62,27 +62,27 @@ func sameRecords(t *testing.T, got []backends.Record, want []*backends.Record) {
 func TestSamplesChangesLines(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
 	open := sample()
-	open.Event, open.OldState, open.Time = backends.EventOpen, 0, t0
-	at := func(d time.Duration, change func(r *backends.Record)) *backends.Record {
+	open.Event, open.OldState, open.Time = flow.EventOpen, 0, t0
+	at := func(d time.Duration, change func(r *flow.Record)) *flow.Record {
 		r := *open
-		r.Event, r.Time = backends.EventSample, t0.Add(d)
+		r.Event, r.Time = flow.EventSample, t0.Add(d)
 		if change != nil {
 			change(&r)
 		}
 		return &r
 	}
-	rtt := func(v uint64) func(*backends.Record) {
-		return func(r *backends.Record) { r.Info.Set(backends.FieldRTT, v) }
+	rtt := func(v uint64) func(*flow.Record) {
+		return func(r *flow.Record) { r.Info.Set(flow.FieldRTT, v) }
 	}
 	netlinkOpen := *open
 	netlinkOpen.Backend = "netlink"
 	state := at(3*time.Second, nil)
-	state.Event, state.State, state.OldState = backends.EventState, backends.StateFinWait1, backends.StateEstablished
+	state.Event, state.State, state.OldState = flow.EventState, flow.StateFinWait1, flow.StateEstablished
 	closed := at(4*time.Second, nil)
-	closed.Event, closed.State = backends.EventClose, backends.StateClose
+	closed.Event, closed.State = flow.EventClose, flow.StateClose
 
 	type step struct {
-		r       *backends.Record
+		r       *flow.Record
 		partial bool
 		members string // the tcp_info of a partial line
 	}
@@ -91,27 +91,27 @@ func TestSamplesChangesLines(t *testing.T) {
 		{at(time.Millisecond, rtt(7)), true, `{"rtt":7}`},
 		{at(2*time.Millisecond, rtt(7)), true, `{}`},
 		{&netlinkOpen, false, ""}, // the same socket from the other backend: its own series
-		{at(3*time.Millisecond, func(r *backends.Record) {
-			r.Info.Set(backends.FieldSndCwnd, 10)
-			r.Info.Set(backends.FieldBytesAcked, 99)
+		{at(3*time.Millisecond, func(r *flow.Record) {
+			r.Info.Set(flow.FieldSndCwnd, 10)
+			r.Info.Set(flow.FieldBytesAcked, 99)
 		}), true, `{"rtt":23023,"snd_cwnd":10,"bytes_acked":99}`}, // rtt is back to open's
-		{at(4*time.Millisecond, func(r *backends.Record) { // a member goes away: complete
-			r.Info.Present[backends.FieldRTT/64] &^= 1 << (backends.FieldRTT % 64)
-			r.Info.Values[backends.FieldRTT] = 0
+		{at(4*time.Millisecond, func(r *flow.Record) { // a member goes away: complete
+			r.Info.Present[flow.FieldRTT/64] &^= 1 << (flow.FieldRTT % 64)
+			r.Info.Values[flow.FieldRTT] = 0
 		}), false, ""},
 		{at(5*time.Millisecond, nil), true, `{"rtt":23023}`}, // and comes back
-		{at(6*time.Millisecond, func(r *backends.Record) { r.CA = "bbr" }), false, ""},
-		{at(7*time.Millisecond, func(r *backends.Record) { r.CA = "bbr" }), true, `{}`},
+		{at(6*time.Millisecond, func(r *flow.Record) { r.CA = "bbr" }), false, ""},
+		{at(7*time.Millisecond, func(r *flow.Record) { r.CA = "bbr" }), true, `{}`},
 		// The last complete line was at 6 ms: CompleteEvery after it, complete again.
-		{at(6*time.Millisecond+CompleteEvery-1, func(r *backends.Record) { r.CA = "bbr" }), true, `{}`},
-		{at(6*time.Millisecond+CompleteEvery, func(r *backends.Record) { r.CA = "bbr" }), false, ""},
-		{at(6*time.Millisecond+CompleteEvery+1, func(r *backends.Record) { r.CA = "bbr" }), true, `{}`},
+		{at(6*time.Millisecond+CompleteEvery-1, func(r *flow.Record) { r.CA = "bbr" }), true, `{}`},
+		{at(6*time.Millisecond+CompleteEvery, func(r *flow.Record) { r.CA = "bbr" }), false, ""},
+		{at(6*time.Millisecond+CompleteEvery+1, func(r *flow.Record) { r.CA = "bbr" }), true, `{}`},
 		{at(time.Second, nil), false, ""}, // the clock went back, and the CA is open's again
 		{at(time.Second, nil), true, `{}`},
 		{state, false, ""},
 		// A sample after a state record: partial, and it reads back
 		// without the state record's old_state.
-		{at(3500*time.Millisecond, func(r *backends.Record) { r.State = backends.StateFinWait1 }), true, `{}`},
+		{at(3500*time.Millisecond, func(r *flow.Record) { r.State = flow.StateFinWait1 }), true, `{}`},
 		{closed, false, ""},
 		{at(5*time.Second, nil), false, ""}, // after close, the flow is new
 	}
@@ -119,7 +119,7 @@ func TestSamplesChangesLines(t *testing.T) {
 	var out bytes.Buffer
 	j := NewJSONL(&out)
 	j.SetSamples(SamplesChanges)
-	var want []*backends.Record
+	var want []*flow.Record
 	for _, s := range steps {
 		if err := j.Write(s.r); err != nil {
 			t.Fatal(err)
@@ -168,21 +168,21 @@ func TestSamplesChangesLines(t *testing.T) {
 func TestSamplesChangesRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	t0 := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
-	type flow struct{ r backends.Record }
-	flows := make([]*flow, 6)
-	newFlow := func(i int) *flow {
+	type testFlow struct{ r flow.Record }
+	flows := make([]*testFlow, 6)
+	newFlow := func(i int) *testFlow {
 		r := *sample()
 		r.Backend = []string{"ebpf", "netlink"}[i%2]
 		r.Cookie = uint64(i/2 + 1)
-		r.Event, r.OldState = backends.EventOpen, 0
-		return &flow{r}
+		r.Event, r.OldState = flow.EventOpen, 0
+		return &testFlow{r}
 	}
 	for i := range flows {
 		flows[i] = newFlow(i)
 	}
 	var (
 		out  bytes.Buffer
-		want []*backends.Record
+		want []*flow.Record
 		now  = t0
 	)
 	j := NewJSONL(&out)
@@ -192,7 +192,7 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 		f := flows[i]
 		now = now.Add(time.Duration(rng.IntN(int(time.Second))))
 		r := f.r
-		r.Time, r.Event, r.OldState = now, backends.EventSample, 0
+		r.Time, r.Event, r.OldState = now, flow.EventSample, 0
 		switch n := rng.IntN(100); {
 		case n < 60: // a few members change
 			for range rng.IntN(4) {
@@ -200,10 +200,10 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 				if rng.IntN(100) == 0 { // past 32 bits, in any member
 					v += 1 << 32
 				}
-				r.Info.Set(backends.Field(rng.IntN(int(backends.NumFields))), v)
+				r.Info.Set(flow.Field(rng.IntN(int(flow.NumFields))), v)
 			}
 		case n < 65: // one goes away, or comes back
-			fld := backends.Field(rng.IntN(int(backends.NumFields)))
+			fld := flow.Field(rng.IntN(int(flow.NumFields)))
 			if r.Info.Has(fld) {
 				r.Info.Present[fld/64] &^= 1 << (fld % 64)
 				r.Info.Values[fld] = 0
@@ -213,9 +213,9 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 		case n < 67:
 			r.CA = []string{"cubic", "bbr", "reno"}[rng.IntN(3)]
 		case n < 70:
-			r.Event, r.OldState, r.State = backends.EventState, r.State, backends.State(1+rng.IntN(11))
+			r.Event, r.OldState, r.State = flow.EventState, r.State, flow.State(1+rng.IntN(11))
 		case n < 72:
-			r.Event = backends.EventClose
+			r.Event = flow.EventClose
 		}
 		if err := j.Write(&r); err != nil {
 			t.Fatal(err)
@@ -223,7 +223,7 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 		w := r
 		want = append(want, &w)
 		f.r = r
-		if r.Event == backends.EventClose {
+		if r.Event == flow.EventClose {
 			flows[i] = newFlow(i)
 			flows[i].r.Cookie += uint64(len(want)) * 8 // a new socket
 		}
@@ -247,11 +247,11 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 
 // changesSink returns a JSONL writing partial samples to out, and a sample
 // record.
-func changesSink(out io.Writer) (*JSONL, *backends.Record) {
+func changesSink(out io.Writer) (*JSONL, *flow.Record) {
 	j := NewJSONL(out)
 	j.SetSamples(SamplesChanges)
 	r := sample()
-	r.Event = backends.EventSample
+	r.Event = flow.EventSample
 	return j, r
 }
 
@@ -269,7 +269,7 @@ func TestFillerWithoutEarlierLine(t *testing.T) {
 	lines := bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n"))
 	var (
 		f   Filler
-		got backends.Record
+		got flow.Record
 	)
 	partial, err := ParseLine(lines[1], &got)
 	if err != nil || !partial {
@@ -278,14 +278,14 @@ func TestFillerWithoutEarlierLine(t *testing.T) {
 	if f.Fill(&got, partial) {
 		t.Errorf("Fill of a partial line whose flow it has not seen reported true")
 	}
-	if got.Info.Has(backends.FieldRTT) || got.LocalPort != 0 {
+	if got.Info.Has(flow.FieldRTT) || got.LocalPort != 0 {
 		t.Errorf("Fill made up values: %+v", got)
 	}
 }
 
 func TestParseLinePartialOnlyOnSamples(t *testing.T) {
 	line := []byte(`{"time":"2026-12-05T06:00:00.000000000Z","backend":"ebpf","event":"open","cookie":1,"partial":true,"tcp_info":{}}`)
-	var r backends.Record
+	var r flow.Record
 	if _, err := ParseLine(line, &r); err == nil || !strings.Contains(err.Error(), "partial on a open event") {
 		t.Errorf("ParseLine(%s): %v, want an error about partial", line, err)
 	}
@@ -298,7 +298,7 @@ func TestParseLinePartialOnlyOnSamples(t *testing.T) {
 func TestChangesForget(t *testing.T) {
 	var c changes
 	r := sample()
-	r.Event = backends.EventSample
+	r.Event = flow.EventSample
 	t0 := r.Time
 	for i := range 3 {
 		r.Cookie = uint64(i)
@@ -363,7 +363,7 @@ func TestJSONLChangesAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, func() {
 		r.Time = r.Time.Add(time.Microsecond)
-		r.Info.Values[backends.FieldRTT]++
+		r.Info.Values[flow.FieldRTT]++
 		if err := j.Write(r); err != nil {
 			t.Fatal(err)
 		}
@@ -382,10 +382,10 @@ func BenchmarkJSONLWrite(b *testing.B) {
 			j := NewJSONL(&w)
 			j.SetSamples(s)
 			r := sample()
-			r.Event = backends.EventSample
-			changing := []backends.Field{backends.FieldRTT, backends.FieldBytesAcked, backends.FieldBytesSent,
-				backends.FieldSegsOut, backends.FieldSegsIn, backends.FieldDataSegsOut, backends.FieldDelivered,
-				backends.FieldDeliveryRate, backends.FieldPacingRate, backends.FieldUnacked}
+			r.Event = flow.EventSample
+			changing := []flow.Field{flow.FieldRTT, flow.FieldBytesAcked, flow.FieldBytesSent,
+				flow.FieldSegsOut, flow.FieldSegsIn, flow.FieldDataSegsOut, flow.FieldDelivered,
+				flow.FieldDeliveryRate, flow.FieldPacingRate, flow.FieldUnacked}
 			b.ReportAllocs()
 			for b.Loop() {
 				r.Time = r.Time.Add(25 * time.Microsecond)

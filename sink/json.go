@@ -14,7 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // AppendJSON appends r to dst as one JSON object (without a newline) and
@@ -31,7 +31,7 @@ import (
 // has room (about 4 KiB beyond its length is always enough).
 //
 // An Encoder writes the same bytes faster when it encodes many records.
-func AppendJSON(dst []byte, r *backends.Record) []byte {
+func AppendJSON(dst []byte, r *flow.Record) []byte {
 	var e Encoder
 	return e.AppendJSON(dst, r)
 }
@@ -50,33 +50,33 @@ type Encoder struct {
 	valid  bool // prefix and sec are set
 	// omit has the bits of the tcp_info members left out even when
 	// present (SetMembers); zero writes every present member.
-	omit [backends.PresenceWords]uint64
+	omit [flow.PresenceWords]uint64
 }
 
 // SetMembers makes the Encoder write only the listed tcp_info members (those
 // of them a record has), still in Field order; with none listed it writes
 // every present member, as the zero Encoder does.
-func (e *Encoder) SetMembers(members ...backends.Field) {
-	e.omit = [backends.PresenceWords]uint64{}
+func (e *Encoder) SetMembers(members ...flow.Field) {
+	e.omit = [flow.PresenceWords]uint64{}
 	if len(members) == 0 {
 		return
 	}
 	e.omit = fieldMask
 	for _, f := range members {
-		if f < backends.NumFields {
+		if f < flow.NumFields {
 			e.omit[f/64] &^= 1 << (f % 64)
 		}
 	}
 }
 
 // AppendJSON appends r to dst as the package's AppendJSON does.
-func (e *Encoder) AppendJSON(dst []byte, r *backends.Record) []byte {
+func (e *Encoder) AppendJSON(dst []byte, r *flow.Record) []byte {
 	return e.appendRecord(dst, r, &e.omit)
 }
 
 // appendPartial appends r as a partial sample: time, backend, event,
 // cookie, "partial":true, and the tcp_info members omit does not name.
-func (e *Encoder) appendPartial(dst []byte, r *backends.Record, omit *[backends.PresenceWords]uint64) []byte {
+func (e *Encoder) appendPartial(dst []byte, r *flow.Record, omit *[flow.PresenceWords]uint64) []byte {
 	dst = e.appendHead(dst, r)
 	dst = append(dst, `,"partial":true,"tcp_info":{`...)
 	dst = appendMembers(dst, &r.Info, omit)
@@ -85,7 +85,7 @@ func (e *Encoder) appendPartial(dst []byte, r *backends.Record, omit *[backends.
 
 // appendHead appends the keys every line starts with: time, backend,
 // event and cookie.
-func (e *Encoder) appendHead(dst []byte, r *backends.Record) []byte {
+func (e *Encoder) appendHead(dst []byte, r *flow.Record) []byte {
 	dst = append(dst, `{"time":"`...)
 	dst = e.appendTime(dst, r.Time)
 	dst = append(dst, `","backend":`...)
@@ -95,7 +95,7 @@ func (e *Encoder) appendHead(dst []byte, r *backends.Record) []byte {
 }
 
 // appendRecord appends r leaving out the tcp_info members in omit.
-func (e *Encoder) appendRecord(dst []byte, r *backends.Record, omit *[backends.PresenceWords]uint64) []byte {
+func (e *Encoder) appendRecord(dst []byte, r *flow.Record, omit *[flow.PresenceWords]uint64) []byte {
 	dst = e.appendHead(dst, r)
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = appendUint(dst, r.CgroupID)
@@ -110,7 +110,7 @@ func (e *Encoder) appendRecord(dst []byte, r *backends.Record, omit *[backends.P
 	dst = append(dst, `,"rport":`...)
 	dst = appendUint(dst, uint64(r.RemotePort))
 	dst = appendKey(dst, &stateKeys[r.State])
-	if r.Event == backends.EventState {
+	if r.Event == flow.EventState {
 		dst = appendKey(dst, &oldStateKeys[r.OldState])
 	}
 	if r.CA != "" {
@@ -129,19 +129,19 @@ func (e *Encoder) appendRecord(dst []byte, r *backends.Record, omit *[backends.P
 var (
 	eventKeys = func() (keys [256]key) {
 		for e := range keys {
-			keys[e] = newKey(`,"event":"` + backends.Event(e).String() + `","cookie":`)
+			keys[e] = newKey(`,"event":"` + flow.Event(e).String() + `","cookie":`)
 		}
 		return keys
 	}()
 	stateKeys = func() (keys [256]key) {
 		for s := range keys {
-			keys[s] = newKey(`,"state":"` + backends.State(s).String() + `"`)
+			keys[s] = newKey(`,"state":"` + flow.State(s).String() + `"`)
 		}
 		return keys
 	}()
 	oldStateKeys = func() (keys [256]key) {
 		for s := range keys {
-			keys[s] = newKey(`,"old_state":"` + backends.State(s).String() + `"`)
+			keys[s] = newKey(`,"old_state":"` + flow.State(s).String() + `"`)
 		}
 		return keys
 	}()
@@ -174,8 +174,8 @@ func appendKey(dst []byte, k *key) []byte {
 
 // memberKeys holds `,"name":` for every field. It is computed once and
 // only read.
-var memberKeys = func() (keys [backends.NumFields]key) {
-	for f := range backends.NumFields {
+var memberKeys = func() (keys [flow.NumFields]key) {
+	for f := range flow.NumFields {
 		keys[f] = newKey(`,"` + f.Name() + `":`)
 	}
 	return keys
@@ -183,8 +183,8 @@ var memberKeys = func() (keys [backends.NumFields]key) {
 
 // fieldMask has the bits of the fields flowd knows; other bits of a
 // presence mask are ignored.
-var fieldMask = func() (m [backends.PresenceWords]uint64) {
-	for f := range backends.NumFields {
+var fieldMask = func() (m [flow.PresenceWords]uint64) {
+	for f := range flow.NumFields {
 		m[f/64] |= 1 << (f % 64)
 	}
 	return m
@@ -192,14 +192,14 @@ var fieldMask = func() (m [backends.PresenceWords]uint64) {
 
 // membersRoom is the room appendMembers reserves: a window of a key store
 // and a number store for every member.
-const membersRoom = int(backends.NumFields) * (keyWidth + uintRoom)
+const membersRoom = int(flow.NumFields) * (keyWidth + uintRoom)
 
 // appendMembers appends the present members of info that omit does not
 // name, in Field order, as `"name":value` separated by commas, after the
 // '{' that ends dst. It visits the set bits of the presence mask only.
 // Each member is written into a fixed-size window, so that the stores need
 // no bounds checks of their own.
-func appendMembers(dst []byte, info *backends.TCPInfo, omit *[backends.PresenceWords]uint64) []byte {
+func appendMembers(dst []byte, info *flow.TCPInfo, omit *[flow.PresenceWords]uint64) []byte {
 	dst = slices.Grow(dst, membersRoom)
 	// Every key starts with a comma: the first is written over the '{',
 	// which is put back at the end.
@@ -534,14 +534,14 @@ type wireRecord struct {
 // tests, not for speed. The record of a partial sample (SamplesChanges)
 // holds only the members its line has: ParseLine says which lines are
 // partial, and a Filler completes them.
-func ParseJSON(line []byte, r *backends.Record) error {
+func ParseJSON(line []byte, r *flow.Record) error {
 	_, err := ParseLine(line, r)
 	return err
 }
 
 // ParseLine is ParseJSON that also reports whether the line is a partial
 // sample ("partial":true).
-func ParseLine(line []byte, r *backends.Record) (partial bool, err error) {
+func ParseLine(line []byte, r *flow.Record) (partial bool, err error) {
 	var w wireRecord
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
@@ -551,7 +551,7 @@ func ParseLine(line []byte, r *backends.Record) (partial bool, err error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return false, errors.New("decoding record: data after the object")
 	}
-	*r = backends.Record{}
+	*r = flow.Record{}
 
 	if w.Time == nil || w.Backend == nil || w.Event == nil {
 		return false, errors.New("decoding record: time, backend and event are required")
@@ -583,7 +583,7 @@ func ParseLine(line []byte, r *backends.Record) (partial bool, err error) {
 		return false, err
 	}
 	if w.OldState != nil {
-		if r.Event != backends.EventState {
+		if r.Event != flow.EventState {
 			return false, fmt.Errorf("decoding record: old_state on a %s event", r.Event)
 		}
 		if r.OldState, err = parseState("old_state", *w.OldState); err != nil {
@@ -592,7 +592,7 @@ func ParseLine(line []byte, r *backends.Record) (partial bool, err error) {
 	}
 	r.CA = w.CA
 	for name, raw := range w.TCPInfo {
-		f, ok := backends.FieldByName(name)
+		f, ok := flow.FieldByName(name)
 		if !ok {
 			return false, fmt.Errorf("decoding tcp_info: unknown member %q", name)
 		}
@@ -602,27 +602,27 @@ func ParseLine(line []byte, r *backends.Record) (partial bool, err error) {
 		}
 		r.Info.Set(f, v)
 	}
-	if w.Partial && r.Event != backends.EventSample {
+	if w.Partial && r.Event != flow.EventSample {
 		return false, fmt.Errorf("decoding record: partial on a %s event", r.Event)
 	}
 	return w.Partial, nil
 }
 
-func parseEvent(s string) (backends.Event, error) {
-	if e, ok := backends.ParseEvent(s); ok {
+func parseEvent(s string) (flow.Event, error) {
+	if e, ok := flow.ParseEvent(s); ok {
 		return e, nil
 	}
-	if s == backends.Event(0).String() {
+	if s == flow.Event(0).String() {
 		return 0, nil
 	}
 	return 0, fmt.Errorf("decoding event: unknown event %q", s)
 }
 
-func parseState(key, s string) (backends.State, error) {
-	if st, ok := backends.ParseState(s); ok {
+func parseState(key, s string) (flow.State, error) {
+	if st, ok := flow.ParseState(s); ok {
 		return st, nil
 	}
-	if s == backends.State(0).String() || s == "" {
+	if s == flow.State(0).String() || s == "" {
 		return 0, nil
 	}
 	return 0, fmt.Errorf("decoding %s: unknown TCP state %q", key, s)

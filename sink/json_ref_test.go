@@ -10,13 +10,13 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // refAppendJSON is AppendJSON written plainly, with strconv, time.Format
 // and netip.Addr.String: the reference the fast encoder must match byte
 // for byte.
-func refAppendJSON(dst []byte, r *backends.Record) []byte {
+func refAppendJSON(dst []byte, r *flow.Record) []byte {
 	dst = append(dst, `{"time":"`...)
 	dst = r.Time.UTC().AppendFormat(dst, "2006-01-02T15:04:05.000000000Z07:00")
 	dst = append(dst, `","backend":`...)
@@ -36,7 +36,7 @@ func refAppendJSON(dst []byte, r *backends.Record) []byte {
 	dst = append(dst, `,"rport":`...)
 	dst = strconv.AppendUint(dst, uint64(r.RemotePort), 10)
 	dst = append(dst, `,"state":"`+r.State.String()+`"`...)
-	if r.Event == backends.EventState {
+	if r.Event == flow.EventState {
 		dst = append(dst, `,"old_state":"`+r.OldState.String()+`"`...)
 	}
 	if r.CA != "" {
@@ -45,7 +45,7 @@ func refAppendJSON(dst []byte, r *backends.Record) []byte {
 	}
 	dst = append(dst, `,"tcp_info":{`...)
 	first := true
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		if !r.Info.Has(f) {
 			continue
 		}
@@ -99,17 +99,17 @@ func refString(dst []byte, s string) []byte {
 // randomRecord returns a record whose every part varies: times over the
 // whole 0000..9999 range (and some outside it), both families, any subset
 // of tcp_info members with values of every length.
-func randomRecord(rng *rand.Rand) *backends.Record {
-	r := &backends.Record{
+func randomRecord(rng *rand.Rand) *flow.Record {
+	r := &flow.Record{
 		Backend:    []string{"ebpf", "netlink", "", "we\"ird\x01"}[rng.IntN(4)],
-		Event:      backends.Event(rng.IntN(6)),
+		Event:      flow.Event(rng.IntN(6)),
 		Cookie:     randomUint(rng),
 		CgroupID:   randomUint(rng),
 		Family:     uint8(rng.IntN(256)),
 		LocalPort:  uint16(rng.Uint32()),
 		RemotePort: uint16(rng.Uint32()),
-		State:      backends.State(rng.IntN(16)),
-		OldState:   backends.State(rng.IntN(16)),
+		State:      flow.State(rng.IntN(16)),
+		OldState:   flow.State(rng.IntN(16)),
 	}
 	switch rng.IntN(10) {
 	case 0:
@@ -130,14 +130,14 @@ func randomRecord(rng *rand.Rand) *backends.Record {
 		r.CA = []string{"cubic", "bbr", "reno", "a\"\\\b\f\u2028\xff✓", "x\x00y"}[rng.IntN(5)]
 	}
 	all := rng.IntN(3) == 0
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		if all || rng.IntN(2) == 0 {
 			r.Info.Set(f, randomUint(rng))
 		}
 	}
 	if rng.IntN(4) == 0 {
 		last := ^uint64(0)
-		r.Info.Present[backends.PresenceWords-1] |= last << (backends.NumFields % 64) // bits past the last field
+		r.Info.Present[flow.PresenceWords-1] |= last << (flow.NumFields % 64) // bits past the last field
 	}
 	return r
 }

@@ -11,15 +11,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // sample returns a record with every field set.
-func sample() *backends.Record {
-	r := &backends.Record{
+func sample() *flow.Record {
+	r := &flow.Record{
 		Time:       time.Date(2026, 11, 22, 0, 41, 2, 123456789, time.UTC),
 		Backend:    "ebpf",
-		Event:      backends.EventState,
+		Event:      flow.EventState,
 		Cookie:     123,
 		CgroupID:   456,
 		Family:     4,
@@ -27,24 +27,24 @@ func sample() *backends.Record {
 		RemoteAddr: netip.MustParseAddr("127.0.0.1"),
 		LocalPort:  5201,
 		RemotePort: 40000,
-		State:      backends.StateEstablished,
-		OldState:   backends.StateSynSent,
+		State:      flow.StateEstablished,
+		OldState:   flow.StateSynSent,
 		CA:         "cubic",
 	}
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		r.Info.Set(f, uint64(f)*1000+uint64(f))
 	}
-	r.Info.Set(backends.FieldState, 1)
-	r.Info.Set(backends.FieldCAState, 0)
-	r.Info.Set(backends.FieldBytesAcked, 1<<63+5) // beyond float64's exact range
+	r.Info.Set(flow.FieldState, 1)
+	r.Info.Set(flow.FieldCAState, 0)
+	r.Info.Set(flow.FieldBytesAcked, 1<<63+5) // beyond float64's exact range
 	return r
 }
 
 func TestAppendJSONGolden(t *testing.T) {
-	r := &backends.Record{
+	r := &flow.Record{
 		Time:       time.Date(2026, 11, 22, 0, 41, 2, 123456789, time.UTC),
 		Backend:    "ebpf",
-		Event:      backends.EventState,
+		Event:      flow.EventState,
 		Cookie:     123,
 		CgroupID:   456,
 		Family:     4,
@@ -52,14 +52,14 @@ func TestAppendJSONGolden(t *testing.T) {
 		RemoteAddr: netip.MustParseAddr("127.0.0.1"),
 		LocalPort:  5201,
 		RemotePort: 40000,
-		State:      backends.StateEstablished,
-		OldState:   backends.StateSynSent,
+		State:      flow.StateEstablished,
+		OldState:   flow.StateSynSent,
 		CA:         "cubic",
 	}
-	r.Info.Set(backends.FieldState, 1)
-	r.Info.Set(backends.FieldCAState, 0)
-	r.Info.Set(backends.FieldSndCwnd, 10)
-	r.Info.Set(backends.FieldReceivedCEBytes, 18446744073709551615)
+	r.Info.Set(flow.FieldState, 1)
+	r.Info.Set(flow.FieldCAState, 0)
+	r.Info.Set(flow.FieldSndCwnd, 10)
+	r.Info.Set(flow.FieldReceivedCEBytes, 18446744073709551615)
 	const want = `{"time":"2026-11-22T00:41:02.123456789Z","backend":"ebpf","event":"state","cookie":123,"cgroup_id":456,` +
 		`"family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"ESTABLISHED",` +
 		`"old_state":"SYN_SENT","ca":"cubic","tcp_info":{"state":1,"ca_state":0,"snd_cwnd":10,"received_ce_bytes":18446744073709551615}}`
@@ -68,15 +68,15 @@ func TestAppendJSONGolden(t *testing.T) {
 	}
 
 	// A sample from netlink over IPv6, no CA, no tcp_info.
-	r = &backends.Record{
+	r = &flow.Record{
 		Time:       time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("CET", 3600)),
 		Backend:    "netlink",
-		Event:      backends.EventSample,
+		Event:      flow.EventSample,
 		Family:     6,
 		LocalAddr:  netip.MustParseAddr("::ffff:10.0.0.1"),
 		RemoteAddr: netip.MustParseAddr("2001:db8::1"),
-		State:      backends.StateCloseWait,
-		OldState:   backends.StateEstablished, // not printed: not a state event
+		State:      flow.StateCloseWait,
+		OldState:   flow.StateEstablished, // not printed: not a state event
 	}
 	const want2 = `{"time":"2026-01-02T02:04:05.000000006Z","backend":"netlink","event":"sample","cookie":0,"cgroup_id":0,` +
 		`"family":6,"laddr":"::ffff:10.0.0.1","lport":0,"raddr":"2001:db8::1","rport":0,"state":"CLOSE_WAIT","tcp_info":{}}`
@@ -94,7 +94,7 @@ func TestAppendJSONKeyOrder(t *testing.T) {
 	}
 	want := []string{"time", "backend", "event", "cookie", "cgroup_id", "family", "laddr", "lport", "raddr", "rport",
 		"state", "old_state", "ca", "tcp_info"}
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		want = append(want, f.Name())
 	}
 	var got []string
@@ -192,10 +192,10 @@ func TestAppendJSONTime(t *testing.T) {
 func TestAppendJSONAbsentFields(t *testing.T) {
 	r := sample()
 	r.Info.Clear()
-	r.Info.Set(backends.FieldRTT, 0) // present and 0 is not absent
-	r.Info.Set(backends.FieldMinRTT, 42)
+	r.Info.Set(flow.FieldRTT, 0) // present and 0 is not absent
+	r.Info.Set(flow.FieldMinRTT, 42)
 	r.CA = ""
-	r.Event = backends.EventClose
+	r.Event = flow.EventClose
 	b := string(AppendJSON(nil, r))
 	if !strings.HasSuffix(b, `"state":"ESTABLISHED","tcp_info":{"rtt":0,"min_rtt":42}}`) {
 		t.Errorf("got %s", b)
@@ -205,12 +205,12 @@ func TestAppendJSONAbsentFields(t *testing.T) {
 func TestEncoderMembers(t *testing.T) {
 	r := sample()
 	r.Info.Clear()
-	r.Info.Set(backends.FieldSndCwnd, 10)
-	r.Info.Set(backends.FieldRTT, 25)
-	r.Info.Set(backends.FieldLost, 3)
+	r.Info.Set(flow.FieldSndCwnd, 10)
+	r.Info.Set(flow.FieldRTT, 25)
+	r.Info.Set(flow.FieldLost, 3)
 	var e Encoder
 	// Listed out of Field order, and one member the record lacks.
-	e.SetMembers(backends.FieldSndCwnd, backends.FieldDeliveryRate, backends.FieldRTT)
+	e.SetMembers(flow.FieldSndCwnd, flow.FieldDeliveryRate, flow.FieldRTT)
 	b := string(e.AppendJSON(nil, r))
 	if !strings.HasSuffix(b, `,"tcp_info":{"rtt":25,"snd_cwnd":10}}`) {
 		t.Errorf("with members rtt, snd_cwnd, delivery_rate: %s", b)
@@ -218,7 +218,7 @@ func TestEncoderMembers(t *testing.T) {
 	if want := string(AppendJSON(nil, r)); !strings.HasPrefix(b, want[:strings.Index(want, `"tcp_info"`)]) {
 		t.Errorf("members changed the keys before tcp_info:\n%s\n%s", b, want)
 	}
-	e.SetMembers(backends.FieldDeliveryRate)
+	e.SetMembers(flow.FieldDeliveryRate)
 	if b := string(e.AppendJSON(nil, r)); !strings.HasSuffix(b, `,"tcp_info":{}}`) {
 		t.Errorf("with a member the record lacks: %s", b)
 	}
@@ -237,7 +237,7 @@ func TestAppendJSONAllocs(t *testing.T) {
 }
 
 func TestKernelLineStable(t *testing.T) {
-	var r backends.Record
+	var r flow.Record
 	if err := ParseJSON([]byte(kernelLine), &r); err != nil {
 		t.Fatal(err)
 	}
@@ -247,20 +247,20 @@ func TestKernelLineStable(t *testing.T) {
 }
 
 func TestRoundTrip(t *testing.T) {
-	records := []*backends.Record{sample()}
+	records := []*flow.Record{sample()}
 	r := sample()
-	r.Event = backends.EventOpen
+	r.Event = flow.EventOpen
 	r.OldState = 0
 	r.CA = "weird \"ca\"\n"
 	r.Family = 6
 	r.LocalAddr = netip.MustParseAddr("fe80::1")
 	r.RemoteAddr = netip.MustParseAddr("::ffff:192.0.2.1")
 	r.Info.Clear()
-	r.Info.Set(backends.FieldSndCwnd, 0)
-	records = append(records, r, &backends.Record{Time: time.Unix(0, 1).UTC(), Backend: "netlink", Event: backends.EventClose})
+	r.Info.Set(flow.FieldSndCwnd, 0)
+	records = append(records, r, &flow.Record{Time: time.Unix(0, 1).UTC(), Backend: "netlink", Event: flow.EventClose})
 	for _, want := range records {
 		line := AppendJSON(nil, want)
-		var got backends.Record
+		var got flow.Record
 		if err := ParseJSON(line, &got); err != nil {
 			t.Fatalf("ParseJSON(%s): %v", line, err)
 		}
@@ -276,11 +276,11 @@ func TestRoundTrip(t *testing.T) {
 
 func TestParseJSONOverwrites(t *testing.T) {
 	r := sample()
-	line := AppendJSON(nil, &backends.Record{Time: time.Unix(1, 0).UTC(), Backend: "netlink", Event: backends.EventOpen})
+	line := AppendJSON(nil, &flow.Record{Time: time.Unix(1, 0).UTC(), Backend: "netlink", Event: flow.EventOpen})
 	if err := ParseJSON(line, r); err != nil {
 		t.Fatal(err)
 	}
-	if r.Cookie != 0 || r.CA != "" || r.Info.Has(backends.FieldRTT) {
+	if r.Cookie != 0 || r.CA != "" || r.Info.Has(flow.FieldRTT) {
 		t.Errorf("ParseJSON kept old values: %+v", r)
 	}
 }
@@ -306,14 +306,14 @@ func TestParseJSONErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var r backends.Record
+			var r flow.Record
 			err := ParseJSON([]byte(tt.line), &r)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("ParseJSON(%s) error = %v, want one mentioning %q", tt.line, err, tt.want)
 			}
 		})
 	}
-	var r backends.Record
+	var r flow.Record
 	if err := ParseJSON([]byte(good+"\n"), &r); err != nil {
 		t.Errorf("a trailing newline: %v", err)
 	}
@@ -325,14 +325,14 @@ func FuzzParse(f *testing.F) {
 	f.Add(AppendJSON(nil, sample()))
 	r := sample()
 	r.CA = "a\"\\\x01\u2028\xff"
-	r.Event = backends.EventSample
+	r.Event = flow.EventSample
 	r.LocalAddr = netip.MustParseAddr("fe80::1%eth0")
 	f.Add(AppendJSON(nil, r))
 	f.Add([]byte(`{"time":"2026-11-22T00:41:02+05:30","backend":"","event":"unknown","state":"","tcp_info":null}`))
 	f.Add([]byte(`{"time":"9999-12-31T23:59:59.9999999999-01:00","backend":"x","event":"close"}`))
 	f.Add([]byte(`{"TIME":"2026-11-22T00:41:02Z","Backend":"x","event":"state","old_state":"LISTEN","laddr":"::ffff:1.2.3.4"}`))
 	f.Fuzz(func(t *testing.T, line []byte) {
-		var r1 backends.Record
+		var r1 flow.Record
 		if err := ParseJSON(line, &r1); err != nil {
 			return
 		}
@@ -340,7 +340,7 @@ func FuzzParse(f *testing.F) {
 		if !json.Valid(b1) {
 			t.Fatalf("encoding of %q is not JSON: %s", line, b1)
 		}
-		var r2 backends.Record
+		var r2 flow.Record
 		if err := ParseJSON(b1, &r2); err != nil {
 			t.Fatalf("re-parsing %s (from %q): %v", b1, line, err)
 		}
@@ -355,21 +355,21 @@ func FuzzParse(f *testing.F) {
 const kernelLine = `{"time":"2026-11-22T00:50:49.365650953Z","backend":"ebpf","event":"open","cookie":4927,"cgroup_id":1,"family":4,"laddr":"127.0.0.1","lport":43744,"raddr":"127.0.0.1","rport":19100,"state":"ESTABLISHED","ca":"bbr","tcp_info":{"state":1,"ca_state":0,"retransmits":0,"probes":0,"backoff":0,"options":7,"snd_wscale":10,"rcv_wscale":10,"delivery_rate_app_limited":1,"fastopen_client_fail":0,"rto":204000,"ato":0,"snd_mss":32741,"rcv_mss":536,"unacked":0,"sacked":0,"lost":0,"retrans":0,"last_data_sent":1623100,"last_data_recv":0,"last_ack_recv":0,"pmtu":65535,"rcv_ssthresh":65495,"rtt":38,"rttvar":19,"snd_ssthresh":2147483647,"snd_cwnd":10,"advmss":65483,"reordering":3,"rcv_rtt":0,"rcv_space":0,"total_retrans":0,"pacing_rate":24623394779,"max_pacing_rate":18446744073709551615,"bytes_acked":1,"bytes_received":0,"segs_out":1,"segs_in":1,"notsent_bytes":0,"min_rtt":38,"data_segs_in":0,"data_segs_out":0,"delivery_rate":0,"busy_time":0,"rwnd_limited":0,"sndbuf_limited":0,"delivered":1,"delivered_ce":0,"bytes_sent":0,"bytes_retrans":0,"dsack_dups":0,"reord_seen":0,"rcv_ooopack":0,"snd_wnd":65483,"rcv_wnd":65495,"rehash":0,"total_rto":0,"total_rto_recoveries":0,"total_rto_time":0,"received_ce":0,"delivered_e1_bytes":0,"delivered_e0_bytes":0,"delivered_ce_bytes":0,"received_e1_bytes":0,"received_e0_bytes":0,"received_ce_bytes":0}}`
 
 func BenchmarkAppendJSON(b *testing.B) {
-	var kernel backends.Record
+	var kernel flow.Record
 	if err := ParseJSON([]byte(kernelLine), &kernel); err != nil {
 		b.Fatal(err)
 	}
 	for _, bc := range []struct {
 		name string
-		rec  *backends.Record
+		rec  *flow.Record
 	}{
 		{"kernel_record", &kernel},
 		{"all_fields", sample()},
-		{"few_fields", func() *backends.Record {
+		{"few_fields", func() *flow.Record {
 			r := sample()
 			r.Info.Clear()
-			for _, f := range []backends.Field{backends.FieldState, backends.FieldRTT, backends.FieldRTTVar,
-				backends.FieldSndCwnd, backends.FieldBytesAcked, backends.FieldDeliveryRate} {
+			for _, f := range []flow.Field{flow.FieldState, flow.FieldRTT, flow.FieldRTTVar,
+				flow.FieldSndCwnd, flow.FieldBytesAcked, flow.FieldDeliveryRate} {
 				r.Info.Set(f, 123456)
 			}
 			return r
@@ -419,12 +419,12 @@ func TestAppendUint(t *testing.T) {
 
 func TestKeysFit(t *testing.T) {
 	var keys []string
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		keys = append(keys, `,"`+f.Name()+`":`)
 	}
 	for i := range 256 {
-		keys = append(keys, `,"event":"`+backends.Event(i).String()+`","cookie":`,
-			`,"old_state":"`+backends.State(i).String()+`"`)
+		keys = append(keys, `,"event":"`+flow.Event(i).String()+`","cookie":`,
+			`,"old_state":"`+flow.State(i).String()+`"`)
 	}
 	for _, k := range keys {
 		if len(k) >= keyWidth { // appendMembers masks lengths with keyWidth-1

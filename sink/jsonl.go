@@ -8,7 +8,7 @@ import (
 	"io"
 	"sync"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // ErrClosed is returned by Write after Close.
@@ -41,12 +41,12 @@ type JSONL struct {
 	changes changes
 }
 
-var _ backends.Sink = (*JSONL)(nil)
+var _ flow.Sink = (*JSONL)(nil)
 
 // NewJSONL returns a JSONL that writes to w. Closing the JSONL does not
 // close w. With members listed, the lines hold only those tcp_info members
 // (Encoder.SetMembers); with none, every member a record has.
-func NewJSONL(w io.Writer, members ...backends.Field) *JSONL {
+func NewJSONL(w io.Writer, members ...flow.Field) *JSONL {
 	j := &JSONL{w: w, buf: make([]byte, 0, bufferSize+recordRoom)}
 	j.enc.SetMembers(members...)
 	return j
@@ -63,7 +63,7 @@ func (j *JSONL) SetSamples(s Samples) {
 
 // Write appends r as one line. It does not keep r. Records are encoded
 // straight into the buffer that is written out.
-func (j *JSONL) Write(r *backends.Record) error {
+func (j *JSONL) Write(r *flow.Record) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 func TestJSONLConcurrent(t *testing.T) {
@@ -37,7 +37,7 @@ func TestJSONLConcurrent(t *testing.T) {
 	seen := make(map[uint64]bool)
 	s := bufio.NewScanner(&out)
 	for s.Scan() {
-		var r backends.Record
+		var r flow.Record
 		if err := ParseJSON(s.Bytes(), &r); err != nil {
 			t.Fatalf("line %q: %v", s.Text(), err)
 		}
@@ -88,22 +88,22 @@ func TestJSONLFlushAndClose(t *testing.T) {
 
 func TestJSONLMembers(t *testing.T) {
 	var out bytes.Buffer
-	j := NewJSONL(&out, backends.FieldSndCwnd, backends.FieldRTT)
+	j := NewJSONL(&out, flow.FieldSndCwnd, flow.FieldRTT)
 	if err := j.Write(sample()); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
-	var r backends.Record
+	var r flow.Record
 	if err := ParseJSON(bytes.TrimSuffix(out.Bytes(), []byte("\n")), &r); err != nil {
 		t.Fatal(err)
 	}
 	want := sample()
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		v, ok := r.Info.Get(f)
 		switch {
-		case f == backends.FieldSndCwnd || f == backends.FieldRTT:
+		case f == flow.FieldSndCwnd || f == flow.FieldRTT:
 			if w, _ := want.Info.Get(f); !ok || v != w {
 				t.Errorf("%s = %d, %v; want %d", f, v, ok, w)
 			}

@@ -7,7 +7,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/utils/flows"
 	"github.com/flowd/flowd/utils/iperf3"
 )
@@ -130,8 +130,8 @@ type Report struct {
 // Inputs are what a scenario produced.
 type Inputs struct {
 	Iperf   *iperf3.Result
-	EBPF    []backends.Record
-	Netlink []backends.Record
+	EBPF    []flow.Record
+	Netlink []flow.Record
 	Reverse bool // iperf3 -R: the server sends
 	Shaped  bool // a bottleneck sets the rate
 }
@@ -259,14 +259,14 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func value(r *backends.Record, f backends.Field) (float64, bool) {
+func value(r *flow.Record, f flow.Field) (float64, bool) {
 	v, ok := r.Info.Get(f)
 	return float64(v), ok
 }
 
 // nearest returns the sample of recs closest to t within MaxSkew.
-func nearest(recs []backends.Record, t time.Time) *backends.Record {
-	var best *backends.Record
+func nearest(recs []flow.Record, t time.Time) *flow.Record {
+	var best *flow.Record
 	var bestGap time.Duration
 	for i := range recs {
 		gap := recs[i].Time.Sub(t)
@@ -281,7 +281,7 @@ func nearest(recs []backends.Record, t time.Time) *backends.Record {
 }
 
 // at interpolates field f of the time series recs at t.
-func at(recs []backends.Record, f backends.Field, t time.Time) (float64, bool) {
+func at(recs []flow.Record, f flow.Field, t time.Time) (float64, bool) {
 	for i := 1; i < len(recs); i++ {
 		a, b := &recs[i-1], &recs[i]
 		if a.Time.After(t) || b.Time.Before(t) {
@@ -302,10 +302,10 @@ func at(recs []backends.Record, f backends.Field, t time.Time) (float64, bool) {
 	return 0, false
 }
 
-func samples(recs []backends.Record) []backends.Record {
-	var out []backends.Record
+func samples(recs []flow.Record) []flow.Record {
+	var out []flow.Record
 	for _, r := range recs {
-		if r.Event == backends.EventSample {
+		if r.Event == flow.EventSample {
 			out = append(out, r)
 		}
 	}
@@ -322,7 +322,7 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 
 	// Bytes.
 	total := totals.Sender
-	acked, _ := value(final, backends.FieldBytesAcked)
+	acked, _ := value(final, flow.FieldBytesAcked)
 	sent, received := float64(total.Bytes), float64(totals.Receiver.Bytes)
 	add(Check{Metric: "bytes", Compared: "ebpf final bytes_acked vs iperf3 sender bytes; must lie between iperf3's receiver and sender counts",
 		Value: acked, Reference: sent, Diff: relDiff(acked, sent), Tolerance: TolBytes,
@@ -333,7 +333,7 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 		ref := float64(*total.Retransmits)
 		readAt := st.Start.Add(secs(total.End))
 		lo, hi := retransBracket(ef.Records, readAt, readAt.Add(StartSkew))
-		retrans, _ := value(final, backends.FieldTotalRetrans)
+		retrans, _ := value(final, flow.FieldTotalRetrans)
 		add(Check{Metric: "retransmits",
 			Compared: "iperf3 sender retransmits vs ebpf total_retrans just before and after iperf3's last reading",
 			Value:    retrans, Reference: ref, Diff: retrans - ref, Tolerance: TolRetransmits,
@@ -349,7 +349,7 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 		tolerance float64
 		floor     float64
 		ofMedians bool
-		flowd     func(r *backends.Record) (float64, bool)
+		flowd     func(r *flow.Record) (float64, bool)
 		iperf     func(s *iperf3.Stream) (float64, bool)
 	}
 	u := func(p *uint64) (float64, bool) {
@@ -359,9 +359,9 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 		return float64(*p), true
 	}
 	for _, m := range []perInterval{
-		{"rtt", TolPerInterval, RTTSlack, false, func(r *backends.Record) (float64, bool) { return value(r, backends.FieldRTT) },
+		{"rtt", TolPerInterval, RTTSlack, false, func(r *flow.Record) (float64, bool) { return value(r, flow.FieldRTT) },
 			func(s *iperf3.Stream) (float64, bool) { return u(s.RTT) }},
-		{"rttvar", TolRTTVar, RTTSlack, true, func(r *backends.Record) (float64, bool) { return value(r, backends.FieldRTTVar) },
+		{"rttvar", TolRTTVar, RTTSlack, true, func(r *flow.Record) (float64, bool) { return value(r, flow.FieldRTTVar) },
 			func(s *iperf3.Stream) (float64, bool) { return u(s.RTTVar) }},
 		{"snd_cwnd", TolPerInterval, 0, false, cwndBytes, func(s *iperf3.Stream) (float64, bool) { return u(s.SndCwnd) }},
 	} {
@@ -396,11 +396,11 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 		tolerance float64
 		floor     float64
 		ofMedians bool
-		get       func(r *backends.Record) (float64, bool)
+		get       func(r *flow.Record) (float64, bool)
 	}{
-		{"rtt", TolBackends, RTTSlack, false, func(r *backends.Record) (float64, bool) { return value(r, backends.FieldRTT) }},
-		{"rttvar", TolRTTVar, RTTSlack, true, func(r *backends.Record) (float64, bool) { return value(r, backends.FieldRTTVar) }},
-		{"snd_cwnd", TolBackends, 0, false, func(r *backends.Record) (float64, bool) { return value(r, backends.FieldSndCwnd) }},
+		{"rtt", TolBackends, RTTSlack, false, func(r *flow.Record) (float64, bool) { return value(r, flow.FieldRTT) }},
+		{"rttvar", TolRTTVar, RTTSlack, true, func(r *flow.Record) (float64, bool) { return value(r, flow.FieldRTTVar) }},
+		{"snd_cwnd", TolBackends, 0, false, func(r *flow.Record) (float64, bool) { return value(r, flow.FieldSndCwnd) }},
 	} {
 		var vals, refs []float64
 		for i := range nsamples {
@@ -442,8 +442,8 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 		for _, iv := range ivs[i : i+ThroughputWindow] {
 			bytes += iv.Bytes
 		}
-		a, oka := at(series, backends.FieldBytesAcked, st.Start.Add(secs(first.Start)))
-		b, okb := at(series, backends.FieldBytesAcked, st.Start.Add(secs(last.End)))
+		a, oka := at(series, flow.FieldBytesAcked, st.Start.Add(secs(first.Start)))
+		b, okb := at(series, flow.FieldBytesAcked, st.Start.Add(secs(last.End)))
 		if oka && okb {
 			slopeVals, slopeRefs = append(slopeVals, (b-a)/seconds*8), append(slopeRefs, float64(bytes)/seconds*8)
 		}
@@ -459,7 +459,7 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 			if r.Time.Before(from) || r.Time.After(to) {
 				continue
 			}
-			if v, ok := value(r, backends.FieldDeliveryRate); ok {
+			if v, ok := value(r, flow.FieldDeliveryRate); ok {
 				drVals = append(drVals, v*8)
 			}
 		}
@@ -490,10 +490,10 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 
 // retransBracket returns total_retrans from the last record at or before
 // from and from the first record at or after to (the final one when none is).
-func retransBracket(recs []backends.Record, from, to time.Time) (before, after float64) {
+func retransBracket(recs []flow.Record, from, to time.Time) (before, after float64) {
 	after = math.NaN()
 	for i := range recs {
-		v, ok := value(&recs[i], backends.FieldTotalRetrans)
+		v, ok := value(&recs[i], flow.FieldTotalRetrans)
 		if !ok {
 			continue
 		}
@@ -505,14 +505,14 @@ func retransBracket(recs []backends.Record, from, to time.Time) (before, after f
 		}
 	}
 	if math.IsNaN(after) && len(recs) > 0 {
-		after, _ = value(&recs[len(recs)-1], backends.FieldTotalRetrans)
+		after, _ = value(&recs[len(recs)-1], flow.FieldTotalRetrans)
 	}
 	return before, after
 }
 
-func cwndBytes(r *backends.Record) (float64, bool) {
-	cwnd, ok1 := value(r, backends.FieldSndCwnd)
-	mss, ok2 := value(r, backends.FieldSndMSS)
+func cwndBytes(r *flow.Record) (float64, bool) {
+	cwnd, ok1 := value(r, flow.FieldSndCwnd)
+	mss, ok2 := value(r, flow.FieldSndMSS)
 	return cwnd * mss, ok1 && ok2
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/backends/netlink"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/sink"
 	"github.com/flowd/flowd/utils/flows"
@@ -209,7 +210,7 @@ func runScenario(t *testing.T, sc Scenario) {
 // default), and checks that it reads back as the same records as
 // dir/NAME.full.jsonl, which the same backend wrote with every sample
 // complete.
-func loadBoth(t *testing.T, dir, name string) []backends.Record {
+func loadBoth(t *testing.T, dir, name string) []flow.Record {
 	t.Helper()
 	recs, err := flows.Load(filepath.Join(dir, name+".jsonl"))
 	if err != nil {
@@ -233,7 +234,7 @@ func loadBoth(t *testing.T, dir, name string) []backends.Record {
 // tee writes every record to both of its sinks.
 type tee [2]*sink.JSONL
 
-func (s tee) Write(r *backends.Record) error {
+func (s tee) Write(r *flow.Record) error {
 	return errors.Join(s[0].Write(r), s[1].Write(r))
 }
 

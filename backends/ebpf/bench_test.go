@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf/internal/producer"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/sink"
 )
@@ -30,12 +30,12 @@ func realisticRecord() bpfFlowdRecord {
 		TimestampNs: 1_811_302_913_845,
 		Cookie:      5601,
 		CgroupId:    18360,
-		Present:     [2]uint64{^uint64(0), 1<<(backends.NumFields-64) - 1},
+		Present:     [2]uint64{^uint64(0), 1<<(flow.NumFields-64) - 1},
 		Lport:       60112,
 		Rport:       40211,
 		Family:      afInet,
-		Event:       uint8(backends.EventSample),
-		NewState:    uint8(backends.StateEstablished),
+		Event:       uint8(flow.EventSample),
+		NewState:    uint8(flow.StateEstablished),
 		Info: bpfFlowdTcpInfo{
 			PacingRate: 681023200000, MaxPacingRate: 18446744073709551615,
 			BytesAcked: 33423361, DeliveryRate: 39289800000,
@@ -65,7 +65,7 @@ func BenchmarkDecodeEncode(b *testing.B) {
 	raw := rawRecord(&k) // k itself: the loop moves its time on
 	d := decoder{monoToWall: 1_795_000_000_000_000_000}
 	var (
-		r   backends.Record
+		r   flow.Record
 		enc sink.Encoder
 	)
 	buf := make([]byte, 0, 4096)
@@ -317,11 +317,11 @@ func produce(p *producer.Producer, n, rate int, start time.Time) error {
 // countingSink counts the records it passes on. Only Run's goroutine
 // writes to it.
 type countingSink struct {
-	next backends.Sink
+	next flow.Sink
 	n    uint64
 }
 
-func (s *countingSink) Write(r *backends.Record) error {
+func (s *countingSink) Write(r *flow.Record) error {
 	s.n++
 	return s.next.Write(r)
 }

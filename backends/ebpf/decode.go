@@ -8,7 +8,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 const (
@@ -29,7 +29,7 @@ type decoder struct {
 }
 
 // decode fills r from one sample. raw must hold a whole struct flowd_record.
-func (d *decoder) decode(raw []byte, r *backends.Record) error {
+func (d *decoder) decode(raw []byte, r *flow.Record) error {
 	if len(raw) < recordSize {
 		return fmt.Errorf("%w: %d bytes, want %d", errShortRecord, len(raw), recordSize)
 	}
@@ -39,7 +39,7 @@ func (d *decoder) decode(raw []byte, r *backends.Record) error {
 
 	r.Time = time.Unix(0, int64(k.TimestampNs)+d.monoToWall).UTC()
 	r.Backend = Name
-	r.Event = backends.Event(k.Event)
+	r.Event = flow.Event(k.Event)
 	r.Cookie = k.Cookie
 	r.CgroupID = k.CgroupId
 	r.LocalPort = k.Lport
@@ -56,10 +56,10 @@ func (d *decoder) decode(raw []byte, r *backends.Record) error {
 	default:
 		return fmt.Errorf("record with unknown address family %d", k.Family)
 	}
-	r.State = backends.State(k.NewState)
+	r.State = flow.State(k.NewState)
 	r.OldState = 0
-	if r.Event == backends.EventState {
-		r.OldState = backends.State(k.OldState)
+	if r.Event == flow.EventState {
+		r.OldState = flow.State(k.OldState)
 	}
 	r.CA = caName(&k.Ca)
 	decodeInfo(&k.Info, k.Present, &r.Info)
@@ -86,74 +86,74 @@ func caName(b *[16]int8) string {
 var knownCA = [...]string{"cubic", "bbr", "reno", "dctcp", "htcp", "vegas", "westwood", "bic", "highspeed", "hybla", "illinois", "lp", "nv", "scalable", "veno", "yeah", "cdg"}
 
 // decodeInfo copies the kernel's tcp_info-like struct into the shared form.
-func decodeInfo(k *bpfFlowdTcpInfo, present [2]uint64, t *backends.TCPInfo) {
+func decodeInfo(k *bpfFlowdTcpInfo, present [2]uint64, t *flow.TCPInfo) {
 	v := &t.Values
-	v[backends.FieldState] = uint64(k.State)
-	v[backends.FieldCAState] = uint64(k.CaState)
-	v[backends.FieldRetransmits] = uint64(k.Retransmits)
-	v[backends.FieldProbes] = uint64(k.Probes)
-	v[backends.FieldBackoff] = uint64(k.Backoff)
-	v[backends.FieldOptions] = uint64(k.Options)
-	v[backends.FieldSndWscale] = uint64(k.SndWscale)
-	v[backends.FieldRcvWscale] = uint64(k.RcvWscale)
-	v[backends.FieldDeliveryRateAppLimited] = uint64(k.DeliveryRateAppLimited)
-	v[backends.FieldFastopenClientFail] = uint64(k.FastopenClientFail)
-	v[backends.FieldRTO] = uint64(k.Rto)
-	v[backends.FieldATO] = uint64(k.Ato)
-	v[backends.FieldSndMSS] = uint64(k.SndMss)
-	v[backends.FieldRcvMSS] = uint64(k.RcvMss)
-	v[backends.FieldUnacked] = uint64(k.Unacked)
-	v[backends.FieldSacked] = uint64(k.Sacked)
-	v[backends.FieldLost] = uint64(k.Lost)
-	v[backends.FieldRetrans] = uint64(k.Retrans)
-	v[backends.FieldLastDataSent] = uint64(k.LastDataSent)
-	v[backends.FieldLastDataRecv] = uint64(k.LastDataRecv)
-	v[backends.FieldLastAckRecv] = uint64(k.LastAckRecv)
-	v[backends.FieldPMTU] = uint64(k.Pmtu)
-	v[backends.FieldRcvSsthresh] = uint64(k.RcvSsthresh)
-	v[backends.FieldRTT] = uint64(k.Rtt)
-	v[backends.FieldRTTVar] = uint64(k.Rttvar)
-	v[backends.FieldSndSsthresh] = uint64(k.SndSsthresh)
-	v[backends.FieldSndCwnd] = uint64(k.SndCwnd)
-	v[backends.FieldAdvMSS] = uint64(k.Advmss)
-	v[backends.FieldReordering] = uint64(k.Reordering)
-	v[backends.FieldRcvRTT] = uint64(k.RcvRtt)
-	v[backends.FieldRcvSpace] = uint64(k.RcvSpace)
-	v[backends.FieldTotalRetrans] = uint64(k.TotalRetrans)
-	v[backends.FieldPacingRate] = k.PacingRate
-	v[backends.FieldMaxPacingRate] = k.MaxPacingRate
-	v[backends.FieldBytesAcked] = k.BytesAcked
-	v[backends.FieldBytesReceived] = k.BytesReceived
-	v[backends.FieldSegsOut] = uint64(k.SegsOut)
-	v[backends.FieldSegsIn] = uint64(k.SegsIn)
-	v[backends.FieldNotsentBytes] = uint64(k.NotsentBytes)
-	v[backends.FieldMinRTT] = uint64(k.MinRtt)
-	v[backends.FieldDataSegsIn] = uint64(k.DataSegsIn)
-	v[backends.FieldDataSegsOut] = uint64(k.DataSegsOut)
-	v[backends.FieldDeliveryRate] = k.DeliveryRate
-	v[backends.FieldBusyTime] = k.BusyTime
-	v[backends.FieldRwndLimited] = k.RwndLimited
-	v[backends.FieldSndbufLimited] = k.SndbufLimited
-	v[backends.FieldDelivered] = uint64(k.Delivered)
-	v[backends.FieldDeliveredCE] = uint64(k.DeliveredCe)
-	v[backends.FieldBytesSent] = k.BytesSent
-	v[backends.FieldBytesRetrans] = k.BytesRetrans
-	v[backends.FieldDsackDups] = uint64(k.DsackDups)
-	v[backends.FieldReordSeen] = uint64(k.ReordSeen)
-	v[backends.FieldRcvOoopack] = uint64(k.RcvOoopack)
-	v[backends.FieldSndWnd] = uint64(k.SndWnd)
-	v[backends.FieldRcvWnd] = uint64(k.RcvWnd)
-	v[backends.FieldRehash] = uint64(k.Rehash)
-	v[backends.FieldTotalRTO] = uint64(k.TotalRto)
-	v[backends.FieldTotalRTORecoveries] = uint64(k.TotalRtoRecoveries)
-	v[backends.FieldTotalRTOTime] = uint64(k.TotalRtoTime)
-	v[backends.FieldReceivedCE] = uint64(k.ReceivedCe)
-	v[backends.FieldDeliveredE1Bytes] = uint64(k.DeliveredE1Bytes)
-	v[backends.FieldDeliveredE0Bytes] = uint64(k.DeliveredE0Bytes)
-	v[backends.FieldDeliveredCEBytes] = uint64(k.DeliveredCeBytes)
-	v[backends.FieldReceivedE1Bytes] = uint64(k.ReceivedE1Bytes)
-	v[backends.FieldReceivedE0Bytes] = uint64(k.ReceivedE0Bytes)
-	v[backends.FieldReceivedCEBytes] = uint64(k.ReceivedCeBytes)
+	v[flow.FieldState] = uint64(k.State)
+	v[flow.FieldCAState] = uint64(k.CaState)
+	v[flow.FieldRetransmits] = uint64(k.Retransmits)
+	v[flow.FieldProbes] = uint64(k.Probes)
+	v[flow.FieldBackoff] = uint64(k.Backoff)
+	v[flow.FieldOptions] = uint64(k.Options)
+	v[flow.FieldSndWscale] = uint64(k.SndWscale)
+	v[flow.FieldRcvWscale] = uint64(k.RcvWscale)
+	v[flow.FieldDeliveryRateAppLimited] = uint64(k.DeliveryRateAppLimited)
+	v[flow.FieldFastopenClientFail] = uint64(k.FastopenClientFail)
+	v[flow.FieldRTO] = uint64(k.Rto)
+	v[flow.FieldATO] = uint64(k.Ato)
+	v[flow.FieldSndMSS] = uint64(k.SndMss)
+	v[flow.FieldRcvMSS] = uint64(k.RcvMss)
+	v[flow.FieldUnacked] = uint64(k.Unacked)
+	v[flow.FieldSacked] = uint64(k.Sacked)
+	v[flow.FieldLost] = uint64(k.Lost)
+	v[flow.FieldRetrans] = uint64(k.Retrans)
+	v[flow.FieldLastDataSent] = uint64(k.LastDataSent)
+	v[flow.FieldLastDataRecv] = uint64(k.LastDataRecv)
+	v[flow.FieldLastAckRecv] = uint64(k.LastAckRecv)
+	v[flow.FieldPMTU] = uint64(k.Pmtu)
+	v[flow.FieldRcvSsthresh] = uint64(k.RcvSsthresh)
+	v[flow.FieldRTT] = uint64(k.Rtt)
+	v[flow.FieldRTTVar] = uint64(k.Rttvar)
+	v[flow.FieldSndSsthresh] = uint64(k.SndSsthresh)
+	v[flow.FieldSndCwnd] = uint64(k.SndCwnd)
+	v[flow.FieldAdvMSS] = uint64(k.Advmss)
+	v[flow.FieldReordering] = uint64(k.Reordering)
+	v[flow.FieldRcvRTT] = uint64(k.RcvRtt)
+	v[flow.FieldRcvSpace] = uint64(k.RcvSpace)
+	v[flow.FieldTotalRetrans] = uint64(k.TotalRetrans)
+	v[flow.FieldPacingRate] = k.PacingRate
+	v[flow.FieldMaxPacingRate] = k.MaxPacingRate
+	v[flow.FieldBytesAcked] = k.BytesAcked
+	v[flow.FieldBytesReceived] = k.BytesReceived
+	v[flow.FieldSegsOut] = uint64(k.SegsOut)
+	v[flow.FieldSegsIn] = uint64(k.SegsIn)
+	v[flow.FieldNotsentBytes] = uint64(k.NotsentBytes)
+	v[flow.FieldMinRTT] = uint64(k.MinRtt)
+	v[flow.FieldDataSegsIn] = uint64(k.DataSegsIn)
+	v[flow.FieldDataSegsOut] = uint64(k.DataSegsOut)
+	v[flow.FieldDeliveryRate] = k.DeliveryRate
+	v[flow.FieldBusyTime] = k.BusyTime
+	v[flow.FieldRwndLimited] = k.RwndLimited
+	v[flow.FieldSndbufLimited] = k.SndbufLimited
+	v[flow.FieldDelivered] = uint64(k.Delivered)
+	v[flow.FieldDeliveredCE] = uint64(k.DeliveredCe)
+	v[flow.FieldBytesSent] = k.BytesSent
+	v[flow.FieldBytesRetrans] = k.BytesRetrans
+	v[flow.FieldDsackDups] = uint64(k.DsackDups)
+	v[flow.FieldReordSeen] = uint64(k.ReordSeen)
+	v[flow.FieldRcvOoopack] = uint64(k.RcvOoopack)
+	v[flow.FieldSndWnd] = uint64(k.SndWnd)
+	v[flow.FieldRcvWnd] = uint64(k.RcvWnd)
+	v[flow.FieldRehash] = uint64(k.Rehash)
+	v[flow.FieldTotalRTO] = uint64(k.TotalRto)
+	v[flow.FieldTotalRTORecoveries] = uint64(k.TotalRtoRecoveries)
+	v[flow.FieldTotalRTOTime] = uint64(k.TotalRtoTime)
+	v[flow.FieldReceivedCE] = uint64(k.ReceivedCe)
+	v[flow.FieldDeliveredE1Bytes] = uint64(k.DeliveredE1Bytes)
+	v[flow.FieldDeliveredE0Bytes] = uint64(k.DeliveredE0Bytes)
+	v[flow.FieldDeliveredCEBytes] = uint64(k.DeliveredCeBytes)
+	v[flow.FieldReceivedE1Bytes] = uint64(k.ReceivedE1Bytes)
+	v[flow.FieldReceivedE0Bytes] = uint64(k.ReceivedE0Bytes)
+	v[flow.FieldReceivedCEBytes] = uint64(k.ReceivedCeBytes)
 
 	// Only the bits of fields flowd knows; absent values are zeroed so that
 	// nothing stale is kept in a reused record.
@@ -165,8 +165,8 @@ func decodeInfo(k *bpfFlowdTcpInfo, present [2]uint64, t *backends.TCPInfo) {
 	}
 }
 
-var presenceMask = func() (m [backends.PresenceWords]uint64) {
-	for f := backends.Field(0); f < backends.NumFields; f++ {
+var presenceMask = func() (m [flow.PresenceWords]uint64) {
+	for f := flow.Field(0); f < flow.NumFields; f++ {
 		m[f/64] |= 1 << (f % 64)
 	}
 	return m

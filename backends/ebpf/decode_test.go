@@ -14,7 +14,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 )
 
@@ -90,12 +90,12 @@ func TestEnumsMatch(t *testing.T) {
 	for _, v := range fields.Values {
 		name := strings.ToLower(strings.TrimPrefix(v.Name, "FLOWD_F_"))
 		if v.Name == "FLOWD_NUM_FIELDS" {
-			if v.Value != uint64(backends.NumFields) {
-				t.Errorf("FLOWD_NUM_FIELDS = %d, backends.NumFields = %d", v.Value, backends.NumFields)
+			if v.Value != uint64(flow.NumFields) {
+				t.Errorf("FLOWD_NUM_FIELDS = %d, flow.NumFields = %d", v.Value, flow.NumFields)
 			}
 			continue
 		}
-		f, ok := backends.FieldByName(name)
+		f, ok := flow.FieldByName(name)
 		if !ok {
 			t.Errorf("C field %s has no Go counterpart", v.Name)
 			continue
@@ -105,8 +105,8 @@ func TestEnumsMatch(t *testing.T) {
 		}
 		seen++
 	}
-	if seen != int(backends.NumFields) {
-		t.Errorf("C has %d fields, Go %d", seen, backends.NumFields)
+	if seen != int(flow.NumFields) {
+		t.Errorf("C has %d fields, Go %d", seen, flow.NumFields)
 	}
 
 	var events *btf.Enum
@@ -115,7 +115,7 @@ func TestEnumsMatch(t *testing.T) {
 	}
 	for _, v := range events.Values {
 		name := strings.ToLower(strings.TrimPrefix(v.Name, "FLOWD_EVENT_"))
-		if ev, ok := backends.ParseEvent(name); !ok || uint64(ev) != v.Value {
+		if ev, ok := flow.ParseEvent(name); !ok || uint64(ev) != v.Value {
 			t.Errorf("event %s: C %d, Go %d (%v)", name, v.Value, ev, ok)
 		}
 	}
@@ -133,9 +133,9 @@ func TestDecode(t *testing.T) {
 		Lport:       5201,
 		Rport:       40000,
 		Family:      afInet,
-		Event:       uint8(backends.EventState),
-		OldState:    uint8(backends.StateEstablished),
-		NewState:    uint8(backends.StateFinWait1),
+		Event:       uint8(flow.EventState),
+		OldState:    uint8(flow.StateEstablished),
+		NewState:    uint8(flow.StateFinWait1),
 	}
 	copy(k.Laddr[:], []byte{10, 0, 0, 1})
 	copy(k.Raddr[:], []byte{10, 0, 0, 2})
@@ -146,19 +146,19 @@ func TestDecode(t *testing.T) {
 	k.Info.SndCwnd = 10
 	k.Info.BytesAcked = 1 << 40
 	k.Info.TotalRtoTime = 7
-	k.Present[0] = 1<<backends.FieldRTT | 1<<backends.FieldSndCwnd | 1<<backends.FieldBytesAcked
+	k.Present[0] = 1<<flow.FieldRTT | 1<<flow.FieldSndCwnd | 1<<flow.FieldBytesAcked
 	// total_rto_time is absent: its value must not leak through.
 
 	d := decoder{monoToWall: 1_700_000_000_000_000_000}
-	var r backends.Record
-	r.Info.Set(backends.FieldTotalRTOTime, 99) // stale value from a reused record
+	var r flow.Record
+	r.Info.Set(flow.FieldTotalRTOTime, 99) // stale value from a reused record
 	if err := d.decode(rawRecord(&k), &r); err != nil {
 		t.Fatal(err)
 	}
-	want := backends.Record{
+	want := flow.Record{
 		Time:       time.Unix(0, 1_700_000_005_000_000_000).UTC(),
 		Backend:    "ebpf",
-		Event:      backends.EventState,
+		Event:      flow.EventState,
 		Cookie:     0x1122334455667788,
 		CgroupID:   4242,
 		Family:     4,
@@ -166,19 +166,19 @@ func TestDecode(t *testing.T) {
 		RemoteAddr: netip.MustParseAddr("10.0.0.2"),
 		LocalPort:  5201,
 		RemotePort: 40000,
-		State:      backends.StateFinWait1,
-		OldState:   backends.StateEstablished,
+		State:      flow.StateFinWait1,
+		OldState:   flow.StateEstablished,
 		CA:         "cubic",
 	}
-	want.Info.Set(backends.FieldRTT, 52)
-	want.Info.Set(backends.FieldSndCwnd, 10)
-	want.Info.Set(backends.FieldBytesAcked, 1<<40)
+	want.Info.Set(flow.FieldRTT, 52)
+	want.Info.Set(flow.FieldSndCwnd, 10)
+	want.Info.Set(flow.FieldBytesAcked, 1<<40)
 	if !reflect.DeepEqual(r, want) {
 		t.Fatalf("decoded\n%+v\nwant\n%+v", r, want)
 	}
 
 	k.Family = afInet6
-	k.Event = uint8(backends.EventSample)
+	k.Event = uint8(flow.EventSample)
 	copy(k.Laddr[:], netip.MustParseAddr("2001:db8::1").AsSlice())
 	if err := d.decode(rawRecord(&k), &r); err != nil {
 		t.Fatal(err)
@@ -206,11 +206,11 @@ func FuzzDecode(f *testing.F) {
 		buf := make([]uint64, (len(raw)+7)/8)
 		b := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(buf))), len(buf)*8)[:len(raw)]
 		copy(b, raw)
-		var r backends.Record
+		var r flow.Record
 		if err := (&decoder{}).decode(b, &r); err != nil {
 			return
 		}
-		for fl := backends.Field(0); fl < backends.NumFields; fl++ {
+		for fl := flow.Field(0); fl < flow.NumFields; fl++ {
 			if !r.Info.Has(fl) && r.Info.Values[fl] != 0 {
 				t.Fatalf("absent field %s has value %d", fl, r.Info.Values[fl])
 			}
@@ -230,7 +230,7 @@ func BenchmarkDecode(b *testing.B) {
 	}
 	raw := append([]byte(nil), rawRecord(&k)...)
 	d := decoder{}
-	var r backends.Record
+	var r flow.Record
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := d.decode(raw, &r); err != nil {

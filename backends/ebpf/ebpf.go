@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // Name is the backend's name in records and logs.
@@ -54,7 +55,7 @@ type Config struct {
 	Filter        backends.Filter
 	// Members are the tcp_info members the program reads and reports;
 	// none = every member. The others are left out of the records.
-	Members []backends.Field
+	Members []flow.Field
 	Log     logrus.FieldLogger
 }
 
@@ -220,9 +221,9 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 var recentBits uint8 = 16
 
 // memberMask is the program's members constant: a bit per enum flowd_field
-// (the same numbers as backends.Field); every bit when none are listed.
-func memberMask(members []backends.Field) [backends.PresenceWords]uint64 {
-	var m [backends.PresenceWords]uint64
+// (the same numbers as flow.Field); every bit when none are listed.
+func memberMask(members []flow.Field) [flow.PresenceWords]uint64 {
+	var m [flow.PresenceWords]uint64
 	if len(members) == 0 {
 		for i := range m {
 			m[i] = ^uint64(0)
@@ -230,7 +231,7 @@ func memberMask(members []backends.Field) [backends.PresenceWords]uint64 {
 		return m
 	}
 	for _, f := range members {
-		if f < backends.NumFields {
+		if f < flow.NumFields {
 			m[f/64] |= 1 << (f % 64)
 		}
 	}
@@ -289,7 +290,7 @@ func (b *Backend) Name() string { return Name }
 // Run reads records until ctx is cancelled, then detaches the program,
 // drains what the ring buffer still holds and returns. The ring buffer is
 // drained every FlushInterval, and the sink flushed after it (a
-// backends.Flusher); the program wakes the reader early only when half
+// flow.Flusher); the program wakes the reader early only when half
 // of the buffer is unread.
 //
 // The reader never blocks in a system call of its own: ReadInto, with a
@@ -298,7 +299,7 @@ func (b *Backend) Name() string { return Name }
 // New). So one timer drives the drain and the flush, and while Run waits
 // its thread and processor are free, which lets the Go runtime's monitor
 // thread sleep instead of polling a thread stuck in epoll_wait.
-func (b *Backend) Run(ctx context.Context, sink backends.Sink) error {
+func (b *Backend) Run(ctx context.Context, sink flow.Sink) error {
 	rc, err := b.wake.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("ring buffer wakeups: %w", err)
@@ -310,7 +311,7 @@ func (b *Backend) Run(ctx context.Context, sink backends.Sink) error {
 
 	var (
 		raw    ringbuf.Record
-		rec    backends.Record
+		rec    flow.Record
 		next   = time.Now().Add(b.cfg.FlushInterval)
 		runErr error
 	)
@@ -321,7 +322,7 @@ func (b *Backend) Run(ctx context.Context, sink backends.Sink) error {
 		}
 		if now := time.Now(); !now.Before(next) {
 			// The batch goes to the output now.
-			if err := backends.Flush(sink); err != nil {
+			if err := flow.Flush(sink); err != nil {
 				return fmt.Errorf("flushing records: %w", err)
 			}
 			next = now.Add(b.cfg.FlushInterval)
@@ -355,7 +356,7 @@ func (b *Backend) Run(ctx context.Context, sink backends.Sink) error {
 
 // drain delivers every record the ring buffer holds to sink. closed
 // reports that the reader was closed (by Close).
-func (b *Backend) drain(raw *ringbuf.Record, rec *backends.Record, sink backends.Sink) (closed bool, err error) {
+func (b *Backend) drain(raw *ringbuf.Record, rec *flow.Record, sink flow.Sink) (closed bool, err error) {
 	for {
 		err := b.reader.ReadInto(raw)
 		switch {
@@ -373,7 +374,7 @@ func (b *Backend) drain(raw *ringbuf.Record, rec *backends.Record, sink backends
 	}
 }
 
-func (b *Backend) deliver(raw []byte, rec *backends.Record, sink backends.Sink) error {
+func (b *Backend) deliver(raw []byte, rec *flow.Record, sink flow.Sink) error {
 	if err := b.dec.decode(raw, rec); err != nil {
 		b.log.WithError(err).Warn("dropping malformed record")
 		return nil

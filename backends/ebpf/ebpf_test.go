@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 )
 
@@ -26,38 +27,38 @@ func addrPort(a net.Addr) netip.AddrPort { return a.(*net.TCPAddr).AddrPort() }
 // read by the socket's owner at the same quiescent moment; n is the length
 // of the kernel's tcp_info: members past it (newer than the kernel's
 // tcp_info, though tcp_sock may have them) have nothing to compare with.
-func checkAgainstTCPInfo(t *testing.T, side string, r backends.Record, ti *unix.TCPInfo, n int) {
+func checkAgainstTCPInfo(t *testing.T, side string, r flow.Record, ti *unix.TCPInfo, n int) {
 	t.Helper()
-	want := map[backends.Field]uint64{
-		backends.FieldRTT:           uint64(ti.Rtt),
-		backends.FieldRTTVar:        uint64(ti.Rttvar),
-		backends.FieldSndCwnd:       uint64(ti.Snd_cwnd),
-		backends.FieldBytesAcked:    ti.Bytes_acked,
-		backends.FieldBytesReceived: ti.Bytes_received,
-		backends.FieldBytesSent:     ti.Bytes_sent,
-		backends.FieldTotalRetrans:  uint64(ti.Total_retrans),
-		backends.FieldDelivered:     uint64(ti.Delivered),
-		backends.FieldSegsOut:       uint64(ti.Segs_out),
-		backends.FieldDataSegsOut:   uint64(ti.Data_segs_out),
-		backends.FieldDataSegsIn:    uint64(ti.Data_segs_in),
-		backends.FieldSndMSS:        uint64(ti.Snd_mss),
-		backends.FieldRcvMSS:        uint64(ti.Rcv_mss),
-		backends.FieldAdvMSS:        uint64(ti.Advmss),
-		backends.FieldPMTU:          uint64(ti.Pmtu),
-		backends.FieldMinRTT:        uint64(ti.Min_rtt),
-		backends.FieldRTO:           uint64(ti.Rto),
-		backends.FieldATO:           uint64(ti.Ato),
-		backends.FieldOptions:       uint64(ti.Options),
-		backends.FieldSndSsthresh:   uint64(ti.Snd_ssthresh),
-		backends.FieldRcvSpace:      uint64(ti.Rcv_space),
-		backends.FieldSndWnd:        uint64(ti.Snd_wnd),
-		backends.FieldRcvWnd:        uint64(ti.Rcv_wnd),
-		backends.FieldPacingRate:    ti.Pacing_rate,
-		backends.FieldDeliveryRate:  ti.Delivery_rate,
-		backends.FieldNotsentBytes:  uint64(ti.Notsent_bytes),
-		backends.FieldUnacked:       uint64(ti.Unacked),
-		backends.FieldCAState:       uint64(ti.Ca_state),
-		backends.FieldReordering:    uint64(ti.Reordering),
+	want := map[flow.Field]uint64{
+		flow.FieldRTT:           uint64(ti.Rtt),
+		flow.FieldRTTVar:        uint64(ti.Rttvar),
+		flow.FieldSndCwnd:       uint64(ti.Snd_cwnd),
+		flow.FieldBytesAcked:    ti.Bytes_acked,
+		flow.FieldBytesReceived: ti.Bytes_received,
+		flow.FieldBytesSent:     ti.Bytes_sent,
+		flow.FieldTotalRetrans:  uint64(ti.Total_retrans),
+		flow.FieldDelivered:     uint64(ti.Delivered),
+		flow.FieldSegsOut:       uint64(ti.Segs_out),
+		flow.FieldDataSegsOut:   uint64(ti.Data_segs_out),
+		flow.FieldDataSegsIn:    uint64(ti.Data_segs_in),
+		flow.FieldSndMSS:        uint64(ti.Snd_mss),
+		flow.FieldRcvMSS:        uint64(ti.Rcv_mss),
+		flow.FieldAdvMSS:        uint64(ti.Advmss),
+		flow.FieldPMTU:          uint64(ti.Pmtu),
+		flow.FieldMinRTT:        uint64(ti.Min_rtt),
+		flow.FieldRTO:           uint64(ti.Rto),
+		flow.FieldATO:           uint64(ti.Ato),
+		flow.FieldOptions:       uint64(ti.Options),
+		flow.FieldSndSsthresh:   uint64(ti.Snd_ssthresh),
+		flow.FieldRcvSpace:      uint64(ti.Rcv_space),
+		flow.FieldSndWnd:        uint64(ti.Snd_wnd),
+		flow.FieldRcvWnd:        uint64(ti.Rcv_wnd),
+		flow.FieldPacingRate:    ti.Pacing_rate,
+		flow.FieldDeliveryRate:  ti.Delivery_rate,
+		flow.FieldNotsentBytes:  uint64(ti.Notsent_bytes),
+		flow.FieldUnacked:       uint64(ti.Unacked),
+		flow.FieldCAState:       uint64(ti.Ca_state),
+		flow.FieldReordering:    uint64(ti.Reordering),
 	}
 	for f, w := range want {
 		if !testutil.InTCPInfo(f, n) {
@@ -73,10 +74,10 @@ func checkAgainstTCPInfo(t *testing.T, side string, r backends.Record, ti *unix.
 		}
 	}
 	// Time-based members drift by the few ms between the two reads.
-	for f, w := range map[backends.Field]uint64{
-		backends.FieldBusyTime:     ti.Busy_time,
-		backends.FieldLastDataSent: uint64(ti.Last_data_sent),
-		backends.FieldLastAckRecv:  uint64(ti.Last_ack_recv),
+	for f, w := range map[flow.Field]uint64{
+		flow.FieldBusyTime:     ti.Busy_time,
+		flow.FieldLastDataSent: uint64(ti.Last_data_sent),
+		flow.FieldLastAckRecv:  uint64(ti.Last_ack_recv),
 	} {
 		got, _ := r.Info.Get(f)
 		if diff := math.Abs(float64(got) - float64(w)); diff > float64(w)*0.2+20000 {
@@ -113,8 +114,8 @@ func TestTransfer(t *testing.T) {
 			p.Server.Close()
 
 			testutil.WaitFor(t, "close records of both ends", 5*time.Second, func() bool {
-				return len(col.Find(clientCookie, backends.EventClose)) == 1 &&
-					len(col.Find(serverCookie, backends.EventClose)) == 1
+				return len(col.Find(clientCookie, flow.EventClose)) == 1 &&
+					len(col.Find(serverCookie, flow.EventClose)) == 1
 			})
 
 			family := uint8(4)
@@ -125,11 +126,11 @@ func TestTransfer(t *testing.T) {
 				name         string
 				cookie       uint64
 				conn         net.Conn
-				closingState backends.State
+				closingState flow.State
 				info         *unix.TCPInfo
 			}{
-				{"client", clientCookie, p.Client, backends.StateFinWait1, clientInfo},
-				{"server", serverCookie, p.Server, backends.StateLastAck, serverInfo},
+				{"client", clientCookie, p.Client, flow.StateFinWait1, clientInfo},
+				{"server", serverCookie, p.Server, flow.StateLastAck, serverInfo},
 			} {
 				recs := col.Records(side.cookie)
 				if len(recs) == 0 {
@@ -150,15 +151,15 @@ func TestTransfer(t *testing.T) {
 						t.Errorf("%s: cgroup id missing", side.name)
 					}
 				}
-				if recs[0].Event != backends.EventOpen {
+				if recs[0].Event != flow.EventOpen {
 					t.Errorf("%s: first record is %s, want open", side.name, recs[0].Event)
 				}
-				if last := recs[len(recs)-1]; last.Event != backends.EventClose || last.State != backends.StateClose {
+				if last := recs[len(recs)-1]; last.Event != flow.EventClose || last.State != flow.StateClose {
 					t.Errorf("%s: last record is %s/%s, want close/CLOSE", side.name, last.Event, last.State)
 				}
-				var closing *backends.Record
+				var closing *flow.Record
 				for i := range recs {
-					if recs[i].Event == backends.EventState && recs[i].State == side.closingState {
+					if recs[i].Event == flow.EventState && recs[i].State == side.closingState {
 						closing = &recs[i]
 					}
 				}
@@ -167,13 +168,13 @@ func TestTransfer(t *testing.T) {
 				}
 				checkAgainstTCPInfo(t, side.name, *closing, side.info, infoLen)
 			}
-			if n := len(col.Find(clientCookie, backends.EventSample)); n < 5 {
+			if n := len(col.Find(clientCookie, flow.EventSample)); n < 5 {
 				t.Errorf("sender produced %d samples at interval 0, want many", n)
 			}
 			// Counters grow monotonically through the samples.
 			var last uint64
-			for _, r := range col.Find(clientCookie, backends.EventSample) {
-				v, _ := r.Info.Get(backends.FieldBytesAcked)
+			for _, r := range col.Find(clientCookie, flow.EventSample) {
+				v, _ := r.Info.Get(flow.FieldBytesAcked)
 				if v < last {
 					t.Errorf("bytes_acked went back from %d to %d", last, v)
 				}
@@ -190,9 +191,9 @@ func TestTransfer(t *testing.T) {
 // record holds exactly those, with the values TCP_INFO has.
 func TestMembers(t *testing.T) {
 	testutil.RequireRoot(t)
-	members := []backends.Field{
-		backends.FieldOptions, backends.FieldSndWscale, backends.FieldRcvWscale, backends.FieldRTT,
-		backends.FieldSndCwnd, backends.FieldBytesAcked, backends.FieldDeliveryRate, backends.FieldBusyTime,
+	members := []flow.Field{
+		flow.FieldOptions, flow.FieldSndWscale, flow.FieldRcvWscale, flow.FieldRTT,
+		flow.FieldSndCwnd, flow.FieldBytesAcked, flow.FieldDeliveryRate, flow.FieldBusyTime,
 	}
 	cg := testutil.TempCgroup(t)
 	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond, Members: members})
@@ -205,35 +206,35 @@ func TestMembers(t *testing.T) {
 	p.Client.Close()
 	testutil.ReadEOF(t, p.Server)
 	p.Server.Close()
-	testutil.WaitFor(t, "the close record", 5*time.Second, func() bool { return len(col.Find(cookie, backends.EventClose)) == 1 })
+	testutil.WaitFor(t, "the close record", 5*time.Second, func() bool { return len(col.Find(cookie, flow.EventClose)) == 1 })
 
 	recs := col.Records(cookie)
 	for _, r := range recs {
-		for f := range backends.NumFields {
+		for f := range flow.NumFields {
 			if r.Info.Has(f) != slices.Contains(members, f) {
 				t.Errorf("%s record: %s present = %v, members %v", r.Event, f, r.Info.Has(f), members)
 			}
 		}
 	}
-	if len(col.Find(cookie, backends.EventSample)) == 0 {
+	if len(col.Find(cookie, flow.EventSample)) == 0 {
 		t.Error("no samples")
 	}
 	for _, r := range recs {
-		if r.Event != backends.EventState || r.State != backends.StateFinWait1 {
+		if r.Event != flow.EventState || r.State != flow.StateFinWait1 {
 			continue
 		}
-		for f, want := range map[backends.Field]uint64{
-			backends.FieldOptions:      uint64(info.Options),
-			backends.FieldRTT:          uint64(info.Rtt),
-			backends.FieldSndCwnd:      uint64(info.Snd_cwnd),
-			backends.FieldBytesAcked:   info.Bytes_acked,
-			backends.FieldDeliveryRate: info.Delivery_rate,
+		for f, want := range map[flow.Field]uint64{
+			flow.FieldOptions:      uint64(info.Options),
+			flow.FieldRTT:          uint64(info.Rtt),
+			flow.FieldSndCwnd:      uint64(info.Snd_cwnd),
+			flow.FieldBytesAcked:   info.Bytes_acked,
+			flow.FieldDeliveryRate: info.Delivery_rate,
 		} {
 			if got, _ := r.Info.Get(f); got != want {
 				t.Errorf("%s = %d, TCP_INFO says %d", f, got, want)
 			}
 		}
-		if v, _ := r.Info.Get(backends.FieldSndWscale); v == 0 && info.Options&4 != 0 {
+		if v, _ := r.Info.Get(flow.FieldSndWscale); v == 0 && info.Options&4 != 0 {
 			t.Error("snd_wscale = 0 on a connection with window scaling")
 		}
 		return
@@ -256,7 +257,7 @@ func TestOutsideCgroup(t *testing.T) {
 	outCookies := map[uint64]bool{testutil.Cookie(t, outside.Client): true, testutil.Cookie(t, outside.Server): true}
 	inCookie := testutil.Cookie(t, inside.Client)
 	testutil.WaitFor(t, "samples of the inside flow", 5*time.Second, func() bool {
-		return len(col.Find(inCookie, backends.EventSample)) > 0
+		return len(col.Find(inCookie, flow.EventSample)) > 0
 	})
 	time.Sleep(100 * time.Millisecond)
 	for _, r := range col.Records(0) {
@@ -281,7 +282,7 @@ func TestFlushesBatches(t *testing.T) {
 	p := testutil.Dial(t, cg, ln)
 	cookie := testutil.Cookie(t, p.Client)
 	testutil.WaitFor(t, "the open record", 5*time.Second, func() bool {
-		return len(col.Find(cookie, backends.EventOpen)) == 1
+		return len(col.Find(cookie, flow.EventOpen)) == 1
 	})
 	written := len(col.Records(0))
 	testutil.WaitFor(t, "a flush after the open record", time.Second, func() bool {
@@ -335,8 +336,8 @@ func TestFilters(t *testing.T) {
 			p.Server.Close()
 			if tc.wantClient || tc.wantSv {
 				testutil.WaitFor(t, "close records", 5*time.Second, func() bool {
-					return (!tc.wantClient || len(col.Find(cc, backends.EventClose)) == 1) &&
-						(!tc.wantSv || len(col.Find(sc, backends.EventClose)) == 1)
+					return (!tc.wantClient || len(col.Find(cc, flow.EventClose)) == 1) &&
+						(!tc.wantSv || len(col.Find(sc, flow.EventClose)) == 1)
 				})
 			} else {
 				time.Sleep(300 * time.Millisecond)
@@ -398,13 +399,13 @@ func TestModes(t *testing.T) {
 			start := time.Now()
 			paced(t, p, duration, 5*time.Millisecond)
 			elapsed := time.Since(start)
-			testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(cookie, backends.EventClose)) == 1 })
+			testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(cookie, flow.EventClose)) == 1 })
 
-			samples := len(col.Find(cookie, backends.EventSample))
-			if len(col.Find(cookie, backends.EventOpen)) != 1 {
+			samples := len(col.Find(cookie, flow.EventSample))
+			if len(col.Find(cookie, flow.EventOpen)) != 1 {
 				t.Errorf("want exactly one open record")
 			}
-			if len(col.Find(cookie, backends.EventState)) < 2 {
+			if len(col.Find(cookie, flow.EventState)) < 2 {
 				t.Errorf("want state records for the close handshake")
 			}
 			switch tc.mode {
@@ -413,7 +414,7 @@ func TestModes(t *testing.T) {
 					t.Errorf("transition mode sent %d samples", samples)
 				}
 			case ModePoll:
-				checkPollSamples(t, col.Find(cookie, backends.EventSample), elapsed, tc.interval)
+				checkPollSamples(t, col.Find(cookie, flow.EventSample), elapsed, tc.interval)
 			}
 		})
 	}
@@ -421,7 +422,7 @@ func TestModes(t *testing.T) {
 
 // checkPollSamples checks one flow's samples over elapsed at interval: at
 // most one per interval, and at least half that many.
-func checkPollSamples(t *testing.T, samples []backends.Record, elapsed, interval time.Duration) {
+func checkPollSamples(t *testing.T, samples []flow.Record, elapsed, interval time.Duration) {
 	t.Helper()
 	limit := int(elapsed/interval) + 1
 	if len(samples) > limit {
@@ -470,8 +471,8 @@ func TestPollSharedSlot(t *testing.T) {
 			}
 			wg.Wait()
 			for i, c := range cookies {
-				testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(c, backends.EventClose)) == 1 })
-				checkPollSamples(t, col.Find(c, backends.EventSample), elapsed[i], interval)
+				testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(c, flow.EventClose)) == 1 })
+				checkPollSamples(t, col.Find(c, flow.EventSample), elapsed[i], interval)
 			}
 		})
 	}
@@ -564,40 +565,40 @@ func TestAdoptAfterRestart(t *testing.T) {
 	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
 	p.Send(t, 1<<20)
 	p.Client.Close()
-	testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(cookie, backends.EventClose)) == 1 })
+	testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(cookie, flow.EventClose)) == 1 })
 	recs := col.Records(cookie)
-	if recs[0].Event != backends.EventOpen {
+	if recs[0].Event != flow.EventOpen {
 		t.Fatalf("first record of the adopted flow is %s, want open", recs[0].Event)
 	}
-	if len(col.Find(cookie, backends.EventSample)) == 0 {
+	if len(col.Find(cookie, flow.EventSample)) == 0 {
 		t.Fatal("no samples of the adopted flow")
 	}
-	if v, _ := recs[0].Info.Get(backends.FieldBytesAcked); v < 64<<10 {
+	if v, _ := recs[0].Info.Get(flow.FieldBytesAcked); v < 64<<10 {
 		t.Fatalf("adopted flow's open record has bytes_acked %d, want >= %d", v, 64<<10)
 	}
 }
 
 // conditionalFields lists the tcp_info members that need tcp_sock fields
 // some kernels lack; every other member is always present.
-var conditionalFields = map[backends.Field][]string{
-	backends.FieldFastopenClientFail: {"fastopen_client_fail"},
-	backends.FieldDeliveredCE:        {"delivered_ce"},
-	backends.FieldBytesSent:          {"bytes_sent"},
-	backends.FieldBytesRetrans:       {"bytes_retrans"},
-	backends.FieldDsackDups:          {"dsack_dups"},
-	backends.FieldReordSeen:          {"reord_seen"},
-	backends.FieldRcvOoopack:         {"rcv_ooopack"},
-	backends.FieldRehash:             {"plb_rehash", "timeout_rehash"},
-	backends.FieldTotalRTO:           {"total_rto", "rto_stamp"},
-	backends.FieldTotalRTORecoveries: {"total_rto", "rto_stamp"},
-	backends.FieldTotalRTOTime:       {"total_rto", "rto_stamp"},
-	backends.FieldReceivedCE:         {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
-	backends.FieldDeliveredE1Bytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
-	backends.FieldDeliveredE0Bytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
-	backends.FieldDeliveredCEBytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
-	backends.FieldReceivedE1Bytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
-	backends.FieldReceivedE0Bytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
-	backends.FieldReceivedCEBytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+var conditionalFields = map[flow.Field][]string{
+	flow.FieldFastopenClientFail: {"fastopen_client_fail"},
+	flow.FieldDeliveredCE:        {"delivered_ce"},
+	flow.FieldBytesSent:          {"bytes_sent"},
+	flow.FieldBytesRetrans:       {"bytes_retrans"},
+	flow.FieldDsackDups:          {"dsack_dups"},
+	flow.FieldReordSeen:          {"reord_seen"},
+	flow.FieldRcvOoopack:         {"rcv_ooopack"},
+	flow.FieldRehash:             {"plb_rehash", "timeout_rehash"},
+	flow.FieldTotalRTO:           {"total_rto", "rto_stamp"},
+	flow.FieldTotalRTORecoveries: {"total_rto", "rto_stamp"},
+	flow.FieldTotalRTOTime:       {"total_rto", "rto_stamp"},
+	flow.FieldReceivedCE:         {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	flow.FieldDeliveredE1Bytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	flow.FieldDeliveredE0Bytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	flow.FieldDeliveredCEBytes:   {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	flow.FieldReceivedE1Bytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	flow.FieldReceivedE0Bytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
+	flow.FieldReceivedCEBytes:    {"received_ce", "delivered_ecn_bytes", "received_ecn_bytes"},
 }
 
 // TestPresenceMatchesKernel checks the presence mask against the running
@@ -624,11 +625,11 @@ func TestPresenceMatchesKernel(t *testing.T) {
 	p := testutil.Dial(t, cg, ln)
 	cookie := testutil.Cookie(t, p.Client)
 	p.Send(t, 1<<20)
-	testutil.WaitFor(t, "a sample", 5*time.Second, func() bool { return len(col.Find(cookie, backends.EventSample)) > 0 })
-	r := col.Find(cookie, backends.EventSample)[0]
+	testutil.WaitFor(t, "a sample", 5*time.Second, func() bool { return len(col.Find(cookie, flow.EventSample)) > 0 })
+	r := col.Find(cookie, flow.EventSample)[0]
 
 	var absent []string
-	for f := backends.Field(0); f < backends.NumFields; f++ {
+	for f := flow.Field(0); f < flow.NumFields; f++ {
 		want := true
 		for _, m := range conditionalFields[f] {
 			want = want && members[m]
@@ -658,7 +659,7 @@ func TestOtherNetns(t *testing.T) {
 	cookie := testutil.Cookie(t, p.Client)
 	p.Send(t, 256<<10)
 	testutil.WaitFor(t, "samples of the flow in the other namespace", 5*time.Second, func() bool {
-		return len(col.Find(cookie, backends.EventSample)) > 0
+		return len(col.Find(cookie, flow.EventSample)) > 0
 	})
 }
 
@@ -680,12 +681,12 @@ func TestNestedInstances(t *testing.T) {
 	p.Send(t, 1<<20)
 	p.Client.Close()
 	testutil.WaitFor(t, "close records in both", 5*time.Second, func() bool {
-		return len(pollCol.Find(cookie, backends.EventClose)) == 1 && len(transCol.Find(cookie, backends.EventClose)) == 1
+		return len(pollCol.Find(cookie, flow.EventClose)) == 1 && len(transCol.Find(cookie, flow.EventClose)) == 1
 	})
-	if n := len(transCol.Find(cookie, backends.EventSample)); n != 0 {
+	if n := len(transCol.Find(cookie, flow.EventSample)); n != 0 {
 		t.Errorf("transition-mode instance sent %d samples", n)
 	}
-	if n := len(pollCol.Find(cookie, backends.EventSample)); n == 0 {
+	if n := len(pollCol.Find(cookie, flow.EventSample)); n == 0 {
 		t.Errorf("poll-mode instance sent no samples")
 	}
 }
@@ -701,7 +702,7 @@ func TestCongestionChange(t *testing.T) {
 	cookie := testutil.Cookie(t, p.Client)
 	p.Send(t, 256<<10)
 	testutil.WaitFor(t, "a cubic sample", 5*time.Second, func() bool {
-		s := col.Find(cookie, backends.EventSample)
+		s := col.Find(cookie, flow.EventSample)
 		return len(s) > 0 && s[len(s)-1].CA == "cubic"
 	})
 	var err error
@@ -713,7 +714,7 @@ func TestCongestionChange(t *testing.T) {
 	}
 	p.Send(t, 1<<20)
 	testutil.WaitFor(t, "a reno sample", 5*time.Second, func() bool {
-		s := col.Find(cookie, backends.EventSample)
+		s := col.Find(cookie, flow.EventSample)
 		return len(s) > 0 && s[len(s)-1].CA == "reno"
 	})
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // Wire format of inet_diag (include/uapi/linux/inet_diag.h).
@@ -81,15 +81,15 @@ const diagExt = 1<<(inetDiagInfo-1) | 1<<(inetDiagCong-1)
 // TCP socket except LISTEN (a listener is not a flow). TIME_WAIT and
 // NEW_SYN_RECV are left out because they are minisockets without tcp_info,
 // and BOUND_INACTIVE because a socket that is only bound has no peer.
-const diagStates = 1<<backends.StateEstablished |
-	1<<backends.StateSynSent |
-	1<<backends.StateSynRecv |
-	1<<backends.StateFinWait1 |
-	1<<backends.StateFinWait2 |
-	1<<backends.StateClose |
-	1<<backends.StateCloseWait |
-	1<<backends.StateLastAck |
-	1<<backends.StateClosing
+const diagStates = 1<<flow.StateEstablished |
+	1<<flow.StateSynSent |
+	1<<flow.StateSynRecv |
+	1<<flow.StateFinWait1 |
+	1<<flow.StateFinWait2 |
+	1<<flow.StateClose |
+	1<<flow.StateCloseWait |
+	1<<flow.StateLastAck |
+	1<<flow.StateClosing
 
 // maxDumpAttempts is how often a dump the kernel flags as interrupted
 // (NLM_F_DUMP_INTR: the socket tables changed under it) is tried in all.

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // msgBuilder builds the payload of a SOCK_DIAG_BY_FAMILY message the way
@@ -181,17 +181,17 @@ func TestDiagRequest(t *testing.T) {
 		t.Errorf("idiag_ext = %#x, want %#x", b[2], want)
 	}
 	states := binary.NativeEndian.Uint32(b[4:])
-	for s := backends.State(0); s <= backends.StateBoundInactive; s++ {
+	for s := flow.State(0); s <= flow.StateBoundInactive; s++ {
 		want := true
 		switch s {
-		case 0, backends.StateListen, backends.StateTimeWait, backends.StateNewSynRecv, backends.StateBoundInactive:
+		case 0, flow.StateListen, flow.StateTimeWait, flow.StateNewSynRecv, flow.StateBoundInactive:
 			want = false
 		}
 		if got := states&(1<<s) != 0; got != want {
 			t.Errorf("state %s requested = %v, want %v", s, got, want)
 		}
 	}
-	if states>>(backends.StateBoundInactive+1) != 0 {
+	if states>>(flow.StateBoundInactive+1) != 0 {
 		t.Errorf("states mask %#x has unknown bits", states)
 	}
 	if !bytes.Equal(b[8:], make([]byte, sizeofInetDiagReqV2-8)) {
@@ -221,7 +221,7 @@ func FuzzParseDiagMsg(f *testing.F) {
 		if bytes.IndexByte(m.cong, 0) >= 0 {
 			t.Fatalf("congestion name %q keeps its NUL", m.cong)
 		}
-		var info backends.TCPInfo
+		var info flow.TCPInfo
 		decodeTCPInfo(&info, m.info)
 	})
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 )
 
@@ -83,12 +84,12 @@ func quietInfo(t *testing.T, c net.Conn) unix.TCPInfo {
 // the "ms ago" ones, which change with time alone. n is the length of the
 // kernel's tcp_info (testutil.TCPInfoLen): members past it are newer than
 // the kernel and must be absent.
-func compareInfo(t *testing.T, who string, got backends.TCPInfo, want unix.TCPInfo, n int) {
+func compareInfo(t *testing.T, who string, got flow.TCPInfo, want unix.TCPInfo, n int) {
 	t.Helper()
 	v := reflect.ValueOf(want)
 	for f, m := range unixLayout(t) {
 		switch f {
-		case backends.FieldLastDataSent, backends.FieldLastDataRecv, backends.FieldLastAckRecv:
+		case flow.FieldLastDataSent, flow.FieldLastDataRecv, flow.FieldLastAckRecv:
 			continue
 		}
 		if !testutil.InTCPInfo(f, n) {
@@ -143,7 +144,7 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 	// and segs_out are equal), so the dump must agree with them exactly.
 	// That holds for tcpi_rtt too, so it is compared with no tolerance: the
 	// kernel only updates srtt when an ACK arrives, and none did.
-	var sRec, rRec backends.Record
+	var sRec, rRec flow.Record
 	var sInfo, rInfo unix.TCPInfo
 	for attempt := 0; ; attempt++ {
 		if attempt == 20 {
@@ -151,13 +152,13 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 		}
 		sBefore, rBefore := quietInfo(t, p.Client), quietInfo(t, p.Server)
 		since := time.Now()
-		after := func(cookie uint64) (backends.Record, bool) {
+		after := func(cookie uint64) (flow.Record, bool) {
 			for _, r := range col.Records(cookie) {
 				if r.Time.After(since) {
 					return r, true
 				}
 			}
-			return backends.Record{}, false
+			return flow.Record{}, false
 		}
 		var ok1, ok2 bool
 		testutil.WaitFor(t, "a dump after the getsockopt reads", waitTimeout, func() bool {
@@ -173,10 +174,10 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 	n := testutil.TCPInfoLen(t, p.Client)
 	compareInfo(t, "sender", sRec.Info, sInfo, n)
 	compareInfo(t, "receiver", rRec.Info, rInfo, n)
-	if got, _ := rRec.Info.Get(backends.FieldBytesReceived); got < total {
+	if got, _ := rRec.Info.Get(flow.FieldBytesReceived); got < total {
 		t.Errorf("receiver bytes_received = %d, sent %d", got, total)
 	}
-	if got, _ := sRec.Info.Get(backends.FieldBytesAcked); got < total {
+	if got, _ := sRec.Info.Get(flow.FieldBytesAcked); got < total {
 		t.Errorf("sender bytes_acked = %d, sent %d", got, total)
 	}
 	if sRec.CA != "cubic" {
@@ -192,21 +193,21 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 	if err := p.Client.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	lastState := func(cookie uint64, want backends.State) func() bool {
+	lastState := func(cookie uint64, want flow.State) func() bool {
 		return func() bool {
 			recs := col.Records(cookie)
 			return len(recs) > 0 && recs[len(recs)-1].State == want
 		}
 	}
-	testutil.WaitFor(t, "the client in FIN_WAIT2", waitTimeout, lastState(sender.cookie, backends.StateFinWait2))
-	testutil.WaitFor(t, "the server in CLOSE_WAIT", waitTimeout, lastState(receiver.cookie, backends.StateCloseWait))
+	testutil.WaitFor(t, "the client in FIN_WAIT2", waitTimeout, lastState(sender.cookie, flow.StateFinWait2))
+	testutil.WaitFor(t, "the server in CLOSE_WAIT", waitTimeout, lastState(receiver.cookie, flow.StateCloseWait))
 
 	p.Server.Close()
 	p.Client.Close()
 	closed := func(cookie uint64) func() bool {
 		return func() bool {
 			recs := col.Records(cookie)
-			return len(recs) > 0 && recs[len(recs)-1].Event == backends.EventClose
+			return len(recs) > 0 && recs[len(recs)-1].Event == flow.EventClose
 		}
 	}
 	testutil.WaitFor(t, "the client's close record", waitTimeout, closed(sender.cookie))
@@ -218,9 +219,9 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 
 	// The server may be caught in LAST_ACK by a dump during the close.
 	checkFlowRecords(t, "client", col.Records(sender.cookie), sender, family, cgID, "cubic", sInfo,
-		backends.StateFinWait2)
+		flow.StateFinWait2)
 	checkFlowRecords(t, "server", col.Records(receiver.cookie), receiver, family, cgID, rRec.CA, rInfo,
-		backends.StateCloseWait, backends.StateLastAck)
+		flow.StateCloseWait, flow.StateLastAck)
 	for _, r := range col.Records(0) {
 		if r.Cookie != sender.cookie && r.Cookie != receiver.cookie {
 			t.Errorf("record of a socket that is not the test's: %+v", r)
@@ -232,8 +233,8 @@ func testLiveFlow(t *testing.T, network, addr string, family uint8) {
 // in ESTABLISHED first, then samples and state changes, one record per
 // dump, then one close carrying the last seen state (one of lastStates) and
 // counters (no lower than quietInfo's).
-func checkFlowRecords(t *testing.T, who string, recs []backends.Record, e end, family uint8, cgID uint64, ca string,
-	quietInfo unix.TCPInfo, lastStates ...backends.State) {
+func checkFlowRecords(t *testing.T, who string, recs []flow.Record, e end, family uint8, cgID uint64, ca string,
+	quietInfo unix.TCPInfo, lastStates ...flow.State) {
 	t.Helper()
 	if len(recs) < 3 {
 		t.Fatalf("%s: only %d records", who, len(recs))
@@ -252,35 +253,35 @@ func checkFlowRecords(t *testing.T, who string, recs []backends.Record, e end, f
 		if i > 0 && !r.Time.After(recs[i-1].Time) {
 			t.Errorf("%s records %d and %d have the same dump time: one record per flow per dump", who, i-1, i)
 		}
-		want := backends.EventSample
+		want := flow.EventSample
 		switch {
 		case i == 0:
-			want = backends.EventOpen
+			want = flow.EventOpen
 		case i == len(recs)-1:
-			want = backends.EventClose
+			want = flow.EventClose
 		case r.State != recs[i-1].State:
-			want = backends.EventState
+			want = flow.EventState
 		}
 		if r.Event != want {
 			t.Errorf("%s record %d is %s, want %s", who, i, r.Event, want)
 		}
-		if r.Event == backends.EventState && r.OldState != recs[i-1].State {
+		if r.Event == flow.EventState && r.OldState != recs[i-1].State {
 			t.Errorf("%s record %d: state %s -> %s, but the previous record was in %s", who, i, r.OldState, r.State, recs[i-1].State)
 		}
-		if r.Event != backends.EventState && r.OldState != 0 {
+		if r.Event != flow.EventState && r.OldState != 0 {
 			t.Errorf("%s record %d (%s) has OldState %s", who, i, r.Event, r.OldState)
 		}
-		if st, _ := r.Info.Get(backends.FieldState); i < len(recs)-1 && backends.State(st) != r.State {
+		if st, _ := r.Info.Get(flow.FieldState); i < len(recs)-1 && flow.State(st) != r.State {
 			t.Errorf("%s record %d: tcpi_state %d, idiag_state %s", who, i, st, r.State)
 		}
 	}
 	// A dump during connect() may catch the client before the handshake
 	// completes (seen on a loaded machine): then it opens in SYN_SENT.
-	if s := recs[0].State; s != backends.StateEstablished && !(s == backends.StateSynSent && who == "client") {
+	if s := recs[0].State; s != flow.StateEstablished && !(s == flow.StateSynSent && who == "client") {
 		t.Errorf("%s opened in %s", who, s)
 	}
-	i := slices.IndexFunc(recs, func(r backends.Record) bool {
-		return r.Event == backends.EventState && r.OldState == backends.StateEstablished
+	i := slices.IndexFunc(recs, func(r flow.Record) bool {
+		return r.Event == flow.EventState && r.OldState == flow.StateEstablished
 	})
 	if i < 0 {
 		t.Errorf("%s: no state record leaving ESTABLISHED", who)
@@ -292,7 +293,7 @@ func checkFlowRecords(t *testing.T, who string, recs []backends.Record, e end, f
 	if cl.Info != last.Info {
 		t.Errorf("%s: the close record does not carry the last seen counters", who)
 	}
-	for _, f := range []backends.Field{backends.FieldBytesAcked, backends.FieldBytesReceived, backends.FieldSegsOut, backends.FieldSegsIn} {
+	for _, f := range []flow.Field{flow.FieldBytesAcked, flow.FieldBytesReceived, flow.FieldSegsOut, flow.FieldSegsIn} {
 		got, _ := cl.Info.Get(f)
 		want := reflect.ValueOf(quietInfo).FieldByNameFunc(func(n string) bool { return strings.ToLower(n) == f.Name() }).Uint()
 		if got < want {
@@ -328,7 +329,7 @@ func TestLiveRunCancel(t *testing.T) {
 	}
 	n := len(col.Records(0))
 	for _, r := range col.Records(0) {
-		if r.Event == backends.EventClose {
+		if r.Event == flow.EventClose {
 			t.Errorf("close record on cancel: %+v", r)
 		}
 	}
@@ -341,7 +342,7 @@ func TestLiveRunCancel(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- b.Run(context.Background(), col) }()
 	testutil.WaitFor(t, "the second Run to reopen the flows", waitTimeout, func() bool {
-		return len(col.Find(p.client.cookie, backends.EventOpen)) == 2
+		return len(col.Find(p.client.cookie, flow.EventOpen)) == 2
 	})
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
@@ -357,7 +358,7 @@ func TestLiveRunCancel(t *testing.T) {
 }
 
 // pollN makes n synchronous dumps of b into s.
-func pollN(t *testing.T, b *Backend, s backends.Sink, n int) {
+func pollN(t *testing.T, b *Backend, s flow.Sink, n int) {
 	t.Helper()
 	p, err := b.newPoller()
 	if err != nil {
@@ -373,18 +374,18 @@ func pollN(t *testing.T, b *Backend, s backends.Sink, n int) {
 
 // cookiesSeen returns the cookies of the records, checking that each
 // flow was opened and sampled.
-func cookiesSeen(t *testing.T, recs []backends.Record) map[uint64]bool {
+func cookiesSeen(t *testing.T, recs []flow.Record) map[uint64]bool {
 	t.Helper()
-	events := make(map[uint64][]backends.Event)
+	events := make(map[uint64][]flow.Event)
 	for _, r := range recs {
 		events[r.Cookie] = append(events[r.Cookie], r.Event)
-		if r.State == backends.StateListen || r.State == backends.StateTimeWait || r.State == backends.StateNewSynRecv {
+		if r.State == flow.StateListen || r.State == flow.StateTimeWait || r.State == flow.StateNewSynRecv {
 			t.Errorf("record of a socket in %s: %+v", r.State, r)
 		}
 	}
 	seen := make(map[uint64]bool)
 	for c, ev := range events {
-		if !slices.Equal(ev, []backends.Event{backends.EventOpen, backends.EventSample}) {
+		if !slices.Equal(ev, []flow.Event{flow.EventOpen, flow.EventSample}) {
 			t.Errorf("cookie %d: events %v, want open then sample", c, ev)
 		}
 		seen[c] = true
@@ -467,7 +468,7 @@ func TestLiveScope(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range col.Records(0)[before:] {
-		if r.Event != backends.EventSample {
+		if r.Event != flow.EventSample {
 			t.Errorf("after the child cgroup was removed: %s record of cookie %d", r.Event, r.Cookie)
 		}
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/flow"
 )
 
 // name is the backend's name, in Record.Backend too.
@@ -140,7 +141,7 @@ func (b *Backend) Flows() int { return int(b.flows.Load()) }
 // returns an error when the netlink socket cannot be opened or read, when
 // the cgroup subtree cannot be read or when s fails. Only one Run may be
 // active at a time; Close ends it.
-func (b *Backend) Run(ctx context.Context, s backends.Sink) error {
+func (b *Backend) Run(ctx context.Context, s flow.Sink) error {
 	p, err := b.start()
 	if err != nil {
 		return err
@@ -156,7 +157,7 @@ func (b *Backend) Run(ctx context.Context, s backends.Sink) error {
 			}
 			return err
 		}
-		if err := backends.Flush(s); err != nil {
+		if err := flow.Flush(s); err != nil {
 			return fmt.Errorf("flushing records: %w", err)
 		}
 		select {
@@ -251,7 +252,7 @@ func (b *Backend) newPoller() (*poller, error) {
 }
 
 // poll makes one dump and writes its records to s.
-func (p *poller) poll(s backends.Sink) error {
+func (p *poller) poll(s flow.Sink) error {
 	now := time.Now().UTC()
 	p.scope.newDump()
 	if err := p.filterInKernel(); err != nil {
@@ -328,7 +329,7 @@ func (p *poller) filterInKernel() error {
 }
 
 // process handles b, one message of the current dump.
-func (p *poller) process(b []byte, s backends.Sink) error {
+func (p *poller) process(b []byte, s flow.Sink) error {
 	m := &p.msg
 	if err := parseDiagMsg(b, m); err != nil {
 		return fmt.Errorf("parsing inet_diag message: %w", err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/cgroup"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 )
 
@@ -74,7 +75,7 @@ func TestNewRootAndLifecycle(t *testing.T) {
 			t.Errorf("Close: %v", err)
 		}
 	}
-	if err := b.Run(context.Background(), backends.SinkFunc(func(*backends.Record) error { return nil })); !errors.Is(err, errClosed) {
+	if err := b.Run(context.Background(), flow.SinkFunc(func(*flow.Record) error { return nil })); !errors.Is(err, errClosed) {
 		t.Errorf("Run after Close = %v, want %v", err, errClosed)
 	}
 }
@@ -237,7 +238,7 @@ func TestPollSkipsInterruptedDump(t *testing.T) {
 		log:   log,
 		flows: new(atomic.Int64),
 	}
-	var events []backends.Event
+	var events []flow.Event
 	step := func() {
 		t.Helper()
 		col := &testutil.Collector{}
@@ -260,7 +261,7 @@ func TestPollSkipsInterruptedDump(t *testing.T) {
 	step()
 	empty = true
 	step()
-	want := []backends.Event{backends.EventOpen, backends.EventSample, backends.EventClose}
+	want := []flow.Event{flow.EventOpen, flow.EventSample, flow.EventClose}
 	if !slices.Equal(events, want) {
 		t.Errorf("events %v, want %v", events, want)
 	}

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 )
 
@@ -35,7 +35,7 @@ func TestNetns(t *testing.T) {
 	in, out := testutil.Run(t, inside), testutil.Run(t, outside)
 	p.Send(t, 256<<10)
 	testutil.WaitFor(t, "the flow in the namespace", 5*time.Second, func() bool {
-		return len(in.Find(cookie, backends.EventSample)) > 0
+		return len(in.Find(cookie, flow.EventSample)) > 0
 	})
 	if n := len(out.Records(cookie)); n != 0 {
 		t.Fatalf("a backend without Netns saw %d records of a flow in another namespace", n)

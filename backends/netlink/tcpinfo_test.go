@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // sizeofTCPInfo is the length of struct tcp_info up to the last member
@@ -17,11 +17,11 @@ import (
 const sizeofTCPInfo = 276
 
 // bitfield is one tcp_info bit-field member, which unix.TCPInfo leaves out.
-var bitfields = map[backends.Field]struct{ off, shift, bits int }{
-	backends.FieldSndWscale:              {6, 0, 4},
-	backends.FieldRcvWscale:              {6, 4, 4},
-	backends.FieldDeliveryRateAppLimited: {7, 0, 1},
-	backends.FieldFastopenClientFail:     {7, 1, 2},
+var bitfields = map[flow.Field]struct{ off, shift, bits int }{
+	flow.FieldSndWscale:              {6, 0, 4},
+	flow.FieldRcvWscale:              {6, 4, 4},
+	flow.FieldDeliveryRateAppLimited: {7, 0, 1},
+	flow.FieldFastopenClientFail:     {7, 1, 2},
 }
 
 // unixMember is where golang.org/x/sys/unix (generated from the kernel's
@@ -34,19 +34,19 @@ type unixMember struct {
 
 // unixLayout maps every flowd field that unix.TCPInfo has to its member
 // there, matching tcp_info member names ("Snd_cwnd" is "snd_cwnd").
-func unixLayout(t testing.TB) map[backends.Field]unixMember {
+func unixLayout(t testing.TB) map[flow.Field]unixMember {
 	t.Helper()
 	typ := reflect.TypeFor[unix.TCPInfo]()
-	out := make(map[backends.Field]unixMember)
+	out := make(map[flow.Field]unixMember)
 	for i := range typ.NumField() {
 		sf := typ.Field(i)
-		f, ok := backends.FieldByName(strings.ToLower(sf.Name))
+		f, ok := flow.FieldByName(strings.ToLower(sf.Name))
 		if !ok {
 			continue // fackets, last_ack_sent, padding
 		}
 		out[f] = unixMember{index: i, off: int(sf.Offset), size: int(sf.Type.Size())}
 	}
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		_, inUnix := out[f]
 		_, isBits := bitfields[f]
 		if inUnix == isBits {
@@ -58,7 +58,7 @@ func unixLayout(t testing.TB) map[backends.Field]unixMember {
 
 // wantEnd returns the attribute length from which f is present, from the
 // unix.TCPInfo layout (or the bit-field table).
-func wantEnd(um map[backends.Field]unixMember, f backends.Field) int {
+func wantEnd(um map[flow.Field]unixMember, f flow.Field) int {
 	if bf, ok := bitfields[f]; ok {
 		return bf.off + 1
 	}
@@ -66,7 +66,7 @@ func wantEnd(um map[backends.Field]unixMember, f backends.Field) int {
 }
 
 func TestTCPInfoLayoutTable(t *testing.T) {
-	seen := make(map[backends.Field]bool)
+	seen := make(map[flow.Field]bool)
 	prevEnd := 0
 	for i, m := range tcpInfoLayout {
 		if seen[m.field] {
@@ -89,7 +89,7 @@ func TestTCPInfoLayoutTable(t *testing.T) {
 		}
 		prevEnd = m.end()
 	}
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		if !seen[f] {
 			t.Errorf("field %s missing from tcpInfoLayout", f)
 		}
@@ -102,12 +102,12 @@ func TestTCPInfoLayoutTable(t *testing.T) {
 // fullTCPInfo returns a struct tcp_info (as the kernel lays it out, per
 // unix.TCPInfo) whose every reported member holds a distinct value, and
 // those values.
-func fullTCPInfo(t testing.TB) ([]byte, map[backends.Field]uint64) {
+func fullTCPInfo(t testing.TB) ([]byte, map[flow.Field]uint64) {
 	t.Helper()
 	um := unixLayout(t)
 	var ti unix.TCPInfo
 	v := reflect.ValueOf(&ti).Elem()
-	want := make(map[backends.Field]uint64)
+	want := make(map[flow.Field]uint64)
 	for f, m := range um {
 		// Distinct per field, with a byte in each position the member has,
 		// so a wrong offset or size reads a different value.
@@ -122,18 +122,18 @@ func fullTCPInfo(t testing.TB) ([]byte, map[backends.Field]uint64) {
 	// fastopen_client_fail 2, and set bits that belong to no member.
 	b[6] = 0x69
 	b[7] = 0x80 | 2<<1 | 1
-	want[backends.FieldSndWscale] = 9
-	want[backends.FieldRcvWscale] = 6
-	want[backends.FieldDeliveryRateAppLimited] = 1
-	want[backends.FieldFastopenClientFail] = 2
+	want[flow.FieldSndWscale] = 9
+	want[flow.FieldRcvWscale] = 6
+	want[flow.FieldDeliveryRateAppLimited] = 1
+	want[flow.FieldFastopenClientFail] = 2
 	return b, want
 }
 
 func TestDecodeTCPInfoFull(t *testing.T) {
 	b, want := fullTCPInfo(t)
-	var info backends.TCPInfo
+	var info flow.TCPInfo
 	decodeTCPInfo(&info, b)
-	for f := range backends.NumFields {
+	for f := range flow.NumFields {
 		got, ok := info.Get(f)
 		if !ok {
 			t.Errorf("%s absent", f)
@@ -161,24 +161,24 @@ func TestDecodeTCPInfoOffsets(t *testing.T) {
 	ne.PutUint16(b[242:], 5)                     // tcpi_total_rto_recoveries
 	ne.PutUint32(b[272:], 0xfffffffe)            // tcpi_received_ce_bytes
 	ne.PutUint64(b[200:], 0xffff_ffff_ffff_fff0) // tcpi_bytes_sent
-	var info backends.TCPInfo
+	var info flow.TCPInfo
 	decodeTCPInfo(&info, b)
 	for _, c := range []struct {
-		f    backends.Field
+		f    flow.Field
 		want uint64
 	}{
-		{backends.FieldState, 1},
-		{backends.FieldRTT, 1234},
-		{backends.FieldSndCwnd, 10},
-		{backends.FieldTotalRetrans, 3},
-		{backends.FieldBytesAcked, 0x0102030405060708},
-		{backends.FieldBytesReceived, 4 << 20},
-		{backends.FieldDelivered, 2900},
-		{backends.FieldTotalRTO, 7},
-		{backends.FieldTotalRTORecoveries, 5},
-		{backends.FieldReceivedCEBytes, 0xfffffffe},
-		{backends.FieldBytesSent, 0xffff_ffff_ffff_fff0},
-		{backends.FieldRTTVar, 0},
+		{flow.FieldState, 1},
+		{flow.FieldRTT, 1234},
+		{flow.FieldSndCwnd, 10},
+		{flow.FieldTotalRetrans, 3},
+		{flow.FieldBytesAcked, 0x0102030405060708},
+		{flow.FieldBytesReceived, 4 << 20},
+		{flow.FieldDelivered, 2900},
+		{flow.FieldTotalRTO, 7},
+		{flow.FieldTotalRTORecoveries, 5},
+		{flow.FieldReceivedCEBytes, 0xfffffffe},
+		{flow.FieldBytesSent, 0xffff_ffff_ffff_fff0},
+		{flow.FieldRTTVar, 0},
 	} {
 		if got, ok := info.Get(c.f); !ok || got != c.want {
 			t.Errorf("%s = %d (present %v), want %d", c.f, got, ok, c.want)
@@ -193,29 +193,29 @@ func TestDecodeTCPInfoTruncated(t *testing.T) {
 		name string
 		n    int
 		// spot checks on top of the generic rule
-		present, absent []backends.Field
+		present, absent []flow.Field
 	}{
-		{"empty", 0, nil, []backends.Field{backends.FieldState}},
-		{"state only", 1, []backends.Field{backends.FieldState}, []backends.Field{backends.FieldCAState}},
-		{"before bit-fields", 6, []backends.Field{backends.FieldOptions}, []backends.Field{backends.FieldSndWscale}},
-		{"wscale byte", 7, []backends.Field{backends.FieldSndWscale, backends.FieldRcvWscale}, []backends.Field{backends.FieldDeliveryRateAppLimited}},
-		{"half of rto", 10, []backends.Field{backends.FieldFastopenClientFail}, []backends.Field{backends.FieldRTO}},
-		{"linux 2.6 (104)", 104, []backends.Field{backends.FieldTotalRetrans}, []backends.Field{backends.FieldPacingRate}},
-		{"half of pacing_rate", 108, []backends.Field{backends.FieldTotalRetrans}, []backends.Field{backends.FieldPacingRate}},
-		{"linux 4.9 (160)", 160, []backends.Field{backends.FieldDataSegsOut}, []backends.Field{backends.FieldDeliveryRate}},
-		{"linux 5.4 (232)", 232, []backends.Field{backends.FieldSndWnd}, []backends.Field{backends.FieldRcvWnd, backends.FieldRehash}},
-		{"linux 6.2 (240)", 240, []backends.Field{backends.FieldRehash}, []backends.Field{backends.FieldTotalRTO}},
-		{"linux 6.7 (248)", 248, []backends.Field{backends.FieldTotalRTOTime}, []backends.Field{backends.FieldReceivedCE}},
-		{"one short of the end", sizeofTCPInfo - 1, []backends.Field{backends.FieldReceivedE0Bytes}, []backends.Field{backends.FieldReceivedCEBytes}},
-		{"all", sizeofTCPInfo, []backends.Field{backends.FieldReceivedCEBytes}, nil},
-		{"longer than known", len(full), []backends.Field{backends.FieldReceivedCEBytes}, nil},
+		{"empty", 0, nil, []flow.Field{flow.FieldState}},
+		{"state only", 1, []flow.Field{flow.FieldState}, []flow.Field{flow.FieldCAState}},
+		{"before bit-fields", 6, []flow.Field{flow.FieldOptions}, []flow.Field{flow.FieldSndWscale}},
+		{"wscale byte", 7, []flow.Field{flow.FieldSndWscale, flow.FieldRcvWscale}, []flow.Field{flow.FieldDeliveryRateAppLimited}},
+		{"half of rto", 10, []flow.Field{flow.FieldFastopenClientFail}, []flow.Field{flow.FieldRTO}},
+		{"linux 2.6 (104)", 104, []flow.Field{flow.FieldTotalRetrans}, []flow.Field{flow.FieldPacingRate}},
+		{"half of pacing_rate", 108, []flow.Field{flow.FieldTotalRetrans}, []flow.Field{flow.FieldPacingRate}},
+		{"linux 4.9 (160)", 160, []flow.Field{flow.FieldDataSegsOut}, []flow.Field{flow.FieldDeliveryRate}},
+		{"linux 5.4 (232)", 232, []flow.Field{flow.FieldSndWnd}, []flow.Field{flow.FieldRcvWnd, flow.FieldRehash}},
+		{"linux 6.2 (240)", 240, []flow.Field{flow.FieldRehash}, []flow.Field{flow.FieldTotalRTO}},
+		{"linux 6.7 (248)", 248, []flow.Field{flow.FieldTotalRTOTime}, []flow.Field{flow.FieldReceivedCE}},
+		{"one short of the end", sizeofTCPInfo - 1, []flow.Field{flow.FieldReceivedE0Bytes}, []flow.Field{flow.FieldReceivedCEBytes}},
+		{"all", sizeofTCPInfo, []flow.Field{flow.FieldReceivedCEBytes}, nil},
+		{"longer than known", len(full), []flow.Field{flow.FieldReceivedCEBytes}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var info backends.TCPInfo
+			var info flow.TCPInfo
 			// Start from a full decode: decoding must clear what it does not set.
 			decodeTCPInfo(&info, full)
 			decodeTCPInfo(&info, full[:tc.n])
-			for f := range backends.NumFields {
+			for f := range flow.NumFields {
 				got, ok := info.Get(f)
 				if wantOK := wantEnd(um, f) <= tc.n; ok != wantOK {
 					t.Errorf("%s present = %v, want %v", f, ok, wantOK)
@@ -259,16 +259,16 @@ func TestDecodeTCPInfoBitfields(t *testing.T) {
 	} {
 		b := make([]byte, 8)
 		b[6], b[7] = tc.b6, tc.b7
-		var info backends.TCPInfo
+		var info flow.TCPInfo
 		decodeTCPInfo(&info, b)
 		for _, c := range []struct {
-			f    backends.Field
+			f    flow.Field
 			want uint64
 		}{
-			{backends.FieldSndWscale, tc.snd},
-			{backends.FieldRcvWscale, tc.rcv},
-			{backends.FieldDeliveryRateAppLimited, tc.appLimited},
-			{backends.FieldFastopenClientFail, tc.tfoFail},
+			{flow.FieldSndWscale, tc.snd},
+			{flow.FieldRcvWscale, tc.rcv},
+			{flow.FieldDeliveryRateAppLimited, tc.appLimited},
+			{flow.FieldFastopenClientFail, tc.tfoFail},
 		} {
 			if got, ok := info.Get(c.f); !ok || got != c.want {
 				t.Errorf("bytes %#02x %#02x: %s = %d (present %v), want %d", tc.b6, tc.b7, c.f, got, ok, c.want)
@@ -287,10 +287,10 @@ func FuzzDecodeTCPInfo(f *testing.F) {
 		f.Skip("the expected values are computed for a little-endian host")
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var info backends.TCPInfo
+		var info flow.TCPInfo
 		decodeTCPInfo(&info, full)
 		decodeTCPInfo(&info, b)
-		for fld := range backends.NumFields {
+		for fld := range flow.NumFields {
 			end := wantEnd(um, fld)
 			got, ok := info.Get(fld)
 			if ok != (end <= len(b)) {
@@ -320,7 +320,7 @@ func FuzzDecodeTCPInfo(f *testing.F) {
 func BenchmarkDecodeTCPInfo(b *testing.B) {
 	buf, _ := fullTCPInfo(b)
 	buf = buf[:sizeofTCPInfo]
-	var info backends.TCPInfo
+	var info flow.TCPInfo
 	b.ReportAllocs()
 	b.SetBytes(int64(len(buf)))
 	for b.Loop() {

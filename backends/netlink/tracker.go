@@ -5,7 +5,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // maxCANames bounds the congestion control names a tracker keeps so that
@@ -13,9 +13,9 @@ import (
 const maxCANames = 16
 
 // flow is what the tracker knows about one tracked socket.
-type flow struct {
-	rec backends.Record // as of the last dump that saw it; Time, Event and OldState unused
-	gen uint64          // the last dump that saw it
+type trackedFlow struct {
+	rec flow.Record // as of the last dump that saw it; Time, Event and OldState unused
+	gen uint64      // the last dump that saw it
 }
 
 // tracker turns the sockets of successive dumps into records: open when a
@@ -25,16 +25,16 @@ type flow struct {
 //
 // A dump is begin, then observe for every socket, then sweep.
 type tracker struct {
-	flows   map[uint64]*flow // by socket cookie
-	spare   []*flow          // flows of closed sockets, reused for new ones
-	gen     uint64           // the current dump, counting from 1
-	now     time.Time        // time of the current dump
-	out     backends.Record  // the record handed to the sink, reused
+	flows   map[uint64]*trackedFlow // by socket cookie
+	spare   []*trackedFlow          // flows of closed sockets, reused for new ones
+	gen     uint64                  // the current dump, counting from 1
+	now     time.Time               // time of the current dump
+	out     flow.Record             // the record handed to the sink, reused
 	caNames []string
 }
 
 func newTracker() *tracker {
-	return &tracker{flows: make(map[uint64]*flow)}
+	return &tracker{flows: make(map[uint64]*trackedFlow)}
 }
 
 // begin starts a dump made at now.
@@ -65,23 +65,23 @@ func (t *tracker) appendCgroupIDs(ids []uint64, known map[uint64]struct{}) []uin
 // observe records that the current dump holds m, a socket that has
 // tcp_info, and returns the record to write for it, or nil when m's cookie
 // was seen before in this dump. The record is valid until the next call.
-func (t *tracker) observe(m *diagMsg) *backends.Record {
+func (t *tracker) observe(m *diagMsg) *flow.Record {
 	f, ok := t.flows[m.cookie]
-	ev := backends.EventSample
-	var old backends.State
+	ev := flow.EventSample
+	var old flow.State
 	switch {
 	case !ok:
 		f = t.newFlow(m)
 		t.flows[m.cookie] = f
-		ev = backends.EventOpen
+		ev = flow.EventOpen
 	case f.gen == t.gen:
 		return nil // listed twice by one dump
-	case f.rec.State != backends.State(m.state):
-		ev = backends.EventState
+	case f.rec.State != flow.State(m.state):
+		ev = flow.EventState
 		old = f.rec.State
 	}
 	f.gen = t.gen
-	f.rec.State = backends.State(m.state)
+	f.rec.State = flow.State(m.state)
 	f.rec.CA = t.caName(m.cong, f.rec.CA)
 	decodeTCPInfo(&f.rec.Info, m.info)
 
@@ -93,17 +93,17 @@ func (t *tracker) observe(m *diagMsg) *backends.Record {
 }
 
 // newFlow returns a flow for m's socket with its identity filled in.
-func (t *tracker) newFlow(m *diagMsg) *flow {
-	var f *flow
+func (t *tracker) newFlow(m *diagMsg) *trackedFlow {
+	var f *trackedFlow
 	if n := len(t.spare); n > 0 {
 		f = t.spare[n-1]
 		t.spare[n-1] = nil
 		t.spare = t.spare[:n-1]
 	} else {
-		f = new(flow)
+		f = new(trackedFlow)
 	}
 	r := &f.rec
-	*r = backends.Record{
+	*r = flow.Record{
 		Backend:    name,
 		Cookie:     m.cookie,
 		CgroupID:   m.cgroupID,
@@ -139,14 +139,14 @@ func (t *tracker) caName(b []byte, prev string) string {
 // sweep ends the current dump: every tracked flow it did not see is gone.
 // For each, it writes a close record holding the flow's last seen state and
 // counters to s, and forgets the flow. It stops at the first error.
-func (t *tracker) sweep(s backends.Sink) error {
+func (t *tracker) sweep(s flow.Sink) error {
 	for cookie, f := range t.flows {
 		if f.gen == t.gen {
 			continue
 		}
 		t.out = f.rec
 		t.out.Time = t.now
-		t.out.Event = backends.EventClose
+		t.out.Event = flow.EventClose
 		t.out.OldState = 0
 		delete(t.flows, cookie)
 		t.spare = append(t.spare, f)

@@ -10,13 +10,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // sock is a socket as one dump reports it.
 type sock struct {
 	cookie   uint64
 	family   uint8
-	state    backends.State
+	state    flow.State
 	ca       string
 	acked    uint64 // tcpi_bytes_acked
 	cgroupID uint64
@@ -41,16 +42,16 @@ func (s sock) msg() *diagMsg {
 }
 
 // runDump feeds one dump to t and returns the records it produced.
-func runDump(t *testing.T, tr *tracker, now time.Time, socks ...sock) []backends.Record {
+func runDump(t *testing.T, tr *tracker, now time.Time, socks ...sock) []flow.Record {
 	t.Helper()
-	var out []backends.Record
+	var out []flow.Record
 	tr.begin(now)
 	for _, s := range socks {
 		if r := tr.observe(s.msg()); r != nil {
 			out = append(out, *r)
 		}
 	}
-	if err := tr.sweep(backends.SinkFunc(func(r *backends.Record) error {
+	if err := tr.sweep(flow.SinkFunc(func(r *flow.Record) error {
 		out = append(out, *r)
 		return nil
 	})); err != nil {
@@ -60,21 +61,21 @@ func runDump(t *testing.T, tr *tracker, now time.Time, socks ...sock) []backends
 }
 
 type wantRec struct {
-	ev       backends.Event
+	ev       flow.Event
 	cookie   uint64
-	state    backends.State
-	oldState backends.State
+	state    flow.State
+	oldState flow.State
 	acked    uint64
 }
 
-func checkRecs(t *testing.T, dump int, now time.Time, got []backends.Record, want ...wantRec) {
+func checkRecs(t *testing.T, dump int, now time.Time, got []flow.Record, want ...wantRec) {
 	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("dump %d: %d records, want %d: %+v", dump, len(got), len(want), got)
 	}
 	for i, w := range want {
 		r := got[i]
-		acked, _ := r.Info.Get(backends.FieldBytesAcked)
+		acked, _ := r.Info.Get(flow.FieldBytesAcked)
 		if r.Event != w.ev || r.Cookie != w.cookie || r.State != w.state || r.OldState != w.oldState || acked != w.acked {
 			t.Errorf("dump %d record %d: %s cookie %d state %s old %s acked %d; want %s %d %s %s %d",
 				dump, i, r.Event, r.Cookie, r.State, r.OldState, acked, w.ev, w.cookie, w.state, w.oldState, w.acked)
@@ -86,7 +87,7 @@ func checkRecs(t *testing.T, dump int, now time.Time, got []backends.Record, wan
 }
 
 func TestTrackerEvents(t *testing.T) {
-	const est, fw1, fw2 = backends.StateEstablished, backends.StateFinWait1, backends.StateFinWait2
+	const est, fw1, fw2 = flow.StateEstablished, flow.StateFinWait1, flow.StateFinWait2
 	tr := newTracker()
 	t0 := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
@@ -96,7 +97,7 @@ func TestTrackerEvents(t *testing.T) {
 
 	// The first dump opens what it finds, with no sample.
 	got := runDump(t, tr, at(1), a)
-	checkRecs(t, 1, at(1), got, wantRec{backends.EventOpen, 1, est, 0, 10})
+	checkRecs(t, 1, at(1), got, wantRec{flow.EventOpen, 1, est, 0, 10})
 	r := got[0]
 	if r.Family != 4 || r.LocalAddr != netip.MustParseAddr("127.0.0.1") || r.RemoteAddr != netip.MustParseAddr("127.0.0.2") ||
 		r.LocalPort != 1001 || r.RemotePort != 80 || r.CgroupID != 5 || r.CA != "cubic" {
@@ -106,8 +107,8 @@ func TestTrackerEvents(t *testing.T) {
 	a.acked = 11
 	got = runDump(t, tr, at(2), a, b)
 	checkRecs(t, 2, at(2), got,
-		wantRec{backends.EventSample, 1, est, 0, 11},
-		wantRec{backends.EventOpen, 2, est, 0, 20})
+		wantRec{flow.EventSample, 1, est, 0, 11},
+		wantRec{flow.EventOpen, 2, est, 0, 20})
 	r = got[1]
 	if r.Family != 6 || r.RemoteAddr != netip.MustParseAddr("::ffff:127.0.0.2") || r.CA != "bbr" {
 		t.Errorf("ipv6 socket with a v4-mapped peer: family %d remote %v ca %q", r.Family, r.RemoteAddr, r.CA)
@@ -120,8 +121,8 @@ func TestTrackerEvents(t *testing.T) {
 	a.state, a.acked = fw1, 12
 	got = runDump(t, tr, at(3), a)
 	checkRecs(t, 3, at(3), got,
-		wantRec{backends.EventState, 1, fw1, est, 12},
-		wantRec{backends.EventClose, 2, est, 0, 20}) // b's last seen state and counters
+		wantRec{flow.EventState, 1, fw1, est, 12},
+		wantRec{flow.EventClose, 2, est, 0, 20}) // b's last seen state and counters
 	if got[1].CA != "bbr" || got[1].Family != 6 || got[1].CgroupID != 6 {
 		t.Errorf("close record lost the flow's identity: %+v", got[1])
 	}
@@ -129,20 +130,20 @@ func TestTrackerEvents(t *testing.T) {
 	// A socket listed twice by one dump gets one record.
 	a.state = fw2
 	got = runDump(t, tr, at(4), a, a)
-	checkRecs(t, 4, at(4), got, wantRec{backends.EventState, 1, fw2, fw1, 12})
+	checkRecs(t, 4, at(4), got, wantRec{flow.EventState, 1, fw2, fw1, 12})
 
 	got = runDump(t, tr, at(5), a)
-	checkRecs(t, 5, at(5), got, wantRec{backends.EventSample, 1, fw2, 0, 12})
+	checkRecs(t, 5, at(5), got, wantRec{flow.EventSample, 1, fw2, 0, 12})
 
 	got = runDump(t, tr, at(6))
-	checkRecs(t, 6, at(6), got, wantRec{backends.EventClose, 1, fw2, 0, 12})
+	checkRecs(t, 6, at(6), got, wantRec{flow.EventClose, 1, fw2, 0, 12})
 	if tr.len() != 0 {
 		t.Errorf("tracking %d flows after every close, want 0", tr.len())
 	}
 
 	// A cookie seen again after its close is a new flow.
 	got = runDump(t, tr, at(7), a)
-	checkRecs(t, 7, at(7), got, wantRec{backends.EventOpen, 1, fw2, 0, 12})
+	checkRecs(t, 7, at(7), got, wantRec{flow.EventOpen, 1, fw2, 0, 12})
 }
 
 func TestTrackerCANames(t *testing.T) {
@@ -176,7 +177,7 @@ func TestSteadyStateAllocs(t *testing.T) {
 		filter: backends.Filter{LocalPorts: []uint16{5201}, RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
 	}
 	var n int
-	sink := backends.SinkFunc(func(*backends.Record) error { n++; return nil })
+	sink := flow.SinkFunc(func(*flow.Record) error { n++; return nil })
 	step := func() {
 		p.t.begin(time.Time{})
 		if err := p.process(msg, sink); err != nil {

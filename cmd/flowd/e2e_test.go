@@ -20,7 +20,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/utils/flows"
 )
@@ -194,14 +194,14 @@ func TestDaemonOutputMembers(t *testing.T) {
 		}
 		seen[r.Backend+"/"+r.Event.String()]++
 		var got []string
-		for f := range backends.NumFields {
+		for f := range flow.NumFields {
 			if r.Info.Has(f) {
 				got = append(got, f.Name())
 			}
 		}
 		// In Field order; a record may lack a member (netlink's close
 		// record of a vanished socket has none), a sample may not.
-		if r.Event == backends.EventSample && !slices.Equal(got, []string{"rtt", "snd_cwnd", "bytes_acked"}) {
+		if r.Event == flow.EventSample && !slices.Equal(got, []string{"rtt", "snd_cwnd", "bytes_acked"}) {
 			t.Errorf("%s %s record holds %v, want %v", r.Backend, r.Event, got, want)
 		}
 		for _, name := range got {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -98,7 +98,7 @@ func (f *filler) record(line []byte, label string, n int) error {
 	if len(line) == 1 && line[0] == '\n' {
 		return nil
 	}
-	var r backends.Record
+	var r flow.Record
 	partial, err := sink.ParseLine(line, &r)
 	if err != nil {
 		return &runtimeError{fmt.Errorf("%s:%d: %w", label, n, err)}

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/cgroup"
 	"github.com/flowd/flowd/config"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/sink"
 )
@@ -378,15 +378,15 @@ func TestFill(t *testing.T) {
 	jc.SetSamples(sink.SamplesChanges)
 	t0 := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
 	for i := range 40 {
-		r := backends.Record{Time: t0.Add(time.Duration(i) * time.Millisecond), Backend: []string{"ebpf", "netlink"}[i%2],
-			Event: backends.EventSample, Cookie: uint64(i % 4), Family: 4, State: backends.StateEstablished, CA: "cubic",
+		r := flow.Record{Time: t0.Add(time.Duration(i) * time.Millisecond), Backend: []string{"ebpf", "netlink"}[i%2],
+			Event: flow.EventSample, Cookie: uint64(i % 4), Family: 4, State: flow.StateEstablished, CA: "cubic",
 			LocalAddr: netip.MustParseAddr("10.0.0.1"), RemoteAddr: netip.MustParseAddr("10.0.0.2"), LocalPort: 5201, RemotePort: 40000}
 		if i < 4 {
-			r.Event = backends.EventOpen
+			r.Event = flow.EventOpen
 		}
-		r.Info.Set(backends.FieldRTT, uint64(100+i%3))
-		r.Info.Set(backends.FieldSndCwnd, 10)
-		r.Info.Set(backends.FieldBytesAcked, uint64(i*1448))
+		r.Info.Set(flow.FieldRTT, uint64(100+i%3))
+		r.Info.Set(flow.FieldSndCwnd, 10)
+		r.Info.Set(flow.FieldBytesAcked, uint64(i*1448))
 		for _, j := range []*sink.JSONL{jc, jf} {
 			if err := j.Write(&r); err != nil {
 				t.Fatal(err)

@@ -13,14 +13,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // Collector is a Sink that keeps a copy of every record. It is also a
-// backends.Flusher that remembers how many records had been written at its
+// flow.Flusher that remembers how many records had been written at its
 // last Flush.
 type Collector struct {
 	mu      sync.Mutex
-	recs    []backends.Record
+	recs    []flow.Record
 	flushes int
 	flushed int // len(recs) at the last Flush
 }
@@ -43,7 +44,7 @@ func (c *Collector) Flushed() (flushes, records int) {
 }
 
 // Write keeps a copy of r.
-func (c *Collector) Write(r *backends.Record) error {
+func (c *Collector) Write(r *flow.Record) error {
 	c.mu.Lock()
 	c.recs = append(c.recs, *r)
 	c.mu.Unlock()
@@ -51,10 +52,10 @@ func (c *Collector) Write(r *backends.Record) error {
 }
 
 // Records returns the records of one flow (by cookie), or all when cookie is 0.
-func (c *Collector) Records(cookie uint64) []backends.Record {
+func (c *Collector) Records(cookie uint64) []flow.Record {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []backends.Record
+	var out []flow.Record
 	for _, r := range c.recs {
 		if cookie == 0 || r.Cookie == cookie {
 			out = append(out, r)
@@ -64,8 +65,8 @@ func (c *Collector) Records(cookie uint64) []backends.Record {
 }
 
 // Find returns the records of one flow with the given event.
-func (c *Collector) Find(cookie uint64, ev backends.Event) []backends.Record {
-	var out []backends.Record
+func (c *Collector) Find(cookie uint64, ev flow.Event) []flow.Record {
+	var out []flow.Record
 	for _, r := range c.Records(cookie) {
 		if r.Event == ev {
 			out = append(out, r)

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 )
 
 // TCPInfoLen returns how many bytes of struct tcp_info getsockopt(TCP_INFO)
@@ -36,7 +36,7 @@ func TCPInfoLen(tb testing.TB, c net.Conn) int {
 // struct tcp_info. The bit-field members (snd_wscale, rcv_wscale,
 // delivery_rate_app_limited, fastopen_client_fail) share bytes 6 and 7,
 // which every kernel fills.
-func InTCPInfo(f backends.Field, n int) bool {
+func InTCPInfo(f flow.Field, n int) bool {
 	name := f.Name()
 	sf, ok := reflect.TypeFor[unix.TCPInfo]().FieldByName(strings.ToUpper(name[:1]) + name[1:])
 	if !ok {

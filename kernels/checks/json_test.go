@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/sink"
 )
@@ -30,7 +30,7 @@ func TestJSONPresence(t *testing.T) {
 	p.Send(t, 1<<20)
 	p.Client.Close()
 	testutil.WaitFor(t, "the close record", 5*time.Second, func() bool {
-		return len(col.Find(cookie, backends.EventClose)) == 1
+		return len(col.Find(cookie, flow.EventClose)) == 1
 	})
 
 	recs := col.Records(cookie)
@@ -45,7 +45,7 @@ func TestJSONPresence(t *testing.T) {
 		}
 		known := map[string]bool{}
 		var missing []string
-		for f := backends.Field(0); f < backends.NumFields; f++ {
+		for f := flow.Field(0); f < flow.NumFields; f++ {
 			known[f.Name()] = true
 			_, inJSON := obj.TCPInfo[f.Name()]
 			if inJSON != r.Info.Has(f) {

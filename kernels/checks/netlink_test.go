@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/netlink"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 )
 
@@ -26,12 +26,12 @@ func TestNetlinkPresence(t *testing.T) {
 	p.Send(t, 256<<10)
 	n := testutil.TCPInfoLen(t, p.Client)
 	testutil.WaitFor(t, "a netlink sample", 5*time.Second, func() bool {
-		return len(col.Find(cookie, backends.EventSample)) > 0
+		return len(col.Find(cookie, flow.EventSample)) > 0
 	})
-	r := col.Find(cookie, backends.EventSample)[0]
+	r := col.Find(cookie, flow.EventSample)[0]
 
 	var absent []string
-	for f := backends.Field(0); f < backends.NumFields; f++ {
+	for f := flow.Field(0); f < flow.NumFields; f++ {
 		want := testutil.InTCPInfo(f, n)
 		if r.Info.Has(f) != want {
 			t.Errorf("%s: present = %v, but the kernel's tcp_info is %d bytes long", f, r.Info.Has(f), n)

@@ -26,7 +26,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/kernels"
 )
 
@@ -233,7 +233,7 @@ func printPresence(ks []*kernels.Kernel, host *kernels.Console, consoles []*kern
 		problems = append(problems, probs...)
 	}
 	var members []string
-	for f := backends.Field(0); f < backends.NumFields; f++ {
+	for f := flow.Field(0); f < flow.NumFields; f++ {
 		members = append(members, f.Name())
 	}
 	kernels.PrintPresence(os.Stdout, members, cols)

@@ -8,7 +8,7 @@ import (
 	"os"
 	"sort"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -17,14 +17,14 @@ import (
 // sample whose flow has no earlier line in the file is an error: the file
 // does not start where flowd started writing it. Errors name the file and
 // line.
-func Load(path string) ([]backends.Record, error) {
+func Load(path string) ([]flow.Record, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
 	var (
-		out    []backends.Record
+		out    []flow.Record
 		filler sink.Filler
 	)
 	s := bufio.NewScanner(f)
@@ -33,7 +33,7 @@ func Load(path string) ([]backends.Record, error) {
 		if len(s.Bytes()) == 0 {
 			continue
 		}
-		var r backends.Record
+		var r flow.Record
 		partial, err := sink.ParseLine(s.Bytes(), &r)
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
@@ -57,7 +57,7 @@ type Tuple struct {
 func (t Tuple) String() string { return t.Local.String() + "->" + t.Remote.String() }
 
 // TupleOf returns a record's tuple, with IPv4-mapped addresses unmapped.
-func TupleOf(r *backends.Record) Tuple {
+func TupleOf(r *flow.Record) Tuple {
 	return Tuple{
 		Local:  netip.AddrPortFrom(r.LocalAddr.Unmap(), r.LocalPort),
 		Remote: netip.AddrPortFrom(r.RemoteAddr.Unmap(), r.RemotePort),
@@ -68,11 +68,11 @@ func TupleOf(r *backends.Record) Tuple {
 type Flow struct {
 	Cookie  uint64
 	Tuple   Tuple
-	Records []backends.Record
+	Records []flow.Record
 }
 
 // Group splits records into flows by cookie, each sorted by time.
-func Group(recs []backends.Record) map[uint64]*Flow {
+func Group(recs []flow.Record) map[uint64]*Flow {
 	out := map[uint64]*Flow{}
 	for _, r := range recs {
 		f := out[r.Cookie]
@@ -101,7 +101,7 @@ func ByTuple(flows map[uint64]*Flow, t Tuple) *Flow {
 }
 
 // Last returns the flow's last record, or nil.
-func (f *Flow) Last() *backends.Record {
+func (f *Flow) Last() *flow.Record {
 	if f == nil || len(f.Records) == 0 {
 		return nil
 	}

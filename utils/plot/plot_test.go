@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
 	"github.com/flowd/flowd/utils/iperf3"
 	"github.com/flowd/flowd/validation"
@@ -30,16 +30,16 @@ const (
 
 var testStart = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func record(backend string, ev backends.Event, cookie uint64, at time.Duration, i uint64) *backends.Record {
-	r := &backends.Record{
+func record(backend string, ev flow.Event, cookie uint64, at time.Duration, i uint64) *flow.Record {
+	r := &flow.Record{
 		Time: testStart.Add(at), Backend: backend, Event: ev, Cookie: cookie, Family: 4,
 		LocalAddr: netip.MustParseAddr("10.0.0.1"), RemoteAddr: netip.MustParseAddr("10.0.0.2"),
-		LocalPort: 40000, RemotePort: 5201, State: backends.StateEstablished, CA: "cubic",
+		LocalPort: 40000, RemotePort: 5201, State: flow.StateEstablished, CA: "cubic",
 	}
-	for f, v := range map[backends.Field]uint64{
-		backends.FieldRTT: 5000 + 100*i, backends.FieldRTTVar: 500, backends.FieldSndCwnd: 20 + i,
-		backends.FieldSndMSS: testMSS, backends.FieldBytesAcked: 1 + 125000*i,
-		backends.FieldDeliveryRate: 2500000, backends.FieldTotalRetrans: i / 5,
+	for f, v := range map[flow.Field]uint64{
+		flow.FieldRTT: 5000 + 100*i, flow.FieldRTTVar: 500, flow.FieldSndCwnd: 20 + i,
+		flow.FieldSndMSS: testMSS, flow.FieldBytesAcked: 1 + 125000*i,
+		flow.FieldDeliveryRate: 2500000, flow.FieldTotalRetrans: i / 5,
 	} {
 		r.Info.Set(f, v)
 	}
@@ -47,7 +47,7 @@ func record(backend string, ev backends.Event, cookie uint64, at time.Duration, 
 }
 
 // writeJSONL writes records as flowd does: one JSON object a line.
-func writeJSONL(t *testing.T, path string, recs []*backends.Record) {
+func writeJSONL(t *testing.T, path string, recs []*flow.Record) {
 	t.Helper()
 	var b []byte
 	for _, r := range recs {
@@ -81,13 +81,13 @@ func newScenario(t *testing.T, dir string) string {
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ebpf := []*backends.Record{record("ebpf", backends.EventOpen, testCookie, 0, 0)}
-	netlink := []*backends.Record{record("netlink", backends.EventSample, testCookie+1, 0, 0)} // another flow
+	ebpf := []*flow.Record{record("ebpf", flow.EventOpen, testCookie, 0, 0)}
+	netlink := []*flow.Record{record("netlink", flow.EventSample, testCookie+1, 0, 0)} // another flow
 	for i := uint64(1); i <= 20; i++ {
-		ebpf = append(ebpf, record("ebpf", backends.EventSample, testCookie, time.Duration(i)*50*time.Millisecond, i))
-		netlink = append(netlink, record("netlink", backends.EventSample, testCookie, time.Duration(i)*50*time.Millisecond+10*time.Millisecond, i))
+		ebpf = append(ebpf, record("ebpf", flow.EventSample, testCookie, time.Duration(i)*50*time.Millisecond, i))
+		netlink = append(netlink, record("netlink", flow.EventSample, testCookie, time.Duration(i)*50*time.Millisecond+10*time.Millisecond, i))
 	}
-	ebpf = append(ebpf, record("ebpf", backends.EventClose, testCookie, 1020*time.Millisecond, 20))
+	ebpf = append(ebpf, record("ebpf", flow.EventClose, testCookie, 1020*time.Millisecond, 20))
 	writeJSONL(t, filepath.Join(dir, ebpfFile), ebpf)
 	writeJSONL(t, filepath.Join(dir, netlinkFile), netlink)
 

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/utils/flows"
 	"github.com/flowd/flowd/utils/iperf3"
 	"github.com/flowd/flowd/validation"
@@ -63,7 +63,7 @@ func loadReport(path string, r *validation.Report) error {
 // streamData is the raw readings of one stream's sending end.
 type streamData struct {
 	Stream        validation.Stream
-	EBPF, Netlink []backends.Record
+	EBPF, Netlink []flow.Record
 	Iperf         []iperf3.Stream
 	noIperf       bool // iperf3 has no sender intervals for the stream's socket
 }

@@ -7,7 +7,7 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
-	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/utils/iperf3"
 )
 
@@ -52,29 +52,29 @@ func extract(s *streamData) *streamSeries {
 	}
 }
 
-func fromFlowd(recs []backends.Record, start time.Time) flowdSeries {
+func fromFlowd(recs []flow.Record, start time.Time) flowdSeries {
 	var fs flowdSeries
 	prevT, prevAcked := math.NaN(), 0.0 // the last record with bytes_acked
 	for i := range recs {
 		r := &recs[i]
 		t := r.Time.Sub(start).Seconds()
-		add := func(xys *plotter.XYs, f backends.Field, scale float64) {
+		add := func(xys *plotter.XYs, f flow.Field, scale float64) {
 			if v, ok := r.Info.Get(f); ok {
 				*xys = append(*xys, plotter.XY{X: t, Y: float64(v) * scale})
 			}
 		}
-		add(&fs.RTT, backends.FieldRTT, 1)
-		add(&fs.RTTVar, backends.FieldRTTVar, 1)
-		add(&fs.CwndSegs, backends.FieldSndCwnd, 1)
-		add(&fs.DeliveryRate, backends.FieldDeliveryRate, 8/mbit)
-		add(&fs.Retrans, backends.FieldTotalRetrans, 1)
-		add(&fs.BytesAcked, backends.FieldBytesAcked, 1/mb)
-		cwnd, ok1 := r.Info.Get(backends.FieldSndCwnd)
-		mss, ok2 := r.Info.Get(backends.FieldSndMSS)
+		add(&fs.RTT, flow.FieldRTT, 1)
+		add(&fs.RTTVar, flow.FieldRTTVar, 1)
+		add(&fs.CwndSegs, flow.FieldSndCwnd, 1)
+		add(&fs.DeliveryRate, flow.FieldDeliveryRate, 8/mbit)
+		add(&fs.Retrans, flow.FieldTotalRetrans, 1)
+		add(&fs.BytesAcked, flow.FieldBytesAcked, 1/mb)
+		cwnd, ok1 := r.Info.Get(flow.FieldSndCwnd)
+		mss, ok2 := r.Info.Get(flow.FieldSndMSS)
 		if ok1 && ok2 {
 			fs.CwndBytes = append(fs.CwndBytes, plotter.XY{X: t, Y: float64(cwnd * mss)})
 		}
-		if acked, ok := r.Info.Get(backends.FieldBytesAcked); ok {
+		if acked, ok := r.Info.Get(flow.FieldBytesAcked); ok {
 			if t > prevT { // false for the first record (NaN) and for one at the same instant
 				rate := (float64(acked) - prevAcked) * 8 / mbit / (t - prevT)
 				fs.Slope = append(fs.Slope, plotter.XY{X: (prevT + t) / 2, Y: rate})
@@ -85,7 +85,7 @@ func fromFlowd(recs []backends.Record, start time.Time) flowdSeries {
 	return fs
 }
 
-func fromIperf(ivs []iperf3.Stream, ebpf []backends.Record, start time.Time) iperfSeries {
+func fromIperf(ivs []iperf3.Stream, ebpf []flow.Record, start time.Time) iperfSeries {
 	var is iperfSeries
 	if len(ivs) == 0 {
 		return is
@@ -134,11 +134,11 @@ func fromIperf(ivs []iperf3.Stream, ebpf []backends.Record, start time.Time) ipe
 
 // mssAt returns the snd_mss of the last record at or before t (of the
 // first record when none is).
-func mssAt(recs []backends.Record, t time.Time) (uint64, bool) {
+func mssAt(recs []flow.Record, t time.Time) (uint64, bool) {
 	var mss uint64
 	found := false
 	for i := range recs {
-		v, ok := recs[i].Info.Get(backends.FieldSndMSS)
+		v, ok := recs[i].Info.Get(flow.FieldSndMSS)
 		if !ok {
 			continue
 		}

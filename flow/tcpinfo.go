@@ -1,4 +1,4 @@
-package backends
+package flow
 
 // Field names one member of Linux's struct tcp_info (include/uapi/linux/tcp.h).
 // The numbering is the bit index in the presence mask and is shared with the

@@ -1,7 +1,9 @@
-// Package backends holds what every flowd backend shares: the Record a
-// backend produces, the names and units of its tcp_info members, the Sink it
-// writes to and the Backend interface the daemon drives.
-package backends
+// Package flow is the vocabulary of flowd's data path: the Record a backend
+// produces about one TCP flow, its events and states, the names and units
+// of its tcp_info members, and the Sink records are written to. It imports
+// nothing of flowd, so that producers and consumers of records both
+// depend on it and not on each other.
+package flow
 
 import (
 	"net/netip"
