@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -116,8 +118,8 @@ func TestRenderSections(t *testing.T) {
 		"| ebpf-poll-1s | `backends: [ebpf]` | 1.000 (0.997–1.003) | 0.997–1.003 (50%) | 0.9950 (0.9940–0.9960) | ≥ 0.99 | **pass** |",
 		"| 27000, 900 |",
 		"`sudo go run ./bench -run '^overhead/ebpf-poll-1s$'`",
-		"- ebpf-poll-1s: 30.0 / 29.9, 32.0 / 32.1",
 		"## 2. User-space cost per record",
+		"Command: `go test`",
 		"## 3. Scale with unrelated sockets",
 		"| 0 | 0 | 0.0040 (0.0000–0.0000) |",
 		"| 1000 | 0 | 0.0045 (0.0000–0.0000) | 0.00100 (0.00000–0.00000) | 1.10 (0.90–1.30) | within ±20% | **pass** | 0.0060 (0.0000–0.0000) | 3.0× |",
@@ -133,6 +135,13 @@ func TestRenderSections(t *testing.T) {
 	if strings.Contains(md, "Quick smoke run") {
 		t.Error("a full run is marked quick")
 	}
+	// The report is tables and commands; what they mean is in methodDoc.
+	if !strings.Contains(md, "[docs/performance.md](docs/performance.md)") {
+		t.Error("the report does not link to the method")
+	}
+	if strings.Contains(md, "## Analysis") || strings.Contains(md, "Every pair, in order") {
+		t.Error("the report holds prose that belongs in docs/performance.md")
+	}
 	res := sampleResults()
 	res.Settings.Quick = true
 	if !strings.Contains(Render(res), "Quick smoke run") {
@@ -142,12 +151,20 @@ func TestRenderSections(t *testing.T) {
 
 func TestRenderErrors(t *testing.T) {
 	res := &Results{
-		Overhead: []OverheadRow{{Name: "ebpf-poll-1s", Target: 0.99, Err: "pair 1, B: flowd exited | badly"}},
-		Latency:  &LatencyRow{Conns: 10, Missing: 3, P99Ms: 100},
+		Overhead: []OverheadRow{{Name: "ebpf-poll-1s", Target: 0.99, Err: "pair 1, B: flowd exited | badly"},
+			{Name: "ebpf-poll-0s", Target: 0.97, Drops: 12}},
+		GoBench: &GoBench{Command: "go test", Err: "exit status 1", Output: "--- FAIL: BenchmarkPipeline\n"},
+		Latency: &LatencyRow{Conns: 10, Missing: 3, P99Ms: 100},
 	}
 	md := Render(res)
 	if !strings.Contains(md, `error: pair 1, B: flowd exited \| badly`) {
 		t.Errorf("the error is not in the table, escaped:\n%s", md)
+	}
+	if !strings.Contains(md, "ebpf-poll-0s: 12 records dropped in the B runs.") {
+		t.Errorf("drops are not reported:\n%s", md)
+	}
+	if !strings.Contains(md, "`go test` failed (exit status 1):\n\n```\n--- FAIL: BenchmarkPipeline\n```\n") {
+		t.Errorf("the benchmarks' failure is not shown:\n%s", md)
 	}
 	if l := targetLine(t, md, "p99"); !strings.Contains(l, "**FAIL**") {
 		t.Errorf("missing close records must fail the latency target: %q", l)
@@ -168,5 +185,43 @@ func TestResultsJSON(t *testing.T) {
 	}
 	if Render(&back) != Render(sampleResults()) {
 		t.Error("results do not survive a JSON round trip")
+	}
+}
+
+func TestSectionRender(t *testing.T) {
+	s := &section{
+		title:  "9. Example",
+		method: "How it was measured.",
+		tables: []table{
+			{header: []string{"a", "b"}, rows: [][]string{{"1", "2"}, {"3", "4"}}},
+			{caption: "More:", header: []string{"c"}, rows: [][]string{{"5"}}},
+		},
+		command: "sudo go run ./bench -run '^example$'",
+		notes:   []string{"A note."},
+	}
+	var b strings.Builder
+	s.render(func(format string, args ...any) { fmt.Fprintf(&b, format, args...) })
+	want := "## 9. Example\n\nHow it was measured.\n\n" +
+		"| a | b |\n| --- | --- |\n| 1 | 2 |\n| 3 | 4 |\n\n" +
+		"More:\n\n| c |\n| --- |\n| 5 |\n\n" +
+		"Command: `sudo go run ./bench -run '^example$'`\n\nA note.\n\n"
+	if got := b.String(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestRenderCommitted checks that BENCHMARKS.md is what the renderer makes
+// of bench/results.json, so that neither is edited by hand.
+func TestRenderCommitted(t *testing.T) {
+	res, err := loadResults("results.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile("../BENCHMARKS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := Render(res); got != string(want) {
+		t.Error("BENCHMARKS.md is not the rendering of bench/results.json: run 'go run ./bench -render bench/results.json -md BENCHMARKS.md'")
 	}
 }
