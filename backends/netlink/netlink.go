@@ -130,8 +130,8 @@ func New(cfg Config) (*Backend, error) {
 // Name returns "netlink".
 func (b *Backend) Name() string { return name }
 
-// Flows returns the number of flows tracked after the last dump of the
-// current Run (0 when not running).
+// Flows returns the number of flows opened and not closed after the last
+// dump of the current Run (0 when not running).
 func (b *Backend) Flows() int { return int(b.flows.Load()) }
 
 // Run dumps the sockets at once and then every Interval, writing the

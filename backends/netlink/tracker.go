@@ -12,20 +12,26 @@ import (
 // records share one string per name instead of allocating one each.
 const maxCANames = 16
 
-// flow is what the tracker knows about one tracked socket.
+// trackedFlow is what the tracker knows about one tracked socket.
 type trackedFlow struct {
-	rec flow.Record // as of the last dump that saw it; Time, Event and OldState unused
-	gen uint64      // the last dump that saw it
+	rec    flow.Record // as of the last dump that saw it; Time, Event and OldState unused
+	gen    uint64      // the last dump that saw it
+	opened bool        // its open record was written
 }
 
 // tracker turns the sockets of successive dumps into records: open when a
-// cookie is first seen, state when its TCP state changed since the previous
-// dump, sample otherwise, and close when it is no longer in a dump. Each
-// tracked flow gets exactly one record per dump.
+// socket is first seen established (in ESTABLISHED or a later state), state
+// when its TCP state changed since the previous dump, sample otherwise, and
+// close when it is no longer in a dump. A socket still in SYN_SENT or
+// SYN_RECV is tracked silently until it is established; one that never is
+// gets no record at all, as with the ebpf backend, whose open record
+// comes from the kernel's "established" callbacks. Each opened flow gets
+// exactly one record per dump, so no state record repeats a state.
 //
 // A dump is begin, then observe for every socket, then sweep.
 type tracker struct {
 	flows   map[uint64]*trackedFlow // by socket cookie
+	opened  int                     // flows whose open record was written
 	spare   []*trackedFlow          // flows of closed sockets, reused for new ones
 	gen     uint64                  // the current dump, counting from 1
 	now     time.Time               // time of the current dump
@@ -63,33 +69,58 @@ func (t *tracker) appendCgroupIDs(ids []uint64, known map[uint64]struct{}) []uin
 }
 
 // observe records that the current dump holds m, a socket that has
-// tcp_info, and returns the record to write for it, or nil when m's cookie
-// was seen before in this dump. The record is valid until the next call.
+// tcp_info, and returns the record to write for it, or nil when
+// there is none: m is not established yet, or its cookie was seen before
+// in this dump. The record is valid until the next call.
 func (t *tracker) observe(m *diagMsg) *flow.Record {
 	f, ok := t.flows[m.cookie]
-	ev := flow.EventSample
-	var old flow.State
 	switch {
 	case !ok:
 		f = t.newFlow(m)
 		t.flows[m.cookie] = f
-		ev = flow.EventOpen
 	case f.gen == t.gen:
 		return nil // listed twice by one dump
-	case f.rec.State != flow.State(m.state):
+	}
+	f.gen = t.gen
+	state := flow.State(m.state)
+	f.rec.CA = t.caName(m.cong, f.rec.CA)
+	decodeTCPInfo(&f.rec.Info, m.info)
+	ev := flow.EventSample
+	var old flow.State
+	switch {
+	case !f.opened:
+		if !established(state, &f.rec.Info) {
+			return nil
+		}
+		f.opened = true
+		t.opened++
+		ev = flow.EventOpen
+	case f.rec.State != state:
 		ev = flow.EventState
 		old = f.rec.State
 	}
-	f.gen = t.gen
-	f.rec.State = flow.State(m.state)
-	f.rec.CA = t.caName(m.cong, f.rec.CA)
-	decodeTCPInfo(&f.rec.Info, m.info)
+	f.rec.State = state
 
 	t.out = f.rec
 	t.out.Time = t.now
 	t.out.Event = ev
 	t.out.OldState = old
 	return &t.out
+}
+
+// established reports whether a socket in state s with tcp_info info has
+// been established. A socket in CLOSE has if its handshake delivered
+// something (tcpi_delivered counts the SYN or SYN-ACK the peer
+// acknowledged): one whose connect() failed delivered nothing.
+func established(s flow.State, info *flow.TCPInfo) bool {
+	switch s {
+	case flow.StateSynSent, flow.StateSynRecv:
+		return false
+	case flow.StateClose:
+		n, ok := info.Get(flow.FieldDelivered)
+		return !ok || n > 0
+	}
+	return true
 }
 
 // newFlow returns a flow for m's socket with its identity filled in.
@@ -102,6 +133,7 @@ func (t *tracker) newFlow(m *diagMsg) *trackedFlow {
 	} else {
 		f = new(trackedFlow)
 	}
+	f.opened = false
 	r := &f.rec
 	*r = flow.Record{
 		Backend:    name,
@@ -137,19 +169,24 @@ func (t *tracker) caName(b []byte, prev string) string {
 }
 
 // sweep ends the current dump: every tracked flow it did not see is gone.
-// For each, it writes a close record holding the flow's last seen state and
-// counters to s, and forgets the flow. It stops at the first error.
+// For each that was opened, it writes a close record holding the flow's
+// last seen state and counters to s; it forgets them all. It stops at the
+// first error.
 func (t *tracker) sweep(s flow.Sink) error {
 	for cookie, f := range t.flows {
 		if f.gen == t.gen {
 			continue
 		}
+		delete(t.flows, cookie)
+		t.spare = append(t.spare, f)
+		if !f.opened {
+			continue
+		}
+		t.opened--
 		t.out = f.rec
 		t.out.Time = t.now
 		t.out.Event = flow.EventClose
 		t.out.OldState = 0
-		delete(t.flows, cookie)
-		t.spare = append(t.spare, f)
 		if err := s.Write(&t.out); err != nil {
 			return err
 		}
@@ -157,5 +194,5 @@ func (t *tracker) sweep(s flow.Sink) error {
 	return nil
 }
 
-// len returns the number of tracked flows.
-func (t *tracker) len() int { return len(t.flows) }
+// len returns the number of opened flows.
+func (t *tracker) len() int { return t.opened }

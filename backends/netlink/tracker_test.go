@@ -21,12 +21,16 @@ type sock struct {
 	ca       string
 	acked    uint64 // tcpi_bytes_acked
 	cgroupID uint64
+	failed   bool // its connect() failed: tcpi_delivered is 0
 }
 
 func (s sock) msg() *diagMsg {
 	info := make([]byte, sizeofTCPInfo)
 	info[0] = byte(s.state)
 	binary.NativeEndian.PutUint64(info[120:], s.acked)
+	if s.state != flow.StateSynSent && s.state != flow.StateSynRecv && !s.failed {
+		binary.NativeEndian.PutUint32(info[192:], 1) // tcpi_delivered: the handshake completed
+	}
 	m := &diagMsg{
 		family: s.family, state: uint8(s.state), sport: 1000 + uint16(s.cookie), dport: 80,
 		cookie: s.cookie, info: info, cong: []byte(s.ca), cgroupID: s.cgroupID, hasCgroupID: true,
@@ -144,6 +148,63 @@ func TestTrackerEvents(t *testing.T) {
 	// A cookie seen again after its close is a new flow.
 	got = runDump(t, tr, at(7), a)
 	checkRecs(t, 7, at(7), got, wantRec{flow.EventOpen, 1, fw2, 0, 12})
+}
+
+// TestTrackerOpensOnceEstablished checks that a flow is reported from the
+// first dump that sees it established, in the state it is in then.
+func TestTrackerOpensOnceEstablished(t *testing.T) {
+	const (
+		synSent, synRecv, est = flow.StateSynSent, flow.StateSynRecv, flow.StateEstablished
+		fw1, closeWait, cls   = flow.StateFinWait1, flow.StateCloseWait, flow.StateClose
+	)
+	for _, tc := range []struct {
+		name   string
+		states []flow.State // one dump each; 0: not in the dump
+		failed bool         // a connect() that failed
+		want   []wantRec    // every record, in order (only ev, state and oldState are compared)
+		flows  []int        // Flows after each dump: flows waiting for their handshake do not count
+	}{
+		{"client caught in SYN_SENT", []flow.State{synSent, synSent, est, est}, false,
+			[]wantRec{{ev: flow.EventOpen, state: est}, {ev: flow.EventSample, state: est}}, []int{0, 0, 1, 1}},
+		{"server caught in SYN_RECV", []flow.State{synRecv, est}, false,
+			[]wantRec{{ev: flow.EventOpen, state: est}}, []int{0, 1}},
+		{"established and closing between two dumps", []flow.State{synSent, fw1, 0}, false,
+			[]wantRec{{ev: flow.EventOpen, state: fw1}, {ev: flow.EventClose, state: fw1}}, []int{0, 1, 0}},
+		{"never established", []flow.State{synSent, synSent, 0}, false, nil, []int{0, 0, 0}},
+		{"connect failed", []flow.State{synSent, cls, cls, 0}, true, nil, []int{0, 0, 0, 0}},
+		{"first seen closing: found running", []flow.State{closeWait, cls, 0}, false,
+			[]wantRec{{ev: flow.EventOpen, state: closeWait}, {ev: flow.EventState, state: cls, oldState: closeWait},
+				{ev: flow.EventClose, state: cls}}, []int{1, 1, 0}},
+		{"first seen closed after a handshake", []flow.State{cls, 0}, false,
+			[]wantRec{{ev: flow.EventOpen, state: cls}, {ev: flow.EventClose, state: cls}}, []int{1, 0}},
+		{"no state record without a change", []flow.State{est, fw1, fw1, fw1}, false,
+			[]wantRec{{ev: flow.EventOpen, state: est}, {ev: flow.EventState, state: fw1, oldState: est},
+				{ev: flow.EventSample, state: fw1}, {ev: flow.EventSample, state: fw1}}, []int{1, 1, 1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := newTracker()
+			var got []flow.Record
+			for i, st := range tc.states {
+				var socks []sock
+				if st != 0 {
+					socks = append(socks, sock{cookie: 1, family: unix.AF_INET, state: st, failed: tc.failed})
+				}
+				got = append(got, runDump(t, tr, time.Unix(int64(i), 0), socks...)...)
+				if tr.len() != tc.flows[i] {
+					t.Errorf("dump %d: Flows %d, want %d", i, tr.len(), tc.flows[i])
+				}
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("%d records %+v, want %d", len(got), got, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if r := got[i]; r.Event != w.ev || r.State != w.state || r.OldState != w.oldState || r.Cookie != 1 {
+					t.Errorf("record %d: %s cookie %d %s (old %s), want %s %s (old %s)",
+						i, r.Event, r.Cookie, r.State, r.OldState, w.ev, w.state, w.oldState)
+				}
+			}
+		})
+	}
 }
 
 func TestTrackerCANames(t *testing.T) {
