@@ -11,7 +11,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/flow"
@@ -116,16 +115,28 @@ func diagRequest(family uint8, bytecode []byte) []byte {
 	return b
 }
 
-// dumper dumps the kernel's TCP sockets over one NETLINK_SOCK_DIAG socket
-// that it keeps open between dumps.
-type dumper struct {
-	sock *nl.NetlinkSocket
-	reqs [2]familyRequest
-	log  logrus.FieldLogger
-	msgs [][]byte // payloads of the last dump, reused
+// diagFilter is an in-kernel filter of the dump requests: the cgroups it
+// accepts (sorted, at most maxFilterCgroups) and its program. The dumpers
+// of every namespace share one.
+type diagFilter struct {
+	cgroups  []uint64
+	bytecode []byte
+}
 
-	cgroups  []uint64 // the cgroups of the requests' filter, sorted; nil: no filter
-	filtered bool     // the requests carry a filter
+func newDiagFilter(cgroups []uint64) *diagFilter {
+	return &diagFilter{cgroups: slices.Clone(cgroups), bytecode: cgroupFilter(cgroups)}
+}
+
+// dumper dumps the TCP sockets of one network namespace over one
+// NETLINK_SOCK_DIAG socket opened in it, which it keeps open between dumps.
+type dumper struct {
+	netns   netnsID
+	sock    *nl.NetlinkSocket
+	reqs    [2]familyRequest
+	log     logrus.FieldLogger
+	msgs    [][]byte    // payloads of the last dump, reused
+	kfilter *diagFilter // the requests' filter; nil: none
+	skipped int         // dumps skipped in a row because they were interrupted
 
 	// execute runs one dump request, calling collect with the payload of
 	// each reply message: (*nl.NetlinkRequest).ExecuteIter, but for tests.
@@ -139,11 +150,9 @@ type familyRequest struct {
 	req    *nl.NetlinkRequest
 }
 
-func newDumper(log logrus.FieldLogger, netnsPath string) (*dumper, error) {
-	sock, err := openDiagSocket(netnsPath)
-	if err != nil {
-		return nil, err
-	}
+// newDumper returns a dumper of namespace id that uses sock, a netlink
+// socket opened in id; the dumper closes it.
+func newDumper(log logrus.FieldLogger, sock *nl.NetlinkSocket, id netnsID) (*dumper, error) {
 	tv := unix.NsecToTimeval(recvTimeout.Nanoseconds())
 	if err := sock.SetReceiveTimeout(&tv); err != nil {
 		sock.Close()
@@ -159,7 +168,8 @@ func newDumper(log logrus.FieldLogger, netnsPath string) (*dumper, error) {
 		return req
 	}
 	return &dumper{
-		sock: sock,
+		netns: id,
+		sock:  sock,
 		reqs: [2]familyRequest{
 			{family: "IPv4", af: unix.AF_INET, req: newReq(unix.AF_INET)},
 			{family: "IPv6", af: unix.AF_INET6, req: newReq(unix.AF_INET6)},
@@ -171,20 +181,20 @@ func newDumper(log logrus.FieldLogger, netnsPath string) (*dumper, error) {
 	}, nil
 }
 
-// filter makes the kernel return only the sockets of these cgroups (sorted,
-// at most maxFilterCgroups) from the next dump on; nil: every socket.
-func (d *dumper) filter(cgroups []uint64) {
-	if (cgroups != nil) == d.filtered && slices.Equal(cgroups, d.cgroups) {
+// filter makes the kernel return only the sockets f accepts from the next
+// dump on; nil: every socket.
+func (d *dumper) filter(f *diagFilter) {
+	if f == d.kfilter {
 		return
 	}
 	var bytecode []byte
-	if cgroups != nil {
-		bytecode = cgroupFilter(cgroups)
+	if f != nil {
+		bytecode = f.bytecode
 	}
 	for _, r := range d.reqs {
 		r.req.RawData = diagRequest(r.af, bytecode)
 	}
-	d.cgroups, d.filtered = slices.Clone(cgroups), cgroups != nil
+	d.kfilter = f
 }
 
 // close closes the netlink socket. It also ends a dump in progress.
@@ -312,27 +322,4 @@ func parseDiagMsg(b []byte, m *diagMsg) error {
 		a = a[next:]
 	}
 	return nil
-}
-
-// openDiagSocket opens a NETLINK_SOCK_DIAG socket in the network namespace
-// at netnsPath, or in flowd's own when it is "". inet_diag only reports the
-// sockets of the namespace its netlink socket was created in.
-func openDiagSocket(netnsPath string) (*nl.NetlinkSocket, error) {
-	if netnsPath == "" {
-		sock, err := nl.Subscribe(unix.NETLINK_SOCK_DIAG)
-		if err != nil {
-			return nil, fmt.Errorf("opening sock_diag netlink socket: %w", err)
-		}
-		return sock, nil
-	}
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		return nil, fmt.Errorf("opening network namespace %s: %w", netnsPath, err)
-	}
-	defer ns.Close()
-	sock, err := nl.SubscribeAt(ns, netns.None(), unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return nil, fmt.Errorf("opening sock_diag netlink socket in %s: %w", netnsPath, err)
-	}
-	return sock, nil
 }

@@ -56,14 +56,14 @@ type pair struct {
 // dialPair listens on addr ("127.0.0.1:0" or "[::1]:0") in cgroup cg ("" =
 // where the test process is), connects to it and accepts. Everything is
 // closed when the test ends.
-func dialPair(t *testing.T, cg, network, addr string) *pair {
-	t.Helper()
-	ln := testutil.Listen(t, cg, network, addr)
-	p := testutil.Dial(t, cg, ln)
+func dialPair(tb testing.TB, cg, network, addr string) *pair {
+	tb.Helper()
+	ln := testutil.Listen(tb, cg, network, addr)
+	p := testutil.Dial(tb, cg, ln)
 	mkEnd := func(c net.Conn) end {
 		l, r := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		return end{
-			cookie: testutil.Cookie(t, c),
+			cookie: testutil.Cookie(tb, c),
 			local:  netip.AddrPortFrom(l.Addr().Unmap(), l.Port()),
 			remote: netip.AddrPortFrom(r.Addr().Unmap(), r.Port()),
 		}
@@ -364,7 +364,7 @@ func pollN(t *testing.T, b *Backend, s flow.Sink, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.d.close()
+	defer p.nets.close()
 	for range n {
 		if err := p.poll(s); err != nil {
 			t.Fatal(err)
@@ -407,7 +407,7 @@ func TestLiveScope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.d.close()
+	defer p.nets.close()
 	col := &testutil.Collector{}
 	if err := p.poll(col); err != nil { // walks the (empty) subtree
 		t.Fatal(err)
@@ -454,7 +454,7 @@ func TestLiveScope(t *testing.T) {
 	if p.userFilter {
 		t.Error("the kernel rejected the inet_diag cgroup filter")
 	}
-	if n := len(p.d.msgs); n != 4 {
+	if n := len(p.nets.list[0].msgs); n != 4 {
 		t.Errorf("the last dump returned %d sockets, want the subtree's 4", n)
 	}
 
@@ -601,7 +601,7 @@ func TestLiveOpenOnceEstablished(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.d.close()
+	defer p.nets.close()
 	col := &testutil.Collector{}
 	for range 2 {
 		if s := state(); s != flow.StateSynSent {

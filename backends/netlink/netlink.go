@@ -3,6 +3,8 @@
 // struct tcp_info, congestion control and cgroup id, keeps those in the
 // configured cgroup subtree that pass the filter, and compares each dump
 // with the previous one to produce open, state, sample and close records.
+// inet_diag sees one network namespace per netlink socket, so the backend
+// keeps a socket in each namespace in which a process of the subtree lives.
 //
 // It needs no BPF, so it is the fallback when the ebpf backend cannot run,
 // but it only sees what exists at dump time: flows shorter than Interval
@@ -35,12 +37,15 @@ const name = "netlink"
 
 // Log field keys.
 const (
-	logKeyBackend  = "backend"
-	logKeyCgroup   = "cgroup"
-	logKeyFamily   = "family"
-	logKeyAttempt  = "attempt"
-	logKeyAttempts = "attempts"
-	logKeySkipped  = "skipped_in_a_row"
+	logKeyBackend   = "backend"
+	logKeyCgroup    = "cgroup"
+	logKeyFamily    = "family"
+	logKeyAttempt   = "attempt"
+	logKeyAttempts  = "attempts"
+	logKeySkipped   = "skipped_in_a_row"
+	logKeyNetns     = "netns" // the namespace's inode number, as lsns and /proc/PID/ns/net show it
+	logKeyPID       = "pid"
+	logKeyProcesses = "processes"
 )
 
 // Config configures the netlink backend.
@@ -48,10 +53,10 @@ type Config struct {
 	Cgroup   string        // cgroup2 directory whose subtree is reported (absolute, resolved)
 	Interval time.Duration // time between two inet_diag dumps
 	Filter   backends.Filter
-	// Netns is the path of a network namespace (e.g. /run/netns/NAME or
-	// /proc/PID/ns/net) whose sockets are dumped; "" = flowd's own.
-	// inet_diag sees one namespace at a time; the ebpf backend sees the
-	// cgroup's sockets in every namespace.
+	// Netns is the path of the one network namespace (e.g. /run/netns/NAME
+	// or /proc/PID/ns/net) whose sockets are dumped. "" = flowd's own and
+	// every namespace in which a process of the cgroup subtree lives,
+	// found again before each dump.
 	Netns string
 	Log   logrus.FieldLogger // may be nil: then nothing is logged
 }
@@ -72,12 +77,12 @@ type Backend struct {
 
 	mu      sync.Mutex
 	closed  bool
-	dumper  *dumper // the open netlink socket while Run runs
+	nets    *namespaces // the open netlink sockets while Run runs
 	running bool
 }
 
 // New checks cfg and returns a backend ready to Run. It opens nothing: the
-// netlink socket is opened by Run.
+// netlink sockets are opened by Run.
 func New(cfg Config) (*Backend, error) {
 	if cfg.Interval <= 0 {
 		return nil, fmt.Errorf("interval must be positive, got %s", cfg.Interval)
@@ -136,11 +141,14 @@ func (b *Backend) Flows() int { return int(b.flows.Load()) }
 
 // Run dumps the sockets at once and then every Interval, writing the
 // records of each dump to s, until ctx is cancelled; then it returns nil
-// without writing close records for the flows still alive. A dump that the
-// kernel keeps flagging as interrupted is skipped with a warning. Run
-// returns an error when the netlink socket cannot be opened or read, when
-// the cgroup subtree cannot be read or when s fails. Only one Run may be
-// active at a time; Close ends it.
+// without writing close records for the flows still alive. A namespace's
+// dump that the kernel keeps flagging as interrupted is skipped with a
+// warning. A namespace no process of the subtree lives in any more is no
+// longer dumped, and its flows get close records; one flowd may not enter
+// is logged once and left out. Run returns an error when the netlink
+// socket of flowd's own or of the pinned namespace cannot be opened, when
+// a socket cannot be read, when the cgroup subtree cannot be read or when
+// s fails. Only one Run may be active at a time; Close ends it.
 func (b *Backend) Run(ctx context.Context, s flow.Sink) error {
 	p, err := b.start()
 	if err != nil {
@@ -168,7 +176,7 @@ func (b *Backend) Run(ctx context.Context, s flow.Sink) error {
 	return nil
 }
 
-// start opens the netlink socket and returns the poller of a Run.
+// start opens the first netlink socket and returns the poller of a Run.
 func (b *Backend) start() (*poller, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -182,20 +190,18 @@ func (b *Backend) start() (*poller, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.dumper = p.d
+	b.nets = p.nets
 	b.running = true
 	return p, nil
 }
 
-// stop closes the netlink socket of a Run, unless Close did.
+// stop closes the netlink sockets of a Run.
 func (b *Backend) stop() {
 	b.flows.Store(0)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dumper != nil {
-		b.dumper.close()
-		b.dumper = nil
-	}
+	b.nets.close()
+	b.nets = nil
 	b.running = false
 }
 
@@ -212,17 +218,18 @@ func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
-	if b.dumper != nil {
-		b.dumper.close()
-		b.dumper = nil
+	if b.nets != nil {
+		b.nets.close()
 	}
 	return nil
 }
 
-// poller holds the state of one Run: the netlink socket, the flows and
+// poller holds the state of one Run: the netlink sockets, the flows and
 // what is known about the cgroup subtree.
 type poller struct {
-	d       *dumper
+	nets    *namespaces
+	scanner *netnsScanner // nil: one pinned namespace
+	denied  bool          // the processes whose namespace the scanner could not read were logged
 	t       *tracker
 	scope   scope
 	filter  backends.Filter
@@ -230,65 +237,53 @@ type poller struct {
 	flows   *atomic.Int64 // where to publish the number of tracked flows
 	msg     diagMsg       // the message being processed, reused
 	warned  bool          // the missing INET_DIAG_CGROUP_ID has been logged
-	skipped int           // dumps skipped in a row because they were interrupted
 
-	userFilter bool     // the kernel rejected the cgroup filter: filter in user space only
-	cgroups    []uint64 // the filter's cgroup ids, reused
+	userFilter bool        // the kernel rejected the cgroup filter: filter in user space only
+	kfilter    *diagFilter // the in-kernel filter of the next dumps; nil: none
+	cgroups    []uint64    // the filter's cgroup ids, reused
 }
 
 func (b *Backend) newPoller() (*poller, error) {
-	d, err := newDumper(b.log, b.cfg.Netns)
+	var nets *namespaces
+	var scanner *netnsScanner
+	var err error
+	if b.cfg.Netns != "" {
+		nets, err = newPinnedNamespaces(b.log, b.cfg.Netns)
+	} else {
+		nets, err = newScannedNamespaces(b.log)
+		scanner = newNetnsScanner(b.cfg.Cgroup, b.matchAll)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return &poller{
-		d:      d,
-		t:      newTracker(),
-		scope:  newScope(b.cfg.Cgroup, b.matchAll),
-		filter: b.cfg.Filter,
-		log:    b.log,
-		flows:  &b.flows,
+		nets:    nets,
+		scanner: scanner,
+		t:       newTracker(),
+		scope:   newScope(b.cfg.Cgroup, b.matchAll),
+		filter:  b.cfg.Filter,
+		log:     b.log,
+		flows:   &b.flows,
 	}, nil
 }
 
-// poll makes one dump and writes its records to s.
+// poll dumps every namespace once and writes the records to s.
 func (p *poller) poll(s flow.Sink) error {
 	now := time.Now().UTC()
 	p.scope.newDump()
+	if err := p.scan(); err != nil {
+		return err
+	}
 	if err := p.filterInKernel(); err != nil {
 		return err
 	}
-	msgs, err := p.d.dump()
-	if err != nil && p.d.filtered && errors.Is(err, unix.EINVAL) {
-		p.log.WithError(err).Info("the kernel rejected the inet_diag cgroup filter (INET_DIAG_BC_CGROUP_COND " +
-			"needs Linux 5.9): every TCP socket of the host is dumped and filtered in user space")
-		p.userFilter = true
-		p.d.filter(nil)
-		msgs, err = p.d.dump()
-	}
-	if errors.Is(err, nl.ErrDumpInterrupted) {
-		// The kernel's socket tables kept changing under the dump. What it
-		// returned may miss sockets, which would read as closed flows:
-		// skip this interval rather than report them.
-		p.skipped++
-		p.log.WithError(err).WithFields(logrus.Fields{
-			logKeyAttempts: maxDumpAttempts,
-			logKeySkipped:  p.skipped,
-		}).Warn("inet_diag dump kept being interrupted, skipping it")
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	p.skipped = 0
-
 	p.t.begin(now)
-	for _, b := range msgs {
-		if err := p.process(b, s); err != nil {
+	for _, d := range p.nets.list {
+		if err := p.dump(d, s); err != nil {
 			return err
 		}
 	}
-	err = p.t.sweep(s)
+	err := p.t.sweep(s)
 	p.flows.Store(int64(p.t.len()))
 	if err != nil {
 		return fmt.Errorf("writing record: %w", err)
@@ -296,7 +291,64 @@ func (p *poller) poll(s flow.Sink) error {
 	return nil
 }
 
-// filterInKernel has the next dump return only the sockets of the cgroup
+// scan finds the namespaces in use and has them dumped. Its walk of the
+// cgroup subtree is also this dump's walk of the scope.
+func (p *poller) scan() error {
+	if p.scanner == nil {
+		return nil
+	}
+	found, inside, err := p.scanner.scan()
+	if err != nil {
+		return err
+	}
+	if inside != nil {
+		p.scope.use(inside)
+	}
+	if p.scanner.denied > 0 && !p.denied {
+		p.denied = true
+		p.log.WithField(logKeyProcesses, p.scanner.denied).Warn("cannot read the network namespace of some " +
+			"processes of the cgroup (reading /proc/PID/ns/net needs CAP_SYS_PTRACE): the namespaces " +
+			"only they live in are not dumped")
+	}
+	return p.nets.sync(found)
+}
+
+// dump makes d's dump and writes the records of its sockets to s.
+func (p *poller) dump(d *dumper, s flow.Sink) error {
+	d.filter(p.kfilter)
+	msgs, err := d.dump()
+	if err != nil && d.kfilter != nil && errors.Is(err, unix.EINVAL) {
+		p.log.WithError(err).Info("the kernel rejected the inet_diag cgroup filter (INET_DIAG_BC_CGROUP_COND " +
+			"needs Linux 5.9): every TCP socket of the host is dumped and filtered in user space")
+		p.userFilter, p.kfilter = true, nil
+		d.filter(nil)
+		msgs, err = d.dump()
+	}
+	if errors.Is(err, nl.ErrDumpInterrupted) {
+		// The kernel's socket tables kept changing under the dump. What it
+		// returned may miss sockets, which would read as closed flows:
+		// skip this namespace for this interval rather than report them.
+		d.skipped++
+		d.log.WithError(err).WithFields(logrus.Fields{
+			logKeyAttempts: maxDumpAttempts,
+			logKeySkipped:  d.skipped,
+		}).Warn("inet_diag dump kept being interrupted, skipping it")
+		p.t.keep(d.netns)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	d.skipped = 0
+	for _, b := range msgs {
+		if err := p.process(b, d.netns, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// filterInKernel has the next dumps return only the sockets of the cgroup
 // subtree (walked again now, so that it holds the cgroups made since the
 // last dump) and of the flows already tracked, so that the kernel neither
 // fills in tcp_info for the host's other sockets nor copies them out: the
@@ -308,7 +360,7 @@ func (p *poller) filterInKernel() error {
 	if p.scope.all || p.userFilter {
 		return nil
 	}
-	inside, err := p.scope.walk()
+	inside, err := p.scope.ids()
 	if err != nil {
 		return err
 	}
@@ -320,16 +372,17 @@ func (p *poller) filterInKernel() error {
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	p.cgroups = ids
-	if len(ids) > maxFilterCgroups {
-		p.d.filter(nil)
-		return nil
+	switch {
+	case len(ids) > maxFilterCgroups:
+		p.kfilter = nil
+	case p.kfilter == nil || !slices.Equal(ids, p.kfilter.cgroups):
+		p.kfilter = newDiagFilter(ids)
 	}
-	p.d.filter(ids)
 	return nil
 }
 
-// process handles b, one message of the current dump.
-func (p *poller) process(b []byte, s flow.Sink) error {
+// process handles b, one message of the current dump of namespace ns.
+func (p *poller) process(b []byte, ns netnsID, s flow.Sink) error {
 	m := &p.msg
 	if err := parseDiagMsg(b, m); err != nil {
 		return fmt.Errorf("parsing inet_diag message: %w", err)
@@ -349,7 +402,7 @@ func (p *poller) process(b []byte, s flow.Sink) error {
 			return err
 		}
 	}
-	if r := p.t.observe(m); r != nil {
+	if r := p.t.observe(m, ns); r != nil {
 		if err := s.Write(r); err != nil {
 			return fmt.Errorf("writing record: %w", err)
 		}

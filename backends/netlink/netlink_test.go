@@ -144,6 +144,11 @@ func TestWantedFilter(t *testing.T) {
 	}
 }
 
+// fakeNamespaces returns the namespaces of a Run that dumps d only.
+func fakeNamespaces(d *dumper) *namespaces {
+	return &namespaces{log: d.log, dumpers: map[netnsID]*dumper{d.netns: d}, list: []*dumper{d}}
+}
+
 // fakeDumper returns a dumper whose requests are answered by answer, called
 // with 0 for the IPv4 request and 1 for the IPv6 one.
 func fakeDumper(log logrus.FieldLogger, answer func(family int, collect func([]byte) bool) error) *dumper {
@@ -224,7 +229,7 @@ func TestPollSkipsInterruptedDump(t *testing.T) {
 		attr(inetDiagCgroupID, u64(9), false).b
 	var interrupted, empty bool
 	p := &poller{
-		d: fakeDumper(log, func(family int, collect func([]byte) bool) error {
+		nets: fakeNamespaces(fakeDumper(log, func(family int, collect func([]byte) bool) error {
 			if family == 0 && !empty {
 				collect(msg)
 			}
@@ -232,7 +237,7 @@ func TestPollSkipsInterruptedDump(t *testing.T) {
 				return nl.ErrDumpInterrupted
 			}
 			return nil
-		}),
+		})),
 		t:     newTracker(),
 		scope: newScope("/nonexistent", true),
 		log:   log,
@@ -297,7 +302,7 @@ func TestPollFallsBackToUserFilter(t *testing.T) {
 		}
 		return nil
 	}
-	p := &poller{d: d, t: newTracker(), scope: newScope(root, false), log: log, flows: new(atomic.Int64)}
+	p := &poller{nets: fakeNamespaces(d), t: newTracker(), scope: newScope(root, false), log: log, flows: new(atomic.Int64)}
 	col := &testutil.Collector{}
 	for range 2 {
 		if err := p.poll(col); err != nil {
@@ -307,8 +312,8 @@ func TestPollFallsBackToUserFilter(t *testing.T) {
 	if filtered != 1 || plain != 4 {
 		t.Errorf("%d filtered and %d plain requests, want 1 and 4 (2 dumps of 2 families)", filtered, plain)
 	}
-	if !p.userFilter || d.filtered {
-		t.Errorf("userFilter = %v, requests filtered = %v after the kernel rejected the filter", p.userFilter, d.filtered)
+	if !p.userFilter || d.kfilter != nil {
+		t.Errorf("userFilter = %v, requests filter = %v after the kernel rejected the filter", p.userFilter, d.kfilter)
 	}
 	var cookies []uint64
 	for _, r := range col.Records(0) {

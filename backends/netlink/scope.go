@@ -38,8 +38,21 @@ func (s *scope) walk() (map[uint64]struct{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.inside, s.walked = inside, true
+	s.use(inside)
 	return inside, nil
+}
+
+// use takes inside, the ids of a walk of the subtree made for this dump
+// by someone else, as this dump's walk.
+func (s *scope) use(inside map[uint64]struct{}) { s.inside, s.walked = inside, true }
+
+// ids returns the ids in the subtree as of this dump's walk, walking it
+// now if it has not been. The map is the scope's: it must not be changed.
+func (s *scope) ids() (map[uint64]struct{}, error) {
+	if s.walked {
+		return s.inside, nil
+	}
+	return s.walk()
 }
 
 // contains reports whether the cgroup with this id is in the subtree.

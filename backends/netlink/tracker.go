@@ -16,6 +16,7 @@ const maxCANames = 16
 type trackedFlow struct {
 	rec    flow.Record // as of the last dump that saw it; Time, Event and OldState unused
 	gen    uint64      // the last dump that saw it
+	netns  netnsID     // the namespace whose dumps list it
 	opened bool        // its open record was written
 }
 
@@ -28,9 +29,10 @@ type trackedFlow struct {
 // comes from the kernel's "established" callbacks. Each opened flow gets
 // exactly one record per dump, so no state record repeats a state.
 //
-// A dump is begin, then observe for every socket, then sweep.
+// A dump is begin, then observe for every socket of every namespace (and
+// keep for the namespaces whose dump failed), then sweep.
 type tracker struct {
-	flows   map[uint64]*trackedFlow // by socket cookie
+	flows   map[uint64]*trackedFlow // by socket cookie: unique on the host
 	opened  int                     // flows whose open record was written
 	spare   []*trackedFlow          // flows of closed sockets, reused for new ones
 	gen     uint64                  // the current dump, counting from 1
@@ -68,15 +70,15 @@ func (t *tracker) appendCgroupIDs(ids []uint64, known map[uint64]struct{}) []uin
 	return ids
 }
 
-// observe records that the current dump holds m, a socket that has
-// tcp_info, and returns the record to write for it, or nil when
+// observe records that the current dump of namespace ns holds m, a socket
+// that has tcp_info, and returns the record to write for it, or nil when
 // there is none: m is not established yet, or its cookie was seen before
 // in this dump. The record is valid until the next call.
-func (t *tracker) observe(m *diagMsg) *flow.Record {
+func (t *tracker) observe(m *diagMsg, ns netnsID) *flow.Record {
 	f, ok := t.flows[m.cookie]
 	switch {
 	case !ok:
-		f = t.newFlow(m)
+		f = t.newFlow(m, ns)
 		t.flows[m.cookie] = f
 	case f.gen == t.gen:
 		return nil // listed twice by one dump
@@ -123,8 +125,19 @@ func established(s flow.State, info *flow.TCPInfo) bool {
 	return true
 }
 
-// newFlow returns a flow for m's socket with its identity filled in.
-func (t *tracker) newFlow(m *diagMsg) *trackedFlow {
+// keep marks the flows of namespace ns as seen by the current dump, whose
+// dump of ns failed: they are neither sampled nor closed.
+func (t *tracker) keep(ns netnsID) {
+	for _, f := range t.flows {
+		if f.netns == ns {
+			f.gen = t.gen
+		}
+	}
+}
+
+// newFlow returns a flow for m's socket in namespace ns with its identity
+// filled in.
+func (t *tracker) newFlow(m *diagMsg, ns netnsID) *trackedFlow {
 	var f *trackedFlow
 	if n := len(t.spare); n > 0 {
 		f = t.spare[n-1]
@@ -133,7 +146,7 @@ func (t *tracker) newFlow(m *diagMsg) *trackedFlow {
 	} else {
 		f = new(trackedFlow)
 	}
-	f.opened = false
+	f.netns, f.opened = ns, false
 	r := &f.rec
 	*r = flow.Record{
 		Backend:    name,

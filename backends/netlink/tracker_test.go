@@ -21,6 +21,7 @@ type sock struct {
 	ca       string
 	acked    uint64 // tcpi_bytes_acked
 	cgroupID uint64
+	netns    netnsID
 	failed   bool // its connect() failed: tcpi_delivered is 0
 }
 
@@ -51,7 +52,7 @@ func runDump(t *testing.T, tr *tracker, now time.Time, socks ...sock) []flow.Rec
 	var out []flow.Record
 	tr.begin(now)
 	for _, s := range socks {
-		if r := tr.observe(s.msg()); r != nil {
+		if r := tr.observe(s.msg(), s.netns); r != nil {
 			out = append(out, *r)
 		}
 	}
@@ -207,6 +208,27 @@ func TestTrackerOpensOnceEstablished(t *testing.T) {
 	}
 }
 
+// TestTrackerKeep checks that the flows of a namespace whose dump failed
+// are neither sampled nor closed, while those of the others go on.
+func TestTrackerKeep(t *testing.T) {
+	est := flow.StateEstablished
+	a := sock{cookie: 1, family: unix.AF_INET, state: est, netns: netnsID{1, 10}}
+	b := sock{cookie: 2, family: unix.AF_INET, state: est, netns: netnsID{1, 11}}
+	tr := newTracker()
+	t0 := time.Unix(0, 0)
+	checkRecs(t, 1, t0, runDump(t, tr, t0, a, b),
+		wantRec{ev: flow.EventOpen, cookie: 1, state: est}, wantRec{ev: flow.EventOpen, cookie: 2, state: est})
+	// b's namespace failed to dump, and a's no longer lists a.
+	tr.begin(t0)
+	tr.keep(b.netns)
+	var got []flow.Record
+	if err := tr.sweep(flow.SinkFunc(func(r *flow.Record) error { got = append(got, *r); return nil })); err != nil {
+		t.Fatal(err)
+	}
+	checkRecs(t, 2, t0, got, wantRec{ev: flow.EventClose, cookie: 1, state: est})
+	checkRecs(t, 3, t0, runDump(t, tr, t0, b), wantRec{ev: flow.EventSample, cookie: 2, state: est})
+}
+
 func TestTrackerCANames(t *testing.T) {
 	tr := newTracker()
 	first := tr.caName([]byte("cubic"), "")
@@ -241,7 +263,7 @@ func TestSteadyStateAllocs(t *testing.T) {
 	sink := flow.SinkFunc(func(*flow.Record) error { n++; return nil })
 	step := func() {
 		p.t.begin(time.Time{})
-		if err := p.process(msg, sink); err != nil {
+		if err := p.process(msg, netnsID{}, sink); err != nil {
 			t.Fatal(err)
 		}
 		if err := p.t.sweep(sink); err != nil {

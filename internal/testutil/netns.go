@@ -45,8 +45,17 @@ func NewNetns(tb testing.TB) *Netns {
 		tb.Fatalf("bringing lo up in the new netns: %v", err)
 	}
 	n := &Netns{handle: ns, Path: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns))}
-	tb.Cleanup(func() { ns.Close() })
+	tb.Cleanup(n.Close)
 	return n
+}
+
+// Close lets the test's hold on the namespace go: it lives on as long as
+// processes or sockets are in it. Path no longer opens it. Close may be
+// called more than once.
+func (n *Netns) Close() {
+	if n.handle.IsOpen() {
+		n.handle.Close()
+	}
 }
 
 // Do runs fn on a thread inside the namespace: sockets fn creates belong to it.
