@@ -70,6 +70,9 @@ var checks = []kernels.Check{
 	check("checks", "TestJSONPresence", "JSON record omits exactly the absent members"),
 	check("checks", "TestNetlinkPresence", "netlink reports exactly the kernel's tcp_info members"),
 	check("netlink", "TestLiveFlow", "netlink backend (inet_diag) vs TCP_INFO"),
+	check("netlink", "TestLiveOpenOnceEstablished", "netlink: a client caught in SYN_SENT opens once established"),
+	check("netlink", "TestNetns", "netlink: the namespaces of the cgroup's processes, or the pinned one"),
+	check("netlink", "TestNetnsDisappears", "netlink: a namespace left by its last process is dropped"),
 	check("backends", "TestBackendsAgree/ipv4", "ebpf and netlink agree on one IPv4 flow"),
 	check("backends", "TestBackendsAgree/ipv6", "ebpf and netlink agree on one IPv6 flow"),
 }
