@@ -49,15 +49,7 @@ func benchPollNamespaces(b *testing.B, n int) {
 	for range n - 1 {
 		testutil.NewNetns(b).Do(b, populate)
 	}
-	be, err := New(Config{Cgroup: cg, Interval: time.Hour})
-	if err != nil {
-		b.Fatal(err)
-	}
-	p, err := be.newPoller()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.nets.close()
+	p := newTestPoller(b, Config{Cgroup: cg, Interval: time.Hour})
 	var records int
 	sink := flow.SinkFunc(func(*flow.Record) error { records++; return nil })
 	if err := p.poll(sink); err != nil {

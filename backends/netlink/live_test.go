@@ -357,6 +357,22 @@ func TestLiveRunCancel(t *testing.T) {
 	}
 }
 
+// newTestPoller returns the poller of a new backend with cfg, to be polled
+// step by step; its sockets are closed when the test ends.
+func newTestPoller(tb testing.TB, cfg Config) *poller {
+	tb.Helper()
+	b, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p, err := b.newPoller()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(p.nets.close)
+	return p
+}
+
 // pollN makes n synchronous dumps of b into s.
 func pollN(t *testing.T, b *Backend, s flow.Sink, n int) {
 	t.Helper()
@@ -399,15 +415,7 @@ func cookiesSeen(t *testing.T, recs []flow.Record) map[uint64]bool {
 func TestLiveScope(t *testing.T) {
 	testutil.RequireRoot(t)
 	cg := testutil.TempCgroup(t)
-	b, err := New(Config{Cgroup: cg, Interval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := b.newPoller()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.nets.close()
+	p := newTestPoller(t, Config{Cgroup: cg, Interval: time.Hour})
 	col := &testutil.Collector{}
 	if err := p.poll(col); err != nil { // walks the (empty) subtree
 		t.Fatal(err)
@@ -446,7 +454,7 @@ func TestLiveScope(t *testing.T) {
 			t.Errorf("child cgroup socket with cgroup id %d, want %d", r.CgroupID, childID)
 		}
 	}
-	if n := b.Flows(); n != 4 {
+	if n := p.flows.Load(); n != 4 {
 		t.Errorf("Flows() = %d, want 4", n)
 	}
 	// The kernel filtered the dump by cgroup: it returned the subtree's
@@ -593,15 +601,7 @@ func TestLiveOpenOnceEstablished(t *testing.T) {
 		return flow.State(ti.State)
 	}
 
-	b, err := New(Config{Cgroup: cg, Interval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := b.newPoller()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.nets.close()
+	p := newTestPoller(t, Config{Cgroup: cg, Interval: time.Hour})
 	col := &testutil.Collector{}
 	for range 2 {
 		if s := state(); s != flow.StateSynSent {

@@ -418,8 +418,8 @@ func (n *namespaces) remove(id netnsID) {
 	n.log.WithField(logKeyNetns, id.ino).Debug("no process of the cgroup lives in a network namespace any more: stopped dumping it")
 }
 
-// close closes every socket; a dump in progress ends with an error. Later
-// updates open nothing.
+// close closes every socket; a dump in progress ends with an error. A
+// later sync opens nothing.
 func (n *namespaces) close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -255,15 +255,7 @@ func TestNetnsDisappears(t *testing.T) {
 
 	log, hook := logtest.NewNullLogger()
 	log.SetLevel(logrus.DebugLevel)
-	b, err := New(Config{Cgroup: cg, Interval: time.Hour, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := b.newPoller()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.nets.close()
+	p := newTestPoller(t, Config{Cgroup: cg, Interval: time.Hour, Log: log})
 	running, err := New(Config{Cgroup: cg, Interval: 20 * time.Millisecond, Log: log})
 	if err != nil {
 		t.Fatal(err)
