@@ -284,7 +284,10 @@ type namespaces struct {
 	dumpers map[netnsID]*dumper
 
 	list    []*dumper            // the dumpers, in the order they are dumped
-	refused map[netnsID]struct{} // namespaces flowd could not enter (logged once each)
+	refused map[netnsID]struct{} // namespaces flowd could not enter
+	warned  bool                 // a refused namespace was logged as a warning
+
+	openIn func(netns.NsHandle) (*nl.NetlinkSocket, error) // openDiagSocketIn, but for tests
 }
 
 // newPinnedNamespaces opens the namespace at path, the only one dumped.
@@ -324,6 +327,7 @@ func newScannedNamespaces(log logrus.FieldLogger) (*namespaces, error) {
 		own:     own,
 		dumpers: make(map[netnsID]*dumper),
 		refused: make(map[netnsID]struct{}),
+		openIn:  openDiagSocketIn,
 	}
 	if err := n.add(own, sock); err != nil {
 		return nil, err
@@ -380,7 +384,8 @@ func (n *namespaces) sync(found map[netnsID]int) error {
 // open starts dumping namespace id, entered through process pid. A process
 // that exited since the scan is no error: the next scan finds the
 // namespace again through another process, if any. A namespace flowd may
-// not enter is logged once and left out.
+// not enter is logged once and left out: the first as a warning, the
+// others, likely refused for the same missing capability, at debug level.
 func (n *namespaces) open(id netnsID, pid int) error {
 	h, err := netns.GetFromPath(procNetnsPath(pid))
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
@@ -395,12 +400,18 @@ func (n *namespaces) open(id netnsID, pid int) error {
 	}
 	var sock *nl.NetlinkSocket
 	if err == nil {
-		sock, err = openDiagSocketIn(h)
+		sock, err = n.openIn(h)
 	}
 	if err != nil {
 		n.refused[id] = struct{}{}
-		n.log.WithError(err).WithFields(logrus.Fields{logKeyNetns: id.ino, logKeyPID: pid}).
-			Warn("cannot dump a network namespace in which processes of the cgroup live: its sockets are not reported")
+		log := n.log.WithError(err).WithFields(logrus.Fields{logKeyNetns: id.ino, logKeyPID: pid})
+		if n.warned {
+			log.Debug("cannot dump a network namespace in which processes of the cgroup live")
+			return nil
+		}
+		n.warned = true
+		log.Warn("cannot dump a network namespace in which processes of the cgroup live (entering one needs " +
+			"CAP_SYS_ADMIN): its sockets are not reported; other such namespaces are logged at debug level")
 		return nil
 	}
 	n.log.WithFields(logrus.Fields{logKeyNetns: id.ino, logKeyPID: pid}).Debug("dumping a new network namespace")

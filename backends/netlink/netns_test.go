@@ -1,6 +1,7 @@
 package netlink
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/cgroup"
@@ -353,5 +356,76 @@ func TestNetnsDisappears(t *testing.T) {
 	}
 	if !stopped {
 		t.Error("no debug line says the namespace is no longer dumped")
+	}
+}
+
+// TestNetnsRefused checks that namespaces flowd may not enter are left out
+// without a warning storm: one warning for the first, a debug line for the
+// next, nothing more while they stay, and again once one comes back.
+func TestNetnsRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	found := make(map[netnsID]int)
+	for range 2 {
+		ns := testutil.NewNetns(t)
+		var proc *testutil.Process
+		ns.Do(t, func() { proc = testutil.StartProcess(t, cg) })
+		id, err := statNetns(ns.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found[id] = proc.Pid
+	}
+	log, hook := logtest.NewNullLogger()
+	log.SetLevel(logrus.DebugLevel)
+	n, err := newScannedNamespaces(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.close()
+	n.openIn = func(netns.NsHandle) (*nl.NetlinkSocket, error) {
+		return nil, fmt.Errorf("entering the network namespace: %w", unix.EPERM)
+	}
+	levels := func() (warn, debug int) {
+		for _, e := range hook.AllEntries() {
+			switch e.Level {
+			case logrus.WarnLevel:
+				warn++
+			case logrus.DebugLevel:
+				debug++
+			default:
+				t.Errorf("logged at %s: %s", e.Level, e.Message)
+			}
+		}
+		hook.Reset()
+		return warn, debug
+	}
+	for i, want := range [][2]int{{1, 1}, {0, 0}} {
+		if err := n.sync(found); err != nil {
+			t.Fatal(err)
+		}
+		if w, d := levels(); w != want[0] || d != want[1] {
+			t.Errorf("sync %d: %d warnings and %d debug lines, want %d and %d", i, w, d, want[0], want[1])
+		}
+		if len(n.list) != 1 || len(n.refused) != 2 {
+			t.Errorf("sync %d: %d namespaces dumped and %d refused, want flowd's own and 2", i, len(n.list), len(n.refused))
+		}
+	}
+	// One namespace goes away and comes back: said again, at debug level.
+	var id netnsID
+	for id = range found {
+		break
+	}
+	pid := found[id]
+	delete(found, id)
+	if err := n.sync(found); err != nil {
+		t.Fatal(err)
+	}
+	found[id] = pid
+	if err := n.sync(found); err != nil {
+		t.Fatal(err)
+	}
+	if w, d := levels(); w != 0 || d != 1 {
+		t.Errorf("a refused namespace that came back: %d warnings and %d debug lines, want 0 and 1", w, d)
 	}
 }
