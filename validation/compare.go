@@ -10,6 +10,7 @@ import (
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/utils/flows"
 	"github.com/flowd/flowd/utils/iperf3"
+	"github.com/flowd/flowd/utils/report"
 )
 
 // Tolerances. Each says how far flowd may be from its reference and why.
@@ -89,44 +90,6 @@ const (
 	MaxSkew = 100 * time.Millisecond
 )
 
-// Check is one comparison.
-type Check struct {
-	Stream    string  `json:"stream"`
-	Metric    string  `json:"metric"`
-	Compared  string  `json:"compared"`
-	Value     float64 `json:"value"`
-	Reference float64 `json:"reference"`
-	Diff      float64 `json:"diff"`
-	Tolerance float64 `json:"tolerance"`
-	Rule      string  `json:"rule"`
-	Samples   int     `json:"samples,omitempty"`
-	Pass      bool    `json:"pass"`
-}
-
-// Stream is one iperf3 data stream and the flows flowd recorded for its
-// sending end.
-type Stream struct {
-	Name        string    `json:"name"` // sender tuple, local->remote
-	Cookie      uint64    `json:"cookie"`
-	Start       time.Time `json:"start"`         // the flow's open record: time 0 of the plots
-	IperfSocket int       `json:"iperf3_socket"` // the sending side's socket: a key of iperf3.Result.SenderIntervals
-
-	EBPFRecords   int `json:"ebpf_records"`
-	NetlinkRecord int `json:"netlink_records"`
-}
-
-// Report is a scenario's result, written as report.json.
-type Report struct {
-	Scenario    string    `json:"scenario"`
-	Description string    `json:"description"`
-	Kernel      string    `json:"kernel"`
-	Started     time.Time `json:"started"`
-	Interval    string    `json:"interval"`
-	Streams     []Stream  `json:"streams"`
-	Checks      []Check   `json:"checks"`
-	Pass        bool      `json:"pass"`
-}
-
 // Inputs are what a scenario produced.
 type Inputs struct {
 	Iperf   *iperf3.Result
@@ -137,11 +100,11 @@ type Inputs struct {
 }
 
 // Compare builds the checks of one scenario.
-func Compare(in Inputs) ([]Stream, []Check, error) {
+func Compare(in Inputs) ([]report.Stream, []report.Check, error) {
 	eflows, nflows := flows.Group(in.EBPF), flows.Group(in.Netlink)
 	senderIntervals := in.Iperf.SenderIntervals()
-	var streams []Stream
-	var checks []Check
+	var streams []report.Stream
+	var checks []report.Check
 	for i, c := range in.Iperf.Start.Connected {
 		tuple, err := senderTuple(c, in.Reverse)
 		if err != nil {
@@ -161,7 +124,7 @@ func Compare(in Inputs) ([]Stream, []Check, error) {
 		}
 		sock := senderSocket(in.Iperf, c, in.Reverse)
 		ivs := senderIntervals[sock]
-		st := Stream{Name: tuple.String(), Cookie: ef.Cookie, Start: ef.Records[0].Time, IperfSocket: sock,
+		st := report.Stream{Name: tuple.String(), Cookie: ef.Cookie, Start: ef.Records[0].Time, IperfSocket: sock,
 			EBPFRecords: len(ef.Records), NetlinkRecord: len(nf.Records)}
 		streams = append(streams, st)
 		checks = append(checks, compareStream(st, ef, nf, total, ivs, in.Shaped, len(in.Iperf.Start.Connected))...)
@@ -174,8 +137,8 @@ func Compare(in Inputs) ([]Stream, []Check, error) {
 
 // deliveryRateSum checks the sum of the streams' delivery_rate medians
 // against the sum of their iperf3 medians.
-func deliveryRateSum(checks []Check) Check {
-	c := Check{Stream: "all", Metric: "delivery_rate (sum)", Compared: "sum over the streams of their delivery_rate checks' medians",
+func deliveryRateSum(checks []report.Check) report.Check {
+	c := report.Check{Stream: "all", Metric: "delivery_rate (sum)", Compared: "sum over the streams of their delivery_rate checks' medians",
 		Tolerance: TolDeliveryRate, Rule: "relative difference of the sums"}
 	n := 0
 	for _, s := range checks {
@@ -312,9 +275,9 @@ func samples(recs []flow.Record) []flow.Record {
 	return out
 }
 
-func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs []iperf3.Stream, shaped bool, nstreams int) []Check {
-	var checks []Check
-	add := func(c Check) {
+func compareStream(st report.Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs []iperf3.Stream, shaped bool, nstreams int) []report.Check {
+	var checks []report.Check
+	add := func(c report.Check) {
 		c.Stream = st.Name
 		checks = append(checks, c)
 	}
@@ -324,7 +287,7 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 	total := totals.Sender
 	acked, _ := value(final, flow.FieldBytesAcked)
 	sent, received := float64(total.Bytes), float64(totals.Receiver.Bytes)
-	add(Check{Metric: "bytes", Compared: "ebpf final bytes_acked vs iperf3 sender bytes; must lie between iperf3's receiver and sender counts",
+	add(report.Check{Metric: "bytes", Compared: "ebpf final bytes_acked vs iperf3 sender bytes; must lie between iperf3's receiver and sender counts",
 		Value: acked, Reference: sent, Diff: relDiff(acked, sent), Tolerance: TolBytes,
 		Rule: fmt.Sprintf("receiver bytes (%.0f) - %g <= flowd <= sender bytes + %d", received, TolBytes, BytesSlack),
 		Pass: acked >= received*(1-TolBytes) && acked <= sent+BytesSlack})
@@ -334,7 +297,7 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 		readAt := st.Start.Add(secs(total.End))
 		lo, hi := retransBracket(ef.Records, readAt, readAt.Add(StartSkew))
 		retrans, _ := value(final, flow.FieldTotalRetrans)
-		add(Check{Metric: "retransmits",
+		add(report.Check{Metric: "retransmits",
 			Compared: "iperf3 sender retransmits vs ebpf total_retrans just before and after iperf3's last reading",
 			Value:    retrans, Reference: ref, Diff: retrans - ref, Tolerance: TolRetransmits,
 			Rule: fmt.Sprintf("flowd before (%.0f) - %d <= iperf3 <= flowd up to %v after (%.0f) + %d",
@@ -469,7 +432,7 @@ func compareStream(st Stream, ef, nf *flows.Flow, totals iperf3.EndStream, ivs [
 	}
 	add(pairedCheck("throughput", fmt.Sprintf("ebpf bytes_acked slope vs iperf3 bits_per_second over windows of %d intervals", ThroughputWindow),
 		slopeVals, slopeRefs, TolSlope, 0, false))
-	c := Check{Metric: "delivery_rate", Compared: "median of ebpf delivery_rate samples during the test vs median iperf3 bits_per_second (bit/s)",
+	c := report.Check{Metric: "delivery_rate", Compared: "median of ebpf delivery_rate samples during the test vs median iperf3 bits_per_second (bit/s)",
 		Tolerance: TolDeliveryRate, Rule: "relative difference of medians", Samples: len(drVals)}
 	if len(drVals) > 0 {
 		c.Value, c.Reference = median(drVals), median(drRefs)
@@ -530,13 +493,13 @@ func secs(s float64) time.Duration { return time.Duration(s * float64(time.Secon
 // (500 µs) above what timers read. The member itself is checked exactly
 // against getsockopt(TCP_INFO) by the backends' tests, and against iperf3
 // and netlink where a bottleneck sets the RTT.
-func rttvarUnshaped(c *Check) {
+func rttvarUnshaped(c *report.Check) {
 	c.Rule = "informational: no bottleneck sets the RTT (" + c.Rule + ")"
 	c.Pass = c.Samples >= 3
 }
 
-func pairedCheck(metric, compared string, vals, refs []float64, tol, slack float64, ofMedians bool) Check {
-	c := Check{Metric: metric, Compared: compared, Tolerance: tol, Rule: "median relative difference",
+func pairedCheck(metric, compared string, vals, refs []float64, tol, slack float64, ofMedians bool) report.Check {
+	c := report.Check{Metric: metric, Compared: compared, Tolerance: tol, Rule: "median relative difference",
 		Samples: len(vals)}
 	if len(vals) < 3 {
 		c.Rule = "too few readings to compare"

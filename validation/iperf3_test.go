@@ -28,6 +28,7 @@ import (
 	"github.com/flowd/flowd/sink"
 	"github.com/flowd/flowd/utils/flows"
 	"github.com/flowd/flowd/utils/iperf3"
+	"github.com/flowd/flowd/utils/report"
 )
 
 var outDir = flag.String("out", "", "keep each scenario's files (ebpf.jsonl, netlink.jsonl, their .full.jsonl twins, iperf3.json, report.json) in DIR/<scenario>")
@@ -179,10 +180,10 @@ func runScenario(t *testing.T, sc Scenario) {
 			}
 		}
 		pass := total > 0
-		checks = append(checks, Check{Stream: "all", Metric: "losses", Compared: "the bottleneck caused retransmissions (iperf3)",
+		checks = append(checks, report.Check{Stream: "all", Metric: "losses", Compared: "the bottleneck caused retransmissions (iperf3)",
 			Value: total, Reference: 1, Rule: "value >= reference", Pass: pass})
 	}
-	rep := Report{Scenario: sc.Name, Description: sc.Description, Kernel: kernelRelease(), Started: started.UTC(),
+	rep := report.Report{Scenario: sc.Name, Description: sc.Description, Kernel: kernelRelease(), Started: started.UTC(),
 		Interval: sampleInterval.String(), Streams: streams, Checks: checks, Pass: true}
 	for _, c := range checks {
 		rep.Pass = rep.Pass && c.Pass
@@ -326,7 +327,7 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-func table(checks []Check) string {
+func table(checks []report.Check) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "stream\tmetric\tflowd\treference\tdiff\ttolerance\tn\tresult")

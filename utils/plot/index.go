@@ -7,15 +7,15 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/flowd/flowd/validation"
+	"github.com/flowd/flowd/utils/report"
 )
 
 // streamPage is one stream's section of index.html.
 type streamPage struct {
 	N      int
-	Stream validation.Stream
+	Stream report.Stream
 	Plots  []plotFile
-	Checks []validation.Check
+	Checks []report.Check
 }
 
 var indexTemplate = template.Must(template.New("index").Funcs(template.FuncMap{
@@ -78,8 +78,8 @@ func num(v float64) string {
 
 // writeIndex writes index.html: the report's checks, grouped by stream,
 // and the streams' plots.
-func writeIndex(path string, r *validation.Report, pages []streamPage) error {
-	var other []validation.Check
+func writeIndex(path string, r *report.Report, pages []streamPage) error {
+	var other []report.Check
 	for _, c := range r.Checks {
 		matched := false
 		for i := range pages {
@@ -95,9 +95,9 @@ func writeIndex(path string, r *validation.Report, pages []streamPage) error {
 	}
 	var b bytes.Buffer
 	data := struct {
-		Report  *validation.Report
+		Report  *report.Report
 		Streams []streamPage
-		Other   []validation.Check
+		Other   []report.Check
 	}{r, pages, other}
 	if err := indexTemplate.Execute(&b, data); err != nil {
 		return err

@@ -18,7 +18,7 @@ import (
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
 	"github.com/flowd/flowd/utils/iperf3"
-	"github.com/flowd/flowd/validation"
+	"github.com/flowd/flowd/utils/report"
 )
 
 const (
@@ -103,11 +103,11 @@ func newScenario(t *testing.T, dir string) string {
 	ip.End.Streams = []iperf3.EndStream{{Sender: iperf3.Total{Socket: testSocket, Bytes: 2500000, Sender: true}}}
 	writeJSON(t, filepath.Join(dir, iperfFile), ip)
 
-	writeJSON(t, filepath.Join(dir, reportFile), validation.Report{
+	writeJSON(t, filepath.Join(dir, reportFile), report.Report{
 		Scenario: "tiny", Description: "a synthetic scenario", Kernel: "6.99.0-test", Started: testStart, Interval: "50ms",
-		Streams: []validation.Stream{{Name: testStream, Cookie: testCookie, Start: testStart, IperfSocket: testSocket,
+		Streams: []report.Stream{{Name: testStream, Cookie: testCookie, Start: testStart, IperfSocket: testSocket,
 			EBPFRecords: len(ebpf), NetlinkRecord: len(netlink) - 1}},
-		Checks: []validation.Check{
+		Checks: []report.Check{
 			{Stream: testStream, Metric: "rtt", Compared: "rtt compared", Value: 5200, Reference: 5200, Tolerance: 0.15,
 				Rule: "median relative difference", Samples: 5, Pass: true},
 			{Stream: testStream, Metric: "bytes", Compared: "bytes compared", Value: 2500001, Reference: 2400000,

@@ -9,13 +9,13 @@ import (
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/utils/flows"
 	"github.com/flowd/flowd/utils/iperf3"
-	"github.com/flowd/flowd/validation"
+	"github.com/flowd/flowd/utils/report"
 )
 
 // scenario is what one scenario directory holds.
 type scenario struct {
 	Dir           string
-	Report        validation.Report
+	Report        report.Report
 	EBPF, Netlink map[uint64]*flows.Flow
 	Intervals     map[int][]iperf3.Stream // iperf3's sender intervals by socket
 }
@@ -41,7 +41,7 @@ func loadScenario(dir string) (*scenario, error) {
 	return sc, nil
 }
 
-func loadReport(path string, r *validation.Report) error {
+func loadReport(path string, r *report.Report) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -62,7 +62,7 @@ func loadReport(path string, r *validation.Report) error {
 
 // streamData is the raw readings of one stream's sending end.
 type streamData struct {
-	Stream        validation.Stream
+	Stream        report.Stream
 	EBPF, Netlink []flow.Record
 	Iperf         []iperf3.Stream
 	noIperf       bool // iperf3 has no sender intervals for the stream's socket
