@@ -1,53 +1,56 @@
-// Package flows loads flowd's JSON Lines output and groups it by flow.
+// Package flows reads flowd's JSON Lines output (files, directories of
+// rotated files, standard input; gzip'd or not; complete or partial sample
+// lines), selects flows, and summarises each: bytes, rates, retransmits,
+// RTT quantiles and what limited it. flowd flows prints the summaries;
+// utils/plot draws the flows.
 package flows
 
 import (
-	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
-	"os"
 	"sort"
 
 	"github.com/flowd/flowd/flow"
-	"github.com/flowd/flowd/sink"
 )
 
-// Load reads a JSON Lines file written by flowd, with partial samples
-// (output.samples: changes) completed from the lines before them. A partial
-// sample whose flow has no earlier line in the file is an error: the file
-// does not start where flowd started writing it. Errors name the file and
-// line.
+// Load reads a JSON Lines file written by flowd, plain or gzip'd, with
+// partial samples (output.samples: changes) completed from the lines before
+// them. A partial sample whose flow has no earlier line in the file is an
+// error: the file does not start where flowd started writing it. Errors
+// name the file and line.
 func Load(path string) ([]flow.Record, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	var (
-		out    []flow.Record
-		filler sink.Filler
+		out []flow.Record
+		r   flow.Record
 	)
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 0, 64<<10), 4<<20)
-	for line := 1; s.Scan(); line++ {
-		if len(s.Bytes()) == 0 {
-			continue
+	rd := NewReader([]Source{File(path)})
+	defer rd.Close()
+	for {
+		complete, err := rd.Next(&r)
+		if errors.Is(err, io.EOF) {
+			return out, nil
 		}
-		var r flow.Record
-		partial, err := sink.ParseLine(s.Bytes(), &r)
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+			return nil, err
 		}
-		if !filler.Fill(&r, partial) {
-			return nil, fmt.Errorf("%s:%d: a partial sample of flow %d (%s), which has no earlier line", path, line, r.Cookie, r.Backend)
+		if !complete {
+			return nil, fmt.Errorf("%s: a partial sample of flow %d (%s), which has no earlier line", rd.Position(), r.Cookie, r.Backend)
 		}
 		out = append(out, r)
 	}
-	if err := s.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return out, nil
 }
+
+// Key names a flow in flowd's output: the backend that recorded it and
+// the socket's cookie. Both backends give a socket the same cookie.
+type Key struct {
+	Backend string
+	Cookie  uint64
+}
+
+// KeyOf returns r's key.
+func KeyOf(r *flow.Record) Key { return Key{r.Backend, r.Cookie} }
 
 // Tuple identifies a flow from one end.
 type Tuple struct {
