@@ -104,7 +104,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVarP(&o.configPath, "config", "c", "", "YAML config `file` (default: built-in defaults and FLOWD_* variables)")
 	pf.StringVar(&o.logLevel, "log-level", "", "override log.level: trace, debug, info, warn or error")
 
-	root.AddCommand(newRunCmd(o), newConfigCmd(o), newFillCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(o), newConfigCmd(o), newFillCmd(), newFlowsCmd(), newVersionCmd())
 	return root
 }
 
