@@ -1,155 +1,159 @@
-// Command plot draws how flowd's eBPF and netlink backends and iperf3 saw
-// each stream of a validation scenario, and writes an HTML page with the
-// scenario's checks next to the plots.
+// Command plot draws flowd's records: the flows of any flowd output, or how
+// flowd's two backends and iperf3 saw each stream of a validation scenario.
 //
 // Usage:
 //
-//	go run ./utils/plot DIR...
+//	go run ./utils/plot [flags] FILE|DIR|-...
 //
-// Each DIR is a scenario directory as ./test -out OUT writes it
-// (OUT/<scenario>/ with ebpf.jsonl, netlink.jsonl, iperf3.json and
-// report.json), or a directory holding such directories (OUT itself).
+// Given flowd's JSON Lines (files, plain or gzip'd; directories, their
+// *.jsonl* files oldest first; - for standard input; complete or partial
+// sample lines; either backend or both), it summarises every flow selected
+// (--cookie, --port, --addr, --cgroup, --since, --until), draws the --top
+// busiest by bytes moved into OUT/flow-COOKIE/ (rtt, cwnd, throughput,
+// retransmits and limited, each as PNG and SVG, over wall-clock time) and
+// writes OUT/index.html: the flows' summaries, as flowd flows prints them,
+// each linking to its plots. docs/plots.md describes the plots.
 //
-// Into DIR/plots/ it writes, for each stream N of report.json (numbered from
-// 1 in its order), METRIC-sN.png and METRIC-sN.svg for each METRIC of
+// Given validation scenario directories (./test -out OUT writes
+// OUT/<scenario>/ with ebpf.jsonl, netlink.jsonl, iperf3.json and
+// report.json), or a directory of them, it writes into each DIR/plots/,
+// for each stream N of report.json, METRIC-sN.png and METRIC-sN.svg for
 // rtt, rttvar, cwnd-bytes, cwnd-segments, throughput, retransmits and
-// bytes-acked, and index.html showing the checks and the SVG plots. Only the
-// sending end's flow is drawn (the stream's cookie, in both backends). Time
-// is seconds since that flow opened, the stream's start in report.json,
-// which is also time 0 of iperf3's intervals.
+// bytes-acked, and index.html with the scenario's checks. Only the sending
+// end's flow is drawn; time is seconds since it opened, which is also time
+// 0 of iperf3's intervals.
 //
-// Exit status: 0 when every scenario was plotted, 1 when one could not be
-// (the error names the file and the problem), 2 on a usage error.
+// Exit status: 0 when everything was plotted, 1 when something could not
+// be (the error names the file and the problem), 2 on a usage error.
 package main
 
 import (
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
+
+	"github.com/spf13/pflag"
+
+	"github.com/flowd/flowd/utils/flows"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("plot", flag.ContinueOnError)
+const usage = `usage: go run ./utils/plot [flags] FILE|DIR|-...
+  FILE, DIR, -: flowd's JSON Lines (gzip'd or not; a directory's *.jsonl* files; - standard input):
+      the --top busiest flows are drawn into --out, with index.html
+  DIR: a validation scenario (report.json, ebpf.jsonl, ...) or a directory of them:
+      plots go to DIR/plots/
+flags:
+`
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	var o outputOptions
+	fs := pflag.NewFlagSet("plot", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: go run ./utils/plot DIR...")
-		fmt.Fprintln(stderr, "  DIR: a scenario directory (ebpf.jsonl, netlink.jsonl, iperf3.json, report.json)")
-		fmt.Fprintln(stderr, "       or a directory of them; plots go to DIR/plots/")
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
 	}
+	fs.StringVarP(&o.Out, "out", "o", "flowd-plots", "directory to write index.html and the flows' plots into")
+	fs.IntVarP(&o.Top, "top", "n", 20, "draw the N flows that moved the most bytes (0: all)")
+	o.Sel.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return 2
 	}
+	if o.Top < 0 {
+		fmt.Fprintf(stderr, "plot: --top %d: must not be negative\n", o.Top)
+		return 2
+	}
+	scenarios, err := validationDirs(fs.Args())
+	if err != nil {
+		fmt.Fprintf(stderr, "plot: %v\n", err)
+		return 1
+	}
+	if scenarios != nil {
+		for _, name := range []string{"out", "top", "cookie", "port", "addr", "cgroup", "since", "until"} {
+			if fs.Changed(name) {
+				fmt.Fprintf(stderr, "plot: --%s does not apply to validation scenarios\n", name)
+				return 2
+			}
+		}
+		return plotScenarios(scenarios, stdout, stderr)
+	}
+
+	srcs, err := flows.Sources(fs.Args(), stdin)
+	if err != nil {
+		if errors.Is(err, flows.ErrNoOutput) {
+			err = fmt.Errorf("%w, and no validation scenario (%s) in it or in a directory under it", err, reportFile)
+		}
+		fmt.Fprintf(stderr, "plot: %v\n", err)
+		return 1
+	}
+	for _, p := range o.Sel.ByPathOnly() {
+		fmt.Fprintf(stderr, "plot: cgroup %s does not exist on this host: only records that carry its path match it\n", p)
+	}
+	index, err := plotOutput(srcs, o, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "plot: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, index)
+	return 0
+}
+
+// validationDirs returns the scenario directories args name when they are
+// all validation scenarios or directories of them, and nil when none is.
+func validationDirs(args []string) ([]string, error) {
+	var dirs []string
+	found := 0
+	for _, arg := range args {
+		if arg == "-" {
+			continue
+		}
+		fi, err := os.Stat(arg)
+		if err != nil {
+			return nil, err
+		}
+		if !fi.IsDir() {
+			continue
+		}
+		ds, err := scenarioDirs(arg)
+		if err != nil {
+			return nil, err
+		}
+		if len(ds) > 0 {
+			found++
+			dirs = append(dirs, ds...)
+		}
+	}
+	switch {
+	case found == 0:
+		return nil, nil
+	case found < len(args):
+		return nil, errors.New("validation scenarios and flowd output cannot be plotted together")
+	}
+	return dirs, nil
+}
+
+func plotScenarios(dirs []string, stdout, stderr io.Writer) int {
 	status := 0
-	for _, arg := range fs.Args() {
-		dirs, err := scenarioDirs(arg)
+	for _, dir := range dirs {
+		index, err := plotScenario(dir, stderr)
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			status = 1
 			continue
 		}
-		for _, dir := range dirs {
-			index, err := plotScenario(dir, stderr)
-			if err != nil {
-				fmt.Fprintln(stderr, err)
-				status = 1
-				continue
-			}
-			fmt.Fprintln(stdout, index)
-		}
+		fmt.Fprintln(stdout, index)
 	}
 	return status
-}
-
-// Files of a scenario directory.
-const (
-	ebpfFile    = "ebpf.jsonl"
-	netlinkFile = "netlink.jsonl"
-	iperfFile   = "iperf3.json"
-	reportFile  = "report.json"
-	plotsDir    = "plots"
-)
-
-var scenarioFiles = []string{ebpfFile, netlinkFile, iperfFile, reportFile}
-
-// isScenario reports whether dir holds any of a scenario's files; a
-// scenario missing some is still one, so that the error names what is missing.
-func isScenario(dir string) bool {
-	for _, f := range scenarioFiles {
-		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
-			return true
-		}
-	}
-	return false
-}
-
-// scenarioDirs returns arg when it is a scenario directory, else the
-// scenario directories directly under it.
-func scenarioDirs(arg string) ([]string, error) {
-	fi, err := os.Stat(arg)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("%s: not a directory", arg)
-	}
-	if isScenario(arg) {
-		return []string{arg}, nil
-	}
-	entries, err := os.ReadDir(arg)
-	if err != nil {
-		return nil, err
-	}
-	var dirs []string
-	for _, e := range entries {
-		if d := filepath.Join(arg, e.Name()); e.IsDir() && isScenario(d) {
-			dirs = append(dirs, d)
-		}
-	}
-	if len(dirs) == 0 {
-		return nil, fmt.Errorf("%s: no scenario here (%s and the others) nor in a directory under it", arg, reportFile)
-	}
-	return dirs, nil
-}
-
-// plotScenario writes dir/plots/ and returns the path of its index.html.
-func plotScenario(dir string, warn io.Writer) (string, error) {
-	sc, err := loadScenario(dir)
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(dir, plotsDir)
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return "", err
-	}
-	var pages []streamPage
-	for i := range sc.Report.Streams {
-		s, err := sc.stream(i)
-		if err != nil {
-			return "", err
-		}
-		if s.noIperf {
-			fmt.Fprintf(warn, "%s: stream %d: %s has no sender intervals for socket %d; plotting flowd only\n",
-				dir, i+1, iperfFile, s.Stream.IperfSocket)
-		}
-		files, err := writePlots(out, sc.Report.Scenario, i+1, s.Stream.Name, extract(s))
-		if err != nil {
-			return "", fmt.Errorf("%s: stream %d: %w", dir, i+1, err)
-		}
-		pages = append(pages, streamPage{N: i + 1, Stream: s.Stream, Plots: files})
-	}
-	index := filepath.Join(out, "index.html")
-	if err := writeIndex(index, &sc.Report, pages); err != nil {
-		return "", err
-	}
-	return index, nil
 }

@@ -121,7 +121,7 @@ func newScenario(t *testing.T, dir string) string {
 func TestPlotScenario(t *testing.T) {
 	dir := newScenario(t, "")
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{dir}, &stdout, &stderr); code != 0 {
+	if code := run([]string{dir}, nil, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit status %d, stderr: %s", code, stderr.String())
 	}
 	out := filepath.Join(dir, plotsDir)
@@ -208,7 +208,7 @@ func TestParentDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{parent}, &stdout, &stderr); code != 0 {
+	if code := run([]string{parent}, nil, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit status %d, stderr: %s", code, stderr.String())
 	}
 	for _, s := range []string{"one", "two"} {
@@ -251,7 +251,7 @@ func TestErrors(t *testing.T) {
 			dir := newScenario(t, "")
 			tc.spoil(t, dir)
 			var stdout, stderr bytes.Buffer
-			if code := run([]string{dir}, &stdout, &stderr); code != 1 {
+			if code := run([]string{dir}, nil, &stdout, &stderr); code != 1 {
 				t.Errorf("exit status %d, want 1", code)
 			}
 			for _, w := range tc.want {
@@ -284,7 +284,7 @@ func appendLine(t *testing.T, dir, name, line string) {
 
 func TestUsage(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run(nil, &stdout, &stderr); code != 2 {
+	if code := run(nil, nil, &stdout, &stderr); code != 2 {
 		t.Errorf("no DIR: exit status %d, want 2", code)
 	}
 	if !strings.Contains(stderr.String(), "usage:") {
@@ -292,12 +292,13 @@ func TestUsage(t *testing.T) {
 	}
 	stderr.Reset()
 	missing := filepath.Join(t.TempDir(), "nope")
-	if code := run([]string{missing}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), missing) {
+	if code := run([]string{missing}, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), missing) {
 		t.Errorf("missing DIR: exit status %d, stderr %q", code, stderr.String())
 	}
 	stderr.Reset()
 	empty := t.TempDir()
-	if code := run([]string{empty}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "no scenario") {
+	if code := run([]string{empty}, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "no flowd output") ||
+		!strings.Contains(stderr.String(), "no validation scenario") {
 		t.Errorf("empty DIR: exit status %d, stderr %q", code, stderr.String())
 	}
 }
@@ -323,16 +324,16 @@ func TestSeries(t *testing.T) {
 		}
 	}
 	// 125000 bytes per 50 ms is 20 Mbit/s, drawn halfway between the samples.
-	near("first slope time", ss.EBPF.Slope[0].X, 0.025)
-	near("slope", ss.EBPF.Slope[1].Y, 20)
-	near("delivery_rate", ss.EBPF.DeliveryRate[1].Y, 20)
+	near("first slope time", ss.EBPF.SendRate[0].X, 0.025)
+	near("slope", ss.EBPF.SendRate[1].Y, 20e6)
+	near("delivery_rate", ss.EBPF.DeliveryRate[1].Y, 20e6)
 	near("cwnd bytes", ss.EBPF.CwndBytes[1].Y, 21*testMSS)
 	near("netlink time", ss.Netlink.RTT[0].X, 0.06)
-	near("bytes acked", ss.EBPF.BytesAcked[20].Y, (1+125000*20)/1e6)
+	near("bytes acked", ss.EBPF.BytesAcked[20].Y, 1+125000*20)
 	near("iperf3 cwnd segments", ss.Iperf.CwndSegs[2].Y, 32)
 	near("iperf3 cwnd time", ss.Iperf.CwndSegs[2].X, 0.6)
 	near("iperf3 cumulative retransmits", ss.Iperf.Retrans[5].Y, 5)
-	near("iperf3 cumulative bytes", ss.Iperf.Bytes[5].Y, 2.5)
+	near("iperf3 cumulative bytes", ss.Iperf.Bytes[5].Y, 2.5e6)
 	if n := len(ss.Iperf.Throughput); n != 6 {
 		t.Errorf("iperf3 throughput has %d points, want 6 (each interval's start and the last end)", n)
 	}

@@ -1,151 +1,254 @@
 package main
 
 import (
-	"fmt"
+	"cmp"
 	"math"
+	"slices"
 	"time"
 
 	"gonum.org/v1/plot/plotter"
 
 	"github.com/flowd/flowd/flow"
-	"github.com/flowd/flowd/utils/iperf3"
 )
 
-// Every series is in plot units: x in seconds since the flow opened, y in
-// the unit of its plot's axis (µs, bytes, segments, Mbit/s, MB).
+// flowSeries is one backend's readings of one flow: x in seconds since the
+// figure's origin, y in the member's unit (µs, segments, bytes, bit/s, %).
+type flowSeries struct {
+	RTT, RTTVar, MinRTT, RcvRTT plotter.XYs // µs
+	Cwnd, Ssthresh              plotter.XYs // segments
+	CwndBytes                   plotter.XYs // snd_cwnd × snd_mss
+	SendRate, RecvRate          plotter.XYs // bit/s: bytes_acked and bytes_received slopes
+	DeliveryRate, PacingRate    plotter.XYs // bit/s
+	Retrans, RTOs               plotter.XYs // total_retrans segments, total_rto timeouts (cumulative)
+	BytesAcked                  plotter.XYs // bytes (cumulative)
+	Busy, Rwnd, Sndbuf          plotter.XYs // % of the time between readings
+}
+
+// Quantities a collector follows: gauges are drawn as read, counters
+// (cumulative) as read or as their rate of change.
+type gauge int
+
 const (
-	mbit = 1e6 // bits per Mbit
-	mb   = 1e6 // bytes per MB
+	gRTT gauge = iota
+	gRTTVar
+	gMinRTT
+	gRcvRTT
+	gCwnd
+	gSsthresh
+	gCwndBytes
+	gDeliveryRate
+	gPacingRate
+	numGauges
 )
 
-// flowdSeries is one backend's readings of a stream.
-type flowdSeries struct {
-	RTT, RTTVar         plotter.XYs // µs
-	CwndBytes, CwndSegs plotter.XYs // snd_cwnd*snd_mss bytes; snd_cwnd segments
-	Slope, DeliveryRate plotter.XYs // Mbit/s: bytes_acked between consecutive records; delivery_rate
-	Retrans, BytesAcked plotter.XYs // total_retrans segments; bytes_acked MB
+type counter int
+
+const (
+	kBytesAcked counter = iota
+	kBytesReceived
+	kRetrans
+	kRTOs
+	kBusy
+	kRwnd
+	kSndbuf
+	numCounters
+)
+
+var counterFields = [numCounters]flow.Field{
+	kBytesAcked:    flow.FieldBytesAcked,
+	kBytesReceived: flow.FieldBytesReceived,
+	kRetrans:       flow.FieldTotalRetrans,
+	kRTOs:          flow.FieldTotalRTO,
+	kBusy:          flow.FieldBusyTime,
+	kRwnd:          flow.FieldRwndLimited,
+	kSndbuf:        flow.FieldSndbufLimited,
 }
 
-// iperfSeries is iperf3's sender readings of a stream: rtt, rttvar and
-// snd_cwnd are read at each interval's end; throughput is the interval's
-// average, drawn held over the interval; retransmits and bytes are summed.
-type iperfSeries struct {
-	RTT, RTTVar         plotter.XYs // µs
-	CwndBytes, CwndSegs plotter.XYs // bytes; bytes / the flow's snd_mss
-	Throughput          plotter.XYs // Mbit/s, one point at each interval's start and one at the last end
-	Retrans, Bytes      plotter.XYs // cumulative retransmits; cumulative bytes written, MB
-	MSS                 string      // how CwndSegs was converted, for its legend
+// Values the kernel reports for "not measured" or "no limit".
+const (
+	minRTTUnmeasured  = math.MaxUint32 // min_rtt before the first RTT sample
+	infiniteSsthresh  = math.MaxInt32  // TCP_INFINITE_SSTHRESH: before the first loss
+	pacingUnlimited   = math.MaxUint64 // pacing_rate when nothing set one
+	bucketsPerFlow    = 1000           // when decimating
+	decimateFromCount = 2 * bucketsPerFlow
+)
+
+// collector gathers one backend's records of one flow into a flowSeries.
+// A flow with more than decimateFromCount records is decimated into
+// bucketsPerFlow time buckets: per bucket, a gauge keeps its lowest and
+// highest points (so that spikes stay visible) and a counter its last one,
+// which bounds the memory of a drawn flow whatever its length.
+type collector struct {
+	origin   time.Time
+	width    float64 // bucket width in seconds; 0 keeps every point
+	gauges   [numGauges]track
+	counters [numCounters]track
 }
 
-// streamSeries is every series of one stream, extracted once for all plots.
-type streamSeries struct {
-	EBPF, Netlink flowdSeries
-	Iperf         iperfSeries
+// newCollector returns a collector for a flow whose records span
+// [start, end] and number records.
+func newCollector(origin, start, end time.Time, records int) *collector {
+	c := &collector{origin: origin}
+	if records > decimateFromCount && end.After(start) {
+		c.width = end.Sub(start).Seconds() / bucketsPerFlow
+	}
+	return c
 }
 
-func extract(s *streamData) *streamSeries {
-	start := s.Stream.Start
-	return &streamSeries{
-		EBPF:    fromFlowd(s.EBPF, start),
-		Netlink: fromFlowd(s.Netlink, start),
-		Iperf:   fromIperf(s.Iperf, s.EBPF, start),
+// track is one quantity's points: every one, or per bucket the extremes
+// and the last.
+type track struct {
+	pts     plotter.XYs
+	buckets map[int64]*bucket
+	first   plotter.XY // the earliest point, so that a counter's first rate has its start
+	seen    bool
+}
+
+type bucket struct{ lo, hi, last plotter.XY }
+
+func (t *track) add(c *collector, pt plotter.XY) {
+	if !t.seen || pt.X < t.first.X {
+		t.first, t.seen = pt, true
+	}
+	if c.width == 0 {
+		t.pts = append(t.pts, pt)
+		return
+	}
+	if t.buckets == nil {
+		t.buckets = make(map[int64]*bucket)
+	}
+	i := int64(math.Floor(pt.X / c.width))
+	b := t.buckets[i]
+	switch {
+	case b == nil:
+		t.buckets[i] = &bucket{pt, pt, pt}
+		return
+	case pt.Y < b.lo.Y:
+		b.lo = pt
+	case pt.Y > b.hi.Y:
+		b.hi = pt
+	}
+	if pt.X >= b.last.X {
+		b.last = pt
 	}
 }
 
-func fromFlowd(recs []flow.Record, start time.Time) flowdSeries {
-	var fs flowdSeries
-	prevT, prevAcked := math.NaN(), 0.0 // the last record with bytes_acked
-	for i := range recs {
-		r := &recs[i]
-		t := r.Time.Sub(start).Seconds()
-		add := func(xys *plotter.XYs, f flow.Field, scale float64) {
-			if v, ok := r.Info.Get(f); ok {
-				*xys = append(*xys, plotter.XY{X: t, Y: float64(v) * scale})
+// points returns the track's points in time order: for a gauge every
+// bucket's extremes, for a counter its first point and every bucket's last.
+func (t *track) points(isGauge bool) plotter.XYs {
+	pts := t.pts
+	if t.buckets != nil {
+		pts = make(plotter.XYs, 0, 2*len(t.buckets)+1)
+		if !isGauge {
+			pts = append(pts, t.first)
+		}
+		for _, b := range t.buckets {
+			if isGauge {
+				pts = append(pts, b.lo)
+				if b.hi != b.lo {
+					pts = append(pts, b.hi)
+				}
+			} else if b.last != t.first {
+				pts = append(pts, b.last)
 			}
 		}
-		add(&fs.RTT, flow.FieldRTT, 1)
-		add(&fs.RTTVar, flow.FieldRTTVar, 1)
-		add(&fs.CwndSegs, flow.FieldSndCwnd, 1)
-		add(&fs.DeliveryRate, flow.FieldDeliveryRate, 8/mbit)
-		add(&fs.Retrans, flow.FieldTotalRetrans, 1)
-		add(&fs.BytesAcked, flow.FieldBytesAcked, 1/mb)
-		cwnd, ok1 := r.Info.Get(flow.FieldSndCwnd)
-		mss, ok2 := r.Info.Get(flow.FieldSndMSS)
-		if ok1 && ok2 {
-			fs.CwndBytes = append(fs.CwndBytes, plotter.XY{X: t, Y: float64(cwnd * mss)})
-		}
-		if acked, ok := r.Info.Get(flow.FieldBytesAcked); ok {
-			if t > prevT { // false for the first record (NaN) and for one at the same instant
-				rate := (float64(acked) - prevAcked) * 8 / mbit / (t - prevT)
-				fs.Slope = append(fs.Slope, plotter.XY{X: (prevT + t) / 2, Y: rate})
-			}
-			prevT, prevAcked = t, float64(acked)
-		}
 	}
-	return fs
+	slices.SortStableFunc(pts, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
+	return pts
 }
 
-func fromIperf(ivs []iperf3.Stream, ebpf []flow.Record, start time.Time) iperfSeries {
-	var is iperfSeries
-	if len(ivs) == 0 {
-		return is
+// add takes one record's readings.
+func (c *collector) add(r *flow.Record) {
+	x := r.Time.Sub(c.origin).Seconds()
+	g := func(q gauge, v float64) { c.gauges[q].add(c, plotter.XY{X: x, Y: v}) }
+	info := &r.Info
+	if v, ok := info.Get(flow.FieldRTT); ok && v > 0 {
+		g(gRTT, float64(v))
 	}
-	var retrans, bytes float64
-	hasRetrans := false
-	is.Bytes = plotter.XYs{{X: ivs[0].Start}}
-	mssSeen := map[uint64]bool{}
-	for _, iv := range ivs {
-		t := iv.End
-		if iv.RTT != nil {
-			is.RTT = append(is.RTT, plotter.XY{X: t, Y: float64(*iv.RTT)})
-		}
-		if iv.RTTVar != nil {
-			is.RTTVar = append(is.RTTVar, plotter.XY{X: t, Y: float64(*iv.RTTVar)})
-		}
-		if iv.SndCwnd != nil {
-			is.CwndBytes = append(is.CwndBytes, plotter.XY{X: t, Y: float64(*iv.SndCwnd)})
-			if mss, ok := mssAt(ebpf, start.Add(time.Duration(t*float64(time.Second)))); ok {
-				is.CwndSegs = append(is.CwndSegs, plotter.XY{X: t, Y: float64(*iv.SndCwnd) / float64(mss)})
-				mssSeen[mss] = true
-			}
-		}
-		is.Throughput = append(is.Throughput, plotter.XY{X: iv.Start, Y: iv.BitsPerSecond / mbit})
-		if iv.Retransmits != nil {
-			if !hasRetrans {
-				is.Retrans = plotter.XYs{{X: ivs[0].Start}}
-				hasRetrans = true
-			}
-			retrans += float64(*iv.Retransmits)
-			is.Retrans = append(is.Retrans, plotter.XY{X: t, Y: retrans})
-		}
-		bytes += float64(iv.Bytes)
-		is.Bytes = append(is.Bytes, plotter.XY{X: t, Y: bytes / mb})
+	if v, ok := info.Get(flow.FieldRTTVar); ok {
+		g(gRTTVar, float64(v))
 	}
-	last := ivs[len(ivs)-1]
-	is.Throughput = append(is.Throughput, plotter.XY{X: last.End, Y: last.BitsPerSecond / mbit})
-	is.MSS = "the flow's snd_mss at that time"
-	if len(mssSeen) == 1 {
-		for mss := range mssSeen {
-			is.MSS = fmt.Sprintf("snd_mss %d bytes", mss)
+	if v, ok := info.Get(flow.FieldMinRTT); ok && v > 0 && v < minRTTUnmeasured {
+		g(gMinRTT, float64(v))
+	}
+	if v, ok := info.Get(flow.FieldRcvRTT); ok && v > 0 {
+		g(gRcvRTT, float64(v))
+	}
+	cwnd, okCwnd := info.Get(flow.FieldSndCwnd)
+	if okCwnd {
+		g(gCwnd, float64(cwnd))
+	}
+	if v, ok := info.Get(flow.FieldSndSsthresh); ok && v < infiniteSsthresh {
+		g(gSsthresh, float64(v))
+	}
+	if mss, ok := info.Get(flow.FieldSndMSS); ok && okCwnd {
+		g(gCwndBytes, float64(cwnd*mss))
+	}
+	if v, ok := info.Get(flow.FieldDeliveryRate); ok {
+		g(gDeliveryRate, float64(v)*8)
+	}
+	if v, ok := info.Get(flow.FieldPacingRate); ok && v != pacingUnlimited {
+		g(gPacingRate, float64(v)*8)
+	}
+	for k, f := range counterFields {
+		if v, ok := info.Get(f); ok {
+			c.counters[k].add(c, plotter.XY{X: x, Y: float64(v)})
 		}
 	}
-	return is
 }
 
-// mssAt returns the snd_mss of the last record at or before t (of the
-// first record when none is).
-func mssAt(recs []flow.Record, t time.Time) (uint64, bool) {
-	var mss uint64
-	found := false
-	for i := range recs {
-		v, ok := recs[i].Info.Get(flow.FieldSndMSS)
-		if !ok {
-			continue
-		}
-		if found && recs[i].Time.After(t) {
-			break
-		}
-		mss, found = v, true
+// series returns what the collector gathered.
+func (c *collector) series() *flowSeries {
+	g := func(q gauge) plotter.XYs { return c.gauges[q].points(true) }
+	k := func(q counter) plotter.XYs { return c.counters[q].points(false) }
+	return &flowSeries{
+		RTT: g(gRTT), RTTVar: g(gRTTVar), MinRTT: g(gMinRTT), RcvRTT: g(gRcvRTT),
+		Cwnd: g(gCwnd), Ssthresh: g(gSsthresh), CwndBytes: g(gCwndBytes),
+		DeliveryRate: g(gDeliveryRate), PacingRate: g(gPacingRate),
+		SendRate: rates(k(kBytesAcked), 8, 0), RecvRate: rates(k(kBytesReceived), 8, 0),
+		Retrans: k(kRetrans), RTOs: k(kRTOs), BytesAcked: k(kBytesAcked),
+		Busy: shares(k(kBusy)), Rwnd: shares(k(kRwnd)), Sndbuf: shares(k(kSndbuf)),
 	}
-	return mss, found
+}
+
+// The kernel counts busy_time, rwnd_limited and sndbuf_limited in jiffies
+// (4 ms at HZ=250), so a share over 50 ms is off by up to 8%: shares are
+// taken over at least shareWindow, and over no less than a 200th of the
+// flow, and held to 100%.
+const shareWindow = 0.1 // seconds
+
+// shares returns a time counter (µs) as the share of wall time, in %.
+func shares(pts plotter.XYs) plotter.XYs {
+	if len(pts) < 2 {
+		return nil
+	}
+	out := rates(pts, 1e-4, max(shareWindow, (pts[len(pts)-1].X-pts[0].X)/200))
+	for i := range out {
+		out[i].Y = min(out[i].Y, 100)
+	}
+	return out
+}
+
+// rates returns a counter's rate of change times scale, drawn halfway
+// between readings. Readings closer than minGap, and than a thousandth of
+// the series' span, are merged, so that a burst of records does not draw
+// noise; a counter that goes back (a reused cookie) restarts the series.
+func rates(pts plotter.XYs, scale, minGap float64) plotter.XYs {
+	if len(pts) < 2 {
+		return nil
+	}
+	minGap = max(minGap, (pts[len(pts)-1].X-pts[0].X)/bucketsPerFlow)
+	out := make(plotter.XYs, 0, len(pts)-1)
+	from := pts[0]
+	for _, p := range pts[1:] {
+		dx := p.X - from.X
+		switch {
+		case p.Y < from.Y:
+			from = p
+		case dx > 0 && dx >= minGap:
+			out = append(out, plotter.XY{X: (from.X + p.X) / 2, Y: (p.Y - from.Y) * scale / dx})
+			from = p
+		}
+	}
+	return out
 }
