@@ -63,6 +63,13 @@ func TestVerdict(t *testing.T) {
 		// filling.
 		{name: "busy but app-limited", acked: 5e6, busy: 10 * sec, app: []uint64{1, 1, 1},
 			want: VerdictApplication, wantShare: 0.75, wantCong: 0.25},
+		// The same samples from a writer the kernel saw waiting for buffer
+		// space (a tenth of the busy time or more): the send buffer kept
+		// the data short.
+		{name: "app-limited behind the send buffer", acked: 5e6, busy: 10 * sec, sndbuf: 2 * sec, app: []uint64{1, 1, 1},
+			want: VerdictSendBuffer, wantShare: 0.2 + 0.75*0.8, wantCong: 0.25 * 0.8},
+		{name: "app-limited, little send buffer", acked: 5e6, busy: 10 * sec, sndbuf: sec / 2, app: []uint64{1, 1, 1},
+			want: VerdictApplication, wantShare: 0.75 * 0.95, wantCong: 0.25 * 0.95},
 		// A tie goes to the named limit.
 		{name: "tie", acked: 5e6, busy: 10 * sec, rwnd: 5 * sec, app: []uint64{0}, want: VerdictReceiveWindow, wantShare: 0.5},
 		// busy_time counted in jiffies may exceed the wall time a little.

@@ -76,15 +76,23 @@ func (l *Limits) Share(v Verdict) float64 {
 // and the FIN take a sequence number each.
 const noPayload = 2
 
+// sndbufEvidence is the share of its busy time a flow must have spent
+// sndbuf_limited for its app-limited samples to be put down to the send
+// buffer rather than to the application.
+const sndbufEvidence = 0.1
+
 // verdict applies the rule of docs/flows.md to a flow that lasted duration
 // seconds and moved acked and received bytes.
 //
 // The kernel's chrono counters split the time the socket had data to send
 // (busy_time) into spans limited by the receive window (rwnd_limited), by
 // the send buffer (sndbuf_limited), and the rest, where the congestion
-// window or the application decides. Time outside busy_time had nothing to
-// send: the application's. The busy, unlimited time is split further by
-// the share of samples the kernel marked application-limited.
+// window or the writer decides. Time outside busy_time had nothing to
+// send: the application's. The rest of the busy time is split by the
+// share of samples the kernel marked application-limited: the window was
+// not full because too little data was queued. A writer that the kernel
+// saw waiting for buffer space queues too little because of its buffer,
+// so those samples count for the send buffer then.
 func (f *flowState) verdict(duration float64, acked, received uint64) (Verdict, *Limits) {
 	switch {
 	case acked <= noPayload && received <= noPayload:
@@ -104,11 +112,16 @@ func (f *flowState) verdict(duration float64, acked, received uint64) (Verdict, 
 		app = float64(f.appLimited) / float64(f.busySamples)
 	}
 	l := &Limits{
-		Application:       (duration - busy + app*unlimited) / duration,
+		Application:       (duration - busy) / duration,
 		ReceiveWindow:     rwnd / duration,
 		SendBuffer:        sndbuf / duration,
 		Congestion:        (1 - app) * unlimited / duration,
 		AppLimitedSamples: app,
+	}
+	if sndbuf >= sndbufEvidence*busy && sndbuf > 0 {
+		l.SendBuffer += app * unlimited / duration
+	} else {
+		l.Application += app * unlimited / duration
 	}
 	v, _ := l.runnerUp("")
 	return v, l
