@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -134,106 +135,223 @@ var gzipMagic = []byte{0x1f, 0x8b}
 // (recognised by their first bytes, whatever the name).
 func (s Source) open() (io.Reader, func() error, error) {
 	var (
-		r     io.Reader = s.stdin
-		close           = func() error { return nil }
+		r         io.Reader = s.stdin
+		closeFile           = func() error { return nil }
 	)
 	if s.stdin == nil {
 		f, err := os.Open(s.Name)
 		if err != nil {
 			return nil, nil, err
 		}
-		r, close = f, f.Close
+		r, closeFile = f, f.Close
 	}
 	br := bufio.NewReaderSize(r, 256<<10)
 	head, err := br.Peek(len(gzipMagic))
 	if err != nil && !errors.Is(err, io.EOF) {
-		close()
+		closeFile()
 		return nil, nil, fmt.Errorf("reading %s: %w", s.Name, err)
 	}
 	if !bytes.Equal(head, gzipMagic) {
-		return br, close, nil
+		return br, closeFile, nil
 	}
 	zr, err := gzip.NewReader(br)
 	if err != nil {
-		close()
+		closeFile()
 		return nil, nil, fmt.Errorf("reading %s: %w", s.Name, err)
 	}
-	return bufio.NewReaderSize(zr, 256<<10), close, nil
+	return bufio.NewReaderSize(zr, 256<<10), closeFile, nil
 }
 
 // maxLine is the longest line read: flowd's lines are about 1.5 kB.
 const maxLine = 1 << 20
 
+// batchLines is how many lines a parser takes at a time: enough to make
+// handing them over cheap, few enough that the batches in flight (two per
+// CPU, about 0.6 MB each) stay small.
+const batchLines = 256
+
+// batch is lines read in a row from one source and, once parsed, their
+// records.
+type batch struct {
+	src     string
+	lineNo  []int // of each line
+	lines   [][]byte
+	recs    []flow.Record
+	partial []bool
+	err     error // of the line after the last record, or of reading
+	parsed  chan struct{}
+}
+
+func (b *batch) parse() {
+	b.recs = make([]flow.Record, len(b.lines))
+	b.partial = make([]bool, len(b.lines))
+	for i, line := range b.lines {
+		p, err := sink.ParseLine(line, &b.recs[i])
+		if err != nil {
+			b.recs, b.partial = b.recs[:i], b.partial[:i]
+			b.err = fmt.Errorf("%s:%d: %w", b.src, b.lineNo[i], err)
+			break
+		}
+		b.partial[i] = p
+	}
+	b.lines = nil
+	close(b.parsed)
+}
+
 // Reader reads the records of sources one after another, and completes
 // partial samples (output.samples: changes) from the earlier lines of
 // their flow, as flowd fill does. Give the files of one output oldest
-// first.
+// first. Parsing, what reading costs most, runs on every CPU; records come
+// out in input order.
 type Reader struct {
-	srcs   []Source
-	cur    *bufio.Scanner
-	close  func() error
-	name   string
-	line   int
-	filler sink.Filler
+	srcs    []Source
+	batches chan *batch // in input order, parsed or being parsed
+	stop    chan struct{}
+	cur     *batch
+	next    int // index in cur of the next record
+	filler  sink.Filler
+	err     error
 }
 
 // NewReader returns a Reader of srcs.
 func NewReader(srcs []Source) *Reader { return &Reader{srcs: srcs} }
+
+// start runs the reading goroutine, which splits the sources into batches,
+// and the parsers.
+func (rd *Reader) start() {
+	workers := runtime.GOMAXPROCS(0)
+	// A batch is in both channels: at most 2*workers+2 exist at a time.
+	rd.batches = make(chan *batch, 2*workers)
+	rd.stop = make(chan struct{})
+	work := make(chan *batch, 2*workers)
+	for range workers {
+		go func() {
+			for b := range work {
+				b.parse()
+			}
+		}()
+	}
+	stop := rd.stop
+	go func() {
+		defer close(rd.batches)
+		defer close(work)
+		send := func(b *batch) bool {
+			select {
+			case rd.batches <- b:
+			case <-stop:
+				return false
+			}
+			if b.err == nil {
+				work <- b
+			} else {
+				close(b.parsed)
+			}
+			return true
+		}
+		for _, src := range rd.srcs {
+			if !rd.split(src, send) {
+				return
+			}
+		}
+	}()
+}
+
+// split reads src into batches and hands them to send, which reports false
+// when the Reader is closed. A batch that ends src with an error carries it.
+func (rd *Reader) split(src Source, send func(*batch) bool) bool {
+	newBatch := func() *batch { return &batch{src: src.Name, parsed: make(chan struct{})} }
+	in, closeSrc, err := src.open()
+	if err != nil {
+		b := newBatch()
+		b.err = err
+		send(b)
+		return false
+	}
+	defer closeSrc()
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	b := newBatch()
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Bytes()
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		b.lines = append(b.lines, bytes.Clone(line))
+		b.lineNo = append(b.lineNo, n)
+		if len(b.lines) == batchLines {
+			if !send(b) {
+				return false
+			}
+			b = newBatch()
+		}
+	}
+	if err := sc.Err(); err != nil {
+		// The lines before the error are parsed first.
+		if len(b.lines) > 0 && !send(b) {
+			return false
+		}
+		b = newBatch()
+		b.err = fmt.Errorf("reading %s: %w", src.Name, err)
+		send(b)
+		return false
+	}
+	return len(b.lines) == 0 || send(b)
+}
 
 // Next reads the next record into r. complete is false for a partial sample
 // whose flow had no earlier line (input that starts in the middle of an
 // output): r then holds only what its line had. At the end Next returns
 // io.EOF. Errors name the source and line.
 func (rd *Reader) Next(r *flow.Record) (complete bool, err error) {
-	for {
-		if rd.cur == nil {
-			if len(rd.srcs) == 0 {
-				return false, io.EOF
-			}
-			src := rd.srcs[0]
-			rd.srcs = rd.srcs[1:]
-			in, close, err := src.open()
-			if err != nil {
-				return false, err
-			}
-			rd.cur, rd.close, rd.name, rd.line = bufio.NewScanner(in), close, src.Name, 0
-			rd.cur.Buffer(make([]byte, 0, 64<<10), maxLine)
-		}
-		if !rd.cur.Scan() {
-			err := rd.cur.Err()
-			rd.cur = nil
-			if cerr := rd.close(); err == nil && cerr != nil {
-				err = cerr
-			}
-			if err != nil {
-				return false, fmt.Errorf("reading %s: %w", rd.name, err)
-			}
-			continue
-		}
-		rd.line++
-		line := rd.cur.Bytes()
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		partial, err := sink.ParseLine(line, r)
-		if err != nil {
-			return false, fmt.Errorf("%s:%d: %w", rd.name, rd.line, err)
-		}
-		return rd.filler.Fill(r, partial), nil
+	if rd.err != nil {
+		return false, rd.err
 	}
+	if rd.batches == nil {
+		rd.start()
+	}
+	for rd.cur == nil || rd.next == len(rd.cur.recs) {
+		if rd.cur != nil && rd.cur.err != nil {
+			rd.err = rd.cur.err
+			rd.Close()
+			return false, rd.err
+		}
+		b, ok := <-rd.batches
+		if !ok {
+			rd.err = io.EOF
+			return false, io.EOF
+		}
+		<-b.parsed
+		rd.cur, rd.next = b, 0
+	}
+	*r = rd.cur.recs[rd.next]
+	partial := rd.cur.partial[rd.next]
+	rd.next++
+	return rd.filler.Fill(r, partial), nil
 }
 
 // Position returns the source and line of the record Next read last.
-func (rd *Reader) Position() string { return fmt.Sprintf("%s:%d", rd.name, rd.line) }
-
-// Close closes the source being read, if any.
-func (rd *Reader) Close() error {
-	if rd.cur == nil {
-		return nil
+func (rd *Reader) Position() string {
+	if rd.cur == nil || rd.next == 0 {
+		return ""
 	}
-	rd.cur = nil
-	return rd.close()
+	return fmt.Sprintf("%s:%d", rd.cur.src, rd.cur.lineNo[rd.next-1])
 }
+
+// Close stops reading: the reading goroutine closes the source it reads
+// and ends at its next line (for standard input, when one arrives). Call it
+// when giving up before the end.
+func (rd *Reader) Close() error {
+	if rd.stop != nil {
+		close(rd.stop)
+		rd.stop = nil
+	}
+	if rd.err == nil {
+		rd.err = errReaderClosed
+	}
+	return nil
+}
+
+var errReaderClosed = errors.New("reader closed")
 
 // Stats counts what Each read.
 type Stats struct {

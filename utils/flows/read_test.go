@@ -43,7 +43,7 @@ func testRecords() []*flow.Record {
 }
 
 // encode writes recs as flowd does, with partial samples when changes.
-func encode(t *testing.T, recs []*flow.Record, changes bool) []byte {
+func encode(t testing.TB, recs []*flow.Record, changes bool) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	j := sink.NewJSONL(&b)
@@ -208,6 +208,15 @@ func TestReadErrors(t *testing.T) {
 	if _, err := Each([]Source{File(bad)}, nil, func(*flow.Record) error { return stop }); !errors.Is(err, stop) {
 		t.Errorf("fn's error: %v", err)
 	}
+	// Giving up does not wait for an input that is still open (records
+	// come in batches: write more than one).
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	one := encode(t, testRecords(), false)
+	go pw.Write(bytes.Repeat(one, 2*batchLines/bytes.Count(one, []byte("\n"))))
+	if _, err := Each([]Source{Stdin(pr)}, nil, func(*flow.Record) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("fn's error on an open input: %v", err)
+	}
 }
 
 func TestSelection(t *testing.T) {
@@ -308,4 +317,28 @@ func newFlagSet() *pflag.FlagSet {
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	return fs
+}
+
+// BenchmarkEach reads complete lines of every tcp_info member, as the eBPF
+// backend writes them; -cpu 1,2 shows what parsing on several CPUs gains.
+func BenchmarkEach(b *testing.B) {
+	var recs []*flow.Record
+	for i := range uint64(20000) {
+		r := rec("ebpf", flow.EventSample, 1+i%100, time.Duration(i)*time.Millisecond, nil)
+		for f := range flow.NumFields {
+			r.Info.Set(f, i*uint64(f+1))
+		}
+		recs = append(recs, r)
+	}
+	in := encode(b, recs, false)
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		n := 0
+		if _, err := Each([]Source{Stdin(bytes.NewReader(in))}, nil, func(*flow.Record) error {
+			n++
+			return nil
+		}); err != nil || n != len(recs) {
+			b.Fatalf("%d records, %v", n, err)
+		}
+	}
 }
