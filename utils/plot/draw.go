@@ -28,9 +28,9 @@ type series struct {
 	Glyph  draw.GlyphDrawer // drawn at each point when the series is short; nil: none
 	Dashed bool
 	Step   bool // a value held over an interval (iperf3 throughput)
-	// Unscaled: the series does not widen the y axis (pacing_rate, far
-	// above the rest at a flow's start); what it draws above is cut, and
-	// its label says so.
+	// Unscaled: the series does not widen the y axis (pacing_rate and
+	// delivery_rate, estimates that run far above the measured throughput
+	// on fast paths); what it draws above is cut, and its label says so.
 	Unscaled bool
 	XY       plotter.XYs
 }
@@ -167,6 +167,11 @@ func (f *figure) build(x timeAxis) (*plot.Plot, *plot.Legend, error) {
 	maxY := 0.0
 	for _, s := range f.Series {
 		if !s.Unscaled {
+			maxY = max(maxY, highest(s.XY))
+		}
+	}
+	if maxY == 0 { // nothing else to scale by
+		for _, s := range f.Series {
 			maxY = max(maxY, highest(s.XY))
 		}
 	}

@@ -229,9 +229,11 @@ func flowFigures(d *drawnFlow) []figure {
 		qs                  []q
 	}{
 		{"rtt", "round-trip time", "RTT", unitDuration, "", []q{
+			// min_rtt first, so that the smoothed rtt is drawn over it
+			// where they are equal.
+			line("min_rtt", func(f *flowSeries) plotter.XYs { return f.MinRTT }),
 			line("rtt (smoothed)", func(f *flowSeries) plotter.XYs { return f.RTT }),
 			line("rttvar", func(f *flowSeries) plotter.XYs { return f.RTTVar }),
-			line("min_rtt", func(f *flowSeries) plotter.XYs { return f.MinRTT }),
 			line("rcv_rtt (receiver's estimate)", func(f *flowSeries) plotter.XYs { return f.RcvRTT }),
 		}},
 		{"cwnd", "congestion window and slow-start threshold", "window", unitPlain, "segments", []q{
@@ -241,7 +243,7 @@ func flowFigures(d *drawnFlow) []figure {
 		{"throughput", "throughput", "rate", unitBitRate, "", []q{
 			line("sent (bytes_acked slope)", func(f *flowSeries) plotter.XYs { return f.SendRate }),
 			line("received (bytes_received slope)", func(f *flowSeries) plotter.XYs { return f.RecvRate }),
-			line("delivery_rate", func(f *flowSeries) plotter.XYs { return f.DeliveryRate }),
+			cut(line("delivery_rate", func(f *flowSeries) plotter.XYs { return f.DeliveryRate })),
 			cut(line("pacing_rate", func(f *flowSeries) plotter.XYs { return f.PacingRate })),
 		}},
 		{"retransmits", "retransmissions and timeouts (since the connection opened)", "count", unitPlain, "", []q{

@@ -280,6 +280,7 @@ func TestPlotMemoryBounded(t *testing.T) {
 }
 
 var (
+	keepPlots    = flag.String("keep", "", "TestRealRun: copy the plots it drew into `DIR`")
 	largeFlows   = flag.Int("large.flows", 1000, "BenchmarkPlotLarge: flows in the generated input")
 	largeSamples = flag.Int("large.samples", 10, "BenchmarkPlotLarge: samples per flow")
 )
