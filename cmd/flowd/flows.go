@@ -27,8 +27,8 @@ func newFlowsCmd() *cobra.Command {
 			"first; - or nothing for standard input; complete or partial sample lines; either backend) and\n" +
 			"prints one row per flow and backend: its 4-tuple, cgroup, start, duration, bytes each way, mean\n" +
 			"throughput, retransmits, min/median/p95 RTT and a verdict on what limited it (application,\n" +
-			"receive window, send buffer, congestion), from busy_time, rwnd_limited, sndbuf_limited,\n" +
-			"delivery_rate_app_limited and the loss counters. docs/flows.md gives the rule.",
+			"receive window, send buffer, congestion with or without loss), from busy_time, rwnd_limited,\n" +
+			"sndbuf_limited, delivery_rate_app_limited and total_retrans. docs/flows.md gives the rule.",
 		Example: "  flowd flows /var/log/flowd/flowd.jsonl\n" +
 			"  flowd flows --port 443 --sort rate --top 10 out.jsonl.gz\n" +
 			"  flowd flows --json out.jsonl | jq 'select(.verdict == \"receive_window\")'",
@@ -42,7 +42,7 @@ func newFlowsCmd() *cobra.Command {
 			}
 			srcs, err := flows.Sources(args, cmd.InOrStdin())
 			if err != nil {
-				return err
+				return &runtimeError{err}
 			}
 			for _, p := range sel.ByPathOnly() {
 				fmt.Fprintf(cmd.ErrOrStderr(), "flowd flows: cgroup %s does not exist on this host: only records that carry its path match it\n", p)
@@ -86,8 +86,8 @@ func newFlowsCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	sel.AddFlags(f)
-	f.StringVar(&sortBy, "sort", flows.SortStart, "order of the rows: "+strings.Join(flows.SortKeys, ", "))
-	f.IntVar(&top, "top", 0, "print only the first N rows of that order (0: all)")
+	f.StringVar(&sortBy, "sort", flows.SortStart, "`order` of the rows: "+strings.Join(flows.SortKeys, ", "))
+	f.IntVar(&top, "top", 0, "print only the first `N` rows of that order (0: all)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object per flow and line instead of a table")
 	return cmd
 }

@@ -45,13 +45,17 @@ func SameDay(sums []Summary) bool {
 }
 
 // LimitedBy is the verdict with the share of time of its cause (and the
-// next cause's when the verdict's is under half), or, for a flow that
-// mostly received, its peer's verdict.
+// next cause's when the verdict's is under half; congestion says whether
+// segments were retransmitted), or, for a flow that mostly received, its
+// peer's verdict.
 func (s *Summary) LimitedBy() string {
 	switch {
 	case s.Limits != nil:
 		share := s.Limits.Share(s.Verdict)
 		out := s.Verdict.Describe() + " " + Percent(share)
+		if s.Verdict == VerdictCongestion && s.Retransmits > 0 {
+			out = s.Verdict.Describe() + " with loss " + Percent(share)
+		}
 		if next, nextShare := s.Limits.runnerUp(s.Verdict); share < 0.5 && nextShare > 0 {
 			out += ", " + next.Describe() + " " + Percent(nextShare)
 		}

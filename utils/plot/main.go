@@ -58,8 +58,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
 	}
-	fs.StringVarP(&o.Out, "out", "o", "flowd-plots", "directory to write index.html and the flows' plots into")
-	fs.IntVarP(&o.Top, "top", "n", 20, "draw the N flows that moved the most bytes (0: all)")
+	fs.StringVarP(&o.Out, "out", "o", "flowd-plots", "`directory` to write index.html and the flows' plots into")
+	fs.IntVarP(&o.Top, "top", "n", 20, "draw the `N` flows that moved the most bytes (0: all)")
 	o.Sel.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
