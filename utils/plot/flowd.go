@@ -62,6 +62,10 @@ func (d *drawnFlow) bytes() uint64 {
 // drawn, so that memory grows with the number of flows, not of records.
 // Standard input is copied to a temporary file for the second reading.
 func plotOutput(srcs []flows.Source, o outputOptions, warn io.Writer) (string, error) {
+	names := make([]string, len(srcs))
+	for i, s := range srcs {
+		names[i] = s.Name
+	}
 	srcs, cleanup, err := spoolStdin(srcs)
 	if err != nil {
 		return "", err
@@ -125,7 +129,7 @@ func plotOutput(srcs []flows.Source, o outputOptions, warn io.Writer) (string, e
 		}
 	}
 	index := filepath.Join(o.Out, "index.html")
-	return index, writeOutputIndex(index, srcs, drawn, total)
+	return index, writeOutputIndex(index, names, drawn, total)
 }
 
 // busiest groups summaries by socket (both backends' rows of one cookie

@@ -157,7 +157,7 @@ and the share of the flow's time of its cause.{{if gt .Total (len .Flows)}}
 
 // writeOutputIndex writes index.html of a plot of flowd's output: the
 // drawn flows' summaries, each linking to its page.
-func writeOutputIndex(path string, srcs []flows.Source, drawn []*drawnFlow, total int) error {
+func writeOutputIndex(path string, sources []string, drawn []*drawnFlow, total int) error {
 	var all []flows.Summary
 	for _, d := range drawn {
 		all = append(all, d.Summaries...)
@@ -167,16 +167,12 @@ func writeOutputIndex(path string, srcs []flows.Source, drawn []*drawnFlow, tota
 	for _, d := range drawn {
 		rows = append(rows, summaryRows(d.Summaries, sameDay, d.Dir+"/index.html")...)
 	}
-	names := make([]string, len(srcs))
-	for i, s := range srcs {
-		names[i] = s.Name
-	}
 	return writeTemplate(path, outputTemplate, struct {
 		Sources []string
 		Flows   []*drawnFlow
 		Total   int
 		Rows    []summaryRow
-	}{names, drawn, total, rows})
+	}{sources, drawn, total, rows})
 }
 
 var flowTemplate = template.Must(template.New("flow").Funcs(funcs).Parse(`<!DOCTYPE html>

@@ -120,6 +120,9 @@ func TestPlotOutput(t *testing.T) {
 	if want := []string{"flow-97", "flow-194", "flow-96"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("drawn %v, want %v", got, want)
 	}
+	if !strings.Contains(index, "Read from standard input.") {
+		t.Error("index.html does not name standard input as the source")
+	}
 	if !strings.Contains(index, "the 3 busiest of 257 flows") {
 		t.Errorf("index.html does not say how many flows were selected:\n%s", index)
 	}
