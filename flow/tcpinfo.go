@@ -184,26 +184,21 @@ func FieldByName(name string) (Field, bool) {
 	return 0, false
 }
 
-// PresenceWords is the number of 64-bit words in a presence mask.
-const PresenceWords = (int(NumFields) + 63) / 64
-
 // TCPInfo holds the tcp_info members of one record. A member the kernel
-// could not provide is absent (its bit in Present is clear), never 0.
+// could not provide is absent (not in Present), never 0.
 type TCPInfo struct {
-	Present [PresenceWords]uint64
+	Present Mask
 	Values  [NumFields]uint64
 }
 
 // Set stores v for f and marks it present.
 func (t *TCPInfo) Set(f Field, v uint64) {
 	t.Values[f] = v
-	t.Present[f/64] |= 1 << (f % 64)
+	t.Present.Set(f)
 }
 
 // Has reports whether f is present.
-func (t *TCPInfo) Has(f Field) bool {
-	return f < NumFields && t.Present[f/64]&(1<<(f%64)) != 0
-}
+func (t *TCPInfo) Has(f Field) bool { return t.Present.Has(f) }
 
 // Get returns f's value and whether it is present.
 func (t *TCPInfo) Get(f Field) (uint64, bool) {

@@ -1,7 +1,6 @@
 package sink
 
 import (
-	"math/bits"
 	"net/netip"
 	"slices"
 	"time"
@@ -61,7 +60,7 @@ const (
 // them (no backend makes one) gets a complete line, and so does the
 // flow's next sample.
 type lastLine struct {
-	present  [flow.PresenceWords]uint64
+	present  flow.Mask
 	narrow   [flow.NumFields]uint32 // by Field; the wide members' entries unused
 	wide     [numWide]uint64        // by wideFields' order
 	overflow bool                   // a 32-bit member did not fit in narrow
@@ -98,13 +97,13 @@ const numWide = len(wideFields)
 // narrowByWord and wideByWord are narrowFields, and the indices of
 // wideFields, by the word of the presence masks that holds their bit.
 var (
-	narrowByWord = func() (w [flow.PresenceWords][]flow.Field) {
+	narrowByWord = func() (w [flow.MaskWords][]flow.Field) {
 		for _, f := range narrowFields {
 			w[f/64] = append(w[f/64], f)
 		}
 		return w
 	}()
-	wideByWord = func() (w [flow.PresenceWords][]int) {
+	wideByWord = func() (w [flow.MaskWords][]int) {
 		for i, f := range wideFields {
 			w[f/64] = append(w[f/64], i)
 		}
@@ -172,7 +171,7 @@ func (c *changes) flows(backend string) map[uint64]*lastLine {
 // r lacks: a reader carries the previous values forward, so a member that
 // went away, or a header that changed, needs a complete line to say so. A
 // close record forgets the flow.
-func (c *changes) unchanged(r *flow.Record) (omit [flow.PresenceWords]uint64, partial bool) {
+func (c *changes) unchanged(r *flow.Record) (omit flow.Mask, partial bool) {
 	now := r.Time.UnixNano()
 	if c.backends == nil {
 		c.swept = now
@@ -188,12 +187,8 @@ func (c *changes) unchanged(r *flow.Record) (omit [flow.PresenceWords]uint64, pa
 		flows[r.Cookie] = last
 	} else if r.Event == flow.EventSample {
 		since := now - last.complete
-		partial = since >= 0 && since < int64(CompleteEvery) && !last.overflow && last.sameHeader(r)
-		for w := range omit {
-			if last.present[w]&^r.Info.Present[w] != 0 {
-				partial = false
-			}
-		}
+		partial = since >= 0 && since < int64(CompleteEvery) && !last.overflow && last.sameHeader(r) &&
+			last.present.AndNot(r.Info.Present).IsEmpty()
 	}
 	if partial {
 		// Every member is compared, present or not, and the previous
@@ -227,11 +222,9 @@ func (c *changes) unchanged(r *flow.Record) (omit [flow.PresenceWords]uint64, pa
 			omit[w] = o
 		}
 		if hi != 0 {
-			partial, omit = false, [flow.PresenceWords]uint64{}
+			partial, omit = false, flow.Mask{}
 		} else {
-			for w := range omit {
-				omit[w] &= r.Info.Present[w] & last.present[w]
-			}
+			omit = omit.And(r.Info.Present).And(last.present)
 			last.present = r.Info.Present
 		}
 	}
@@ -295,16 +288,10 @@ func (f *Filler) Fill(r *flow.Record, partial bool) bool {
 		r.LocalAddr, r.LocalPort = last.LocalAddr, last.LocalPort
 		r.RemoteAddr, r.RemotePort = last.RemoteAddr, last.RemotePort
 		r.State, r.OldState = last.State, 0 // a sample has no old state
-		for w, missing := range last.Info.Present {
-			missing &^= r.Info.Present[w]
-			for missing != 0 {
-				b := missing & -missing
-				missing &^= b
-				m := w*64 + bits.TrailingZeros64(b)
-				r.Info.Values[m] = last.Info.Values[m]
-			}
-			r.Info.Present[w] |= last.Info.Present[w]
+		for m := range last.Info.Present.AndNot(r.Info.Present).Fields() {
+			r.Info.Values[m] = last.Info.Values[m]
 		}
+		r.Info.Present = r.Info.Present.Or(last.Info.Present)
 	}
 	if r.Event == flow.EventClose {
 		delete(f.flows, k)

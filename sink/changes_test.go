@@ -96,7 +96,7 @@ func TestSamplesChangesLines(t *testing.T) {
 			r.Info.Set(flow.FieldBytesAcked, 99)
 		}), true, `{"rtt":23023,"snd_cwnd":10,"bytes_acked":99}`}, // rtt is back to open's
 		{at(4*time.Millisecond, func(r *flow.Record) { // a member goes away: complete
-			r.Info.Present[flow.FieldRTT/64] &^= 1 << (flow.FieldRTT % 64)
+			r.Info.Present.Clear(flow.FieldRTT)
 			r.Info.Values[flow.FieldRTT] = 0
 		}), false, ""},
 		{at(5*time.Millisecond, nil), true, `{"rtt":23023}`}, // and comes back
@@ -205,7 +205,7 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 		case n < 65: // one goes away, or comes back
 			fld := flow.Field(rng.IntN(int(flow.NumFields)))
 			if r.Info.Has(fld) {
-				r.Info.Present[fld/64] &^= 1 << (fld % 64)
+				r.Info.Present.Clear(fld)
 				r.Info.Values[fld] = 0
 			} else {
 				r.Info.Set(fld, 1)

@@ -48,24 +48,18 @@ type Encoder struct {
 	prefix [timePrefixLen]byte // "2006-01-02T15:04:05." of the Unix second sec
 	sec    int64
 	valid  bool // prefix and sec are set
-	// omit has the bits of the tcp_info members left out even when
-	// present (SetMembers); zero writes every present member.
-	omit [flow.PresenceWords]uint64
+	// omit holds the tcp_info members left out even when present
+	// (SetMembers); empty writes every present member.
+	omit flow.Mask
 }
 
 // SetMembers makes the Encoder write only the listed tcp_info members (those
 // of them a record has), still in Field order; with none listed it writes
 // every present member, as the zero Encoder does.
 func (e *Encoder) SetMembers(members ...flow.Field) {
-	e.omit = [flow.PresenceWords]uint64{}
-	if len(members) == 0 {
-		return
-	}
-	e.omit = fieldMask
-	for _, f := range members {
-		if f < flow.NumFields {
-			e.omit[f/64] &^= 1 << (f % 64)
-		}
+	e.omit = flow.Mask{}
+	if len(members) > 0 {
+		e.omit = flow.AllFields().AndNot(flow.MaskOf(members...))
 	}
 }
 
@@ -76,7 +70,7 @@ func (e *Encoder) AppendJSON(dst []byte, r *flow.Record) []byte {
 
 // appendPartial appends r as a partial sample: time, backend, event,
 // cookie, "partial":true, and the tcp_info members omit does not name.
-func (e *Encoder) appendPartial(dst []byte, r *flow.Record, omit *[flow.PresenceWords]uint64) []byte {
+func (e *Encoder) appendPartial(dst []byte, r *flow.Record, omit *flow.Mask) []byte {
 	dst = e.appendHead(dst, r)
 	dst = append(dst, `,"partial":true,"tcp_info":{`...)
 	dst = appendMembers(dst, &r.Info, omit)
@@ -95,7 +89,7 @@ func (e *Encoder) appendHead(dst []byte, r *flow.Record) []byte {
 }
 
 // appendRecord appends r leaving out the tcp_info members in omit.
-func (e *Encoder) appendRecord(dst []byte, r *flow.Record, omit *[flow.PresenceWords]uint64) []byte {
+func (e *Encoder) appendRecord(dst []byte, r *flow.Record, omit *flow.Mask) []byte {
 	dst = e.appendHead(dst, r)
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = appendUint(dst, r.CgroupID)
@@ -181,15 +175,6 @@ var memberKeys = func() (keys [flow.NumFields]key) {
 	return keys
 }()
 
-// fieldMask has the bits of the fields flowd knows; other bits of a
-// presence mask are ignored.
-var fieldMask = func() (m [flow.PresenceWords]uint64) {
-	for f := range flow.NumFields {
-		m[f/64] |= 1 << (f % 64)
-	}
-	return m
-}()
-
 // membersRoom is the room appendMembers reserves: a window of a key store
 // and a number store for every member.
 const membersRoom = int(flow.NumFields) * (keyWidth + uintRoom)
@@ -199,28 +184,23 @@ const membersRoom = int(flow.NumFields) * (keyWidth + uintRoom)
 // '{' that ends dst. It visits the set bits of the presence mask only.
 // Each member is written into a fixed-size window, so that the stores need
 // no bounds checks of their own.
-func appendMembers(dst []byte, info *flow.TCPInfo, omit *[flow.PresenceWords]uint64) []byte {
+func appendMembers(dst []byte, info *flow.TCPInfo, omit *flow.Mask) []byte {
 	dst = slices.Grow(dst, membersRoom)
 	// Every key starts with a comma: the first is written over the '{',
 	// which is put back at the end.
 	brace := len(dst) - 1
 	n := brace
 	b := dst[:cap(dst)]
-	for w, present := range info.Present {
-		present &= fieldMask[w] &^ omit[w]
-		for present != 0 {
-			f := w*64 + bits.TrailingZeros64(present)
-			present &= present - 1
-			k := &memberKeys[f]
-			m := (*[keyWidth + uintRoom]byte)(b[n : n+keyWidth+uintRoom])
-			*(*[keyWidth]byte)(m[:]) = k.text
-			kn := k.n & (keyWidth - 1) // k.n < keyWidth: the mask shows it to the compiler
-			if v := info.Values[f]; v < 10 {
-				m[kn] = byte('0' + v) // the most common value, without a call
-				n += kn + 1
-			} else {
-				n += kn + putUint((*[uintRoom]byte)(m[kn:kn+uintRoom]), v)
-			}
+	for f := range info.Present.AndNot(*omit).Fields() {
+		k := &memberKeys[f]
+		m := (*[keyWidth + uintRoom]byte)(b[n : n+keyWidth+uintRoom])
+		*(*[keyWidth]byte)(m[:]) = k.text
+		kn := k.n & (keyWidth - 1) // k.n < keyWidth: the mask shows it to the compiler
+		if v := info.Values[f]; v < 10 {
+			m[kn] = byte('0' + v) // the most common value, without a call
+			n += kn + 1
+		} else {
+			n += kn + putUint((*[uintRoom]byte)(m[kn:kn+uintRoom]), v)
 		}
 	}
 	b[brace] = '{'

@@ -137,7 +137,7 @@ func randomRecord(rng *rand.Rand) *flow.Record {
 	}
 	if rng.IntN(4) == 0 {
 		last := ^uint64(0)
-		r.Info.Present[flow.PresenceWords-1] |= last << (flow.NumFields % 64) // bits past the last field
+		r.Info.Present[flow.MaskWords-1] |= last << (flow.NumFields % 64) // bits past the last field
 	}
 	return r
 }

@@ -74,9 +74,7 @@ func (j *JSONL) Write(r *flow.Record) error {
 	}
 	if j.samples == SamplesChanges {
 		if omit, partial := j.changes.unchanged(r); partial {
-			for w := range omit {
-				omit[w] |= j.enc.omit[w]
-			}
+			omit = omit.Or(j.enc.omit)
 			j.buf = j.enc.appendPartial(j.buf, r, &omit)
 		} else {
 			j.buf = j.enc.AppendJSON(j.buf, r)

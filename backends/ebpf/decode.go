@@ -3,7 +3,6 @@ package ebpf
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"time"
 	"unsafe"
@@ -62,7 +61,7 @@ func (d *decoder) decode(raw []byte, r *flow.Record) error {
 		r.OldState = flow.State(k.OldState)
 	}
 	r.CA = caName(&k.Ca)
-	decodeInfo(&k.Info, k.Present, &r.Info)
+	decodeInfo(&k.Info, flow.Mask(k.Present), &r.Info)
 	return nil
 }
 
@@ -86,7 +85,7 @@ func caName(b *[16]int8) string {
 var knownCA = [...]string{"cubic", "bbr", "reno", "dctcp", "htcp", "vegas", "westwood", "bic", "highspeed", "hybla", "illinois", "lp", "nv", "scalable", "veno", "yeah", "cdg"}
 
 // decodeInfo copies the kernel's tcp_info-like struct into the shared form.
-func decodeInfo(k *bpfFlowdTcpInfo, present [2]uint64, t *flow.TCPInfo) {
+func decodeInfo(k *bpfFlowdTcpInfo, present flow.Mask, t *flow.TCPInfo) {
 	v := &t.Values
 	v[flow.FieldState] = uint64(k.State)
 	v[flow.FieldCAState] = uint64(k.CaState)
@@ -157,17 +156,9 @@ func decodeInfo(k *bpfFlowdTcpInfo, present [2]uint64, t *flow.TCPInfo) {
 
 	// Only the bits of fields flowd knows; absent values are zeroed so that
 	// nothing stale is kept in a reused record.
-	for w := range t.Present {
-		t.Present[w] = present[w] & presenceMask[w]
-		for absent := presenceMask[w] &^ present[w]; absent != 0; absent &= absent - 1 {
-			v[w*64+bits.TrailingZeros64(absent)] = 0
-		}
+	all := flow.AllFields()
+	t.Present = present.And(all)
+	for f := range all.AndNot(present).Fields() {
+		v[f] = 0
 	}
 }
-
-var presenceMask = func() (m [flow.PresenceWords]uint64) {
-	for f := flow.Field(0); f < flow.NumFields; f++ {
-		m[f/64] |= 1 << (f % 64)
-	}
-	return m
-}()

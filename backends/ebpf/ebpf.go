@@ -221,21 +221,12 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 var recentBits uint8 = 16
 
 // memberMask is the program's members constant: a bit per enum flowd_field
-// (the same numbers as flow.Field); every bit when none are listed.
-func memberMask(members []flow.Field) [flow.PresenceWords]uint64 {
-	var m [flow.PresenceWords]uint64
+// (the same numbers as flow.Field); every field when none are listed.
+func memberMask(members []flow.Field) flow.Mask {
 	if len(members) == 0 {
-		for i := range m {
-			m[i] = ^uint64(0)
-		}
-		return m
+		return flow.AllFields()
 	}
-	for _, f := range members {
-		if f < flow.NumFields {
-			m[f/64] |= 1 << (f % 64)
-		}
-	}
-	return m
+	return flow.MaskOf(members...)
 }
 
 // wakeupBytes is how much unread data makes the program wake the reader
