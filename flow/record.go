@@ -81,10 +81,16 @@ func ParseState(s string) (State, bool) {
 	return 0, false
 }
 
+// The backends' names, as records and logs carry them.
+const (
+	BackendEBPF    = "ebpf"
+	BackendNetlink = "netlink"
+)
+
 // Record is one observation of one TCP flow, from either backend.
 type Record struct {
 	Time     time.Time // wall clock, when the kernel (ebpf) or the dump (netlink) saw it
-	Backend  string    // "ebpf" or "netlink"
+	Backend  string    // BackendEBPF or BackendNetlink
 	Event    Event
 	Cookie   uint64 // the socket cookie: the same for both backends
 	CgroupID uint64 // cgroup v2 id (inode number) of the socket's cgroup

@@ -37,7 +37,7 @@ func (d *decoder) decode(raw []byte, r *flow.Record) error {
 	k := (*bpfFlowdRecord)(unsafe.Pointer(unsafe.SliceData(raw)))
 
 	r.Time = time.Unix(0, int64(k.TimestampNs)+d.monoToWall).UTC()
-	r.Backend = Name
+	r.Backend = flow.BackendEBPF
 	r.Event = flow.Event(k.Event)
 	r.Cookie = k.Cookie
 	r.CgroupID = k.CgroupId

@@ -25,9 +25,6 @@ import (
 	"github.com/flowd/flowd/flow"
 )
 
-// Name is the backend's name in records and logs.
-const Name = "ebpf"
-
 // Mode chooses when the BPF program emits records.
 type Mode string
 
@@ -276,7 +273,7 @@ func monoToWallOffset() int64 {
 }
 
 // Name returns "ebpf".
-func (b *Backend) Name() string { return Name }
+func (b *Backend) Name() string { return flow.BackendEBPF }
 
 // Run reads records until ctx is cancelled, then detaches the program,
 // drains what the ring buffer still holds and returns. The ring buffer is

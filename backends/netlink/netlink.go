@@ -32,9 +32,6 @@ import (
 	"github.com/flowd/flowd/flow"
 )
 
-// name is the backend's name, in Record.Backend too.
-const name = "netlink"
-
 // Log field keys.
 const (
 	logKeyBackend   = "backend"
@@ -127,13 +124,13 @@ func New(cfg Config) (*Backend, error) {
 	}
 	return &Backend{
 		cfg:      cfg,
-		log:      log.WithField(logKeyBackend, name),
+		log:      log.WithField(logKeyBackend, flow.BackendNetlink),
 		matchAll: id == rootID,
 	}, nil
 }
 
 // Name returns "netlink".
-func (b *Backend) Name() string { return name }
+func (b *Backend) Name() string { return flow.BackendNetlink }
 
 // Flows returns the number of flows opened and not closed after the last
 // dump of the current Run (0 when not running).

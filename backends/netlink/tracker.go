@@ -149,7 +149,7 @@ func (t *tracker) newFlow(m *diagMsg, ns netnsID) *trackedFlow {
 	f.netns, f.opened = ns, false
 	r := &f.rec
 	*r = flow.Record{
-		Backend:    name,
+		Backend:    flow.BackendNetlink,
 		Cookie:     m.cookie,
 		CgroupID:   m.cgroupID,
 		LocalPort:  m.sport,
