@@ -1,6 +1,7 @@
-// Package daemon wires flowd together: config -> backends -> metrics ->
-// JSON Lines output. It picks the backends, runs them side by side into one
-// sink, watches their drop counters and shuts everything down in order.
+// Package daemon runs flowd: it checks what the configuration names on this
+// machine, starts the backends, sends their records through the metrics'
+// counters to the outputs, watches the backends' counters and shuts
+// everything down in order.
 package daemon
 
 import (
@@ -8,104 +9,123 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/backends/netlink"
+	"github.com/flowd/flowd/cgroup"
 	"github.com/flowd/flowd/config"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/metrics"
 	"github.com/flowd/flowd/sink"
 )
 
 // Log field keys.
 const (
-	fieldBackend    = "backend"
-	fieldBackends   = "backends"
-	fieldCgroup     = "cgroup"
-	fieldOutput     = "output"
-	fieldTCPInfo    = "tcp_info"
-	fieldListen     = "listen"
-	fieldDrops      = "drops"
-	fieldDropsTotal = "drops_total"
-	fieldTimeout    = "timeout"
+	logKeyBackend    = "backend"
+	logKeyBackends   = "backends"
+	logKeyCgroup     = "cgroup"
+	logKeyOutput     = "output"
+	logKeyTCPInfo    = "tcp_info"
+	logKeyListen     = "listen"
+	logKeyDrops      = "drops"
+	logKeyDropsTotal = "drops_total"
+	logKeyTimeout    = "timeout"
 )
 
-// Defaults of the Daemon's tunables.
 const (
-	DefaultStatsInterval = 5 * time.Second
-	DefaultStopTimeout   = 1500 * time.Millisecond
-	metricsStopTimeout   = 250 * time.Millisecond
+	statsInterval      = 5 * time.Second         // how often the backends' counters are read
+	stopTimeout        = 1500 * time.Millisecond // how long Run waits for the backends once stopped
+	metricsStopTimeout = 250 * time.Millisecond
 )
 
-// Daemon runs flowd. The exported fields may be changed between New and
-// Run; tests replace the backend constructors with fakes.
+// Daemon runs flowd as a Config describes it.
 type Daemon struct {
-	// Out receives the records. When nil, Run opens the configured
-	// output.path (standard output for "-").
-	Out io.Writer
-
-	// Probe reports why the ebpf backend cannot run here (ebpf.Probe).
-	Probe func() error
-	// NewEBPF and NewNetlink create the backends (ebpf.New, netlink.New).
-	NewEBPF    func(ebpf.Config) (backends.Backend, error)
-	NewNetlink func(netlink.Config) (backends.Backend, error)
-
-	// StatsInterval is how often drop and flow counts are read.
-	StatsInterval time.Duration
-	// StopTimeout bounds the wait for backends to return once the context
-	// is cancelled.
-	StopTimeout time.Duration
-
 	cfg     *config.Config
+	cgroup  string       // cfg.Cgroup, resolved
+	samples sink.Samples // cfg.Output.Samples
 	log     *logrus.Logger
 	metrics *metrics.Metrics
 
-	mu      sync.Mutex  // guards records and file, what Reopen acts on
-	records *sink.JSONL // while Run runs
-	file    *outputFile // while Run runs, when the output is output.path
+	// What the tests replace.
+	probe         func() error // why the ebpf backend cannot run here
+	newEBPF       func(ebpf.Config) (backends.Backend, error)
+	newNetlink    func(netlink.Config) (backends.Backend, error)
+	out           io.Writer // when set, the records go here, not to output.path
+	statsInterval time.Duration
+	stopTimeout   time.Duration
+
+	mu      sync.Mutex // guards outputs, what Reopen acts on
+	outputs outputs    // while Run runs
 }
 
 // New returns a daemon for cfg that logs to log and reports version in its
-// metrics. It starts nothing.
+// metrics. It checks that the cgroup and the network namespace cfg names
+// are there, with errors that match config.ErrInvalid, and starts nothing.
 func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error) {
+	dir, err := cgroup.Resolve(cfg.Cgroup)
+	if err != nil {
+		root := ""
+		if cfg.Cgroup == "" {
+			root = " (the cgroup2 root)"
+		}
+		return nil, cfg.Invalid("cgroup", err, "%q%s is not usable", cfg.Cgroup, root)
+	}
+	if err := checkNetns(cfg); err != nil {
+		return nil, err
+	}
+	samples, ok := sink.ParseSamples(string(cfg.Output.Samples))
+	if !ok {
+		return nil, cfg.Invalid("output.samples", nil, "%q is not one of changes, full", cfg.Output.Samples)
+	}
 	m, err := metrics.New(version)
 	if err != nil {
 		return nil, err
 	}
 	return &Daemon{
-		Probe:         ebpf.Probe,
-		NewEBPF:       newEBPF,
-		NewNetlink:    newNetlink,
-		StatsInterval: DefaultStatsInterval,
-		StopTimeout:   DefaultStopTimeout,
 		cfg:           cfg,
+		cgroup:        dir,
+		samples:       samples,
 		log:           log,
 		metrics:       m,
+		probe:         ebpf.Probe,
+		newEBPF:       func(c ebpf.Config) (backends.Backend, error) { return backend(ebpf.New(c)) },
+		newNetlink:    func(c netlink.Config) (backends.Backend, error) { return backend(netlink.New(c)) },
+		statsInterval: statsInterval,
+		stopTimeout:   stopTimeout,
 	}, nil
 }
 
-// The constructors return a nil interface, not a typed nil, on error.
-func newEBPF(c ebpf.Config) (backends.Backend, error) {
-	b, err := ebpf.New(c)
+// backend returns b as a Backend: a nil interface, not a typed nil, on error.
+func backend[B backends.Backend](b B, err error) (backends.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-func newNetlink(c netlink.Config) (backends.Backend, error) {
-	b, err := netlink.New(c)
-	if err != nil {
-		return nil, err
+// checkNetns checks that netlink.netns, when set, is a network namespace
+// file.
+func checkNetns(cfg *config.Config) error {
+	path := cfg.Netlink.Netns
+	if path == "" {
+		return nil
 	}
-	return b, nil
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return cfg.Invalid("netlink.netns", err, "%q", path)
+	}
+	if st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC {
+		return cfg.Invalid("netlink.netns", nil, "%q is not a network namespace file (e.g. /run/netns/NAME or /proc/PID/ns/net)", path)
+	}
+	return nil
 }
 
 // Metrics returns the daemon's metrics.
@@ -113,44 +133,42 @@ func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
 
 // NewLogger returns a logger for flowd's own log as c configures it.
 func NewLogger(c config.Log, w io.Writer) (*logrus.Logger, error) {
-	level, err := logrus.ParseLevel(c.Level)
+	level, err := logrus.ParseLevel(string(c.Level))
 	if err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
 	log := logrus.New()
 	log.SetOutput(w)
 	log.SetLevel(level)
-	switch c.Format {
-	case "json":
+	if c.Format == "json" {
 		log.SetFormatter(&logrus.JSONFormatter{})
-	default:
+	} else {
 		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
 	}
 	return log, nil
 }
 
 // Run records flows until ctx is cancelled or a backend fails. On the way
-// out the backends finish (delivering what they hold), the output is
-// flushed, the backends are closed in reverse order of creation and the
-// metrics server stops. A cancelled ctx is a clean exit: Run returns nil.
+// out the backends finish (delivering what they hold), the outputs write
+// out what they buffer, the backends are closed in reverse order of
+// creation and the metrics server stops. A cancelled ctx is a clean exit:
+// Run returns nil.
 func (d *Daemon) Run(ctx context.Context) (err error) {
-	out, file, closeOut, err := d.openOutput()
+	// The outputs first: an output.path that cannot be written fails
+	// before anything is attached, as a configuration error.
+	outs, err := d.openOutputs()
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, closeOut()) }()
-	// Reopen works from here on (a SIGHUP while the backends load too).
-	records := sink.NewJSONL(out, d.cfg.Output.TCPInfo...)
-	records.SetSamples(d.cfg.Output.Samples)
-	d.setOutput(records, file)
-	defer d.setOutput(nil, nil) // before closeOut
+	d.setOutputs(outs) // Reopen works from here on (a SIGHUP while the backends load too)
+	defer func() { err = errors.Join(err, d.closeOutputs(outs)) }()
 
 	if addr := d.cfg.Metrics.Listen; addr != "" {
 		srv, err := d.metrics.Listen(addr, d.log)
 		if err != nil {
 			return err
 		}
-		d.log.WithField(fieldListen, srv.Addr().String()).Info("serving metrics")
+		d.log.WithField(logKeyListen, srv.Addr().String()).Info("serving metrics")
 		defer func() {
 			ctx, cancel := context.WithTimeout(context.Background(), metricsStopTimeout)
 			defer cancel()
@@ -174,37 +192,33 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	for i, b := range bs {
 		names[i] = b.Name()
 	}
-	fields := logrus.Fields{
-		fieldBackends: names,
-		fieldCgroup:   d.cfg.Cgroup,
-		fieldOutput:   d.cfg.Output.Path,
-	}
+	fields := logrus.Fields{logKeyBackends: names, logKeyCgroup: d.cgroup, logKeyOutput: d.cfg.Output.Path}
 	if members := d.cfg.Output.TCPInfo; len(members) > 0 {
 		list := make([]string, len(members))
 		for i, f := range members {
 			list[i] = f.Name()
 		}
-		fields[fieldTCPInfo] = list // only these members are written
+		fields[logKeyTCPInfo] = list // only these members are written
 	}
 	d.log.WithFields(fields).Info("recording flows")
 
-	err = d.run(ctx, bs, records)
-	if cerr := records.Close(); cerr != nil && err == nil {
+	err = d.run(ctx, bs, d.metrics.Sink(outs))
+	// The outputs write out what they hold before the backends are closed.
+	if cerr := d.closeOutputs(outs); err == nil {
 		err = cerr
 	}
 	return err
 }
 
-// run runs the backends into out, through the metrics, until ctx is
-// cancelled or one fails, and returns once they have all returned (or
-// StopTimeout passed). Meanwhile it reads the counters. The backends flush
-// out after each batch (flow.Flusher): ebpf every ebpf.flush_interval,
-// when it has drained its ring buffer, netlink after each poll. One timer
-// per batch, not two: an idle daemon wakes half as often.
-func (d *Daemon) run(ctx context.Context, bs []backends.Backend, out *sink.JSONL) error {
+// run runs the backends into s until ctx is cancelled or one fails, and
+// returns once they have all returned (or stopTimeout passed). Meanwhile it
+// reads the counters. The backends flush s after each batch (flow.Flusher):
+// ebpf every ebpf.flush_interval, when it has drained its ring buffer,
+// netlink after each poll. One timer per batch, not two: an idle daemon
+// wakes half as often.
+func (d *Daemon) run(ctx context.Context, bs []backends.Backend, s flow.Sink) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := d.metrics.Sink(out)
 
 	type result struct {
 		backend backends.Backend
@@ -217,7 +231,7 @@ func (d *Daemon) run(ctx context.Context, bs []backends.Backend, out *sink.JSONL
 
 	w := newWatcher(d, bs)
 	w.poll() // the series exist from the start
-	stats := time.NewTicker(d.StatsInterval)
+	stats := time.NewTicker(d.statsInterval)
 	defer stats.Stop()
 
 	var (
@@ -245,9 +259,9 @@ func (d *Daemon) run(ctx context.Context, bs []backends.Backend, out *sink.JSONL
 				d.log.Info("stopping")
 			}
 			done = nil
-			deadline = time.After(d.StopTimeout)
+			deadline = time.After(d.stopTimeout)
 		case <-deadline:
-			d.log.WithField(fieldTimeout, d.StopTimeout).Error("backends did not stop in time")
+			d.log.WithField(logKeyTimeout, d.stopTimeout).Error("backends did not stop in time")
 			fail(errors.New("backends did not stop in time"))
 			running = 0
 		}
@@ -269,43 +283,43 @@ func (d *Daemon) runError(ctx context.Context, b backends.Backend, err error) er
 	}
 }
 
-// openOutput returns where records go and how to close it; file is set
-// when that is output.path, which Reopen can reopen.
-func (d *Daemon) openOutput() (w io.Writer, file *outputFile, closeOut func() error, err error) {
-	noClose := func() error { return nil }
-	if d.Out != nil {
-		return d.Out, nil, noClose, nil
+// openOutputs opens what the records go to: the JSON Lines output. An
+// OTLP exporter or per-cgroup metrics would be more outputs.
+func (d *Daemon) openOutputs() (outputs, error) {
+	c := d.cfg.Output
+	var records *sink.JSONL
+	if d.out != nil {
+		records = sink.NewJSONL(d.out, c.TCPInfo...)
+	} else {
+		var err error
+		if records, err = sink.Open(c.Path, c.TCPInfo...); err != nil {
+			return nil, d.cfg.Invalid("output.path", err, "%q is not writable", c.Path)
+		}
 	}
-	if d.cfg.Output.Path == config.Stdout {
-		return os.Stdout, nil, noClose, nil
-	}
-	f, err := openOutputFile(d.cfg.Output.Path)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return f, f, f.Close, nil
+	records.SetSamples(d.samples)
+	return outputs{records}, nil
 }
 
-// Reopen writes out the records buffered so far and reopens output.path,
-// for log rotation: once the file has been renamed away, records go to a
-// new file at the path. It reports false when there is nothing to reopen:
-// the output is standard output (or Out), or Run has not opened it yet or
-// has closed it. It is safe to call from another goroutine while Run runs
-// (flowd's SIGHUP).
-func (d *Daemon) Reopen() (bool, error) {
-	d.mu.Lock() // held throughout: Run does not close the file meanwhile
-	defer d.mu.Unlock()
-	if d.file == nil {
-		return false, nil
-	}
-	return true, d.records.Rotate(d.file.reopen)
+// closeOutputs closes outs; Reopen has nothing to act on from then on.
+func (d *Daemon) closeOutputs(outs outputs) error {
+	d.setOutputs(nil)
+	return outs.Close()
 }
 
-// setOutput tells Reopen what Run writes to, or (nil, nil) that it is done.
-func (d *Daemon) setOutput(records *sink.JSONL, file *outputFile) {
+func (d *Daemon) setOutputs(outs outputs) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.records, d.file = records, file
+	d.outputs = outs
+}
+
+// Reopen reopens the output files, for log rotation (SIGHUP): what is
+// buffered goes to the file renamed away, what follows to a new file at
+// output.path. It reports false when no output is a file, or Run is not
+// running. It is safe to call while Run runs.
+func (d *Daemon) Reopen() (bool, error) {
+	d.mu.Lock() // held throughout: Run does not close the outputs meanwhile
+	defer d.mu.Unlock()
+	return d.outputs.Reopen()
 }
 
 // openBackends creates the configured backends. When one fails, those
@@ -322,29 +336,29 @@ func (d *Daemon) openBackends() ([]backends.Backend, error) {
 	return bs, nil
 }
 
-func (d *Daemon) openBackend(name string) (backends.Backend, error) {
+func (d *Daemon) openBackend(name config.Backend) (backends.Backend, error) {
 	switch name {
 	case config.BackendAuto:
-		if err := d.Probe(); err != nil {
+		if err := d.probe(); err != nil {
 			d.log.WithError(err).Warn("ebpf backend unavailable, using netlink")
 			return d.openNetlink()
 		}
-		b, err := d.NewEBPF(d.cfg.EBPFConfig(d.log.WithField(fieldBackend, config.BackendEBPF)))
+		b, err := d.newEBPF(d.ebpfConfig())
 		if err != nil {
 			d.log.WithError(err).Warn("loading ebpf backend failed, using netlink")
 			return d.openNetlink()
 		}
 		return b, nil
-	case config.BackendEBPF:
-		if err := d.Probe(); err != nil {
+	case flow.BackendEBPF:
+		if err := d.probe(); err != nil {
 			return nil, fmt.Errorf("ebpf backend unavailable: %w", err)
 		}
-		b, err := d.NewEBPF(d.cfg.EBPFConfig(d.log.WithField(fieldBackend, config.BackendEBPF)))
+		b, err := d.newEBPF(d.ebpfConfig())
 		if err != nil {
 			return nil, fmt.Errorf("loading ebpf backend: %w", err)
 		}
 		return b, nil
-	case config.BackendNetlink:
+	case flow.BackendNetlink:
 		return d.openNetlink()
 	default:
 		return nil, fmt.Errorf("unknown backend %q", name)
@@ -352,11 +366,49 @@ func (d *Daemon) openBackend(name string) (backends.Backend, error) {
 }
 
 func (d *Daemon) openNetlink() (backends.Backend, error) {
-	b, err := d.NewNetlink(d.cfg.NetlinkConfig(d.log.WithField(fieldBackend, config.BackendNetlink)))
+	b, err := d.newNetlink(d.netlinkConfig())
 	if err != nil {
 		return nil, fmt.Errorf("starting netlink backend: %w", err)
 	}
 	return b, nil
+}
+
+// ebpfConfig and netlinkConfig turn the configuration into the backends'.
+func (d *Daemon) ebpfConfig() ebpf.Config {
+	c := d.cfg.EBPF
+	return ebpf.Config{
+		Cgroup:        d.cgroup,
+		Mode:          ebpf.Mode(c.Mode),
+		Interval:      c.Interval,
+		RingbufSize:   c.RingbufSize,
+		FlushInterval: c.FlushInterval,
+		Filter:        d.filter(),
+		Members:       slices.Clone(d.cfg.Output.TCPInfo),
+		Log:           d.log.WithField(logKeyBackend, flow.BackendEBPF),
+	}
+}
+
+func (d *Daemon) netlinkConfig() netlink.Config {
+	return netlink.Config{
+		Cgroup:   d.cgroup,
+		Interval: d.cfg.Netlink.Interval,
+		Netns:    d.cfg.Netlink.Netns,
+		Filter:   d.filter(),
+		Log:      d.log.WithField(logKeyBackend, flow.BackendNetlink),
+	}
+}
+
+// filter returns the flow filter, in slices of its own.
+func (d *Daemon) filter() backends.Filter {
+	f := d.cfg.Filter
+	ports := func(ps []config.Port) []uint16 {
+		out := make([]uint16, len(ps))
+		for i, p := range ps {
+			out[i] = uint16(p)
+		}
+		return out
+	}
+	return backends.Filter{LocalPorts: ports(f.LocalPorts), RemotePorts: ports(f.RemotePorts), RemoteCIDRs: slices.Clone(f.RemoteCIDRs)}
 }
 
 // closeBackends closes bs in reverse order of creation.
@@ -364,7 +416,7 @@ func (d *Daemon) closeBackends(bs []backends.Backend) error {
 	var errs []error
 	for _, b := range slices.Backward(bs) {
 		if err := b.Close(); err != nil {
-			d.log.WithError(err).WithField(fieldBackend, b.Name()).Error("closing backend")
+			d.log.WithError(err).WithField(logKeyBackend, b.Name()).Error("closing backend")
 			errs = append(errs, fmt.Errorf("closing %s backend: %w", b.Name(), err))
 		}
 	}
@@ -409,7 +461,7 @@ func (w *watcher) poll() {
 		total, err := dc.Drops()
 		if err != nil {
 			if err.Error() != it.lastErr {
-				w.d.log.WithError(err).WithField(fieldBackend, name).Warn("reading drop count")
+				w.d.log.WithError(err).WithField(logKeyBackend, name).Warn("reading drop count")
 				it.lastErr = err.Error()
 			}
 			continue
@@ -419,9 +471,9 @@ func (w *watcher) poll() {
 			grew := total - it.drops
 			w.d.metrics.AddDrops(name, grew)
 			w.d.log.WithFields(logrus.Fields{
-				fieldBackend:    name,
-				fieldDrops:      grew,
-				fieldDropsTotal: total,
+				logKeyBackend:    name,
+				logKeyDrops:      grew,
+				logKeyDropsTotal: total,
 			}).Warn("records dropped: ring buffer full (raise ebpf.ringbuf_size or ebpf.interval)")
 		}
 		it.drops = total

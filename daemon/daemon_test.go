@@ -24,6 +24,7 @@ import (
 	"github.com/flowd/flowd/backends"
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/backends/netlink"
+	"github.com/flowd/flowd/cgroup"
 	"github.com/flowd/flowd/config"
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
@@ -165,16 +166,26 @@ func record(backend string, cookie uint64) flow.Record {
 	return r
 }
 
-func testConfig(names ...string) *config.Config {
-	return &config.Config{
-		Backends: names,
-		Cgroup:   "/sys/fs/cgroup",
-		EBPF:     config.EBPF{Mode: ebpf.ModePoll, Interval: time.Second, RingbufSize: 1 << 20, FlushInterval: 100 * time.Millisecond},
-		Netlink:  config.Netlink{Interval: time.Second},
-		Filter:   config.Filter{LocalPorts: []uint16{5201}},
-		Output:   config.Output{Path: config.Stdout},
-		Log:      config.Log{Level: "info", Format: "text"},
+// testConfig is the default configuration with names as its backends, a
+// ring buffer of 1 MiB, complete sample lines and a port filter.
+func testConfig(names ...config.Backend) *config.Config {
+	c := config.Default()
+	c.Backends = names
+	c.EBPF.RingbufSize = 1 << 20
+	c.Filter.LocalPorts = []config.Port{5201}
+	c.Output.Samples = "full"
+	return c
+}
+
+// cgroupRoot returns the root of the cgroup2 hierarchy, which New resolves
+// the default cgroup to.
+func cgroupRoot(t *testing.T) string {
+	t.Helper()
+	root, err := cgroup.Mount()
+	if err != nil {
+		t.Skipf("skipping: the daemon needs a mounted cgroup2 file system: %v", err)
 	}
+	return root
 }
 
 // syncBuffer is a bytes.Buffer safe to read while the daemon writes.
@@ -211,6 +222,7 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg *config.Config) *harness {
 	t.Helper()
+	cgroupRoot(t)
 	log, hook := logtest.NewNullLogger()
 	log.SetLevel(logrus.DebugLevel)
 	d, err := New(cfg, log, "test")
@@ -220,9 +232,9 @@ func newHarness(t *testing.T, cfg *config.Config) *harness {
 	h := &harness{d: d, out: &syncBuffer{}, hook: hook, j: &journal{}}
 	h.ebpf = &dropFake{fake: newFake("ebpf", h.j)}
 	h.nl = flowFake{newFake("netlink", h.j)}
-	d.Out = h.out
-	d.Probe = func() error { return h.probe }
-	d.NewEBPF = func(c ebpf.Config) (backends.Backend, error) {
+	d.out = h.out
+	d.probe = func() error { return h.probe }
+	d.newEBPF = func(c ebpf.Config) (backends.Backend, error) {
 		h.j.add("new ebpf")
 		h.ecfg = &c
 		if h.eErr != nil {
@@ -230,7 +242,7 @@ func newHarness(t *testing.T, cfg *config.Config) *harness {
 		}
 		return h.ebpf, nil
 	}
-	d.NewNetlink = func(c netlink.Config) (backends.Backend, error) {
+	d.newNetlink = func(c netlink.Config) (backends.Backend, error) {
 		h.j.add("new netlink")
 		h.ncfg = &c
 		if h.nErr != nil {
@@ -238,7 +250,7 @@ func newHarness(t *testing.T, cfg *config.Config) *harness {
 		}
 		return h.nl, nil
 	}
-	d.StatsInterval = time.Hour
+	d.statsInterval = time.Hour
 	return h
 }
 
@@ -332,7 +344,7 @@ func TestRecordsReachOutput(t *testing.T) {
 		t.Errorf("netlink backend closed %d times, want 1", nl.closes)
 	}
 	// The configuration reached the backend.
-	if h.ncfg == nil || h.ncfg.Cgroup != "/sys/fs/cgroup" || h.ncfg.Interval != time.Second ||
+	if h.ncfg == nil || h.ncfg.Cgroup != cgroupRoot(t) || h.ncfg.Interval != time.Second ||
 		!slices.Equal(h.ncfg.Filter.LocalPorts, []uint16{5201}) || h.ncfg.Log == nil {
 		t.Errorf("netlink.Config = %+v", h.ncfg)
 	}
@@ -532,7 +544,7 @@ func TestExplicitEBPFFails(t *testing.T) {
 
 func TestDropsLoggedAndCounted(t *testing.T) {
 	h := newHarness(t, testConfig("ebpf"))
-	h.d.StatsInterval = 5 * time.Millisecond
+	h.d.statsInterval = 5 * time.Millisecond
 	e := h.ebpf.(*dropFake)
 	dropsMetric := func() float64 {
 		mfs, _ := h.d.Metrics().Registry().Gather()
@@ -570,10 +582,10 @@ func TestDropsLoggedAndCounted(t *testing.T) {
 			errWarnings++
 			continue
 		}
-		if w.Data[fieldBackend] != "ebpf" {
+		if w.Data[logKeyBackend] != "ebpf" {
 			t.Errorf("drop warning without the backend: %v", w.Data)
 		}
-		grew = append(grew, w.Data[fieldDrops], w.Data[fieldDropsTotal])
+		grew = append(grew, w.Data[logKeyDrops], w.Data[logKeyDropsTotal])
 	}
 	want := []any{uint64(5), uint64(5), uint64(7), uint64(12), uint64(8), uint64(20)}
 	if !slices.Equal(grew, want) {
@@ -627,7 +639,7 @@ func (failWriter) Write([]byte) (int, error) { return 0, io.ErrShortWrite }
 
 func TestOutputError(t *testing.T) {
 	h := newHarness(t, testConfig("netlink"))
-	h.d.Out = failWriter{}
+	h.d.out = failWriter{}
 	fakeOf(h.nl).before = []flow.Record{record("netlink", 1)}
 	fakeOf(h.nl).flush = true
 	err := h.d.Run(context.Background())
@@ -641,7 +653,7 @@ func TestOutputError(t *testing.T) {
 
 func TestStopTimeout(t *testing.T) {
 	h := newHarness(t, testConfig("netlink"))
-	h.d.StopTimeout = 50 * time.Millisecond
+	h.d.stopTimeout = 50 * time.Millisecond
 	fakeOf(h.nl).ignore = true
 	stop := h.start(t)
 	<-fakeOf(h.nl).started
@@ -662,7 +674,7 @@ func TestOutputFile(t *testing.T) {
 	cfg := testConfig("netlink")
 	cfg.Output.Path = path
 	h := newHarness(t, cfg)
-	h.d.Out = nil
+	h.d.out = nil
 	fakeOf(h.nl).before = []flow.Record{record("netlink", 7)}
 	stop := h.start(t)
 	<-fakeOf(h.nl).started
@@ -739,7 +751,7 @@ func TestNewLogger(t *testing.T) {
 		t.Fatal(err)
 	}
 	log.Info("hidden")
-	log.WithField(fieldBackend, "ebpf").Warn("shown")
+	log.WithField(logKeyBackend, "ebpf").Warn("shown")
 	if s := buf.String(); strings.Contains(s, "hidden") || !strings.Contains(s, `"backend":"ebpf"`) || !strings.Contains(s, `"msg":"shown"`) {
 		t.Errorf("log output %q", s)
 	}
@@ -776,7 +788,7 @@ func TestReopen(t *testing.T) {
 	cfg := testConfig("netlink")
 	cfg.Output.Path = path
 	h := newHarness(t, cfg)
-	h.d.Out = nil // output.path, not the harness's buffer
+	h.d.out = nil // output.path, not the harness's buffer
 	nl := fakeOf(h.nl)
 	nl.before = []flow.Record{record("netlink", 1), record("netlink", 2)} // buffered, not flushed
 	nl.drain = []flow.Record{record("netlink", 3)}
@@ -816,7 +828,7 @@ func TestReopen(t *testing.T) {
 		t.Errorf("Reopen after Run = %v, %v; want false, nil", ok, err)
 	}
 
-	// Standard output (or Out) has nothing to reopen.
+	// Standard output (or a writer) has nothing to reopen.
 	h2 := newHarness(t, testConfig("netlink"))
 	stop2 := h2.start(t)
 	<-fakeOf(h2.nl).started
@@ -836,9 +848,9 @@ func TestSamplesAcrossReopen(t *testing.T) {
 	path := filepath.Join(dir, "records.jsonl")
 	cfg := testConfig("netlink")
 	cfg.Output.Path = path
-	cfg.Output.Samples = sink.SamplesChanges
+	cfg.Output.Samples = "changes"
 	h := newHarness(t, cfg)
-	h.d.Out = nil
+	h.d.out = nil
 	nl := fakeOf(h.nl)
 	second := record("netlink", 7)
 	second.Time = second.Time.Add(time.Second)
@@ -882,5 +894,173 @@ func TestSamplesAcrossReopen(t *testing.T) {
 	}
 	if got := partial(path); !slices.Equal(got, []bool{false}) {
 		t.Errorf("new file: partial lines %v, want [false]", got)
+	}
+}
+
+// loadConfig loads a config file of content with the environment env and no
+// other FLOWD_* variable.
+func loadConfig(t *testing.T, content string, env ...string) *config.Config {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, config.EnvPrefix+"_") {
+			t.Setenv(name, "")
+			os.Unsetenv(name)
+		}
+	}
+	for _, kv := range env {
+		name, val, _ := strings.Cut(kv, "=")
+		t.Setenv(name, val)
+	}
+	path := filepath.Join(t.TempDir(), "flowd.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestStartupChecks: what the configuration names on the machine is checked
+// when the daemon starts, before any backend is created, with errors that
+// are configuration errors naming the key, the value and where it was set.
+func TestStartupChecks(t *testing.T) {
+	cgroupRoot(t)
+	dir := t.TempDir() // a directory, but not on cgroup2
+	for _, tc := range []struct {
+		name string
+		file string
+		env  []string
+		want []string
+		run  bool // the check is Run's: New succeeds
+	}{
+		{name: "nonexistent cgroup", file: "cgroup: /nonexistent/flowd\n", want: []string{`cgroup: "/nonexistent/flowd" is not usable`, "does not exist"}},
+		{name: "cgroup not cgroup2", file: "cgroup: " + dir + "\n", want: []string{`cgroup: "` + dir + `"`, "not on a cgroup2 file system"}},
+		{name: "cgroup env", env: []string{"FLOWD_CGROUP=/proc"}, want: []string{`cgroup: "/proc"`, "(set by FLOWD_CGROUP)"}},
+		{name: "missing netns", file: "netlink:\n  netns: /run/netns/does-not-exist\n", want: []string{`netlink.netns: "/run/netns/does-not-exist"`, "no such file"}},
+		{name: "netns not a namespace", file: "netlink:\n  netns: /etc/hostname\n", want: []string{`netlink.netns: "/etc/hostname" is not a network namespace file`}},
+		{name: "output in missing directory", file: "output:\n  path: " + dir + "/missing/out.jsonl\n", want: []string{`output.path: "` + dir + `/missing/out.jsonl" is not writable`}, run: true},
+		{name: "output a directory", file: "output:\n  path: " + dir + "\n", want: []string{`output.path: "` + dir + `" is not writable`, "is a directory"}, run: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := loadConfig(t, tc.file, tc.env...)
+			log, _ := logtest.NewNullLogger()
+			d, err := New(cfg, log, "test")
+			if tc.run {
+				if err != nil {
+					t.Fatalf("New = %v", err)
+				}
+				created := false
+				d.probe = func() error { return nil }
+				d.newNetlink = func(netlink.Config) (backends.Backend, error) { created = true; return nil, errors.New("fake") }
+				d.newEBPF = func(ebpf.Config) (backends.Backend, error) { created = true; return nil, errors.New("fake") }
+				err = d.Run(context.Background())
+				if created {
+					t.Error("a backend was created before the output was checked")
+				}
+			}
+			if !errors.Is(err, config.ErrInvalid) {
+				t.Fatalf("error %v is not a configuration error", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+
+	// A namespace file passes, and reaches the netlink backend.
+	h := newHarness(t, loadConfig(t, "backends: [netlink]\nnetlink:\n  netns: /proc/self/ns/net\n"))
+	stop := h.start(t)
+	<-fakeOf(h.nl).started
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if h.ncfg.Netns != "/proc/self/ns/net" {
+		t.Errorf("netlink.Config.Netns = %q", h.ncfg.Netns)
+	}
+}
+
+// TestBackendConfigs: the configuration reaches each backend's Config,
+// whose filter slices are the backend's own.
+func TestBackendConfigs(t *testing.T) {
+	root := cgroupRoot(t)
+	cfg := loadConfig(t, `
+ebpf:
+  mode: transition
+  interval: 0s
+  ringbuf_size: 65536
+  flush_interval: 250ms
+netlink:
+  interval: 2s
+filter:
+  local_ports: [5201, 80]
+  remote_cidrs: [10.1.2.3/8, "2001:db8::1/32"]
+output:
+  tcp_info: [snd_cwnd, rtt]
+`)
+	log, _ := logtest.NewNullLogger()
+	d, err := New(cfg, log, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec := d.ebpfConfig()
+	if ec.Cgroup != root || ec.Mode != ebpf.ModeTransition || ec.Interval != 0 || ec.RingbufSize != 65536 ||
+		ec.FlushInterval != 250*time.Millisecond || len(ec.Filter.RemoteCIDRs) != 2 || ec.Log == nil ||
+		!slices.Equal(ec.Members, []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}) {
+		t.Errorf("ebpf.Config = %+v", ec)
+	}
+	nc := d.netlinkConfig()
+	if nc.Cgroup != root || nc.Interval != 2*time.Second || !slices.Equal(nc.Filter.LocalPorts, []uint16{5201, 80}) || nc.Log == nil {
+		t.Errorf("netlink.Config = %+v", nc)
+	}
+	if !nc.Filter.Match(5201, 1, netip.MustParseAddr("10.9.9.9")) || nc.Filter.Match(22, 22, netip.MustParseAddr("10.9.9.9")) {
+		t.Errorf("filter %+v does not filter as configured", nc.Filter)
+	}
+	nc.Filter.LocalPorts[0] = 1
+	nc.Filter.RemoteCIDRs[0] = netip.Prefix{}
+	ec.Members[0] = flow.FieldState
+	if cfg.Filter.LocalPorts[0] != 5201 || !cfg.Filter.RemoteCIDRs[0].IsValid() || cfg.Output.TCPInfo[0] != flow.FieldSndCwnd {
+		t.Error("a backend's Config shares its slices with the configuration")
+	}
+}
+
+// TestOutputsFanOut: every output gets every record, a flush and a close;
+// Reopen reaches those that write to files.
+func TestOutputsFanOut(t *testing.T) {
+	var a, b bytes.Buffer
+	path := filepath.Join(t.TempDir(), "records.jsonl")
+	file, err := sink.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs := outputs{sink.NewJSONL(&a), file, sink.NewJSONL(&b)}
+	r := record("ebpf", 1)
+	if err := outs.Write(&r); err != nil {
+		t.Fatal(err)
+	}
+	if a.Len() != 0 || b.Len() != 0 {
+		t.Fatal("written before the flush")
+	}
+	if err := outs.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	fromFile, _ := os.ReadFile(path)
+	if a.String() == "" || a.String() != b.String() || a.String() != string(fromFile) {
+		t.Errorf("the outputs got %q, %q and %q; want the same line", a.String(), fromFile, b.String())
+	}
+	if ok, err := outs.Reopen(); !ok || err != nil {
+		t.Errorf("Reopen = %v, %v; want true, nil (one output is a file)", ok, err)
+	}
+	if ok, err := (outputs{sink.NewJSONL(&a)}).Reopen(); ok || err != nil {
+		t.Errorf("Reopen without a file = %v, %v; want false, nil", ok, err)
+	}
+	if err := outs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := outs.Write(&r); !errors.Is(err, sink.ErrClosed) {
+		t.Errorf("Write after Close = %v, want sink.ErrClosed", err)
 	}
 }

@@ -1,59 +1,66 @@
 package daemon
 
 import (
-	"fmt"
-	"sync"
+	"errors"
 
-	"github.com/flowd/flowd/sink"
+	"github.com/flowd/flowd/flow"
 )
 
-// outputFile is the records' output when it is a file (output.path). Its
-// file can be reopened, for log rotation: once the file has been renamed
-// away, reopen creates a new one at the path, and the writes go there from
-// then on. A write goes wholly to one file or the other, so no record is
-// lost or split.
-type outputFile struct {
-	path string
-	mu   sync.Mutex // serializes writes, the swap and Close
-	f    *sink.File
+// An output consumes the record stream after the backends: the JSON Lines
+// output now; an OTLP exporter or per-cgroup metrics would be more. Close,
+// once the backends have returned, writes out what the output holds; it
+// may be called more than once.
+type output interface {
+	flow.Sink
+	Close() error
 }
 
-func openOutputFile(path string) (*outputFile, error) {
-	f, err := sink.OpenFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("opening output: %w", err)
-	}
-	return &outputFile{path: path, f: f}, nil
+// A reopener is an output that writes to a file it can reopen for log
+// rotation; it reports false when it has none.
+type reopener interface {
+	Reopen() (bool, error)
 }
 
-func (o *outputFile) Write(b []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.f.Write(b)
+// outputs fans the record stream out: every output gets every record, in
+// turn. It is a flow.Flusher, so that a backend's flush after a batch
+// reaches the outputs that buffer.
+type outputs []output
+
+// Write writes r to every output and returns the first error.
+func (o outputs) Write(r *flow.Record) error {
+	var first error
+	for _, out := range o {
+		if err := out.Write(r); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
-// reopen opens the path again and closes the file written so far. When the
-// path cannot be opened, the current file stays.
-func (o *outputFile) reopen() error {
-	f, err := sink.OpenFile(o.path)
-	if err != nil {
-		return fmt.Errorf("reopening output: %w", err)
+func (o outputs) Flush() error {
+	var err error
+	for _, out := range o {
+		err = errors.Join(err, flow.Flush(out))
 	}
-	o.mu.Lock()
-	old := o.f
-	o.f = f
-	o.mu.Unlock()
-	if err := old.Close(); err != nil {
-		return fmt.Errorf("closing the previous output: %w", err)
-	}
-	return nil
+	return err
 }
 
-func (o *outputFile) Close() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if err := o.f.Close(); err != nil {
-		return fmt.Errorf("closing output: %w", err)
+func (o outputs) Close() error {
+	var err error
+	for _, out := range o {
+		err = errors.Join(err, out.Close())
 	}
-	return nil
+	return err
+}
+
+// Reopen reopens the outputs that write to files; it reports whether any
+// did.
+func (o outputs) Reopen() (reopened bool, err error) {
+	for _, out := range o {
+		if r, ok := out.(reopener); ok {
+			did, rerr := r.Reopen()
+			reopened, err = reopened || did, errors.Join(err, rerr)
+		}
+	}
+	return reopened, err
 }

@@ -1,5 +1,10 @@
 package flow
 
+import (
+	"fmt"
+	"strings"
+)
+
 // Field names one member of Linux's struct tcp_info (include/uapi/linux/tcp.h).
 // The numbering is the bit index in the presence mask and is shared with the
 // BPF program (enum flowd_field in bpf/flowd.h); a test checks they agree.
@@ -182,6 +187,34 @@ func FieldByName(name string) (Field, bool) {
 		}
 	}
 	return 0, false
+}
+
+// MarshalText returns the field's name.
+func (f Field) MarshalText() ([]byte, error) {
+	if f >= NumFields {
+		return nil, fmt.Errorf("%d is not a tcp_info member", f)
+	}
+	return []byte(f.Name()), nil
+}
+
+// UnmarshalText reads a field's name. The error suggests the members whose
+// names contain the text (cwnd: snd_cwnd).
+func (f *Field) UnmarshalText(text []byte) error {
+	name := string(text)
+	if v, ok := FieldByName(name); ok {
+		*f = v
+		return nil
+	}
+	var near []string
+	for i := range fields {
+		if name != "" && strings.Contains(fields[i].Name, strings.ToLower(name)) {
+			near = append(near, fields[i].Name)
+		}
+	}
+	if len(near) == 0 || len(near) > 4 {
+		return fmt.Errorf("%q is not a tcp_info member (the members are listed in the README, under tcp_info)", name)
+	}
+	return fmt.Errorf("%q is not a tcp_info member (did you mean %s?)", name, strings.Join(near, ", "))
 }
 
 // TCPInfo holds the tcp_info members of one record. A member the kernel

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"io"
 	"math/rand/v2"
 	"reflect"
@@ -319,40 +318,6 @@ func TestChangesForget(t *testing.T) {
 	slices.Sort(left)
 	if !slices.Equal(left, []uint64{0, 9}) {
 		t.Errorf("flows remembered after a minute: %v, want [0 9]", left)
-	}
-}
-
-func TestJSONLRotate(t *testing.T) {
-	var out bytes.Buffer
-	j, r := changesSink(&out)
-	write := func() bool { // reports whether the line was partial
-		t.Helper()
-		out.Reset()
-		if err := j.Write(r); err != nil {
-			t.Fatal(err)
-		}
-		if err := j.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		return bytes.Contains(out.Bytes(), []byte(`"partial":true`))
-	}
-	write()
-	if !write() {
-		t.Fatal("second sample not partial")
-	}
-	failed := errors.New("cannot reopen")
-	if err := j.Rotate(func() error { return failed }); !errors.Is(err, failed) {
-		t.Fatalf("Rotate: %v, want %v", err, failed)
-	}
-	if !write() {
-		t.Error("after a failed reopen (same file), a sample was complete")
-	}
-	reopened := false
-	if err := j.Rotate(func() error { reopened = true; return nil }); err != nil || !reopened {
-		t.Fatalf("Rotate: %v (reopen called: %v)", err, reopened)
-	}
-	if write() {
-		t.Error("the first sample after a reopen was partial")
 	}
 }
 

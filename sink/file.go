@@ -9,10 +9,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// File is a records file as flowd writes it: appended to, and kept out of
-// the page cache behind its end (see writeBehind). Its methods are not
-// safe for concurrent use; JSONL serializes its writes.
+// File is a records file as flowd writes it: appended to, kept out of the
+// page cache behind its end (see writeBehind), and reopened at its path for
+// log rotation. Its methods are not safe for concurrent use; JSONL
+// serializes them.
 type File struct {
+	path   string
 	f      *os.File
 	behind writeBehind
 }
@@ -23,7 +25,24 @@ func OpenFile(path string) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &File{f: f, behind: newWriteBehind(f)}, nil
+	return &File{path: path, f: f, behind: newWriteBehind(f)}, nil
+}
+
+// Reopen opens the path again and closes the file written so far: once the
+// file has been renamed away, the writes go to a new file at the path. A
+// write goes wholly to one file or the other. When the path cannot be
+// opened, the current file stays.
+func (o *File) Reopen() error {
+	next, err := OpenFile(o.path)
+	if err != nil {
+		return fmt.Errorf("reopening output: %w", err)
+	}
+	prev := o.f
+	*o = *next
+	if err := prev.Close(); err != nil {
+		return fmt.Errorf("closing the previous output: %w", err)
+	}
+	return nil
 }
 
 // Write writes b at the file's end, then does the write-behind work the

@@ -6,10 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 
 	"github.com/flowd/flowd/flow"
 )
+
+// Stdout is the output path that means standard output.
+const Stdout = "-"
 
 // ErrClosed is returned by Write after Close.
 var ErrClosed = errors.New("sink is closed")
@@ -31,6 +35,7 @@ const recordRoom = 8 << 10
 type JSONL struct {
 	mu     sync.Mutex
 	w      io.Writer
+	file   *File // w, when Open opened it: Reopen and Close act on it
 	enc    Encoder
 	buf    []byte // encoded records not yet written
 	err    error  // the first write error, returned from then on
@@ -50,6 +55,21 @@ func NewJSONL(w io.Writer, members ...flow.Field) *JSONL {
 	j := &JSONL{w: w, buf: make([]byte, 0, bufferSize+recordRoom)}
 	j.enc.SetMembers(members...)
 	return j
+}
+
+// Open returns a JSONL that writes to path: standard output for Stdout,
+// otherwise a File, which Reopen reopens and Close closes.
+func Open(path string, members ...flow.Field) (*JSONL, error) {
+	if path == Stdout {
+		return NewJSONL(os.Stdout, members...), nil
+	}
+	f, err := OpenFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening output: %w", err)
+	}
+	j := NewJSONL(f, members...)
+	j.file = f
+	return j, nil
 }
 
 // SetSamples says what sample lines hold: SamplesFull (NewJSONL's), or
@@ -122,29 +142,31 @@ func (j *JSONL) flush() error {
 	return nil
 }
 
-// Rotate writes out the buffered records and calls reopen, which moves the
-// underlying writer to a new file (log rotation). When reopen succeeds, the
-// flows' previous lines are forgotten, so that under SamplesChanges the new
-// file starts each flow with a complete line. Records written meanwhile by
-// other goroutines wait.
-func (j *JSONL) Rotate(reopen func() error) error {
+// Reopen writes out the buffered records and reopens the file Open opened,
+// for log rotation (File.Reopen). Then the flows' previous lines are
+// forgotten, so that under SamplesChanges the new file starts each flow
+// with a complete line. Records written meanwhile by other goroutines
+// wait. It reports false when there is no file to reopen: the output is
+// standard output or a writer given to NewJSONL, or it is closed.
+func (j *JSONL) Reopen() (bool, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.closed {
-		return nil
+	if j.file == nil || j.closed {
+		return false, nil
 	}
 	if err := j.flush(); err != nil {
-		return err
+		return true, err
 	}
-	if err := reopen(); err != nil {
-		return err
+	if err := j.file.Reopen(); err != nil {
+		return true, err
 	}
 	j.changes.reset()
-	return nil
+	return true, nil
 }
 
-// Close flushes the buffered records; later Writes fail with ErrClosed.
-// It may be called more than once: only the first call flushes.
+// Close flushes the buffered records and closes the file Open opened (not
+// a writer given to NewJSONL); later Writes fail with ErrClosed. It may be
+// called more than once: only the first call does anything.
 func (j *JSONL) Close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -152,5 +174,11 @@ func (j *JSONL) Close() error {
 		return nil
 	}
 	j.closed = true
-	return j.flush()
+	err := j.flush()
+	if j.file != nil {
+		if cerr := j.file.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing output: %w", cerr))
+		}
+	}
+	return err
 }

@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -187,5 +190,79 @@ func TestJSONLShortWrite(t *testing.T) {
 	}
 	if err := j.Flush(); !errors.Is(err, io.ErrShortWrite) {
 		t.Errorf("Flush = %v, want io.ErrShortWrite", err)
+	}
+}
+
+// TestJSONLReopen: log rotation. Reopen writes what is buffered to the
+// file renamed away, creates a new file at the path for what follows, and
+// starts each flow there with a complete line; a reopen that fails keeps
+// the current file and its flows' partial lines.
+func TestJSONLReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "records.jsonl")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	j.SetSamples(SamplesChanges)
+	r := sample()
+	r.Event = flow.EventSample
+	lines := func(path string) []string {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.SplitAfter(strings.TrimSuffix(string(b), "\n"), "\n")
+	}
+	partial := func(line string) bool { return strings.Contains(line, `"partial":true`) }
+	for range 2 {
+		if err := j.Write(r); err != nil { // buffered, not flushed
+			t.Fatal(err)
+		}
+	}
+
+	rotated := path + ".1"
+	if err := os.Rename(path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := j.Reopen(); !ok || err != nil {
+		t.Fatalf("Reopen = %v, %v; want true, nil", ok, err)
+	}
+	if got := lines(rotated); len(got) != 2 || partial(got[0]) || !partial(got[1]) {
+		t.Errorf("the renamed file holds %q, want the two buffered lines, the second partial", got)
+	}
+
+	// The directory is gone: the reopen fails, the current file stays.
+	if err := os.Rename(dir, dir+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := j.Reopen(); !ok || err == nil {
+		t.Errorf("Reopen with the directory gone = %v, %v; want true and an error", ok, err)
+	}
+	if err := os.Rename(dir+".moved", dir); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := j.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := lines(path); len(got) != 2 || partial(got[0]) || !partial(got[1]) {
+		t.Errorf("the new file holds %q, want a complete line, then a partial one after the failed reopen", got)
+	}
+
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := j.Reopen(); ok || err != nil {
+		t.Errorf("Reopen after Close = %v, %v; want false, nil", ok, err)
+	}
+	if ok, err := NewJSONL(io.Discard).Reopen(); ok || err != nil {
+		t.Errorf("Reopen of a writer's JSONL = %v, %v; want false, nil", ok, err)
 	}
 }

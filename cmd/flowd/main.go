@@ -28,8 +28,14 @@ import (
 	"github.com/flowd/flowd/daemon"
 )
 
-// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version and commit are set at build time (the Makefile does):
+// go build -ldflags "-X main.version=v1.2.3 -X main.commit=0123abcd". The
+// commit is otherwise read from the build's VCS stamp, which -buildvcs=false
+// and builds outside a git checkout lack.
+var (
+	version = "dev"
+	commit  = ""
+)
 
 // Exit statuses.
 const (
@@ -51,14 +57,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	fmt.Fprintf(stderr, "flowd: %s\n", oneLine(err.Error()))
-	if errors.As(err, new(*runtimeError)) {
+	if errors.As(err, new(*runtimeError)) && !errors.Is(err, config.ErrInvalid) {
 		return exitRuntime
 	}
 	return exitUsage
 }
 
-// runtimeError marks a failure of a correctly configured flowd (exit 1);
-// every other error is a usage or configuration error (exit 2).
+// runtimeError marks a failure of a correctly configured flowd (exit 1).
+// Every other error is a usage or configuration error (exit 2), also one
+// found when flowd starts (config.ErrInvalid: the cgroup is not there).
 type runtimeError struct{ err error }
 
 func (e *runtimeError) Error() string { return e.err.Error() }
@@ -110,7 +117,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 
 // load reads and validates the configuration.
 func (o *options) load(cmd *cobra.Command) (*config.Config, error) {
-	return config.Load(o.configPath, config.WithFlag(config.KeyLogLevel, cmd.Flags().Lookup("log-level")))
+	return config.Load(o.configPath, config.WithFlag("log.level", cmd.Flags().Lookup("log-level")))
 }
 
 func newRunCmd(o *options) *cobra.Command {
@@ -182,7 +189,7 @@ func reopenOnSIGHUP(ctx context.Context, d *daemon.Daemon, log logrus.FieldLogge
 func newConfigCmd(o *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "config",
-		Short: "Print the configuration in effect (validated) as YAML",
+		Short: "Print the configuration in effect (validated; run checks the machine) as YAML",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := o.load(cmd)
@@ -218,22 +225,24 @@ func newVersionCmd() *cobra.Command {
 
 // versionString reads like "flowd v1.2.3 (commit 0123abcd, go1.26.8 linux/amd64)".
 func versionString() string {
-	commit := "unknown"
-	goVersion := runtime.Version()
+	rev, goVersion := "unknown", runtime.Version()
 	if info, ok := debug.ReadBuildInfo(); ok {
 		goVersion = info.GoVersion
 		var modified bool
 		for _, s := range info.Settings {
 			switch s.Key {
 			case "vcs.revision":
-				commit = s.Value
+				rev = s.Value
 			case "vcs.modified":
 				modified = s.Value == "true"
 			}
 		}
 		if modified {
-			commit += "-dirty"
+			rev += "-dirty"
 		}
 	}
-	return fmt.Sprintf("flowd %s (commit %s, %s %s/%s)", version, commit, goVersion, runtime.GOOS, runtime.GOARCH)
+	if commit != "" {
+		rev = commit
+	}
+	return fmt.Sprintf("flowd %s (commit %s, %s %s/%s)", version, rev, goVersion, runtime.GOOS, runtime.GOARCH)
 }

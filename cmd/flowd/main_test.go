@@ -115,18 +115,23 @@ func TestUsageErrors(t *testing.T) {
 		env  []string // extra environment
 		args []string // extra arguments
 		want []string // in stderr
-		root bool     // the default cgroup must resolve (checked before the key)
+		// The check is of the machine, when flowd run starts: flowd config
+		// prints the value, and has no side effects.
+		start bool
+		root  bool // the default cgroup must resolve (checked before the key)
 	}{
 		{name: "unknown key", file: "ebpf:\n  mood: poll\n", want: []string{"ebpf.mood", "unknown key"}},
 		{name: "bad duration", file: "netlink:\n  interval: 1x\n", want: []string{"netlink.interval", `"1x"`}},
 		{name: "unknown mode", file: "ebpf:\n  mode: fast\n", want: []string{"ebpf.mode", `"fast"`}},
 		{name: "unknown backend", file: "backends: [ebpf, pcap]\n", want: []string{"backends", `"pcap"`}},
 		{name: "auto combined", file: "backends: [auto, ebpf]\n", want: []string{"backends", `"auto"`}},
-		{name: "nonexistent cgroup", file: "cgroup: /nonexistent/flowd\n", want: []string{"cgroup", `"/nonexistent/flowd"`}},
-		{name: "non-cgroup2 cgroup", file: "cgroup: " + dir + "\n", want: []string{"cgroup", `"` + dir + `"`, "cgroup2"}},
+		{name: "nonexistent cgroup", file: "cgroup: /nonexistent/flowd\n", want: []string{"cgroup", `"/nonexistent/flowd"`}, start: true},
+		{name: "non-cgroup2 cgroup", file: "cgroup: " + dir + "\n", want: []string{"cgroup", `"` + dir + `"`, "cgroup2"}, start: true},
+		{name: "cgroup env", env: []string{"FLOWD_CGROUP=/proc"}, want: []string{"cgroup", `"/proc"`, "FLOWD_CGROUP"}, start: true},
 		{name: "bad CIDR", file: "filter:\n  remote_cidrs: [10.0.0.0/40]\n", want: []string{"filter.remote_cidrs", `"10.0.0.0/40"`}},
 		{name: "port out of range", file: "filter:\n  local_ports: [99999]\n", want: []string{"filter.local_ports", "99999"}},
-		{name: "unwritable output", file: "output:\n  path: " + dir + "/no/such/dir/out.jsonl\n", want: []string{"output.path", dir + "/no/such/dir/out.jsonl"}, root: true},
+		{name: "unwritable output", file: "output:\n  path: " + dir + "/no/such/dir/out.jsonl\n", want: []string{"output.path", dir + "/no/such/dir/out.jsonl"}, start: true, root: true},
+		{name: "netns not a namespace", file: "netlink:\n  netns: /etc/hostname\n", want: []string{"netlink.netns", `"/etc/hostname"`}, start: true, root: true},
 		{name: "ringbuf size", file: "ebpf:\n  ringbuf_size: 5000\n", want: []string{"ebpf.ringbuf_size", "5000"}},
 		{name: "bad listen", file: "metrics:\n  listen: nine-one-hundred\n", want: []string{"metrics.listen", `"nine-one-hundred"`}},
 		{name: "bad env", env: []string{"FLOWD_EBPF_MODE=fast"}, want: []string{"ebpf.mode", `"fast"`, "FLOWD_EBPF_MODE"}},
@@ -147,6 +152,12 @@ func TestUsageErrors(t *testing.T) {
 				}
 				args = append(args, tt.args...)
 				r := flowd(t, env(tt.env...), args...)
+				if tt.start && sub == "config" {
+					if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, tt.want[1]) && !strings.Contains(r.stdout, strings.Trim(tt.want[1], `"`)) {
+						t.Errorf("flowd %v: exit status %d, stderr %q; want 0, nothing, and the value printed:\n%s", args, r.code, r.stderr, r.stdout)
+					}
+					return
+				}
 				if r.code != 2 {
 					t.Errorf("flowd %v: exit status %d, want 2; stderr:\n%s", args, r.code, r.stderr)
 				}
@@ -182,7 +193,6 @@ func TestUnknownCommand(t *testing.T) {
 }
 
 func TestConfigCommand(t *testing.T) {
-	root := requireCgroup2(t)
 	out := filepath.Join(t.TempDir(), "records.jsonl")
 	path := writeConfig(t, `
 backends: [ebpf, netlink]
@@ -202,7 +212,7 @@ metrics:
 		t.Fatalf("exit status %d; stderr:\n%s", r.code, r.stderr)
 	}
 	for _, want := range []string{
-		"backends: [ebpf, netlink]\n", "cgroup: " + root + "\n", "mode: transition\n", "interval: 250ms\n",
+		"backends: [ebpf, netlink]\n", "cgroup: \"\"\n", "mode: transition\n", "interval: 250ms\n",
 		"ringbuf_size: 4194304\n", "flush_interval: 100ms\n", "interval: 3s\n", "local_ports: [5201]\n",
 		"remote_ports: []\n", "remote_cidrs: [10.1.0.0/16]\n", "path: " + out + "\n", "level: debug\n",
 		"format: text\n", "listen: 127.0.0.1:9100\n",
@@ -236,6 +246,18 @@ func TestVersion(t *testing.T) {
 	}
 	if !strings.HasPrefix(r.stdout, "flowd "+testVersion+" (commit ") || !strings.Contains(r.stdout, "go1.") {
 		t.Errorf("version output %q", r.stdout)
+	}
+
+	// Built without the VCS stamp, flowd shows the commit the build gave it
+	// (as the Makefile does).
+	bin := filepath.Join(t.TempDir(), "flowd")
+	build := exec.Command("go", "build", "-buildvcs=false", "-ldflags", "-X main.commit=0123abcd-dirty", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build -buildvcs=false: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "flowd dev (commit 0123abcd-dirty, go1.") {
+		t.Errorf("flowd version built with -buildvcs=false: %q, %v", out, err)
 	}
 }
 
