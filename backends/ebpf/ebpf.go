@@ -25,6 +25,15 @@ import (
 	"github.com/flowd/flowd/flow"
 )
 
+// Log field keys.
+const (
+	logKeyCgroup      = "cgroup"
+	logKeyMode        = "mode"
+	logKeyInterval    = "interval"
+	logKeyRingbufSize = "ringbuf_size"
+	logKeyHZ          = "hz"
+)
+
 // Mode chooses when the BPF program emits records.
 type Mode string
 
@@ -134,8 +143,8 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("attaching sockops to %s: %w", cfg.Cgroup, err)
 	}
 	b.log.WithFields(logrus.Fields{
-		"cgroup": cfg.Cgroup, "mode": cfg.Mode, "interval": cfg.Interval,
-		"ringbuf_size": cfg.RingbufSize, "hz": hz,
+		logKeyCgroup: cfg.Cgroup, logKeyMode: cfg.Mode, logKeyInterval: cfg.Interval,
+		logKeyRingbufSize: cfg.RingbufSize, logKeyHZ: hz,
 	}).Info("ebpf backend attached")
 	return b, nil
 }
