@@ -25,14 +25,15 @@ func MaskOf(fields ...Field) Mask {
 }
 
 // AllFields returns the Mask of every Field.
-func AllFields() Mask {
-	var m Mask
-	for w := range m {
-		m[w] = ^uint64(0)
+func AllFields() Mask { return allFields }
+
+// allFields is computed once and only read.
+var allFields = func() (m Mask) {
+	for f := range NumFields {
+		m.Set(f)
 	}
-	m[MaskWords-1] >>= 64*MaskWords - int(NumFields)
 	return m
-}
+}()
 
 // Set adds f; a field past NumFields is ignored.
 func (m *Mask) Set(f Field) {
@@ -83,13 +84,12 @@ func (m Mask) IsEmpty() bool {
 }
 
 // Fields yields the fields in m, in Field order; bits past NumFields are
-// not fields and end it.
+// not fields.
 func (m Mask) Fields() iter.Seq[Field] {
 	return func(yield func(Field) bool) {
-		for w, word := range m {
-			for ; word != 0; word &= word - 1 {
-				f := Field(w*64 + bits.TrailingZeros64(word))
-				if f >= NumFields || !yield(f) {
+		for w := range m {
+			for word := m[w] & allFields[w]; word != 0; word &= word - 1 {
+				if !yield(Field(w*64 + bits.TrailingZeros64(word))) {
 					return
 				}
 			}

@@ -63,3 +63,22 @@ func TestTCPInfoPresence(t *testing.T) {
 		t.Errorf("Present = %x", info.Present)
 	}
 }
+
+func TestSetPresent(t *testing.T) {
+	var info TCPInfo
+	for f := range NumFields {
+		info.Values[f] = 7
+	}
+	m := MaskOf(FieldRTT, FieldReceivedCEBytes)
+	past := ^uint64(0)
+	m[MaskWords-1] |= past << (NumFields % 64) // bits past the last field
+	info.SetPresent(m)
+	if info.Present != MaskOf(FieldRTT, FieldReceivedCEBytes) {
+		t.Errorf("Present = %x, want rtt and received_ce_bytes only", info.Present)
+	}
+	for f := range NumFields {
+		if info.Has(f) && info.Values[f] != 7 || !info.Has(f) && info.Values[f] != 0 {
+			t.Errorf("%s = %d (present: %v), want 7 if present, else 0", f, info.Values[f], info.Has(f))
+		}
+	}
+}

@@ -2,6 +2,7 @@ package flow
 
 import (
 	"fmt"
+	"math/bits"
 	"strings"
 )
 
@@ -232,6 +233,18 @@ func (t *TCPInfo) Set(f Field, v uint64) {
 
 // Has reports whether f is present.
 func (t *TCPInfo) Has(f Field) bool { return t.Present.Has(f) }
+
+// SetPresent makes the fields in m, and no others, present, and zeroes the
+// values of the others, so that a reused TCPInfo keeps nothing stale.
+// Bits past NumFields are dropped.
+func (t *TCPInfo) SetPresent(m Mask) {
+	for w := range m {
+		t.Present[w] = m[w] & allFields[w]
+		for absent := allFields[w] &^ m[w]; absent != 0; absent &= absent - 1 {
+			t.Values[w*64+bits.TrailingZeros64(absent)] = 0
+		}
+	}
+}
 
 // Get returns f's value and whether it is present.
 func (t *TCPInfo) Get(f Field) (uint64, bool) {

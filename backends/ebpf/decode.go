@@ -153,12 +153,5 @@ func decodeInfo(k *bpfFlowdTcpInfo, present flow.Mask, t *flow.TCPInfo) {
 	v[flow.FieldReceivedE1Bytes] = uint64(k.ReceivedE1Bytes)
 	v[flow.FieldReceivedE0Bytes] = uint64(k.ReceivedE0Bytes)
 	v[flow.FieldReceivedCEBytes] = uint64(k.ReceivedCeBytes)
-
-	// Only the bits of fields flowd knows; absent values are zeroed so that
-	// nothing stale is kept in a reused record.
-	all := flow.AllFields()
-	t.Present = present.And(all)
-	for f := range all.AndNot(present).Fields() {
-		v[f] = 0
-	}
+	t.SetPresent(present)
 }
