@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"regexp"
@@ -18,7 +19,8 @@ type Console struct {
 	Done    bool // the guest reached the end of its plan
 }
 
-// StepResult is the parsed output of one step (one `go test -v` binary).
+// StepResult is the parsed output of one step: a test binary run through
+// test2json.
 type StepResult struct {
 	Name     string
 	Ended    bool // its end marker was seen
@@ -28,32 +30,35 @@ type StepResult struct {
 	// Absent holds the lists of "members absent ..." that tests logged,
 	// keyed by what the test said they are absent from or on.
 	Absent map[string][]string
-	Lines  []string // everything it printed
+	Lines  []string // everything it printed: the tests' output, and lines that were no event
 }
 
-// TestResult is one `--- PASS/FAIL/SKIP` line of go test -v.
+// TestResult is one test's result.
 type TestResult struct {
 	Name     string // "TestModes/poll_200ms"
 	Status   string // PASS, FAIL or SKIP
 	Duration time.Duration
-	Output   []string // its log lines (go test -v prints them before the result)
+	Output   []string // what it logged, without go test's === and --- lines
 }
 
 // Depth is 0 for a top-level test, 1 for its subtests and so on.
 func (t TestResult) Depth() int { return strings.Count(t.Name, "/") }
 
-var (
-	resultRE = regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)`)
-	runRE    = regexp.MustCompile(`^=== (?:RUN|CONT|PAUSE|NAME)\s+(\S+)`)
-	absentRE = regexp.MustCompile(`members absent (.+?): \[(.*)\]\s*$`)
-)
+// event is a line of test2json's output (go doc test2json).
+type event struct {
+	Action  string
+	Test    string
+	Elapsed float64 // seconds
+	Output  string
+}
+
+var absentRE = regexp.MustCompile(`members absent (.+?): \[(.*)\]\s*$`)
 
 // ParseConsole reads a guest's console output.
 func ParseConsole(r io.Reader) (*Console, error) {
 	c := &Console{}
 	var cur *StepResult
-	running := map[string][]string{} // output of tests still running, by name
-	var last string                  // the test whose output comes now
+	output := map[string][]string{} // of the tests of cur, by name
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 64<<10), 4<<20)
 	for s.Scan() {
@@ -72,7 +77,7 @@ func ParseConsole(r io.Reader) (*Console, error) {
 			case strings.HasPrefix(m, markerBegin+" "):
 				cur = &StepResult{Name: strings.TrimSpace(strings.TrimPrefix(m, markerBegin+" ")), Absent: map[string][]string{}}
 				c.Steps = append(c.Steps, cur)
-				running, last = map[string][]string{}, ""
+				output = map[string][]string{}
 			case strings.HasPrefix(m, markerEnd+" "):
 				name, exit, d, err := parseEnd(strings.TrimPrefix(m, markerEnd+" "))
 				if err != nil {
@@ -91,22 +96,28 @@ func ParseConsole(r io.Reader) (*Console, error) {
 		if cur == nil {
 			continue
 		}
-		cur.Lines = append(cur.Lines, line)
-		if m := runRE.FindStringSubmatch(line); m != nil {
-			last = m[1]
+		// A line that is no event is the kernel's, or a test binary's that
+		// test2json could not frame (a crash).
+		var e event
+		if !strings.HasPrefix(line, "{") || json.Unmarshal([]byte(line), &e) != nil {
+			cur.Lines = append(cur.Lines, line)
 			continue
 		}
-		if m := resultRE.FindStringSubmatch(line); m != nil {
-			d, _ := time.ParseDuration(m[3] + "s")
-			cur.Tests = append(cur.Tests, TestResult{Name: m[2], Status: m[1], Duration: d, Output: running[m[2]]})
-			delete(running, m[2])
-			continue
-		}
-		if m := absentRE.FindStringSubmatch(line); m != nil {
-			cur.Absent[m[1]] = strings.Fields(m[2])
-		}
-		if last != "" && strings.HasPrefix(line, "    ") {
-			running[last] = append(running[last], line)
+		switch e.Action {
+		case "output":
+			out := strings.TrimSuffix(e.Output, "\n")
+			cur.Lines = append(cur.Lines, out)
+			if m := absentRE.FindStringSubmatch(out); m != nil {
+				cur.Absent[m[1]] = strings.Fields(m[2])
+			}
+			if t := strings.TrimSpace(out); e.Test != "" && !strings.HasPrefix(t, "=== ") && !strings.HasPrefix(t, "--- ") {
+				output[e.Test] = append(output[e.Test], out)
+			}
+		case "pass", "fail", "skip":
+			if e.Test != "" {
+				d := time.Duration(e.Elapsed * float64(time.Second)).Round(time.Millisecond)
+				cur.Tests = append(cur.Tests, TestResult{Name: e.Test, Status: strings.ToUpper(e.Action), Duration: d, Output: output[e.Test]})
+			}
 		}
 	}
 	return c, s.Err()

@@ -2,7 +2,9 @@ package kernels
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"regexp"
 	"slices"
@@ -22,7 +24,7 @@ func TestParseRealConsole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Kernel != "6.1.0-56-cloud-amd64" || !c.Done || len(c.Modules) != 0 || len(c.Errors) != 0 {
+	if c.Kernel != "6.1.0-57-cloud-amd64" || !c.Done || len(c.Modules) != 0 || len(c.Errors) != 0 {
 		t.Errorf("kernel %q done %v modules %v errors %v", c.Kernel, c.Done, c.Modules, c.Errors)
 	}
 	var names []string
@@ -71,6 +73,28 @@ func console(lines ...string) *bytes.Reader {
 	return bytes.NewReader([]byte(strings.Join(lines, "\r\n") + "\r\n"))
 }
 
+// out is test2json's event for a line test printed; "" is the package's.
+func out(test, line string) string {
+	b, _ := json.Marshal(event{Action: "output", Test: test, Output: line + "\n"})
+	return string(b)
+}
+
+// result is test2json's event for the end of test: pass, fail or skip,
+// after the line go test prints for it.
+func result(action, test string, elapsed float64) string {
+	line := fmt.Sprintf("--- %s: %s (%.2fs)", strings.ToUpper(action), test, elapsed)
+	if depth := strings.Count(test, "/"); depth > 0 {
+		line = strings.Repeat("    ", depth) + line
+	}
+	b, _ := json.Marshal(event{Action: action, Test: test, Elapsed: elapsed})
+	return out(test, line) + "\r\n" + string(b)
+}
+
+func run(test string) string {
+	b, _ := json.Marshal(event{Action: "run", Test: test})
+	return string(b) + "\r\n" + out(test, "=== RUN   "+test)
+}
+
 func TestParseConsole(t *testing.T) {
 	c, err := ParseConsole(console(
 		"SeaBIOS noise",
@@ -78,23 +102,23 @@ func TestParseConsole(t *testing.T) {
 		ModuleLine("/lib/a.ko", nil),
 		ModuleLine("/lib/b.ko", errors.New("exec format error")),
 		BeginLine("one"),
-		"=== RUN   TestA",
-		"    a_test.go:1: members absent on this kernel: [x y]",
-		"--- PASS: TestA (0.50s)",
-		"=== RUN   TestB",
-		"=== RUN   TestB/sub",
-		"    b_test.go:9: boom",
+		run("TestA"),
+		out("TestA", "    a_test.go:1: members absent on this kernel: [x y]"),
+		result("pass", "TestA", 0.5),
+		run("TestB"),
+		run("TestB/sub"),
+		out("TestB/sub", "    b_test.go:9: boom"),
 		// A kernel message sharing the console mid-output.
 		"[   12.345678] random: crng init done",
-		"    --- FAIL: TestB/sub (1.25s)",
-		"--- FAIL: TestB (1.25s)",
-		"=== RUN   TestC",
-		"    c_test.go:3: skipping: this test needs root",
-		"--- SKIP: TestC (0.00s)",
-		"FAIL",
+		result("fail", "TestB/sub", 1.25),
+		result("fail", "TestB", 1.25),
+		run("TestC"),
+		out("TestC", "    c_test.go:3: skipping: this test needs root"),
+		result("skip", "TestC", 0),
+		out("", "FAIL"),
 		EndLine("one", 1, 1750*time.Millisecond),
 		BeginLine("two"),
-		"=== RUN   TestD",
+		run("TestD"),
 		"[   13.000000] BUG: soft lockup - CPU#0 stuck for 26s!",
 	))
 	if err != nil {
@@ -124,8 +148,8 @@ func TestParseConsole(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("tests %q, want %q", got, want)
 	}
-	if out := one.Tests[1].Output; len(out) != 1 || !strings.Contains(out[0], "boom") {
-		t.Errorf("TestB/sub output %q", out)
+	if got := one.Tests[1].Output; len(got) != 1 || !strings.Contains(got[0], "boom") {
+		t.Errorf("TestB/sub output %q", got)
 	}
 	if d := one.Tests[1].Depth(); d != 1 {
 		t.Errorf("depth of a subtest %d", d)
@@ -165,7 +189,7 @@ func TestProblemsOfSilence(t *testing.T) {
 		"nothing":        "",
 		"no init":        "Kernel panic - not syncing: No working init found\n",
 		"setup failed":   BootLine("6.1") + "\n" + ErrorLine("setting up the guest", errors.New("mounting bpf: ENODEV")) + "\n" + DoneLine() + "\n",
-		"zero tests ran": BootLine("6.1") + "\n" + BeginLine("s") + "\ntesting: warning: no tests to run\nPASS\n" + EndLine("s", 0, time.Second) + "\n" + DoneLine() + "\n",
+		"zero tests ran": BootLine("6.1") + "\n" + BeginLine("s") + "\n" + out("", "testing: warning: no tests to run") + "\n" + out("", "PASS") + "\n" + EndLine("s", 0, time.Second) + "\n" + DoneLine() + "\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			c, err := ParseConsole(strings.NewReader(in))
@@ -182,8 +206,8 @@ func TestProblemsOfSilence(t *testing.T) {
 func TestProblemsFiltered(t *testing.T) {
 	c, err := ParseConsole(console(
 		BootLine("6.1"),
-		BeginLine("a"), "--- PASS: TestA (0.10s)", EndLine("a", 0, time.Second),
-		BeginLine("b"), "testing: warning: no tests to run", EndLine("b", 0, time.Second),
+		BeginLine("a"), run("TestA"), result("pass", "TestA", 0.1), EndLine("a", 0, time.Second),
+		BeginLine("b"), out("", "testing: warning: no tests to run"), EndLine("b", 0, time.Second),
 		DoneLine(),
 	))
 	if err != nil {

@@ -257,14 +257,15 @@ func boot(ctx context.Context, o options, k *kernels.Kernel, kvm bool) (*kernels
 		}
 	}
 	expect := kernels.Expect{Required: map[string][]string{}, Filtered: o.run != ""}
+	files = append(files, kernels.InitramfsFile{Name: "flowd/bin/test2json", Source: filepath.Join(o.out, "bin", "test2json"), Mode: 0o755})
 	for _, p := range testPackages {
 		bin := "flowd/bin/" + p.step + ".test"
 		files = append(files, kernels.InitramfsFile{Name: bin, Source: filepath.Join(o.out, "bin", p.step+".test"), Mode: 0o755})
-		args := []string{"-test.v", "-test.count=1", "-test.timeout=" + (o.timeout * 2 / 3).String(), "-test.skip=" + guestSkip}
+		args := testArgs(p.step, "/"+bin, "-test.timeout="+(o.timeout*2/3).String(), "-test.skip="+guestSkip)
 		if o.run != "" {
 			args = append(args, "-test.run="+o.run)
 		}
-		plan.Steps = append(plan.Steps, kernels.Step{Name: p.step, Path: "/" + bin, Args: args})
+		plan.Steps = append(plan.Steps, kernels.Step{Name: p.step, Path: "/flowd/bin/test2json", Args: args})
 		expect.Steps = append(expect.Steps, p.step)
 	}
 	for _, c := range checks {
@@ -340,8 +341,14 @@ func writeInitramfs(path string, plan *kernels.Plan, files []kernels.InitramfsFi
 	return f.Close()
 }
 
-// build makes the guest's /init and the test binaries, static. go test -c
-// names each binary after its package: the step names.
+// testArgs are the arguments of test2json that run the test binary bin of
+// step with args: its results as JSON lines, which ParseConsole reads.
+func testArgs(step, bin string, args ...string) []string {
+	return append([]string{"-t", "-p", step, bin, "-test.v=test2json", "-test.count=1"}, args...)
+}
+
+// build makes the guest's /init, test2json and the test binaries, static.
+// go test -c names each binary after its package: the step names.
 func build(ctx context.Context, out string) error {
 	goTool := "go"
 	if g := os.Getenv("GO"); g != "" {
@@ -358,6 +365,7 @@ func build(ctx context.Context, out string) error {
 	}
 	for _, args := range [][]string{
 		append(append([]string{"build"}, flags...), "-o", filepath.Join(out, "init"), "./kernels/init"),
+		append(append([]string{"build"}, flags...), "-o", filepath.Join(bin, "test2json"), "cmd/test2json"),
 		test,
 	} {
 		cmd := exec.CommandContext(ctx, goTool, args...)
@@ -380,11 +388,11 @@ func runOnHost(ctx context.Context, out string) (*kernels.Console, error) {
 	} {
 		buf.WriteString(kernels.BeginLine(s.step) + "\n")
 		t := time.Now()
-		bin, err := filepath.Abs(filepath.Join(out, "bin", s.step+".test"))
+		bin, err := filepath.Abs(filepath.Join(out, "bin"))
 		if err != nil {
 			return nil, err
 		}
-		cmd := exec.CommandContext(ctx, bin, "-test.v", "-test.count=1", "-test.run", s.test)
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "test2json"), testArgs(s.step, filepath.Join(bin, s.step+".test"), "-test.run="+s.test)...)
 		cmd.Dir = os.TempDir()
 		cmd.Stdout, cmd.Stderr = &buf, &buf
 		exit := 0
