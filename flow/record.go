@@ -15,7 +15,7 @@ type Event uint8
 
 // Event kinds. The numbering is shared with the BPF program (enum flowd_event).
 const (
-	EventOpen   Event = 1 // the flow was established (or first seen by netlink)
+	EventOpen   Event = 1 // the flow was established, or first seen (Record.Existing)
 	EventSample Event = 2 // a periodic sample
 	EventState  Event = 3 // the TCP state changed
 	EventClose  Event = 4 // the flow is gone; counters are final
@@ -89,10 +89,13 @@ const (
 
 // Record is one observation of one TCP flow, from either backend.
 type Record struct {
-	Time     time.Time // wall clock, when the kernel (ebpf) or the dump (netlink) saw it
-	Backend  string    // BackendEBPF or BackendNetlink
-	Event    Event
-	Cookie   uint64 // the socket cookie: the same for both backends
+	Time    time.Time // wall clock, when the kernel (ebpf) or the dump (netlink) saw it
+	Backend string    // BackendEBPF or BackendNetlink
+	Event   Event
+	Cookie  uint64 // the socket cookie: the same for both backends
+	// Existing is set on the open record of a flow that was established
+	// before the backend tracked it (it was found running).
+	Existing bool
 	CgroupID uint64 // cgroup v2 id (inode number) of the socket's cgroup
 	Family   uint8  // 4 or 6 (the socket's family; v4-mapped addresses stay 6)
 

@@ -25,9 +25,10 @@ import (
 //	 "raddr":"127.0.0.1","rport":40000,"state":"ESTABLISHED","old_state":"SYN_SENT",
 //	 "ca":"cubic","tcp_info":{"state":1,"ca_state":0,...}}
 //
-// time is RFC 3339 in UTC with exactly nine fractional digits; old_state is
-// there only on state events and ca only when it is known; tcp_info holds
-// the present members only, in Field order. It does not allocate when dst
+// time is RFC 3339 in UTC with exactly nine fractional digits; "existing":true
+// follows the cookie on open records of flows found running (Existing);
+// old_state is there only on state events and ca only when it is known;
+// tcp_info holds the present members only, in Field order. It does not allocate when dst
 // has room (about 4 KiB beyond its length is always enough).
 //
 // An Encoder writes the same bytes faster when it encodes many records.
@@ -91,6 +92,9 @@ func (e *Encoder) appendHead(dst []byte, r *flow.Record) []byte {
 // appendRecord appends r leaving out the tcp_info members in omit.
 func (e *Encoder) appendRecord(dst []byte, r *flow.Record, omit *flow.Mask) []byte {
 	dst = e.appendHead(dst, r)
+	if r.Existing && r.Event == flow.EventOpen {
+		dst = append(dst, `,"existing":true`...)
+	}
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = appendUint(dst, r.CgroupID)
 	dst = append(dst, `,"family":`...)
@@ -496,6 +500,7 @@ type wireRecord struct {
 	Backend  *string                    `json:"backend"`
 	Event    *string                    `json:"event"`
 	Cookie   uint64                     `json:"cookie"`
+	Existing bool                       `json:"existing"`
 	CgroupID uint64                     `json:"cgroup_id"`
 	Family   uint8                      `json:"family"`
 	LAddr    string                     `json:"laddr"`
@@ -585,6 +590,10 @@ func ParseLine(line []byte, r *flow.Record) (partial bool, err error) {
 	if w.Partial && r.Event != flow.EventSample {
 		return false, fmt.Errorf("decoding record: partial on a %s event", r.Event)
 	}
+	if w.Existing && r.Event != flow.EventOpen {
+		return false, fmt.Errorf("decoding record: existing on a %s event", r.Event)
+	}
+	r.Existing = w.Existing
 	return w.Partial, nil
 }
 

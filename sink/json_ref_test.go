@@ -23,6 +23,9 @@ func refAppendJSON(dst []byte, r *flow.Record) []byte {
 	dst = refString(dst, r.Backend)
 	dst = append(dst, `,"event":"`+r.Event.String()+`","cookie":`...)
 	dst = strconv.AppendUint(dst, r.Cookie, 10)
+	if r.Existing && r.Event == flow.EventOpen {
+		dst = append(dst, `,"existing":true`...)
+	}
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = strconv.AppendUint(dst, r.CgroupID, 10)
 	dst = append(dst, `,"family":`...)
@@ -110,6 +113,7 @@ func randomRecord(rng *rand.Rand) *flow.Record {
 		RemotePort: uint16(rng.Uint32()),
 		State:      flow.State(rng.IntN(16)),
 		OldState:   flow.State(rng.IntN(16)),
+		Existing:   rng.IntN(2) == 0,
 	}
 	switch rng.IntN(10) {
 	case 0:

@@ -83,6 +83,19 @@ func TestAppendJSONGolden(t *testing.T) {
 	if got := string(AppendJSON(nil, r)); got != want2 {
 		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, want2)
 	}
+
+	// The open record of a flow found running; existing is said on open
+	// records only.
+	r.Event, r.Existing = flow.EventOpen, true
+	const want3 = `{"time":"2026-01-02T02:04:05.000000006Z","backend":"netlink","event":"open","cookie":0,"existing":true,"cgroup_id":0,` +
+		`"family":6,"laddr":"::ffff:10.0.0.1","lport":0,"raddr":"2001:db8::1","rport":0,"state":"CLOSE_WAIT","tcp_info":{}}`
+	if got := string(AppendJSON(nil, r)); got != want3 {
+		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, want3)
+	}
+	r.Event = flow.EventSample
+	if got := string(AppendJSON(nil, r)); got != want2 {
+		t.Errorf("AppendJSON of a sample with Existing =\n%s\nwant\n%s", got, want2)
+	}
 }
 
 // TestAppendJSONKeyOrder checks the output is valid JSON with the keys in
@@ -257,7 +270,9 @@ func TestRoundTrip(t *testing.T) {
 	r.RemoteAddr = netip.MustParseAddr("::ffff:192.0.2.1")
 	r.Info.Clear()
 	r.Info.Set(flow.FieldSndCwnd, 0)
-	records = append(records, r, &flow.Record{Time: time.Unix(0, 1).UTC(), Backend: "netlink", Event: flow.EventClose})
+	found := *r
+	found.Existing = true
+	records = append(records, r, &found, &flow.Record{Time: time.Unix(0, 1).UTC(), Backend: "netlink", Event: flow.EventClose})
 	for _, want := range records {
 		line := AppendJSON(nil, want)
 		var got flow.Record
@@ -295,6 +310,7 @@ func TestParseJSONErrors(t *testing.T) {
 		{"bad state", strings.Replace(good, `"ESTABLISHED"`, `"ESTABLISHED2"`, 1), `unknown TCP state "ESTABLISHED2"`},
 		{"bad event", strings.Replace(good, `"event":"state"`, `"event":"boom"`, 1), `unknown event "boom"`},
 		{"old_state on a sample", strings.Replace(good, `"event":"state"`, `"event":"sample"`, 1), "old_state on a sample event"},
+		{"existing on a state event", strings.Replace(good, `"cookie":123,`, `"cookie":123,"existing":true,`, 1), "existing on a state event"},
 		{"bad time", strings.Replace(good, `2026-11-22T00:41:02`, `2026-11-22 00:41:02`, 1), "decoding time"},
 		{"time out of range in UTC", strings.Replace(good, `2026-11-22T00:41:02.123456789Z`, `0000-01-01T00:00:00+01:00`, 1), "outside years"},
 		{"bad address", strings.Replace(good, `"laddr":"127.0.0.1"`, `"laddr":"127.0.0.256"`, 1), "decoding laddr"},
