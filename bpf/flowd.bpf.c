@@ -1,22 +1,41 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* flowd's sockops program: tracks the TCP flows of one cgroup v2 subtree and
- * sends tcp_info-like records to user space over a ring buffer.
+/* flowd's BPF programs: they track the TCP flows of one cgroup v2 subtree and
+ * send tcp_info-like records to user space over a ring buffer.
  *
- * On establishment a flow is checked against the optional filters; a flow
- * that passes gets per-socket storage and the callbacks it needs (state
- * changes, plus RTT in poll mode). A flow that does not pass costs that one
- * check and is never seen again. Flows whose callbacks an earlier instance
- * set (flowd restarted) are adopted on their next callback. */
+ * - flowd_sockops (sockops, on the cgroup): on establishment a flow is
+ *   checked against the optional filters; a flow that passes gets a slot
+ *   in slots (found from the socket through its storage in flows), the
+ *   state-change callback (and at interval 0 the RTT callback) and an open
+ *   record. A flow that does not pass costs that one check and is never
+ *   seen again.
+ * - flowd_sample (syscall, run by user space once per interval): walks the
+ *   used slots; a flow whose segment counters moved since its last record,
+ *   or that has been idle for idle_interval, gets a sample. Its cost
+ *   follows the tracked flows, not the traffic or the host's sockets.
+ * - flowd_existing (iter/tcp): run once per network namespace at start, it
+ *   tracks the established flows of the subtree that began before flowd.
+ * - flowd_set_state (tp_btf/inet_sock_set_state): state changes of the
+ *   flows flowd_existing found but could not give callbacks to (kernels
+ *   before 6.12). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 
 #include "flowd.h"
 
 #define AF_INET 2
 #define AF_INET6 10
+#define IPPROTO_TCP 6
+#define SOL_TCP 6
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_TIME_WAIT 6
 #define TCP_CLOSE 7
+#define TCP_LISTEN 10
+#define TCP_NEW_SYN_RECV 12
 
 /* tcp_get_info() semantics (include/uapi/linux/tcp.h, include/net/tcp.h). */
 #define TCPI_OPT_TIMESTAMPS 1
@@ -40,7 +59,8 @@
 
 /* Set by user space at load time. */
 const volatile __u8 mode = MODE_POLL;
-const volatile __u64 interval_ns = 1000000000ULL; /* poll: min time between samples; 0 = every RTT */
+const volatile __u64 interval_ns = 1000000000ULL; /* poll: time between walks; 0 = a sample on every RTT callback */
+const volatile __u64 idle_interval_ns = 0;	   /* poll: a sample of an idle flow this long after its last record; 0 = never */
 /* Jiffies to µs and ms as include/linux/jiffies.h converts them for the
  * kernel's HZ: num/den is USEC_PER_SEC/HZ (MSEC_PER_SEC/HZ) in lowest terms.
  * den is 1 for every HZ that divides 1000 (100, 250, 1000), and the verifier
@@ -55,7 +75,19 @@ const volatile __u64 wakeup_bytes = 1 << 20;	  /* force a wakeup past this much 
  * flowd_field. Without select_members, every member. */
 const volatile __u8 select_members = 0;
 const volatile __u64 members[2] = {~0ULL, ~0ULL};
-const volatile __u8 recent_bits = 16;		  /* recent has 2^recent_bits slots */
+const volatile __u8 all_cgroups = 0;		  /* the cgroup is the root: flowd_existing needs no subtree lookup */
+const volatile __u32 max_flows = 1;		  /* slots' size */
+
+/* Slots ever used (free_slots holds those freed since). */
+__u32 slots_used = 0;
+/* Where a walk that flowd_sample stopped for the ring buffer goes on. */
+__u32 walk_next = 0;
+/* Read by user space: flows not tracked because every slot was in use. */
+__u64 untracked_flows = 0;
+/* Set by flowd_existing, read by user space: the flows it found, and how
+ * many of them flowd_set_state must follow (decremented as they close). */
+__u64 existing_flows = 0;
+__u64 existing_without_callbacks = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -70,45 +102,63 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
+/* flow_state.flags */
+#define FLOW_OPEN_PENDING 1 /* passive, not yet ESTABLISHED: its open record waits */
+#define FLOW_NO_CALLBACKS 2 /* found running without callbacks: flowd_set_state follows it */
+
+/* A tracked flow: one slot of slots. */
 struct flow_state {
-	__u64 last_sample_ns;
+	__u64 sk;			/* its struct tcp_sock; 0: the slot is free */
+	__u64 cookie;			/* its socket cookie: the walk checks sk against it */
 	__u64 cgroup_id;		/* a socket never changes cgroup */
 	__u64 ca_ops;			/* icsk_ca_ops when ca was read */
-	char ca[FLOWD_CA_NAME_MAX];	/* its name */
+	__u64 last_record_ns;		/* when the flow's last record was taken */
+	char ca[FLOWD_CA_NAME_MAX];	/* its congestion control's name */
+	__u32 segs_in;			/* tcp_sock's counters at the last record */
+	__u32 segs_out;
+	__u32 slot;			/* this slot's index */
+	__u8 flags;			/* FLOW_* */
+	__u8 _pad[3];
 };
 
-/* Present for the flows flowd tracks. */
+/* The tracked flows, in slots 0 to slots_used - 1; a freed slot goes to
+ * free_slots and is used again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* resized by user space: max_flows */
+	__type(key, __u32);
+	__type(value, struct flow_state);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 1); /* resized by user space: max_flows */
+	__uint(value_size, sizeof(__u32));
+} free_slots SEC(".maps");
+
+/* A tracked socket's slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct flow_state);
+	__type(value, __u32);
 } flows SEC(".maps");
 
-/* When each flow was last sampled, so that the RTT callback's common case
- * (a flow whose interval has not passed) is decided without the flow's
- * storage, whose cache lines are cold on every callback: one word per
- * slot, the slot chosen by the low recent_bits bits of the socket cookie.
- * The word holds RECENT_VALID, the cookie's next RECENT_TAG_BITS bits and
- * the time of the flow's last sample in µs (CLOCK_MONOTONIC, tcp_mstamp's
- * clock) modulo 2^RECENT_TIME_BITS (12.7 days). A flow that finds another
- * flow's word in its slot, or none (a flow flowd adopted), goes the
- * storage's way, which decides. Only flows whose cookies agree in their
- * low recent_bits + RECENT_TAG_BITS bits (2^39 sockets apart) are taken
- * for each other, and then share one interval. */
-#define RECENT_TIME_BITS 40
-#define RECENT_TAG_BITS 23
-#define RECENT_VALID (1ULL << 63)
-#define RECENT_TIME_MASK ((1ULL << RECENT_TIME_BITS) - 1)
-/* Intervals from this long on do not fit the word's time. */
-#define RECENT_MAX_INTERVAL_NS ((1ULL << RECENT_TIME_BITS) * 1000)
-
+/* The walk's copy of one socket. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1); /* resized by user space: 2^recent_bits */
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
-} recent SEC(".maps");
+	__uint(value_size, 8); /* resized by user space: this kernel's sizeof(struct tcp_sock) */
+} copies SEC(".maps");
+
+/* The cgroup ids of the subtree when flowd started, for flowd_existing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); /* resized by user space */
+	__type(key, __u64);
+	__type(value, __u8);
+} subtree SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -137,6 +187,7 @@ const struct flowd_record *unused_record __attribute__((unused));
 const struct flowd_cidr_key *unused_cidr_key __attribute__((unused));
 const enum flowd_event *unused_event __attribute__((unused));
 const enum flowd_field *unused_field __attribute__((unused));
+const enum flowd_record_flag *unused_record_flag __attribute__((unused));
 
 /* In fill_info(): mark member f present, in registers until the end. */
 #define PRESENT(f) (present[(f) / 64] |= 1ULL << ((f) % 64))
@@ -419,12 +470,74 @@ static __always_inline __u64 socket_cgroup_id(const struct sock *sk)
 	return BPF_CORE_READ(cg, kn, id);
 }
 
-static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_sock *tp, struct flow_state *st,
-				 __u8 event, __u8 old_state, __u8 new_state, __u64 now_ns)
+
+/* The slot of a tracked socket (sk as the calling program has it: a
+ * struct bpf_sock or a struct sock), or NULL. */
+static __always_inline struct flow_state *flow_of(void *sk)
+{
+	__u32 *slot = bpf_sk_storage_get(&flows, sk, 0, 0);
+
+	return slot ? bpf_map_lookup_elem(&slots, slot) : NULL;
+}
+
+/* Gives the socket sk (tp) a slot, or returns NULL when it has one already
+ * or none is free (counted in untracked_flows). */
+static __always_inline struct flow_state *new_flow(void *sk, const struct tcp_sock *tp, __u64 cookie)
+{
+	struct flow_state *st;
+	__u32 *ref, slot;
+
+	ref = bpf_sk_storage_get(&flows, sk, 0, 0);
+	if (ref)
+		return NULL;
+	ref = bpf_sk_storage_get(&flows, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!ref)
+		return NULL;
+	if (bpf_map_pop_elem(&free_slots, &slot)) {
+		slot = slots_used < max_flows ? __sync_fetch_and_add(&slots_used, 1) : max_flows;
+		if (slot >= max_flows) {
+			__sync_fetch_and_add(&untracked_flows, 1);
+			bpf_sk_storage_delete(&flows, sk);
+			return NULL;
+		}
+	}
+	st = bpf_map_lookup_elem(&slots, &slot);
+	if (!st) {
+		bpf_sk_storage_delete(&flows, sk);
+		return NULL;
+	}
+	__builtin_memset(st, 0, sizeof(*st));
+	st->slot = slot;
+	st->cookie = cookie;
+	st->sk = (__u64)tp;
+	*ref = slot;
+	return st;
+}
+
+/* Stops tracking the socket sk: its storage goes, and its slot is free. */
+static __always_inline void forget(void *sk, struct flow_state *st)
+{
+	__u32 slot = st->slot;
+
+	st->sk = 0;
+	st->cookie = 0;
+	bpf_sk_storage_delete(&flows, sk);
+	bpf_map_push_elem(&free_slots, &slot, 0);
+}
+
+/* Sends one record of the flow and notes, in its slot, what the record
+ * saw: the walk compares the flow with it. tp is the socket, or the walk's
+ * copy of it. */
+static __always_inline void emit(const struct tcp_sock *tp, struct flow_state *st, __u8 event, __u8 old_state,
+				 __u8 new_state, __u8 flags, __u64 now_ns)
 {
 	const struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 	const struct sock_common *skc = &sk->__sk_common;
 	struct flowd_record *r;
+
+	st->last_record_ns = now_ns;
+	st->segs_in = tp->segs_in;
+	st->segs_out = tp->segs_out;
 
 	r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	if (!r) {
@@ -436,16 +549,17 @@ static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_so
 	__builtin_memset(r, 0, sizeof(*r));
 
 	r->timestamp_ns = now_ns;
-	r->cookie = bpf_get_socket_cookie(skops);
+	r->cookie = st->cookie;
 	/* The cgroup id and the congestion control's name are read once per
 	 * flow (and the name again when the flow's congestion control changes),
-	 * and kept in its storage. */
+	 * and kept in its slot. */
 	if (!st->cgroup_id)
 		st->cgroup_id = socket_cgroup_id(sk);
 	r->cgroup_id = st->cgroup_id;
 	r->event = event;
 	r->old_state = old_state;
 	r->new_state = new_state;
+	r->flags = flags;
 	r->family = skc->skc_family;
 	r->lport = skc->skc_num;
 	r->rport = bpf_ntohs(skc->skc_dport);
@@ -473,68 +587,33 @@ static __always_inline void emit(struct bpf_sock_ops *skops, const struct tcp_so
 
 	/* Batch wakeups: user space drains on a timer; wake it early only when
 	 * the unread data passes the watermark. */
-	__u64 flags = BPF_RB_NO_WAKEUP;
+	__u64 wake = BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(r, flags);
+		wake = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(r, wake);
 }
 
-/* Whether the RTT callback keeps its flows' last samples in recent. */
-static __always_inline bool uses_recent(void)
+/* Whether every RTT callback of a tracked flow sends a sample. */
+static __always_inline bool rtt_samples(void)
 {
-	return mode == MODE_POLL && interval_ns && interval_ns < RECENT_MAX_INTERVAL_NS;
-}
-
-static __always_inline __u64 *recent_slot(__u64 cookie)
-{
-	__u32 k = cookie & ((1U << recent_bits) - 1);
-
-	return bpf_map_lookup_elem(&recent, &k);
-}
-
-static __always_inline __u64 recent_tag(__u64 cookie)
-{
-	return RECENT_VALID | ((cookie >> recent_bits) & ((1ULL << RECENT_TAG_BITS) - 1)) << RECENT_TIME_BITS;
-}
-
-/* Whether the flow's word says its last sample was less than interval_ns
- * before now_us (the ACK's tcp_mstamp). A word from a later clock read
- * than now_us reads as long past: the storage decides then. */
-static __always_inline bool sampled_recently(__u64 cookie, __u64 now_us)
-{
-	__u64 *slot = recent_slot(cookie);
-	__u64 v;
-
-	if (!slot)
-		return false;
-	v = *slot;
-	return (v & ~RECENT_TIME_MASK) == recent_tag(cookie) && ((now_us - v) & RECENT_TIME_MASK) * 1000 < interval_ns;
-}
-
-/* Makes the flow's word say it was sampled at sample_us (µs, tcp_mstamp's
- * clock). */
-static __always_inline void remember_sample(__u64 cookie, __u64 sample_us)
-{
-	__u64 *slot;
-
-	if (!uses_recent())
-		return;
-	slot = recent_slot(cookie);
-	if (slot)
-		*slot = recent_tag(cookie) | (sample_us & RECENT_TIME_MASK);
+	return mode == MODE_POLL && !interval_ns;
 }
 
 static __always_inline int wanted_cb_flags(void)
 {
-	return mode == MODE_POLL ? BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG : BPF_SOCK_OPS_STATE_CB_FLAG;
+	return rtt_samples() ? BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG : BPF_SOCK_OPS_STATE_CB_FLAG;
 }
 
-/* Starts tracking a flow that passes the filters: storage, callbacks and
- * an open record. Returns its state, or NULL when it is not tracked.
- * Callback flags are only ever added: other sockops programs on this cgroup
- * or its ancestors (another flowd, say) may rely on the ones already set. */
+/* Starts tracking a flow that passes the filters: a slot, callbacks and
+ * an open record, which a passive flow still in SYN_RECV (the kernel runs
+ * PASSIVE_ESTABLISHED_CB before it stores ESTABLISHED) sends on its change
+ * to ESTABLISHED. existing: the flow was established before (adopted on a
+ * callback the program did not ask for). Returns its slot, or NULL when it
+ * is not tracked. Callback flags are only ever added: other sockops
+ * programs on this cgroup or its ancestors (another flowd, say) may rely
+ * on the ones already set. */
 static __always_inline struct flow_state *track(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
-						  const struct tcp_sock *tp, __u8 state, __u64 now)
+						  const struct tcp_sock *tp, __u8 state, __u64 now, bool existing)
 {
 	const struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
 	struct flow_state *st;
@@ -542,90 +621,77 @@ static __always_inline struct flow_state *track(struct bpf_sock_ops *skops, stru
 
 	if (!flow_matches(skc))
 		return NULL;
-	st = bpf_sk_storage_get(&flows, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	st = new_flow(bsk, tp, bpf_get_socket_cookie(skops));
 	if (!st)
 		return NULL;
 	cb = skops->bpf_sock_ops_cb_flags | wanted_cb_flags();
 	if (cb != skops->bpf_sock_ops_cb_flags)
 		bpf_sock_ops_cb_flags_set(skops, cb);
-	st->last_sample_ns = now;
-	emit(skops, tp, st, FLOWD_EVENT_OPEN, 0, state, now);
-	remember_sample(bpf_get_socket_cookie(skops), now / 1000);
-	return st;
-}
-
-/* The state of a tracked flow. A flow that has callbacks but no storage was
- * set up by an earlier instance of this program (flowd restarted) or by
- * another program: it is adopted if it passes the filters. */
-static __always_inline struct flow_state *lookup(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
-						   const struct tcp_sock *tp, __u8 state, __u64 now, bool *adopted)
-{
-	struct flow_state *st = bpf_sk_storage_get(&flows, bsk, 0, 0);
-
-	*adopted = false;
-	if (st)
+	if (state == TCP_SYN_RECV && !existing) {
+		st->flags |= FLOW_OPEN_PENDING;
 		return st;
-	st = track(skops, bsk, tp, state, now);
-	*adopted = st != NULL;
+	}
+	emit(tp, st, FLOWD_EVENT_OPEN, 0, state, existing ? FLOWD_RECORD_EXISTING : 0, now);
 	return st;
 }
 
-/* Runs on every RTT callback of every tracked flow, so the common case (a
- * tracked flow whose interval has not passed) is decided before anything
- * else: from the flow's word in recent and the socket's own clock, without
- * its storage or a clock read. tcp_mstamp is tcp_clock_us(),
- * CLOCK_MONOTONIC in µs, which the kernel refreshed for the ACK being
- * processed: the same clock as bpf_ktime_get_ns(). */
-static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *bsk)
+/* Reports a state change of a tracked flow. sk is the socket as the
+ * calling program has it, for forget() on CLOSE. The kernel calls the
+ * state callback and the tracepoint before it stores the new state, also
+ * when the state does not change (tcp_close() after shutdown()): those are
+ * not changes. */
+static __always_inline void change_state(void *sk, const struct tcp_sock *tp, struct flow_state *st, __u8 old_state,
+					 __u8 new_state, __u64 now)
 {
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
-	struct flow_state *st;
-	__u64 cookie = 0, now;
-	__u8 state;
-
-	if (!tp)
-		return;
-	if (uses_recent()) {
-		cookie = bpf_get_socket_cookie(skops);
-		if (sampled_recently(cookie, tp->tcp_mstamp))
+	if (st->flags & FLOW_OPEN_PENDING) {
+		st->flags &= ~FLOW_OPEN_PENDING;
+		if (new_state == TCP_ESTABLISHED) {
+			emit(tp, st, FLOWD_EVENT_OPEN, 0, new_state, 0, now);
 			return;
+		}
+		emit(tp, st, FLOWD_EVENT_OPEN, 0, old_state, 0, now); /* never established */
 	}
-	st = bpf_sk_storage_get(&flows, bsk, 0, 0);
-	/* Signed: the last sample's clock read may be later than this ACK's
-	 * tcp_mstamp, which is truncated to the µs. */
-	if (st && interval_ns && (__s64)(tp->tcp_mstamp * 1000 - st->last_sample_ns) < (__s64)interval_ns) {
-		/* The word did not say so (another flow's, none yet, or a
-		 * clock read later than this ACK): make it the flow's. */
-		remember_sample(cookie, st->last_sample_ns / 1000);
+	if (new_state == old_state)
 		return;
+	emit(tp, st, FLOWD_EVENT_STATE, old_state, new_state, 0, now);
+	if (new_state == TCP_CLOSE) {
+		emit(tp, st, FLOWD_EVENT_CLOSE, old_state, new_state, 0, now);
+		forget(sk, st);
 	}
-	now = bpf_ktime_get_ns();
-	state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
-	if (!st) {
-		track(skops, bsk, tp, state, now); /* adopt: the open record for now */
-		return;
-	}
-	st->last_sample_ns = now;
-	emit(skops, tp, st, FLOWD_EVENT_SAMPLE, 0, state, now);
-	remember_sample(cookie, now / 1000);
 }
 
 static __always_inline void on_state(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)
 {
 	__u8 old_state = skops->args[0], new_state = skops->args[1];
 	__u64 now = bpf_ktime_get_ns();
-	struct flow_state *st;
-	bool adopted;
+	struct flow_state *st = flow_of(bsk);
 
-	st = lookup(skops, bsk, tp, old_state, now, &adopted);
-	if (!st)
-		return;
-	/* The callback runs before the kernel stores the new state. */
-	emit(skops, tp, st, FLOWD_EVENT_STATE, old_state, new_state, now);
-	if (new_state == TCP_CLOSE) {
-		emit(skops, tp, st, FLOWD_EVENT_CLOSE, old_state, new_state, now);
-		bpf_sk_storage_delete(&flows, bsk);
+	if (!st) {
+		/* Callbacks without a slot: set up by an earlier instance of
+		 * this program (flowd restarted) or by another program. */
+		st = track(skops, bsk, tp, old_state, now, true);
+		if (!st)
+			return;
+	} else if (st->flags & FLOW_NO_CALLBACKS) {
+		return; /* another program set callbacks; flowd_set_state reports it */
 	}
+	change_state(bsk, tp, st, old_state, new_state, now);
+}
+
+/* At interval 0: a sample on every RTT callback, which the kernel runs
+ * when an ACK acknowledges new data. */
+static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)
+{
+	__u8 state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_state *st = flow_of(bsk);
+
+	if (!st) {
+		track(skops, bsk, tp, state, now, true); /* adopt: the open record for now */
+		return;
+	}
+	if (!(st->flags & FLOW_OPEN_PENDING))
+		emit(tp, st, FLOWD_EVENT_SAMPLE, 0, state, 0, now);
 }
 
 SEC("sockops")
@@ -636,17 +702,15 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 	__u32 op = skops->op;
 
 	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
-	    op != BPF_SOCK_OPS_RTT_CB && op != BPF_SOCK_OPS_STATE_CB)
+	    op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_RTT_CB)
+		return 1;
+	/* Another program (or an earlier flowd at interval 0) may have asked
+	 * for RTT callbacks. */
+	if (op == BPF_SOCK_OPS_RTT_CB && !rtt_samples())
 		return 1;
 	bsk = skops->sk;
 	if (!bsk)
 		return 1;
-	if (op == BPF_SOCK_OPS_RTT_CB) {
-		/* Another program may have asked for RTT callbacks. */
-		if (mode == MODE_POLL)
-			on_rtt(skops, bsk);
-		return 1;
-	}
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return 1;
@@ -654,13 +718,175 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 	switch (op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		track(skops, bsk, tp, tp->inet_conn.icsk_inet.sk.__sk_common.skc_state, bpf_ktime_get_ns());
+		track(skops, bsk, tp, tp->inet_conn.icsk_inet.sk.__sk_common.skc_state, bpf_ktime_get_ns(), false);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		on_state(skops, bsk, tp);
 		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		on_rtt(skops, bsk, tp);
+		break;
 	}
 	return 1;
+}
+
+/* How far one run of flowd_sample got. */
+struct walk {
+	bool more; /* it stopped at walk_next */
+};
+
+/* The walk's step for one slot (bpf_for_each_map_elem: slots in index
+ * order; returning 1 ends the run). The socket is read through its
+ * address, as the kernel's own lockless lookups read TCP sockets (their
+ * memory is only ever reused for another TCP socket, SLAB_TYPESAFE_BY_RCU):
+ * it is the flow's only while its cookie is the flow's, which is checked
+ * before and after the copy. The socket is not locked: members are read as
+ * they are, as between two segments. */
+static long sample_slot(struct bpf_map *map, __u32 *slot, struct flow_state *st, struct walk *w)
+{
+	const struct tcp_sock *live, *copy;
+	__u32 segs_in, segs_out, zero = 0;
+	__u64 cookie, now;
+	__u8 state;
+
+	if (*slot >= slots_used)
+		return 1;
+	if (*slot < walk_next)
+		return 0;
+	live = (const struct tcp_sock *)st->sk;
+	if (!live || (st->flags & FLOW_OPEN_PENDING))
+		return 0;
+	if (BPF_CORE_READ_INTO(&cookie, live, inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter) ||
+	    cookie != st->cookie || BPF_CORE_READ_INTO(&state, live, inet_conn.icsk_inet.sk.__sk_common.skc_state) ||
+	    BPF_CORE_READ_INTO(&segs_in, live, segs_in) || BPF_CORE_READ_INTO(&segs_out, live, segs_out))
+		return 0;
+	if (state == TCP_CLOSE)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (segs_in == st->segs_in && segs_out == st->segs_out &&
+	    (!idle_interval_ns || now - st->last_record_ns < idle_interval_ns))
+		return 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) {
+		/* Half the ring buffer is unread: user space drains it and
+		 * runs the walk again from here. */
+		walk_next = *slot;
+		w->more = true;
+		return 1;
+	}
+	copy = bpf_map_lookup_elem(&copies, &zero);
+	if (!copy || bpf_probe_read_kernel((void *)copy, bpf_core_type_size(struct tcp_sock), live))
+		return 0;
+	if (copy->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != st->cookie ||
+	    BPF_CORE_READ_INTO(&cookie, live, inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter) ||
+	    cookie != st->cookie)
+		return 0;
+	emit(copy, st, FLOWD_EVENT_SAMPLE, 0, state, 0, now);
+	return 0;
+}
+
+/* Poll mode: run by user space every interval (every flush interval at
+ * interval 0), and again as long as it returns 1 (it stopped once half the
+ * ring buffer was unread). A flow whose segment counters changed since its last record
+ * gets a sample, whether it sends, only receives or both; one that did not
+ * gets one idle_interval after its last record. */
+SEC("syscall")
+int flowd_sample(void *ctx)
+{
+	struct walk w = {};
+
+	bpf_for_each_map_elem(&slots, sample_slot, &w, 0);
+	if (!w.more)
+		walk_next = 0;
+	return w.more;
+}
+
+/* One byte of iterator output per record sent: user space reads a walk in
+ * chunks of as many bytes as half the ring buffer has records, and drains
+ * the ring buffer between them (the kernel ends a read() once it has that
+ * much output). */
+static __always_inline void note_record(struct seq_file *seq)
+{
+	static const char mark = 'r';
+
+	bpf_seq_write(seq, (void *)&mark, 1);
+}
+
+/* States of a flow that has been established and is not gone. */
+static __always_inline bool synchronized(__u8 state)
+{
+	return state != TCP_SYN_SENT && state != TCP_SYN_RECV && state != TCP_TIME_WAIT && state != TCP_CLOSE &&
+	       state != TCP_LISTEN && state != TCP_NEW_SYN_RECV;
+}
+
+/* Run by user space once per network namespace at start, over every TCP
+ * socket of the namespace (the kernel holds each socket's lock): tracks the
+ * flows of the subtree that are established, or closing, and not tracked
+ * yet, with an open record that says they existed. Their callbacks are set
+ * with bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS) (Linux 6.12); where that
+ * fails, flowd_set_state reports their state changes. */
+SEC("iter/tcp")
+int flowd_existing(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct flow_state *st;
+	struct tcp_sock *tp;
+	struct sock *sk;
+	__u64 cgroup_id;
+	__u8 state;
+	int cb, old;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0; /* TIME_WAIT and request sockets */
+	sk = &tp->inet_conn.icsk_inet.sk;
+	state = skc->skc_state;
+	if (!synchronized(state))
+		return 0;
+	cgroup_id = socket_cgroup_id(sk);
+	if (!all_cgroups && !bpf_map_lookup_elem(&subtree, &cgroup_id))
+		return 0;
+	if (!flow_matches(skc))
+		return 0;
+	st = new_flow(sk, tp, bpf_get_socket_cookie(sk));
+	if (!st)
+		return 0;
+	st->cgroup_id = cgroup_id;
+	old = tp->bpf_sock_ops_cb_flags;
+	cb = old | wanted_cb_flags();
+	if (cb != old && bpf_setsockopt(sk, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &cb, sizeof(cb)) &&
+	    !(old & BPF_SOCK_OPS_STATE_CB_FLAG)) {
+		st->flags |= FLOW_NO_CALLBACKS;
+		__sync_fetch_and_add(&existing_without_callbacks, 1);
+	}
+	__sync_fetch_and_add(&existing_flows, 1);
+	emit(tp, st, FLOWD_EVENT_OPEN, 0, state, FLOWD_RECORD_EXISTING, bpf_ktime_get_ns());
+	note_record(ctx->meta->seq);
+	return 0;
+}
+
+/* The state changes of the flows flowd_existing could not give callbacks
+ * to. Attached while there are any; it runs on every state change of every
+ * socket of the host, so it looks at nothing else first. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(flowd_set_state, struct sock *sk, int old_state, int new_state)
+{
+	struct flow_state *st;
+	struct tcp_sock *tp;
+
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	st = flow_of(sk);
+	if (!st || !(st->flags & FLOW_NO_CALLBACKS))
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	if (new_state == TCP_CLOSE)
+		__sync_fetch_and_sub(&existing_without_callbacks, 1);
+	change_state(sk, tp, st, old_state, new_state, bpf_ktime_get_ns());
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

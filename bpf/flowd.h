@@ -14,6 +14,13 @@ enum flowd_event {
 	FLOWD_EVENT_CLOSE = 4,
 };
 
+/* Bits of flowd_record.flags. */
+enum flowd_record_flag {
+	/* An open record of a flow that was established before flowd
+	 * tracked it: found at start, or adopted on a callback. */
+	FLOWD_RECORD_EXISTING = 1,
+};
+
 /* Bit numbers of the presence mask, one per reported tcp_info member.
  * Must match flow.Field (a Go test compares them). */
 enum flowd_field {
@@ -176,6 +183,8 @@ struct flowd_record {
 	__u8 event;			/* enum flowd_event */
 	__u8 old_state;			/* FLOWD_EVENT_STATE only */
 	__u8 new_state;			/* the flow's state after this event */
+	__u8 flags;			/* enum flowd_record_flag bits */
+	__u8 _pad[7];
 	char ca[FLOWD_CA_NAME_MAX];	/* congestion control, NUL terminated */
 	struct flowd_tcp_info info;
 };

@@ -15,10 +15,17 @@ import (
 
 type bpfFlowState struct {
 	_            structs.HostLayout
-	LastSampleNs uint64
+	Sk           uint64
+	Cookie       uint64
 	CgroupId     uint64
 	CaOps        uint64
+	LastRecordNs uint64
 	Ca           [16]int8
+	SegsIn       uint32
+	SegsOut      uint32
+	Slot         uint32
+	Flags        uint8
+	Pad          [3]uint8
 }
 
 type bpfFlowdCidrKey struct {
@@ -122,9 +129,17 @@ type bpfFlowdRecord struct {
 	Event       uint8
 	OldState    uint8
 	NewState    uint8
+	Flags       uint8
+	Pad         [7]uint8
 	Ca          [16]int8
 	Info        bpfFlowdTcpInfo
 }
+
+type bpfFlowdRecordFlag uint32
+
+const (
+	bpfFlowdRecordFlagFLOWD_RECORD_EXISTING bpfFlowdRecordFlag = 1
+)
 
 type bpfFlowdTcpInfo struct {
 	_                      structs.HostLayout
@@ -201,31 +216,45 @@ type bpfFlowdTcpInfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapDrops         = "drops"
-	bpfMapEvents        = "events"
-	bpfMapFlows         = "flows"
-	bpfMapLocalPorts    = "local_ports"
-	bpfMapRecent        = "recent"
-	bpfMapRemoteCidrs   = "remote_cidrs"
-	bpfMapRemotePorts   = "remote_ports"
-	bpfProgFlowdSockops = "flowd_sockops"
-	bpfVarFilterCidrs   = "filter_cidrs"
-	bpfVarFilterPorts   = "filter_ports"
-	bpfVarIntervalNs    = "interval_ns"
-	bpfVarJiffyMsecDen  = "jiffy_msec_den"
-	bpfVarJiffyMsecNum  = "jiffy_msec_num"
-	bpfVarJiffyUsecDen  = "jiffy_usec_den"
-	bpfVarJiffyUsecNum  = "jiffy_usec_num"
-	bpfVarMembers       = "members"
-	bpfVarMode          = "mode"
-	bpfVarRecentBits    = "recent_bits"
-	bpfVarSelectMembers = "select_members"
-	bpfVarUnusedCidrKey = "unused_cidr_key"
-	bpfVarUnusedEvent   = "unused_event"
-	bpfVarUnusedField   = "unused_field"
-	bpfVarUnusedRecord  = "unused_record"
-	bpfVarUsecPerJiffy  = "usec_per_jiffy"
-	bpfVarWakeupBytes   = "wakeup_bytes"
+	bpfMapCopies                   = "copies"
+	bpfMapDrops                    = "drops"
+	bpfMapEvents                   = "events"
+	bpfMapFlows                    = "flows"
+	bpfMapFreeSlots                = "free_slots"
+	bpfMapLocalPorts               = "local_ports"
+	bpfMapRemoteCidrs              = "remote_cidrs"
+	bpfMapRemotePorts              = "remote_ports"
+	bpfMapSlots                    = "slots"
+	bpfMapSubtree                  = "subtree"
+	bpfProgFlowdExisting           = "flowd_existing"
+	bpfProgFlowdSample             = "flowd_sample"
+	bpfProgFlowdSetState           = "flowd_set_state"
+	bpfProgFlowdSockops            = "flowd_sockops"
+	bpfVarAllCgroups               = "all_cgroups"
+	bpfVarExistingFlows            = "existing_flows"
+	bpfVarExistingWithoutCallbacks = "existing_without_callbacks"
+	bpfVarFilterCidrs              = "filter_cidrs"
+	bpfVarFilterPorts              = "filter_ports"
+	bpfVarIdleIntervalNs           = "idle_interval_ns"
+	bpfVarIntervalNs               = "interval_ns"
+	bpfVarJiffyMsecDen             = "jiffy_msec_den"
+	bpfVarJiffyMsecNum             = "jiffy_msec_num"
+	bpfVarJiffyUsecDen             = "jiffy_usec_den"
+	bpfVarJiffyUsecNum             = "jiffy_usec_num"
+	bpfVarMaxFlows                 = "max_flows"
+	bpfVarMembers                  = "members"
+	bpfVarMode                     = "mode"
+	bpfVarSelectMembers            = "select_members"
+	bpfVarSlotsUsed                = "slots_used"
+	bpfVarUntrackedFlows           = "untracked_flows"
+	bpfVarUnusedCidrKey            = "unused_cidr_key"
+	bpfVarUnusedEvent              = "unused_event"
+	bpfVarUnusedField              = "unused_field"
+	bpfVarUnusedRecord             = "unused_record"
+	bpfVarUnusedRecordFlag         = "unused_record_flag"
+	bpfVarUsecPerJiffy             = "usec_per_jiffy"
+	bpfVarWakeupBytes              = "wakeup_bytes"
+	bpfVarWalkNext                 = "walk_next"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -270,43 +299,57 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	FlowdSockops *ebpf.ProgramSpec `ebpf:"flowd_sockops"`
+	FlowdExisting *ebpf.ProgramSpec `ebpf:"flowd_existing"`
+	FlowdSample   *ebpf.ProgramSpec `ebpf:"flowd_sample"`
+	FlowdSetState *ebpf.ProgramSpec `ebpf:"flowd_set_state"`
+	FlowdSockops  *ebpf.ProgramSpec `ebpf:"flowd_sockops"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
+	Copies      *ebpf.MapSpec `ebpf:"copies"`
 	Drops       *ebpf.MapSpec `ebpf:"drops"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
+	FreeSlots   *ebpf.MapSpec `ebpf:"free_slots"`
 	LocalPorts  *ebpf.MapSpec `ebpf:"local_ports"`
-	Recent      *ebpf.MapSpec `ebpf:"recent"`
 	RemoteCidrs *ebpf.MapSpec `ebpf:"remote_cidrs"`
 	RemotePorts *ebpf.MapSpec `ebpf:"remote_ports"`
+	Slots       *ebpf.MapSpec `ebpf:"slots"`
+	Subtree     *ebpf.MapSpec `ebpf:"subtree"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	FilterCidrs   *ebpf.VariableSpec `ebpf:"filter_cidrs"`
-	FilterPorts   *ebpf.VariableSpec `ebpf:"filter_ports"`
-	IntervalNs    *ebpf.VariableSpec `ebpf:"interval_ns"`
-	JiffyMsecDen  *ebpf.VariableSpec `ebpf:"jiffy_msec_den"`
-	JiffyMsecNum  *ebpf.VariableSpec `ebpf:"jiffy_msec_num"`
-	JiffyUsecDen  *ebpf.VariableSpec `ebpf:"jiffy_usec_den"`
-	JiffyUsecNum  *ebpf.VariableSpec `ebpf:"jiffy_usec_num"`
-	Members       *ebpf.VariableSpec `ebpf:"members"`
-	Mode          *ebpf.VariableSpec `ebpf:"mode"`
-	RecentBits    *ebpf.VariableSpec `ebpf:"recent_bits"`
-	SelectMembers *ebpf.VariableSpec `ebpf:"select_members"`
-	UnusedCidrKey *ebpf.VariableSpec `ebpf:"unused_cidr_key"`
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedField   *ebpf.VariableSpec `ebpf:"unused_field"`
-	UnusedRecord  *ebpf.VariableSpec `ebpf:"unused_record"`
-	UsecPerJiffy  *ebpf.VariableSpec `ebpf:"usec_per_jiffy"`
-	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	AllCgroups               *ebpf.VariableSpec `ebpf:"all_cgroups"`
+	ExistingFlows            *ebpf.VariableSpec `ebpf:"existing_flows"`
+	ExistingWithoutCallbacks *ebpf.VariableSpec `ebpf:"existing_without_callbacks"`
+	FilterCidrs              *ebpf.VariableSpec `ebpf:"filter_cidrs"`
+	FilterPorts              *ebpf.VariableSpec `ebpf:"filter_ports"`
+	IdleIntervalNs           *ebpf.VariableSpec `ebpf:"idle_interval_ns"`
+	IntervalNs               *ebpf.VariableSpec `ebpf:"interval_ns"`
+	JiffyMsecDen             *ebpf.VariableSpec `ebpf:"jiffy_msec_den"`
+	JiffyMsecNum             *ebpf.VariableSpec `ebpf:"jiffy_msec_num"`
+	JiffyUsecDen             *ebpf.VariableSpec `ebpf:"jiffy_usec_den"`
+	JiffyUsecNum             *ebpf.VariableSpec `ebpf:"jiffy_usec_num"`
+	MaxFlows                 *ebpf.VariableSpec `ebpf:"max_flows"`
+	Members                  *ebpf.VariableSpec `ebpf:"members"`
+	Mode                     *ebpf.VariableSpec `ebpf:"mode"`
+	SelectMembers            *ebpf.VariableSpec `ebpf:"select_members"`
+	SlotsUsed                *ebpf.VariableSpec `ebpf:"slots_used"`
+	UntrackedFlows           *ebpf.VariableSpec `ebpf:"untracked_flows"`
+	UnusedCidrKey            *ebpf.VariableSpec `ebpf:"unused_cidr_key"`
+	UnusedEvent              *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedField              *ebpf.VariableSpec `ebpf:"unused_field"`
+	UnusedRecord             *ebpf.VariableSpec `ebpf:"unused_record"`
+	UnusedRecordFlag         *ebpf.VariableSpec `ebpf:"unused_record_flag"`
+	UsecPerJiffy             *ebpf.VariableSpec `ebpf:"usec_per_jiffy"`
+	WakeupBytes              *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WalkNext                 *ebpf.VariableSpec `ebpf:"walk_next"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -329,24 +372,30 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
+	Copies      *ebpf.Map `ebpf:"copies"`
 	Drops       *ebpf.Map `ebpf:"drops"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Flows       *ebpf.Map `ebpf:"flows"`
+	FreeSlots   *ebpf.Map `ebpf:"free_slots"`
 	LocalPorts  *ebpf.Map `ebpf:"local_ports"`
-	Recent      *ebpf.Map `ebpf:"recent"`
 	RemoteCidrs *ebpf.Map `ebpf:"remote_cidrs"`
 	RemotePorts *ebpf.Map `ebpf:"remote_ports"`
+	Slots       *ebpf.Map `ebpf:"slots"`
+	Subtree     *ebpf.Map `ebpf:"subtree"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.Copies,
 		m.Drops,
 		m.Events,
 		m.Flows,
+		m.FreeSlots,
 		m.LocalPorts,
-		m.Recent,
 		m.RemoteCidrs,
 		m.RemotePorts,
+		m.Slots,
+		m.Subtree,
 	)
 }
 
@@ -354,34 +403,48 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	FilterCidrs   *ebpf.Variable `ebpf:"filter_cidrs"`
-	FilterPorts   *ebpf.Variable `ebpf:"filter_ports"`
-	IntervalNs    *ebpf.Variable `ebpf:"interval_ns"`
-	JiffyMsecDen  *ebpf.Variable `ebpf:"jiffy_msec_den"`
-	JiffyMsecNum  *ebpf.Variable `ebpf:"jiffy_msec_num"`
-	JiffyUsecDen  *ebpf.Variable `ebpf:"jiffy_usec_den"`
-	JiffyUsecNum  *ebpf.Variable `ebpf:"jiffy_usec_num"`
-	Members       *ebpf.Variable `ebpf:"members"`
-	Mode          *ebpf.Variable `ebpf:"mode"`
-	RecentBits    *ebpf.Variable `ebpf:"recent_bits"`
-	SelectMembers *ebpf.Variable `ebpf:"select_members"`
-	UnusedCidrKey *ebpf.Variable `ebpf:"unused_cidr_key"`
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
-	UnusedField   *ebpf.Variable `ebpf:"unused_field"`
-	UnusedRecord  *ebpf.Variable `ebpf:"unused_record"`
-	UsecPerJiffy  *ebpf.Variable `ebpf:"usec_per_jiffy"`
-	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
+	AllCgroups               *ebpf.Variable `ebpf:"all_cgroups"`
+	ExistingFlows            *ebpf.Variable `ebpf:"existing_flows"`
+	ExistingWithoutCallbacks *ebpf.Variable `ebpf:"existing_without_callbacks"`
+	FilterCidrs              *ebpf.Variable `ebpf:"filter_cidrs"`
+	FilterPorts              *ebpf.Variable `ebpf:"filter_ports"`
+	IdleIntervalNs           *ebpf.Variable `ebpf:"idle_interval_ns"`
+	IntervalNs               *ebpf.Variable `ebpf:"interval_ns"`
+	JiffyMsecDen             *ebpf.Variable `ebpf:"jiffy_msec_den"`
+	JiffyMsecNum             *ebpf.Variable `ebpf:"jiffy_msec_num"`
+	JiffyUsecDen             *ebpf.Variable `ebpf:"jiffy_usec_den"`
+	JiffyUsecNum             *ebpf.Variable `ebpf:"jiffy_usec_num"`
+	MaxFlows                 *ebpf.Variable `ebpf:"max_flows"`
+	Members                  *ebpf.Variable `ebpf:"members"`
+	Mode                     *ebpf.Variable `ebpf:"mode"`
+	SelectMembers            *ebpf.Variable `ebpf:"select_members"`
+	SlotsUsed                *ebpf.Variable `ebpf:"slots_used"`
+	UntrackedFlows           *ebpf.Variable `ebpf:"untracked_flows"`
+	UnusedCidrKey            *ebpf.Variable `ebpf:"unused_cidr_key"`
+	UnusedEvent              *ebpf.Variable `ebpf:"unused_event"`
+	UnusedField              *ebpf.Variable `ebpf:"unused_field"`
+	UnusedRecord             *ebpf.Variable `ebpf:"unused_record"`
+	UnusedRecordFlag         *ebpf.Variable `ebpf:"unused_record_flag"`
+	UsecPerJiffy             *ebpf.Variable `ebpf:"usec_per_jiffy"`
+	WakeupBytes              *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WalkNext                 *ebpf.Variable `ebpf:"walk_next"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	FlowdSockops *ebpf.Program `ebpf:"flowd_sockops"`
+	FlowdExisting *ebpf.Program `ebpf:"flowd_existing"`
+	FlowdSample   *ebpf.Program `ebpf:"flowd_sample"`
+	FlowdSetState *ebpf.Program `ebpf:"flowd_set_state"`
+	FlowdSockops  *ebpf.Program `ebpf:"flowd_sockops"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.FlowdExisting,
+		p.FlowdSample,
+		p.FlowdSetState,
 		p.FlowdSockops,
 	)
 }

@@ -40,6 +40,7 @@ func (d *decoder) decode(raw []byte, r *flow.Record) error {
 	r.Backend = flow.BackendEBPF
 	r.Event = flow.Event(k.Event)
 	r.Cookie = k.Cookie
+	r.Existing = r.Event == flow.EventOpen && k.Flags&uint8(bpfFlowdRecordFlagFLOWD_RECORD_EXISTING) != 0
 	r.CgroupID = k.CgroupId
 	r.LocalPort = k.Lport
 	r.RemotePort = k.Rport

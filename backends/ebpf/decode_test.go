@@ -187,6 +187,20 @@ func TestDecode(t *testing.T) {
 		t.Fatalf("IPv6 sample decoded as %+v", r)
 	}
 
+	// The existing flag means something on open records only.
+	k.Flags = uint8(bpfFlowdRecordFlagFLOWD_RECORD_EXISTING)
+	if err := d.decode(rawRecord(&k), &r); err != nil || r.Existing {
+		t.Fatalf("sample with the existing flag decoded as existing = %v (%v)", r.Existing, err)
+	}
+	k.Event = uint8(flow.EventOpen)
+	if err := d.decode(rawRecord(&k), &r); err != nil || !r.Existing {
+		t.Fatalf("open record of an existing flow decoded as existing = %v (%v)", r.Existing, err)
+	}
+	k.Flags = 0
+	if err := d.decode(rawRecord(&k), &r); err != nil || r.Existing {
+		t.Fatalf("open record of a new flow decoded as existing = %v (%v)", r.Existing, err)
+	}
+
 	if err := d.decode(rawRecord(&k)[:recordSize-1], &r); err == nil {
 		t.Fatal("short record accepted")
 	}
@@ -365,6 +379,9 @@ func TestConfigDefaults(t *testing.T) {
 		{Config{}, true},
 		{Config{Cgroup: "/x", Mode: "fast"}, true},
 		{Config{Cgroup: "/x", Interval: -1}, true},
+		{Config{Cgroup: "/x", IdleInterval: -1}, true},
+		{Config{Cgroup: "/x", MaxFlows: -1}, true},
+		{Config{Cgroup: "/x", MaxFlows: 1<<24 + 1}, true},
 		{Config{Cgroup: "/x", RingbufSize: 3 * 4096}, true},
 		{Config{Cgroup: "/x", RingbufSize: 100}, true},
 	} {
@@ -375,7 +392,8 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	c := Config{Cgroup: "/x"}
 	_ = c.withDefaults()
-	if c.Mode != ModePoll || c.RingbufSize != DefaultRingbufSize || c.FlushInterval != DefaultFlushInterval {
+	if c.Mode != ModePoll || c.RingbufSize != DefaultRingbufSize || c.FlushInterval != DefaultFlushInterval ||
+		c.MaxFlows != DefaultMaxFlows || c.IdleInterval != 0 {
 		t.Errorf("defaults: %+v", c)
 	}
 }

@@ -1,7 +1,9 @@
 // Package ebpf is flowd's eBPF backend: a BPF_PROG_TYPE_SOCK_OPS program
-// attached to a cgroup v2 directory reads each tracked flow's tcp_sock and
-// sends tcp_info-like records over a ring buffer, which this package reads
-// and decodes.
+// attached to a cgroup v2 directory tracks the cgroup's TCP flows, a
+// program this package runs once per interval samples them, an iterator
+// finds the flows that began before flowd, and the programs send
+// tcp_info-like records over a ring buffer, which this package reads and
+// decodes.
 package ebpf
 
 import (
@@ -11,10 +13,12 @@ import (
 	"io"
 	"math/bits"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -22,24 +26,36 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/backends"
+	"github.com/flowd/flowd/cgroup"
 	"github.com/flowd/flowd/flow"
 )
 
 // Log field keys.
 const (
-	logKeyCgroup      = "cgroup"
-	logKeyMode        = "mode"
-	logKeyInterval    = "interval"
-	logKeyRingbufSize = "ringbuf_size"
-	logKeyHZ          = "hz"
+	logKeyCgroup       = "cgroup"
+	logKeyMode         = "mode"
+	logKeyInterval     = "interval"
+	logKeyRingbufSize  = "ringbuf_size"
+	logKeyHZ           = "hz"
+	logKeyIdleInterval = "idle_interval"
+	// The flows that began before flowd (walkExisting).
+	logKeyFlows            = "flows"
+	logKeyWithoutCallbacks = "without_callbacks"
+	logKeyNetns            = "netns"
+	logKeySkipped          = "skipped"
+	logKeyUnreadable       = "unreadable_processes"
+	// Flows not tracked (logUntracked).
+	logKeyUntracked      = "untracked"
+	logKeyUntrackedTotal = "untracked_total"
+	logKeyMaxFlows       = "max_flows"
 )
 
 // Mode chooses when the BPF program emits records.
 type Mode string
 
 const (
-	// ModePoll emits at most one sample per flow per Interval, driven by
-	// the RTT callback, besides open, state and close records.
+	// ModePoll samples every tracked flow that moved once per Interval,
+	// besides open, state and close records.
 	ModePoll Mode = "poll"
 	// ModeTransition emits open, state and close records only.
 	ModeTransition Mode = "transition"
@@ -51,11 +67,31 @@ const (
 	DefaultFlushInterval = 100 * time.Millisecond
 )
 
+// DefaultIdleInterval is the idle interval flowd's configuration defaults
+// to (Config.IdleInterval's zero means never).
+const DefaultIdleInterval = time.Minute
+
+// DefaultMaxFlows is Config.MaxFlows when it is zero: 65,536 slots of 72
+// bytes, 4.5 MiB of kernel memory.
+const DefaultMaxFlows = 1 << 16
+
 // Config configures the ebpf backend.
 type Config struct {
-	Cgroup        string        // cgroup2 directory to attach to (absolute, resolved)
-	Mode          Mode          // poll (default) or transition
-	Interval      time.Duration // poll mode: minimum time between samples of one flow; 0 = every RTT callback
+	Cgroup string // cgroup2 directory to attach to (absolute, resolved)
+	Mode   Mode   // poll (default) or transition
+	// Interval is how often poll mode walks the tracked flows: each flow
+	// whose segments in or out changed since its last record gets a
+	// sample. 0: a sample on every RTT callback, and a walk every
+	// FlushInterval for the flows that only receive.
+	Interval time.Duration
+	// IdleInterval: poll mode gives a flow that did not move one sample
+	// this long after its last record (at the first walk from then on),
+	// so that idle is not taken for lost. 0 = never.
+	IdleInterval time.Duration
+	// MaxFlows is how many flows are tracked at once; flows established
+	// while that many are tracked are not (counted, and logged). 0 =
+	// DefaultMaxFlows.
+	MaxFlows      int
 	RingbufSize   int           // bytes; a power of two and a multiple of the page size
 	FlushInterval time.Duration // how often user space drains the ring buffer and flushes the sink
 	Filter        backends.Filter
@@ -68,13 +104,19 @@ type Config struct {
 // Backend is the eBPF sockops backend. New loads and attaches it; Run reads
 // its records; Close detaches it.
 type Backend struct {
-	cfg    Config
-	log    logrus.FieldLogger
-	objs   bpfObjects
-	link   link.Link
-	reader *ringbuf.Reader
-	wake   *os.File // a duplicate of the ring buffer's fd, in Go's network poller: Run waits on it
-	dec    decoder
+	cfg      Config
+	log      logrus.FieldLogger
+	objs     bpfObjects
+	link     link.Link
+	setState link.Link // flowd_set_state, while flows found running lack callbacks; nil otherwise
+	// setStateMu guards setState: Run detaches it when unused, Close too.
+	setStateMu sync.Mutex
+	existing   *link.Iter // flowd_existing: walked once, by Run
+	reader     *ringbuf.Reader
+	wake       *os.File // a duplicate of the ring buffer's fd, in Go's network poller: Run waits on it
+	dec        decoder
+	walkBuf    []byte // the TCP socket iterator's output is read in chunks of its size (see note_record in the program)
+	untracked  uint64 // untracked_flows when last logged
 
 	detachOnce sync.Once
 	detachErr  error
@@ -92,18 +134,30 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("finding the kernel's HZ: %w", err)
 	}
+	root, err := cgroup.Mount()
+	if err != nil {
+		return nil, err
+	}
+	allCgroups := filepath.Clean(cfg.Cgroup) == filepath.Clean(root)
+	var subtree map[uint64]struct{}
+	if !allCgroups {
+		// The cgroups of the sockets that exist now, for flowd_existing.
+		if subtree, err = cgroup.Subtree(cfg.Cgroup); err != nil {
+			return nil, err
+		}
+	}
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("loading BPF spec: %w", err)
 	}
-	if err := configure(spec, &cfg, hz); err != nil {
+	if err := configure(spec, &cfg, hz, allCgroups, len(subtree)); err != nil {
 		return nil, err
 	}
 
 	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones
 	// charge the memory cgroup, and this does nothing.
 	memlockErr := rlimit.RemoveMemlock()
-	b := &Backend{cfg: cfg, log: cfg.Log}
+	b := &Backend{cfg: cfg, log: cfg.Log, walkBuf: make([]byte, walkBudget(cfg.RingbufSize))}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -114,7 +168,7 @@ func New(cfg Config) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("loading BPF program: %w", err)
 	}
-	if err := b.fillFilters(); err != nil {
+	if err := b.fillFilters(subtree); err != nil {
 		b.objs.Close()
 		return nil, err
 	}
@@ -142,11 +196,31 @@ func New(cfg Config) (*Backend, error) {
 		b.objs.Close()
 		return nil, fmt.Errorf("attaching sockops to %s: %w", cfg.Cgroup, err)
 	}
+	if err := b.attachIterators(); err != nil {
+		b.Close()
+		return nil, err
+	}
 	b.log.WithFields(logrus.Fields{
-		logKeyCgroup: cfg.Cgroup, logKeyMode: cfg.Mode, logKeyInterval: cfg.Interval,
+		logKeyCgroup: cfg.Cgroup, logKeyMode: cfg.Mode, logKeyInterval: cfg.Interval, logKeyIdleInterval: cfg.IdleInterval,
 		logKeyRingbufSize: cfg.RingbufSize, logKeyHZ: hz,
 	}).Info("ebpf backend attached")
 	return b, nil
+}
+
+// attachIterators makes the link of the walk that finds the flows that
+// began before flowd, and attaches the tracepoint that follows those of
+// them without callbacks. It is attached before the walk that finds them,
+// so that none of their changes is missed, and detached when none needs it
+// (Run).
+func (b *Backend) attachIterators() error {
+	var err error
+	if b.setState, err = link.AttachTracing(link.TracingOptions{Program: b.objs.FlowdSetState}); err != nil {
+		return fmt.Errorf("attaching the inet_sock_set_state tracepoint: %w", err)
+	}
+	if b.existing, err = link.AttachIter(link.IterOptions{Program: b.objs.FlowdExisting}); err != nil {
+		return fmt.Errorf("attaching the TCP socket iterator: %w", err)
+	}
+	return nil
 }
 
 func (c *Config) withDefaults() error {
@@ -164,12 +238,21 @@ func (c *Config) withDefaults() error {
 	if c.Interval < 0 {
 		return fmt.Errorf("negative interval %s", c.Interval)
 	}
+	if c.IdleInterval < 0 {
+		return fmt.Errorf("negative idle interval %s", c.IdleInterval)
+	}
 	if c.RingbufSize == 0 {
 		c.RingbufSize = DefaultRingbufSize
 	}
 	page := os.Getpagesize()
 	if c.RingbufSize < page || c.RingbufSize%page != 0 || bits.OnesCount(uint(c.RingbufSize)) != 1 {
 		return fmt.Errorf("ring buffer size %d is not a power of two multiple of the page size %d", c.RingbufSize, page)
+	}
+	if c.MaxFlows == 0 {
+		c.MaxFlows = DefaultMaxFlows
+	}
+	if c.MaxFlows < 1 || c.MaxFlows > 1<<24 {
+		return fmt.Errorf("max flows %d is out of range 1..%d", c.MaxFlows, 1<<24)
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = DefaultFlushInterval
@@ -181,22 +264,34 @@ func (c *Config) withDefaults() error {
 }
 
 // configure sets the program's load-time constants and map sizes.
-func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
+func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32, allCgroups bool, subtree int) error {
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("loading the kernel's BTF: %w", err)
+	}
+	var tcpSock *btf.Struct
+	if err := kernel.TypeByName("tcp_sock", &tcpSock); err != nil {
+		return fmt.Errorf("finding struct tcp_sock in the kernel's BTF: %w", err)
+	}
+	// The walk copies each socket it samples whole.
+	tcpSockSize := tcpSock.Size
 	var mode uint8
 	if cfg.Mode == ModeTransition {
 		mode = 1
 	}
 	f := &cfg.Filter
 	consts := map[string]any{
-		"mode":         mode,
-		"interval_ns":  uint64(cfg.Interval.Nanoseconds()),
-		"filter_ports": boolU8(len(f.LocalPorts) > 0 || len(f.RemotePorts) > 0),
-		"filter_cidrs": boolU8(len(f.RemoteCIDRs) > 0),
-		"wakeup_bytes": wakeupBytes(cfg.RingbufSize),
+		"mode":             mode,
+		"interval_ns":      uint64(cfg.Interval.Nanoseconds()),
+		"idle_interval_ns": uint64(cfg.IdleInterval.Nanoseconds()),
+		"all_cgroups":      boolU8(allCgroups),
+		"filter_ports":     boolU8(len(f.LocalPorts) > 0 || len(f.RemotePorts) > 0),
+		"filter_cidrs":     boolU8(len(f.RemoteCIDRs) > 0),
+		"wakeup_bytes":     wakeupBytes(cfg.RingbufSize),
 
 		"select_members": boolU8(len(cfg.Members) > 0),
 		"members":        memberMask(cfg.Members),
-		"recent_bits":    recentBits,
+		"max_flows":      uint32(cfg.MaxFlows),
 	}
 	jc := jiffyConversions(hz)
 	consts["jiffy_usec_num"], consts["jiffy_usec_den"] = jc.usecNum, jc.usecDen
@@ -212,19 +307,15 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32) error {
 		}
 	}
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingbufSize)
-	spec.Maps["recent"].MaxEntries = 1 << recentBits
+	spec.Maps["subtree"].MaxEntries = uint32(max(1, subtree))
+	spec.Maps["slots"].MaxEntries = uint32(cfg.MaxFlows)
+	spec.Maps["free_slots"].MaxEntries = uint32(cfg.MaxFlows)
+	spec.Maps["copies"].ValueSize = tcpSockSize
 	spec.Maps["local_ports"].MaxEntries = uint32(max(1, len(f.LocalPorts)))
 	spec.Maps["remote_ports"].MaxEntries = uint32(max(1, len(f.RemotePorts)))
 	spec.Maps["remote_cidrs"].MaxEntries = uint32(max(1, len(f.RemoteCIDRs)))
 	return nil
 }
-
-// recentBits sets the slots of the program's recent map (2^recentBits
-// words, 8 bytes each): where the RTT callback finds when a flow was last
-// sampled without looking up its storage. Flows whose socket cookies agree
-// in these low bits share a slot, and then take the storage's slower way.
-// A variable so that tests can make every flow share one slot.
-var recentBits uint8 = 16
 
 // memberMask is the program's members constant: a bit per enum flowd_field
 // (the same numbers as flow.Field); every field when none are listed.
@@ -249,8 +340,13 @@ func boolU8(b bool) uint8 {
 	return 0
 }
 
-func (b *Backend) fillFilters() error {
+func (b *Backend) fillFilters(subtree map[uint64]struct{}) error {
 	one := uint8(1)
+	for id := range subtree {
+		if err := b.objs.Subtree.Put(id, one); err != nil {
+			return fmt.Errorf("adding cgroup %d to the subtree: %w", id, err)
+		}
+	}
 	for _, p := range b.cfg.Filter.LocalPorts {
 		if err := b.objs.LocalPorts.Put(p, one); err != nil {
 			return fmt.Errorf("adding local port %d to the filter: %w", p, err)
@@ -285,10 +381,12 @@ func monoToWallOffset() int64 {
 func (b *Backend) Name() string { return flow.BackendEBPF }
 
 // Run reads records until ctx is cancelled, then detaches the program,
-// drains what the ring buffer still holds and returns. The ring buffer is
+// drains what the ring buffer still holds and returns. First it walks the
+// TCP sockets for the flows that began before flowd. The ring buffer is
 // drained every FlushInterval, and the sink flushed after it (a
-// flow.Flusher); the program wakes the reader early only when half
-// of the buffer is unread.
+// flow.Flusher); the program wakes the reader early only when half of the
+// buffer is unread. In poll mode the tracked flows are walked every
+// Interval (every FlushInterval at Interval 0), from the same loop.
 //
 // The reader never blocks in a system call of its own: ReadInto, with a
 // deadline in the past, only drains, and Run waits for the next tick or
@@ -309,22 +407,42 @@ func (b *Backend) Run(ctx context.Context, sink flow.Sink) error {
 	var (
 		raw    ringbuf.Record
 		rec    flow.Record
-		next   = time.Now().Add(b.cfg.FlushInterval)
 		runErr error
 	)
+	if err := b.walkExisting(&raw, &rec, sink); err != nil {
+		return err
+	}
+	sampling := b.cfg.Mode == ModePoll
+	now := time.Now()
+	next, nextWalk := now.Add(b.cfg.FlushInterval), now.Add(b.walkPeriod())
 	for {
 		closed, err := b.drain(&raw, &rec, sink)
 		if err != nil || closed {
 			return err
 		}
-		if now := time.Now(); !now.Before(next) {
+		now := time.Now()
+		if sampling && !now.Before(nextWalk) {
+			// From this walk's start: walks are never closer than the
+			// interval, so neither are two samples of a flow.
+			nextWalk = now.Add(b.walkPeriod())
+			if err := b.sample(&raw, &rec, sink); err != nil {
+				return err
+			}
+		}
+		if !now.Before(next) {
 			// The batch goes to the output now.
 			if err := flow.Flush(sink); err != nil {
 				return fmt.Errorf("flushing records: %w", err)
 			}
 			next = now.Add(b.cfg.FlushInterval)
+			b.detachSetStateWhenUnused()
+			b.logUntracked()
 		}
-		if err := b.wake.SetReadDeadline(next); err != nil {
+		deadline := next
+		if sampling && nextWalk.Before(deadline) {
+			deadline = nextWalk
+		}
+		if err := b.wake.SetReadDeadline(deadline); err != nil {
 			if errors.Is(err, os.ErrNoDeadline) { // not in the poller: cannot happen since Linux 5.8
 				runErr = fmt.Errorf("waiting for the ring buffer: %w", err)
 			}
@@ -349,6 +467,14 @@ func (b *Backend) Run(ctx context.Context, sink flow.Sink) error {
 	b.detach()
 	_, err = b.drain(&raw, &rec, sink)
 	return errors.Join(runErr, err)
+}
+
+// walkPeriod is the time between two walks of the tracked flows.
+func (b *Backend) walkPeriod() time.Duration {
+	if b.cfg.Interval == 0 {
+		return b.cfg.FlushInterval
+	}
+	return b.cfg.Interval
 }
 
 // drain delivers every record the ring buffer holds to sink. closed
@@ -412,12 +538,21 @@ func pollable(fd int, name string) (*os.File, error) {
 	return os.NewFile(uintptr(dup), name), nil
 }
 
-// detach removes the program from the cgroup; the maps stay readable.
+// detach removes the programs from the cgroup and the tracepoint; the
+// maps stay readable.
 func (b *Backend) detach() error {
 	b.detachOnce.Do(func() {
-		if b.link != nil {
-			b.detachErr = b.link.Close()
+		var errs []error
+		b.setStateMu.Lock()
+		if b.setState != nil {
+			errs = append(errs, b.setState.Close())
+			b.setState = nil
 		}
+		b.setStateMu.Unlock()
+		if b.link != nil {
+			errs = append(errs, b.link.Close())
+		}
+		b.detachErr = errors.Join(errs...)
 	})
 	return b.detachErr
 }
@@ -427,6 +562,9 @@ func (b *Backend) detach() error {
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		errs := []error{b.detach()}
+		if b.existing != nil {
+			errs = append(errs, b.existing.Close())
+		}
 		if b.wake != nil {
 			errs = append(errs, b.wake.Close())
 		}

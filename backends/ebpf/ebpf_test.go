@@ -1,13 +1,11 @@
 package ebpf
 
 import (
-	"fmt"
 	"math"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -377,8 +375,8 @@ func paced(t *testing.T, p testutil.Pair, d, period time.Duration) {
 	<-done
 }
 
-// TestModes checks that poll mode honours its interval and transition mode
-// sends no samples.
+// TestModes checks that poll mode samples a flow that moves once per
+// interval and transition mode sends no samples.
 func TestModes(t *testing.T) {
 	testutil.RequireRoot(t)
 	const duration = 1200 * time.Millisecond
@@ -420,8 +418,9 @@ func TestModes(t *testing.T) {
 	}
 }
 
-// checkPollSamples checks one flow's samples over elapsed at interval: at
-// most one per interval, and at least half that many.
+// checkPollSamples checks the samples of a flow that moved all along over
+// elapsed at interval: one per walk, and walks start an interval apart
+// (a flow's place in a walk moves by microseconds).
 func checkPollSamples(t *testing.T, samples []flow.Record, elapsed, interval time.Duration) {
 	t.Helper()
 	limit := int(elapsed/interval) + 1
@@ -432,49 +431,9 @@ func checkPollSamples(t *testing.T, samples []flow.Record, elapsed, interval tim
 		t.Errorf("only %d samples in %s at interval %s", len(samples), elapsed, interval)
 	}
 	for i := 1; i < len(samples); i++ {
-		if gap := samples[i].Time.Sub(samples[i-1].Time); gap < interval {
+		if gap := samples[i].Time.Sub(samples[i-1].Time); gap < interval-interval/20 {
 			t.Errorf("samples %d and %d only %s apart", i-1, i, gap)
 		}
-	}
-}
-
-// TestPollSharedSlot runs flows whose last samples share one word of the
-// program's recent map, as flows whose cookies agree in its low bits do:
-// each flow still gets its samples at its interval, no more and not fewer.
-func TestPollSharedSlot(t *testing.T) {
-	testutil.RequireRoot(t)
-	const (
-		flows    = 3
-		interval = 200 * time.Millisecond
-		duration = 1200 * time.Millisecond
-	)
-	for _, bits := range []uint8{0, recentBits} {
-		t.Run(fmt.Sprintf("slots=%d", 1<<bits), func(t *testing.T) {
-			defer func(b uint8) { recentBits = b }(recentBits)
-			recentBits = bits
-			cg := testutil.TempCgroup(t)
-			_, col := startBackend(t, Config{Cgroup: cg, Interval: interval, FlushInterval: 20 * time.Millisecond})
-			ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
-			var (
-				cookies [flows]uint64
-				elapsed [flows]time.Duration
-				wg      sync.WaitGroup
-			)
-			for i := range flows {
-				p := testutil.Dial(t, cg, ln)
-				cookies[i] = testutil.Cookie(t, p.Client)
-				wg.Go(func() {
-					start := time.Now()
-					paced(t, p, duration, 5*time.Millisecond)
-					elapsed[i] = time.Since(start)
-				})
-			}
-			wg.Wait()
-			for i, c := range cookies {
-				testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(c, flow.EventClose)) == 1 })
-				checkPollSamples(t, col.Find(c, flow.EventSample), elapsed[i], interval)
-			}
-		})
 	}
 }
 
@@ -545,7 +504,7 @@ func mustOpen(t *testing.T, path string) int {
 }
 
 // TestAdoptAfterRestart checks that a flow established under one instance
-// of the backend is picked up by the next one.
+// of the backend is picked up by the next one when it starts.
 func TestAdoptAfterRestart(t *testing.T) {
 	testutil.RequireRoot(t)
 	cg := testutil.TempCgroup(t)
@@ -563,12 +522,13 @@ func TestAdoptAfterRestart(t *testing.T) {
 	}
 
 	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond})
+	testutil.WaitFor(t, "the adopted flow's open record", 5*time.Second, func() bool { return len(col.Find(cookie, flow.EventOpen)) == 1 })
 	p.Send(t, 1<<20)
 	p.Client.Close()
 	testutil.WaitFor(t, "close record", 5*time.Second, func() bool { return len(col.Find(cookie, flow.EventClose)) == 1 })
 	recs := col.Records(cookie)
-	if recs[0].Event != flow.EventOpen {
-		t.Fatalf("first record of the adopted flow is %s, want open", recs[0].Event)
+	if recs[0].Event != flow.EventOpen || !recs[0].Existing {
+		t.Fatalf("first record of the adopted flow is %s (existing %v), want open, existing", recs[0].Event, recs[0].Existing)
 	}
 	if len(col.Find(cookie, flow.EventSample)) == 0 {
 		t.Fatal("no samples of the adopted flow")

@@ -11,9 +11,10 @@ import (
 )
 
 // Probe reports why the ebpf backend cannot run on this host, or nil when
-// it can: the kernel must have BTF, sockops programs, ring buffers, socket
-// storage and the helpers the program calls (Linux 5.10 or newer), and the
-// process the privileges to load them.
+// it can: the kernel must have BTF, sockops and syscall programs, ring
+// buffers, socket storage, queues and the helpers the programs call, and
+// the process the privileges to load them. Loading the programs checks the
+// rest (Linux 5.16 or newer).
 func Probe() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return fmt.Errorf("kernel BTF is not available (/sys/kernel/btf/vmlinux): %w", err)
@@ -23,12 +24,15 @@ func Probe() error {
 		err  error
 	}{
 		{"sockops programs", features.HaveProgramType(ebpf.SockOps)},
+		{"syscall programs", features.HaveProgramType(ebpf.Syscall)},
 		{"ring buffer maps", features.HaveMapType(ebpf.RingBuf)},
 		{"socket storage maps", features.HaveMapType(ebpf.SkStorage)},
+		{"queue maps", features.HaveMapType(ebpf.Queue)},
 		// In sockops programs since 5.10 (5.9 had it for tracing only).
 		{"bpf_skc_to_tcp_sock in sockops programs", features.HaveProgramHelper(ebpf.SockOps, asm.FnSkcToTcpSock)},
 		{"bpf_sk_storage_get in sockops programs", features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageGet)},
 		{"bpf_ringbuf_reserve in sockops programs", features.HaveProgramHelper(ebpf.SockOps, asm.FnRingbufReserve)},
+		{"bpf_for_each_map_elem in syscall programs", features.HaveProgramHelper(ebpf.Syscall, asm.FnForEachMapElem)},
 	}
 	for _, c := range checks {
 		if c.err == nil {

@@ -39,8 +39,9 @@ func matrix() []kernels.DebianKernel {
 }
 
 // guestModules are loaded in the guest when the kernel builds them as
-// modules (Debian does): the netlink backend needs inet_diag for TCP.
-var guestModules = []string{"net/ipv4/inet_diag.ko", "net/ipv4/tcp_diag.ko"}
+// modules (Debian does): the netlink backend needs inet_diag for TCP, the
+// ebpf backend's receive-only test a tbf bottleneck.
+var guestModules = []string{"net/ipv4/inet_diag.ko", "net/ipv4/tcp_diag.ko", "net/sched/sch_tbf.ko"}
 
 // testPackages are built as static test binaries and run in the guest,
 // each as a step named after its package (go test -c names the binaries so).
@@ -60,12 +61,16 @@ const guestSkip = "^TestScope$"
 var checks = []kernels.Check{
 	check("ebpf", "TestTransfer/ipv4", "load, attach to a cgroup, IPv4 transfer vs TCP_INFO, open/state/close records"),
 	check("ebpf", "TestTransfer/ipv6", "the same over IPv6"),
-	check("ebpf", "TestModes/poll_200ms", "poll mode: at most one sample per interval"),
+	check("ebpf", "TestModes/poll_200ms", "poll mode: one sample per interval of a flow that moves"),
+	check("ebpf", "TestReceiveOnly", "a flow that only receives is sampled every interval (tbf bottleneck)"),
+	check("ebpf", "TestIdleInterval", "an idle flow gets a sample per idle interval, and one a walk after it moves"),
+	check("ebpf", "TestExistingFlows", "flows that began before the backend: open (existing), samples, close = TCP_INFO"),
+	check("ebpf", "TestStateRecords/poll", "open says ESTABLISHED on both ends; no state record repeats a state"),
 	check("ebpf", "TestModes/transition", "transition mode: no samples"),
 	check("ebpf", "TestOutsideCgroup", "sockets outside the cgroup are not seen"),
 	check("ebpf", "TestDrops", "a full ring buffer counts drops"),
 	check("ebpf", "TestCloseDetaches", "Close detaches the program"),
-	check("ebpf", "TestAdoptAfterRestart", "flows of an earlier instance are adopted"),
+	check("ebpf", "TestAdoptAfterRestart", "flows of an earlier instance are adopted at start"),
 	check("ebpf", "TestPresenceMatchesKernel", "presence mask = this kernel's tcp_sock (BTF)"),
 	check("checks", "TestJSONPresence", "JSON record omits exactly the absent members"),
 	check("checks", "TestNetlinkPresence", "netlink reports exactly the kernel's tcp_info members"),
