@@ -730,23 +730,26 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-/* How far one run of flowd_sample got. */
+/* One run of flowd_sample. */
 struct walk {
-	bool more; /* it stopped at walk_next */
+	__u64 now;	/* when it started */
+	bool more;	/* it stopped at walk_next */
 };
 
 /* The walk's step for one slot (bpf_for_each_map_elem: slots in index
  * order; returning 1 ends the run). The socket is read through its
  * address, as the kernel's own lockless lookups read TCP sockets (their
  * memory is only ever reused for another TCP socket, SLAB_TYPESAFE_BY_RCU):
- * it is the flow's only while its cookie is the flow's, which is checked
- * before and after the copy. The socket is not locked: members are read as
- * they are, as between two segments. */
+ * what is read is the flow's only while its cookie is the flow's, which is
+ * checked before a record is sent, in the copy and again after it. The
+ * socket is not locked: members are read as they are, as between two
+ * segments. A flow that did not move costs two reads, of the cache lines of
+ * its segment counters. */
 static long sample_slot(struct bpf_map *map, __u32 *slot, struct flow_state *st, struct walk *w)
 {
 	const struct tcp_sock *live, *copy;
 	__u32 segs_in, segs_out, zero = 0;
-	__u64 cookie, now;
+	__u64 cookie;
 	__u8 state;
 
 	if (*slot >= slots_used)
@@ -756,15 +759,10 @@ static long sample_slot(struct bpf_map *map, __u32 *slot, struct flow_state *st,
 	live = (const struct tcp_sock *)st->sk;
 	if (!live || (st->flags & FLOW_OPEN_PENDING))
 		return 0;
-	if (BPF_CORE_READ_INTO(&cookie, live, inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter) ||
-	    cookie != st->cookie || BPF_CORE_READ_INTO(&state, live, inet_conn.icsk_inet.sk.__sk_common.skc_state) ||
-	    BPF_CORE_READ_INTO(&segs_in, live, segs_in) || BPF_CORE_READ_INTO(&segs_out, live, segs_out))
+	if (BPF_CORE_READ_INTO(&segs_in, live, segs_in) || BPF_CORE_READ_INTO(&segs_out, live, segs_out))
 		return 0;
-	if (state == TCP_CLOSE)
-		return 0;
-	now = bpf_ktime_get_ns();
 	if (segs_in == st->segs_in && segs_out == st->segs_out &&
-	    (!idle_interval_ns || now - st->last_record_ns < idle_interval_ns))
+	    (!idle_interval_ns || w->now - st->last_record_ns < idle_interval_ns))
 		return 0;
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) {
 		/* Half the ring buffer is unread: user space drains it and
@@ -776,11 +774,12 @@ static long sample_slot(struct bpf_map *map, __u32 *slot, struct flow_state *st,
 	copy = bpf_map_lookup_elem(&copies, &zero);
 	if (!copy || bpf_probe_read_kernel((void *)copy, bpf_core_type_size(struct tcp_sock), live))
 		return 0;
-	if (copy->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != st->cookie ||
+	state = copy->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	if (copy->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter != st->cookie || state == TCP_CLOSE ||
 	    BPF_CORE_READ_INTO(&cookie, live, inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter) ||
 	    cookie != st->cookie)
 		return 0;
-	emit(copy, st, FLOWD_EVENT_SAMPLE, 0, state, 0, now);
+	emit(copy, st, FLOWD_EVENT_SAMPLE, 0, state, 0, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -792,7 +791,7 @@ static long sample_slot(struct bpf_map *map, __u32 *slot, struct flow_state *st,
 SEC("syscall")
 int flowd_sample(void *ctx)
 {
-	struct walk w = {};
+	struct walk w = {.now = bpf_ktime_get_ns()};
 
 	bpf_for_each_map_elem(&slots, sample_slot, &w, 0);
 	if (!w.more)
