@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -27,6 +28,81 @@ func sockopsProgram(cg *tempCgroup) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("opening program %d: %w", res.Programs[0].ID, err)
 	}
 	return p, nil
+}
+
+// flowdPrograms opens the programs of the flowd attached to the cgroup
+// that run outside the daemon: its sockops program, and those that share
+// its ring buffer, but for the walk that samples the flows (a syscall
+// program: it runs in the daemon's own system calls, so its run time is in
+// the daemon's CPU time already).
+func flowdPrograms(cg *tempCgroup) (programs, error) {
+	sockops, err := sockopsProgram(cg)
+	if err != nil {
+		return nil, err
+	}
+	progs := programs{sockops}
+	info, err := sockops.Info()
+	if err != nil {
+		progs.Close()
+		return nil, fmt.Errorf("reading program info: %w", err)
+	}
+	maps, _ := info.MapIDs()
+	events := ebpf.MapID(0)
+	for _, id := range maps {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			continue
+		}
+		if mi, err := m.Info(); err == nil && mi.Type == ebpf.RingBuf {
+			events = id
+		}
+		m.Close()
+	}
+	own, _ := info.ID()
+	for id := ebpf.ProgramID(0); ; {
+		if id, err = ebpf.ProgramGetNextID(id); err != nil {
+			break
+		}
+		if id == own {
+			continue
+		}
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		pi, err := p.Info()
+		ids, _ := pi.MapIDs()
+		if err != nil || !slices.Contains(ids, events) || pi.Type == ebpf.Syscall {
+			p.Close()
+			continue
+		}
+		progs = append(progs, p)
+	}
+	return progs, nil
+}
+
+// programs are the programs of one flowd.
+type programs []*ebpf.Program
+
+func (ps programs) Close() error {
+	for _, p := range ps {
+		p.Close()
+	}
+	return nil
+}
+
+// stats sums the programs' run counts and run times.
+func (ps programs) stats() (progStats, error) {
+	var sum progStats
+	for _, p := range ps {
+		s, err := readProgStats(p)
+		if err != nil {
+			return progStats{}, err
+		}
+		sum.runs += s.runs
+		sum.runtime += s.runtime
+	}
+	return sum, nil
 }
 
 // enableBPFStats turns on the kernel's BPF run time statistics

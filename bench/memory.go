@@ -10,7 +10,8 @@ import (
 // opens memFlows idle connections whose clients are inside the monitored
 // cgroup and whose servers are not, so that flowd tracks exactly one flow
 // per connection. Peak and current RSS of the daemon, and for ebpf the
-// memlock of its maps.
+// memlock of its maps and what it costs (daemon and programs) over
+// windows while the flows are tracked and idle.
 func (s *suite) memory(ctx context.Context, backend string) MemoryRow {
 	row := MemoryRow{Backend: backend, Command: s.command("memory/" + backend)}
 	cfg := flowdConfig{Backend: backend}
@@ -53,6 +54,10 @@ func (s *suite) memory(ctx context.Context, backend string) MemoryRow {
 			row.Err = err.Error()
 			return row
 		}
+		if row.Cost, err = s.idleCost(ctx, d); err != nil {
+			row.Err = err.Error()
+			return row
+		}
 	}
 	if err := d.stop(); err != nil {
 		row.Err = err.Error()
@@ -66,7 +71,32 @@ func (s *suite) memory(ctx context.Context, backend string) MemoryRow {
 	if row.Flows != s.opts.memFlows {
 		row.Err = fmt.Sprintf("flowd reported %d open flows, want %d", row.Flows, s.opts.memFlows)
 	}
-	s.logf("  %s: %d flows, VmHWM %d kB, VmRSS %d kB (idle %d kB), maps %d bytes, drops %d",
-		backend, row.Flows, row.HWMKB, row.RSSKB, row.IdleRSSKB, row.MapsBytes, row.Drops)
+	s.logf("  %s: %d flows, VmHWM %d kB, VmRSS %d kB (idle %d kB), maps %d bytes, %.4f CPU-s/s, drops %d",
+		backend, row.Flows, row.HWMKB, row.RSSKB, row.IdleRSSKB, row.MapsBytes, row.Cost.Median, row.Drops)
 	return row
+}
+
+// idleCost measures the ebpf daemon d and its programs over opts.windows
+// windows, in CPU-s/s each.
+func (s *suite) idleCost(ctx context.Context, d *daemon) (Summary, error) {
+	progs, err := flowdPrograms(s.mon)
+	if err != nil {
+		return Summary{}, err
+	}
+	defer progs.Close()
+	stats, err := enableBPFStats()
+	if err != nil {
+		return Summary{}, err
+	}
+	defer stats.Close()
+	r := &running{d: d, progs: progs}
+	var costs []float64
+	for range s.opts.windows {
+		w, err := r.measure(ctx, s.opts.window)
+		if err != nil {
+			return Summary{}, err
+		}
+		costs = append(costs, w.total())
+	}
+	return Summarize(costs), nil
 }

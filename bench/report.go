@@ -10,6 +10,7 @@ import (
 const (
 	targetScaleGrowth = 0.20       // ebpf cost within 20% of N=0
 	targetRSSBytes    = 50_000_000 // peak RSS, bytes
+	targetIdleCost    = 0.01       // ebpf daemon + programs with the idle flows of section 4, CPU-s/s
 	targetP99Ms       = 250.0
 )
 
@@ -162,6 +163,22 @@ func scalePass(r ScaleRow) *bool {
 	return ptr(math.Abs(r.EBPFGrowth.Median-1) <= targetScaleGrowth)
 }
 
+// costPass judges what monitoring a section 1 test cost against its
+// target.
+func costPass(r OverheadRow) *bool {
+	if r.CostTarget == 0 || r.Cost.N == 0 {
+		return nil
+	}
+	return ptr(r.Cost.Median <= r.CostTarget)
+}
+
+func idleCostPass(r MemoryRow) *bool {
+	if r.Cost.N == 0 {
+		return nil
+	}
+	return ptr(r.Cost.Median <= targetIdleCost)
+}
+
 func memoryPass(r MemoryRow) *bool {
 	if r.Err != "" && r.HWMKB == 0 {
 		return nil
@@ -180,12 +197,15 @@ func summarySection(res *Results) *section {
 	t := table{header: []string{"section", "figure", "measured (median)", "target", "result"}}
 	add := func(cells ...string) { t.rows = append(t.rows, cells) }
 	for _, r := range res.Overhead {
-		if r.Target == 0 {
-			continue
+		if r.Target != 0 {
+			add("1", "throughput with flowd / without, "+r.Name,
+				fmt.Sprintf("measured %s, accounted %s", fmtFloat(r.Ratio.Median, r.Ratio.N, "%.3f"), fmtFloat(r.Accounted.Median, r.Accounted.N, "%.4f")),
+				fmt.Sprintf("≥ %.2f", r.Target), overheadResult(r))
 		}
-		add("1", "throughput with flowd / without, "+r.Name,
-			fmt.Sprintf("measured %s, accounted %s", fmtFloat(r.Ratio.Median, r.Ratio.N, "%.3f"), fmtFloat(r.Accounted.Median, r.Accounted.N, "%.4f")),
-			fmt.Sprintf("≥ %.2f", r.Target), overheadResult(r))
+		if r.CostTarget != 0 {
+			add("1", "flowd + BPF CPU-s/s during the test (f + b), "+r.Name, fmtFloat(r.Cost.Median, r.Cost.N, "%.4f"),
+				fmt.Sprintf("≤ %.3f", r.CostTarget), passCell(costPass(r)))
+		}
 	}
 	if res.GoBench != nil {
 		for _, c := range benchChecks(res.GoBench.Lines, res.GoBench.Command) {
@@ -204,6 +224,10 @@ func summarySection(res *Results) *section {
 	for _, r := range res.Memory {
 		add("4", fmt.Sprintf("peak RSS of the daemon, %s, %d flows", r.Backend, r.Flows),
 			fmt.Sprintf("%.1f MB", float64(r.HWMKB)*1024/1e6), fmt.Sprintf("≤ %.0f MB", targetRSSBytes/1e6), passCell(memoryPass(r)))
+		if r.Backend == "ebpf" {
+			add("4", fmt.Sprintf("ebpf daemon + BPF CPU-s/s, %d tracked idle flows", r.Flows),
+				fmtFloat(r.Cost.Median, r.Cost.N, "%.4f"), fmt.Sprintf("≤ %.2f", targetIdleCost), passCell(idleCostPass(r)))
+		}
 	}
 	if r := res.Latency; r != nil {
 		add("5", "close → close record written, p99 (missing)", fmt.Sprintf("%.0f ms (%d missing)", r.P99Ms, r.Missing),
@@ -323,7 +347,7 @@ func scaleSection(res *Results) *section {
 	s := &section{
 		title: "3. Scale with unrelated sockets",
 		method: fmt.Sprintf("N idle connections outside the monitored cgroup, %d active flows inside. "+
-			"ebpf: %.1f s windows without and with the N connections alternate, %d pairs per N; its cost is the daemon's CPU plus the program's run time. "+
+			"ebpf: %.1f s windows without and with the N connections alternate, %d pairs per N; its cost is the daemon's CPU plus its programs' run time (the walk that samples the flows runs in the daemon's own system calls). "+
 			"netlink (interval 1 s): flowd's CPU over %d windows of %.1f s per N, and %d timed polls of the backend (wall and thread CPU time). "+
 			"*TCP sockets* is `TCP: inuse` of `/proc/net/sockstat`.", st.Active, st.WindowSec, st.ScalePairs, st.Windows, st.WindowSec, st.DumpReps),
 	}
@@ -368,9 +392,11 @@ func memorySection(res *Results) *section {
 		title: "4. Memory",
 		method: fmt.Sprintf("VmHWM (peak) and VmRSS of the daemon a few seconds after %d idle connections were opened whose clients are monitored "+
 			"and whose servers are not (*flows* counts their `open` records); *idle* is VmRSS before them. "+
-			"*BPF maps memlock* excludes the per-socket storage of `flows`, which the kernel charges to each socket.", res.Settings.MemFlows),
+			"*BPF maps memlock* excludes the per-socket storage of `flows`, which the kernel charges to each socket. "+
+			"*CPU-s/s* (ebpf): the daemon's CPU (the walks included) plus its other programs' run time, over %d windows of %.1f s while the flows are tracked and idle.",
+			res.Settings.MemFlows, res.Settings.Windows, res.Settings.WindowSec),
 	}
-	t := table{header: []string{"backend", "flows", "VmHWM", "VmRSS", "idle VmRSS", "BPF maps memlock", "target (peak)", "result", "drops", "command"}}
+	t := table{header: []string{"backend", "flows", "VmHWM", "VmRSS", "idle VmRSS", "BPF maps memlock", "target (peak)", "result", "CPU-s/s", "drops", "command"}}
 	for _, r := range res.Memory {
 		maps := "—"
 		if r.Backend == "ebpf" {
@@ -383,7 +409,7 @@ func memorySection(res *Results) *section {
 		t.rows = append(t.rows, []string{name, fmt.Sprint(r.Flows),
 			fmt.Sprintf("%.1f MB", float64(r.HWMKB)*1024/1e6), fmt.Sprintf("%.1f MB", float64(r.RSSKB)*1024/1e6),
 			fmt.Sprintf("%.1f MB", float64(r.IdleRSSKB)*1024/1e6), maps,
-			fmt.Sprintf("≤ %.0f MB", targetRSSBytes/1e6), passCell(memoryPass(r)), fmt.Sprint(r.Drops), code(r.Command)})
+			fmt.Sprintf("≤ %.0f MB", targetRSSBytes/1e6), passCell(memoryPass(r)), fmtSummary(r.Cost, "%.4f"), fmt.Sprint(r.Drops), code(r.Command)})
 	}
 	s.tables = append(s.tables, t)
 	for _, r := range res.Memory {

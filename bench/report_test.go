@@ -15,11 +15,12 @@ func sampleResults() *Results {
 		Settings: Settings{Pairs: 2, IperfSecs: 3, Windows: 5, WindowSec: 2, Active: 16, MemFlows: 10000, Conns: 1000, SpreadSec: 5},
 		Sections: []Section{{"1. cost", 200}, {"3. scale", 100}},
 		Overhead: []OverheadRow{
-			{Name: "ebpf-poll-1s", Config: "backends: [ebpf]", Target: 0.99, Command: "sudo go run ./bench -run '^overhead/ebpf-poll-1s$'",
+			{Name: "ebpf-poll-1s", Config: "backends: [ebpf]", Target: 0.99, CostTarget: 0.005, Cost: Summary{N: 2, Median: 0.004},
+				Command:  "sudo go run ./bench -run '^overhead/ebpf-poll-1s$'",
 				BaseGbps: []float64{30, 32}, WithGbps: []float64{29.9, 32.1},
 				Ratio: Summarize(Ratios([]float64{30, 32}, []float64{29.9, 32.1})), RatioCILo: 0.997, RatioCIHi: 1.003, RatioCICov: 0.5,
 				Accounted: Summary{N: 2, Median: 0.995, Min: 0.994, Max: 0.996}},
-			{Name: "ebpf-poll-0s", Config: "backends: [ebpf], ebpf.interval: 0s", Target: 0.97,
+			{Name: "ebpf-poll-0s", Config: "backends: [ebpf], ebpf.interval: 0s", Target: 0.97, CostTarget: 0.03, Cost: Summary{N: 2, Median: 0.031},
 				Ratio: Summary{N: 2, Median: 0.99, Min: 0.94, Max: 1.04}, RatioCILo: 0.94, RatioCIHi: 1.04,
 				Accounted: Summary{N: 2, Median: 0.95, Min: 0.94, Max: 0.96},
 				BPFCPU:    Summary{N: 2, Median: 0.024}, BPFRuns: Summary{N: 2, Median: 27000}, BPFNsRun: Summary{N: 2, Median: 900}},
@@ -37,7 +38,8 @@ func sampleResults() *Results {
 				NetlinkCPU: Summary{N: 5, Median: 0.1}},
 		},
 		Memory: []MemoryRow{
-			{Backend: "ebpf", Flows: 10000, HWMKB: 30000, RSSKB: 29000, Maps: []MapMem{{"events", "RingBuf", 4223304}}, MapsBytes: 4223304},
+			{Backend: "ebpf", Flows: 10000, HWMKB: 30000, RSSKB: 29000, Maps: []MapMem{{"events", "RingBuf", 4223304}}, MapsBytes: 4223304,
+				Cost: Summary{N: 5, Median: 0.003}},
 			{Backend: "netlink", Flows: 10000, HWMKB: 60000, RSSKB: 59000},
 		},
 		Latency: &LatencyRow{Conns: 1000, P50Ms: 100, P99Ms: 199, MaxMs: 204},
@@ -64,8 +66,11 @@ func targetLine(t *testing.T, md, s string) string {
 func TestRenderTargets(t *testing.T) {
 	md := Render(sampleResults())
 	for _, tt := range []struct{ line, result string }{
-		{"ebpf-poll-1s", "**pass**"},
-		{"ebpf-poll-0s", "**FAIL**"},    // accounted below the target, whatever was measured
+		{"throughput with flowd / without, ebpf-poll-1s", "**pass**"},
+		{"throughput with flowd / without, ebpf-poll-0s", "**FAIL**"}, // accounted below the target, whatever was measured
+		{"(f + b), ebpf-poll-1s", "**pass**"},                         // 0.004 ≤ 0.005
+		{"(f + b), ebpf-poll-0s", "**FAIL**"},                         // 0.031 > 0.03
+		{"10000 tracked idle flows", "**pass**"},
 		{"ebpf-transition", "**FAIL**"}, // measured significantly below
 		{"N=1000", "**pass**"},          // (0.0045+0.001)/(0.004+0.001) = 1.1
 		{"N=30000", "**FAIL**"},         // 2.0

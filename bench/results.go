@@ -58,10 +58,13 @@ type Section struct {
 // OverheadRow is section 1 for one flowd configuration: iperf3 over
 // loopback with flowd running (B) against without (A), alternating.
 type OverheadRow struct {
-	Name    string  `json:"name"`
-	Config  string  `json:"config"` // the flowd keys that differ from the defaults
-	Target  float64 `json:"target,omitempty"`
-	Command string  `json:"command"`
+	Name   string  `json:"name"`
+	Config string  `json:"config"` // the flowd keys that differ from the defaults
+	Target float64 `json:"target,omitempty"`
+	// CostTarget is the most CPU-s/s that flowd and its programs may
+	// take during the test (Cost); 0 = none.
+	CostTarget float64 `json:"cost_target,omitempty"`
+	Command    string  `json:"command"`
 
 	BaseGbps []float64 `json:"base_gbps"` // A runs, in order
 	WithGbps []float64 `json:"with_gbps"` // B runs, in order
@@ -94,8 +97,10 @@ type OverheadRow struct {
 	BaseTrafficCPU Summary `json:"base_traffic_cpu"`
 	FlowdCPU       Summary `json:"flowd_cpu"`
 	BPFCPU         Summary `json:"bpf_cpu"`
-	BPFRuns        Summary `json:"bpf_runs_per_sec"`
-	BPFNsRun       Summary `json:"bpf_ns_per_run"`
+	// Cost is f + b per B run: what monitoring the test cost.
+	Cost     Summary `json:"cost"`
+	BPFRuns  Summary `json:"bpf_runs_per_sec"`
+	BPFNsRun Summary `json:"bpf_ns_per_run"`
 	// Records per second flowd wrote during the B runs.
 	RecordsPerSec Summary `json:"records_per_sec"`
 	Drops         uint64  `json:"drops"`
@@ -158,8 +163,11 @@ type MemoryRow struct {
 	RSSKB     int      `json:"vm_rss_kb"`
 	Maps      []MapMem `json:"maps,omitempty"`
 	MapsBytes uint64   `json:"maps_memlock_bytes"`
-	Drops     uint64   `json:"drops"`
-	Err       string   `json:"error,omitempty"`
+	// Cost is the daemon's CPU-s/s plus its programs' run time per
+	// second while the flows are open and idle, per window (ebpf).
+	Cost  Summary `json:"cost"`
+	Drops uint64  `json:"drops"`
+	Err   string  `json:"error,omitempty"`
 }
 
 // MapMem is one BPF map of the daemon.

@@ -15,8 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/flowd/flowd/backends/netlink"
 	"github.com/flowd/flowd/flow"
 )
@@ -64,10 +62,10 @@ func (w window) total() float64 { return w.flowd + w.bpf }
 
 // running is a daemon with the active flows.
 type running struct {
-	d    *daemon
-	a    *active
-	prog *ebpf.Program // ebpf only
-	stop func() error
+	d     *daemon
+	a     *active
+	progs programs // ebpf only
+	stop  func() error
 }
 
 // startRunning starts flowd with cfg, opens the active flows in the
@@ -97,11 +95,11 @@ func (s *suite) startRunning(ctx context.Context, cfg flowdConfig) (*running, er
 		return nil, err
 	}
 	if cfg.Backend == "ebpf" {
-		if r.prog, err = sockopsProgram(s.mon); err != nil {
+		if r.progs, err = flowdPrograms(s.mon); err != nil {
 			r.stop()
 			return nil, err
 		}
-		closers = append(closers, r.prog.Close)
+		closers = append(closers, r.progs.Close)
 		stats, err := enableBPFStats()
 		if err != nil {
 			r.stop()
@@ -123,8 +121,8 @@ func (r *running) measure(ctx context.Context, d time.Duration) (window, error) 
 		return window{}, err
 	}
 	var p0 progStats
-	if r.prog != nil {
-		if p0, err = readProgStats(r.prog); err != nil {
+	if r.progs != nil {
+		if p0, err = r.progs.stats(); err != nil {
 			return window{}, err
 		}
 	}
@@ -138,8 +136,8 @@ func (r *running) measure(ctx context.Context, d time.Duration) (window, error) 
 	}
 	wall := time.Since(t0)
 	w := window{flowd: (c1 - c0).Seconds() / wall.Seconds()}
-	if r.prog != nil {
-		p1, err := readProgStats(r.prog)
+	if r.progs != nil {
+		p1, err := r.progs.stats()
 		if err != nil {
 			return window{}, err
 		}
