@@ -49,18 +49,14 @@ const (
 	TolPerInterval = 0.15
 	// RTTSlack: rtt and rttvar also pass when the difference is at most
 	// this many µs. On an unshaped veth link the RTT is tens of µs and set by
-	// when the two cores get to run the softirqs, and the eBPF samples,
-	// taken on the RTT callback once per round at the window boundary, read
-	// it up to a few hundred µs higher than instants chosen by a timer.
+	// when the two cores get to run the softirqs, which moves it by a few
+	// hundred µs from one reading to the next.
 	RTTSlack = 250.0 // µs
 	// TolRTTVar: rttvar is compared by the medians of the two series, not
 	// reading by reading: it is a mean deviation with gain 1/4 that moves by
-	// tens of percent from one ACK to the next. And eBPF samples are taken
-	// on the kernel's RTT callback, once per round at the window boundary,
-	// right after the deviation was updated with that round's first sample:
-	// measured here, their median runs 10% to 80% above what iperf3 and
-	// netlink read at instants chosen by a timer. So the check is "within a
-	// factor of two": it still catches a wrong shift or field (x4, x8).
+	// tens of percent from one ACK to the next, so readings a few ms apart
+	// differ by that much. The check is "within a factor of two": it still
+	// catches a wrong shift or field (x4, x8).
 	TolRTTVar = 1.0
 	// TolBackends: eBPF vs netlink, sample-aligned: both read the same
 	// tcp_sock within half a sampling interval of each other.
@@ -103,6 +99,7 @@ type Inputs struct {
 func Compare(in Inputs) ([]report.Stream, []report.Check, error) {
 	eflows, nflows := flows.Group(in.EBPF), flows.Group(in.Netlink)
 	senderIntervals := in.Iperf.SenderIntervals()
+	receiverIntervals, receiverReport := in.Iperf.ReceiverIntervals()
 	var streams []report.Stream
 	var checks []report.Check
 	for i, c := range in.Iperf.Start.Connected {
@@ -126,8 +123,17 @@ func Compare(in Inputs) ([]report.Stream, []report.Check, error) {
 		ivs := senderIntervals[sock]
 		st := report.Stream{Name: tuple.String(), Cookie: ef.Cookie, Start: ef.Records[0].Time, IperfSocket: sock,
 			EBPFRecords: len(ef.Records), NetlinkRecord: len(nf.Records)}
-		streams = append(streams, st)
 		checks = append(checks, compareStream(st, ef, nf, total, ivs, in.Shaped, len(in.Iperf.Start.Connected))...)
+		if receiverIntervals != nil {
+			rf := flows.ByTuple(eflows, flows.Tuple{Local: tuple.Remote, Remote: tuple.Local})
+			if rf == nil {
+				return nil, nil, fmt.Errorf("stream %s: no ebpf records of its receiving end", tuple)
+			}
+			st.ReceiverCookie = rf.Cookie
+			rivs := receiverIntervals[receiverSocket(receiverReport, c, in.Reverse)]
+			checks = append(checks, compareReceiver(st, rf, total, rivs)...)
+		}
+		streams = append(streams, st)
 	}
 	if in.Shaped && len(streams) > 1 {
 		checks = append(checks, deliveryRateSum(checks))
@@ -181,6 +187,20 @@ func senderSocket(r *iperf3.Result, c iperf3.Connection, reverse bool) int {
 		return c.Socket
 	}
 	for _, sc := range r.ServerOutput.Start.Connected {
+		if sc.RemotePort == c.LocalPort {
+			return sc.Socket
+		}
+	}
+	return -1
+}
+
+// receiverSocket is the iperf3 socket number of the stream on the
+// receiving side, in the report rep that has its intervals.
+func receiverSocket(rep *iperf3.Result, c iperf3.Connection, reverse bool) int {
+	if reverse {
+		return c.Socket
+	}
+	for _, sc := range rep.Start.Connected {
 		if sc.RemotePort == c.LocalPort {
 			return sc.Socket
 		}
@@ -449,6 +469,44 @@ func compareStream(st report.Stream, ef, nf *flows.Flow, totals iperf3.EndStream
 	}
 	add(c)
 	return checks
+}
+
+// compareReceiver checks the receiving end's records: its final
+// bytes_received against iperf3's counts, and the slope of bytes_received
+// against iperf3's receiver over windows of ThroughputWindow intervals.
+// They come from the walk that samples every flow that moved, also one
+// that only receives.
+func compareReceiver(st report.Stream, rf *flows.Flow, totals iperf3.EndStream, ivs []iperf3.Stream) []report.Check {
+	got, _ := value(rf.Last(), flow.FieldBytesReceived)
+	sent, received := float64(totals.Sender.Bytes), float64(totals.Receiver.Bytes)
+	bytes := report.Check{Stream: st.Name, Metric: "bytes (receiver)",
+		Compared: "receiving end's final bytes_received vs iperf3 receiver bytes; must lie between iperf3's receiver and sender counts",
+		Value:    got, Reference: received, Diff: relDiff(got, received), Tolerance: TolBytes,
+		Rule: fmt.Sprintf("receiver bytes - %g <= flowd <= sender bytes (%.0f) + %d", TolBytes, sent, BytesSlack),
+		Pass: got >= received*(1-TolBytes) && got <= sent+BytesSlack}
+	start := rf.Records[0].Time
+	var vals, refs []float64
+	for i := 0; i+ThroughputWindow <= len(ivs); i++ {
+		first, last := &ivs[i], &ivs[i+ThroughputWindow-1]
+		seconds := last.End - first.Start
+		if seconds <= 0 {
+			continue
+		}
+		var n uint64
+		for _, iv := range ivs[i : i+ThroughputWindow] {
+			n += iv.Bytes
+		}
+		a, oka := at(rf.Records, flow.FieldBytesReceived, start.Add(secs(first.Start)))
+		b, okb := at(rf.Records, flow.FieldBytesReceived, start.Add(secs(last.End)))
+		if oka && okb {
+			vals, refs = append(vals, (b-a)/seconds*8), append(refs, float64(n)/seconds*8)
+		}
+	}
+	slope := pairedCheck("throughput (receiver)",
+		fmt.Sprintf("receiving end's bytes_received slope vs iperf3 receiver bits_per_second over windows of %d intervals", ThroughputWindow),
+		vals, refs, TolSlope, 0, false)
+	slope.Stream = st.Name
+	return []report.Check{bytes, slope}
 }
 
 // retransBracket returns total_retrans from the last record at or before

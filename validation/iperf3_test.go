@@ -137,12 +137,15 @@ func runScenario(t *testing.T, sc Scenario) {
 	waitListening(t, topo.NSB, serverPort)
 
 	args := []string{"netns", "exec", topo.NSA, "iperf3", "-c", topo.AddrB.String(), "-p", fmt.Sprint(serverPort),
-		"--cport", fmt.Sprint(clientPort), "-C", sc.CC, "-t", fmt.Sprint(sc.Seconds), "-i", iperfInterval, "-J"}
+		"--cport", fmt.Sprint(clientPort), "-C", sc.CC, "-t", fmt.Sprint(sc.Seconds), "-i", iperfInterval, "-J",
+		// The server's intervals: the sender's in reverse mode, the
+		// receiver's otherwise.
+		"--get-server-output"}
 	if sc.Parallel > 1 {
 		args = append(args, "-P", fmt.Sprint(sc.Parallel))
 	}
 	if sc.Reverse {
-		args = append(args, "-R", "--get-server-output")
+		args = append(args, "-R")
 	}
 	client := exec.Command("ip", args...)
 	client.SysProcAttr = inCgroup

@@ -136,10 +136,28 @@ func (r *Result) SenderIntervals() map[int][]Stream {
 	if r.Start.TestStart.Reverse != 0 && r.ServerOutput != nil {
 		src = r.ServerOutput
 	}
+	return src.intervals(true)
+}
+
+// ReceiverIntervals returns the per-interval readings of the receiving
+// side (the server's, from --get-server-output, unless in reverse mode)
+// keyed by its socket, and the report they come from; none without
+// --get-server-output in normal mode.
+func (r *Result) ReceiverIntervals() (map[int][]Stream, *Result) {
+	src := r
+	if r.Start.TestStart.Reverse == 0 {
+		if src = r.ServerOutput; src == nil {
+			return nil, nil
+		}
+	}
+	return src.intervals(false), src
+}
+
+func (r *Result) intervals(sender bool) map[int][]Stream {
 	out := map[int][]Stream{}
-	for _, iv := range src.Intervals {
+	for _, iv := range r.Intervals {
 		for _, s := range iv.Streams {
-			if s.Sender && !s.Omitted {
+			if s.Sender == sender && !s.Omitted {
 				out[s.Socket] = append(out[s.Socket], s)
 			}
 		}

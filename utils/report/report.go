@@ -20,12 +20,13 @@ type Check struct {
 }
 
 // Stream is one iperf3 data stream and the flows flowd recorded for its
-// sending end.
+// sending end (and its receiving end).
 type Stream struct {
-	Name        string    `json:"name"` // sender tuple, local->remote
-	Cookie      uint64    `json:"cookie"`
-	Start       time.Time `json:"start"`         // the flow's open record: time 0 of the plots
-	IperfSocket int       `json:"iperf3_socket"` // the sending side's socket: a key of iperf3.Result.SenderIntervals
+	Name           string    `json:"name"` // sender tuple, local->remote
+	Cookie         uint64    `json:"cookie"`
+	ReceiverCookie uint64    `json:"receiver_cookie,omitempty"`
+	Start          time.Time `json:"start"`         // the flow's open record: time 0 of the plots
+	IperfSocket    int       `json:"iperf3_socket"` // the sending side's socket: a key of iperf3.Result.SenderIntervals
 
 	EBPFRecords   int `json:"ebpf_records"`
 	NetlinkRecord int `json:"netlink_records"`
