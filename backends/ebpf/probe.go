@@ -14,7 +14,7 @@ import (
 // it can: the kernel must have BTF, sockops and syscall programs, ring
 // buffers, socket storage, queues and the helpers the programs call, and
 // the process the privileges to load them. Loading the programs checks the
-// rest (Linux 5.16 or newer).
+// rest (Linux 5.15 or newer).
 func Probe() error {
 	if _, err := btf.LoadKernelSpec(); err != nil {
 		return fmt.Errorf("kernel BTF is not available (/sys/kernel/btf/vmlinux): %w", err)
