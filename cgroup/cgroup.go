@@ -135,28 +135,15 @@ func ID(path string) (uint64, error) {
 // Subtree returns the ids of path and of every cgroup below it.
 func Subtree(path string) (map[uint64]struct{}, error) {
 	ids := make(map[uint64]struct{})
-	err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if p != path && errors.Is(err, fs.ErrNotExist) {
-				return nil // removed while we walked
-			}
-			return err
+	err := eachCgroup(path, func(dir string) error {
+		id, err := ID(dir)
+		if err == nil {
+			ids[id] = struct{}{}
 		}
-		if !d.IsDir() {
-			return nil
-		}
-		id, err := ID(p)
-		if err != nil {
-			if p != path && errors.Is(err, unix.ENOENT) {
-				return nil
-			}
-			return err
-		}
-		ids[id] = struct{}{}
-		return nil
+		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("walking cgroup %s: %w", path, err)
+		return nil, err
 	}
 	return ids, nil
 }
@@ -165,34 +152,40 @@ func Subtree(path string) (map[uint64]struct{}, error) {
 // below it.
 func Processes(path string) ([]int, error) {
 	var pids []int
-	err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+	err := eachCgroup(path, func(dir string) error {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 		if err != nil {
-			if p != path && errors.Is(err, fs.ErrNotExist) {
-				return nil // removed while we walked
-			}
-			return err
-		}
-		if !d.IsDir() {
-			return nil
-		}
-		b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
-		if err != nil {
-			if p != path && errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
 			return err
 		}
 		for _, f := range strings.Fields(string(b)) {
 			pid, err := strconv.Atoi(f)
 			if err != nil {
-				return fmt.Errorf("%s/cgroup.procs: %q is not a process id", p, f)
+				return fmt.Errorf("%s/cgroup.procs: %q is not a process id", dir, f)
 			}
 			pids = append(pids, pid)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("walking cgroup %s: %w", path, err)
+		return nil, err
 	}
 	return pids, nil
+}
+
+// eachCgroup calls fn for path and for every cgroup below it. A cgroup
+// below path that is removed while it walks is skipped.
+func eachCgroup(path string, fn func(dir string) error) error {
+	err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			err = fn(p)
+		}
+		if err != nil && p != path && errors.Is(err, fs.ErrNotExist) {
+			return nil // removed while we walked
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("walking cgroup %s: %w", path, err)
+	}
+	return nil
 }

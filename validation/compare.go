@@ -413,24 +413,8 @@ func compareStream(st report.Stream, ef, nf *flows.Flow, totals iperf3.EndStream
 	// blocks into a socket buffer, so one 0.2 s interval may hold half or
 	// twice the next one's bytes; windows of ThroughputWindow intervals
 	// smooth that out.
-	series := ef.Records
-	var slopeVals, slopeRefs, drVals, drRefs []float64
-	for i := 0; i+ThroughputWindow <= len(ivs); i++ {
-		first, last := &ivs[i], &ivs[i+ThroughputWindow-1]
-		seconds := last.End - first.Start
-		if seconds <= 0 {
-			continue
-		}
-		var bytes uint64
-		for _, iv := range ivs[i : i+ThroughputWindow] {
-			bytes += iv.Bytes
-		}
-		a, oka := at(series, flow.FieldBytesAcked, st.Start.Add(secs(first.Start)))
-		b, okb := at(series, flow.FieldBytesAcked, st.Start.Add(secs(last.End)))
-		if oka && okb {
-			slopeVals, slopeRefs = append(slopeVals, (b-a)/seconds*8), append(slopeRefs, float64(bytes)/seconds*8)
-		}
-	}
+	slopeVals, slopeRefs := slopes(ef.Records, flow.FieldBytesAcked, st.Start, ivs)
+	var drVals, drRefs []float64
 	// delivery_rate is one round's estimate, and under competition it
 	// swings by a factor of two from round to round: the median of every
 	// sample taken during the test is compared with the median of iperf3's
@@ -484,29 +468,35 @@ func compareReceiver(st report.Stream, rf *flows.Flow, totals iperf3.EndStream, 
 		Value:    got, Reference: received, Diff: relDiff(got, received), Tolerance: TolBytes,
 		Rule: fmt.Sprintf("receiver bytes - %g <= flowd <= sender bytes (%.0f) + %d", TolBytes, sent, BytesSlack),
 		Pass: got >= received*(1-TolBytes) && got <= sent+BytesSlack}
-	start := rf.Records[0].Time
-	var vals, refs []float64
+	vals, refs := slopes(rf.Records, flow.FieldBytesReceived, rf.Records[0].Time, ivs)
+	slope := pairedCheck("throughput (receiver)",
+		fmt.Sprintf("receiving end's bytes_received slope vs iperf3 receiver bits_per_second over windows of %d intervals", ThroughputWindow),
+		vals, refs, TolSlope, 0, false)
+	slope.Stream = st.Name
+	return []report.Check{bytes, slope}
+}
+
+// slopes returns, for each window of ThroughputWindow iperf3 intervals
+// (whose times count from start), the slope of counter f of recs and the
+// rate of the bytes iperf3 counted, both in bit/s.
+func slopes(recs []flow.Record, f flow.Field, start time.Time, ivs []iperf3.Stream) (vals, refs []float64) {
 	for i := 0; i+ThroughputWindow <= len(ivs); i++ {
 		first, last := &ivs[i], &ivs[i+ThroughputWindow-1]
 		seconds := last.End - first.Start
 		if seconds <= 0 {
 			continue
 		}
-		var n uint64
+		var bytes uint64
 		for _, iv := range ivs[i : i+ThroughputWindow] {
-			n += iv.Bytes
+			bytes += iv.Bytes
 		}
-		a, oka := at(rf.Records, flow.FieldBytesReceived, start.Add(secs(first.Start)))
-		b, okb := at(rf.Records, flow.FieldBytesReceived, start.Add(secs(last.End)))
+		a, oka := at(recs, f, start.Add(secs(first.Start)))
+		b, okb := at(recs, f, start.Add(secs(last.End)))
 		if oka && okb {
-			vals, refs = append(vals, (b-a)/seconds*8), append(refs, float64(n)/seconds*8)
+			vals, refs = append(vals, (b-a)/seconds*8), append(refs, float64(bytes)/seconds*8)
 		}
 	}
-	slope := pairedCheck("throughput (receiver)",
-		fmt.Sprintf("receiving end's bytes_received slope vs iperf3 receiver bits_per_second over windows of %d intervals", ThroughputWindow),
-		vals, refs, TolSlope, 0, false)
-	slope.Stream = st.Name
-	return []report.Check{bytes, slope}
+	return vals, refs
 }
 
 // retransBracket returns total_retrans from the last record at or before
