@@ -470,7 +470,6 @@ static __always_inline __u64 socket_cgroup_id(const struct sock *sk)
 	return BPF_CORE_READ(cg, kn, id);
 }
 
-
 /* The slot of a tracked socket (sk as the calling program has it: a
  * struct bpf_sock or a struct sock), or NULL. */
 static __always_inline struct flow_state *flow_of(void *sk)
@@ -481,8 +480,10 @@ static __always_inline struct flow_state *flow_of(void *sk)
 }
 
 /* Gives the socket sk (tp) a slot, or returns NULL when it has one already
- * or none is free (counted in untracked_flows). */
-static __always_inline struct flow_state *new_flow(void *sk, const struct tcp_sock *tp, __u64 cookie)
+ * or none is free (counted in untracked_flows). The slot is filled before
+ * the walk can take it for a flow's: sk last. */
+static __always_inline struct flow_state *new_flow(void *sk, const struct tcp_sock *tp, __u64 cookie,
+						     __u64 cgroup_id)
 {
 	struct flow_state *st;
 	__u32 *ref, slot;
@@ -509,6 +510,7 @@ static __always_inline struct flow_state *new_flow(void *sk, const struct tcp_so
 	__builtin_memset(st, 0, sizeof(*st));
 	st->slot = slot;
 	st->cookie = cookie;
+	st->cgroup_id = cgroup_id;
 	st->sk = (__u64)tp;
 	*ref = slot;
 	return st;
@@ -531,8 +533,7 @@ static __always_inline void forget(void *sk, struct flow_state *st)
 static __always_inline void emit(const struct tcp_sock *tp, struct flow_state *st, __u8 event, __u8 old_state,
 				 __u8 new_state, __u8 flags, __u64 now_ns)
 {
-	const struct sock *sk = &tp->inet_conn.icsk_inet.sk;
-	const struct sock_common *skc = &sk->__sk_common;
+	const struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
 	struct flowd_record *r;
 
 	st->last_record_ns = now_ns;
@@ -550,11 +551,6 @@ static __always_inline void emit(const struct tcp_sock *tp, struct flow_state *s
 
 	r->timestamp_ns = now_ns;
 	r->cookie = st->cookie;
-	/* The cgroup id and the congestion control's name are read once per
-	 * flow (and the name again when the flow's congestion control changes),
-	 * and kept in its slot. */
-	if (!st->cgroup_id)
-		st->cgroup_id = socket_cgroup_id(sk);
 	r->cgroup_id = st->cgroup_id;
 	r->event = event;
 	r->old_state = old_state;
@@ -572,6 +568,8 @@ static __always_inline void emit(const struct tcp_sock *tp, struct flow_state *s
 		__builtin_memcpy(r->laddr, &l, 16);
 		__builtin_memcpy(r->raddr, &d, 16);
 	}
+	/* The congestion control's name is read again only when the flow's
+	 * congestion control changes. */
 	const struct tcp_congestion_ops *ops = tp->inet_conn.icsk_ca_ops;
 	if ((__u64)ops != st->ca_ops) {
 		bpf_probe_read_kernel_str(st->ca, sizeof(st->ca), ops->name);
@@ -621,7 +619,7 @@ static __always_inline struct flow_state *track(struct bpf_sock_ops *skops, stru
 
 	if (!flow_matches(skc))
 		return NULL;
-	st = new_flow(bsk, tp, bpf_get_socket_cookie(skops));
+	st = new_flow(bsk, tp, bpf_get_socket_cookie(skops), socket_cgroup_id(&tp->inet_conn.icsk_inet.sk));
 	if (!st)
 		return NULL;
 	cb = skops->bpf_sock_ops_cb_flags | wanted_cb_flags();
@@ -785,9 +783,9 @@ static long sample_slot(struct bpf_map *map, __u32 *slot, struct flow_state *st,
 
 /* Poll mode: run by user space every interval (every flush interval at
  * interval 0), and again as long as it returns 1 (it stopped once half the
- * ring buffer was unread). A flow whose segment counters changed since its last record
- * gets a sample, whether it sends, only receives or both; one that did not
- * gets one idle_interval after its last record. */
+ * ring buffer was unread). A flow whose segment counters changed since its
+ * last record gets a sample, whether it sends, only receives or both; one
+ * that did not gets one idle_interval after its last record. */
 SEC("syscall")
 int flowd_sample(void *ctx)
 {
@@ -848,10 +846,9 @@ int flowd_existing(struct bpf_iter__tcp *ctx)
 		return 0;
 	if (!flow_matches(skc))
 		return 0;
-	st = new_flow(sk, tp, bpf_get_socket_cookie(sk));
+	st = new_flow(sk, tp, bpf_get_socket_cookie(sk), cgroup_id);
 	if (!st)
 		return 0;
-	st->cgroup_id = cgroup_id;
 	old = tp->bpf_sock_ops_cb_flags;
 	cb = old | wanted_cb_flags();
 	if (cb != old && bpf_setsockopt(sk, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &cb, sizeof(cb)) &&

@@ -115,7 +115,7 @@ type Backend struct {
 	reader     *ringbuf.Reader
 	wake       *os.File // a duplicate of the ring buffer's fd, in Go's network poller: Run waits on it
 	dec        decoder
-	walkBuf    []byte // the TCP socket iterator's output is read in chunks of its size (see note_record in the program)
+	iterBuf    []byte // the TCP socket iterator's output is read in chunks of its size (see iterChunk)
 	untracked  uint64 // untracked_flows when last logged
 
 	detachOnce sync.Once
@@ -157,7 +157,7 @@ func New(cfg Config) (*Backend, error) {
 	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones
 	// charge the memory cgroup, and this does nothing.
 	memlockErr := rlimit.RemoveMemlock()
-	b := &Backend{cfg: cfg, log: cfg.Log, walkBuf: make([]byte, walkBudget(cfg.RingbufSize))}
+	b := &Backend{cfg: cfg, log: cfg.Log, iterBuf: make([]byte, iterChunk(cfg.RingbufSize))}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -561,10 +561,11 @@ func (b *Backend) detach() error {
 // not yet read are lost: Run drains them when its context is cancelled.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
-		errs := []error{b.detach()}
+		var errs []error
 		if b.existing != nil {
 			errs = append(errs, b.existing.Close())
 		}
+		errs = append(errs, b.detach())
 		if b.wake != nil {
 			errs = append(errs, b.wake.Close())
 		}

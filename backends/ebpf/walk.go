@@ -17,12 +17,12 @@ import (
 	"github.com/flowd/flowd/flow"
 )
 
-// walkBudget is how many records one read of the TCP socket iterator
-// sends at most: as many as fit in half the ring buffer (the wakeup
-// watermark), which is drained between reads. The program writes one byte
-// of output per record, and the kernel ends a read once it has as many as
-// were asked for (its buffer for a read is 32 KiB).
-func walkBudget(ringbufSize int) int {
+// iterChunk is how many bytes one read of the TCP socket iterator asks
+// for, so that it sends at most as many records as fit in half the ring
+// buffer (the wakeup watermark), which is drained between reads: the
+// program writes one byte of output per record, and the kernel ends a read
+// once it has as many as were asked for (its buffer for a read is 32 KiB).
+func iterChunk(ringbufSize int) int {
 	return max(1, min(int(wakeupBytes(ringbufSize))/recordSize, 16<<10))
 }
 
@@ -44,11 +44,11 @@ func (b *Backend) sample(raw *ringbuf.Record, rec *flow.Record, sink flow.Sink) 
 	}
 }
 
-// readWalk reads a walk's output chunk by chunk, draining the ring buffer
-// after each.
+// readWalk reads the TCP socket iterator's output chunk by chunk, draining
+// the ring buffer after each.
 func (b *Backend) readWalk(rd io.Reader, raw *ringbuf.Record, rec *flow.Record, sink flow.Sink) error {
 	for {
-		n, err := rd.Read(b.walkBuf)
+		n, err := rd.Read(b.iterBuf)
 		if _, derr := b.drain(raw, rec, sink); derr != nil {
 			return derr
 		}
@@ -109,7 +109,7 @@ func (b *Backend) walkExisting(raw *ringbuf.Record, rec *flow.Record, sink flow.
 }
 
 // variable reads one of the program's global counters.
-func (b *Backend) variable(v interface{ Get(any) error }) (uint64, error) {
+func (b *Backend) variable(v *ebpf.Variable) (uint64, error) {
 	var n uint64
 	err := v.Get(&n)
 	return n, err
