@@ -58,13 +58,15 @@ func TestReceiveOnly(t *testing.T) {
 		interval = 200 * time.Millisecond
 	)
 	cg := testutil.TempCgroup(t)
-	ns := testutil.NewNetns(t)
-	ns.Bottleneck(t, rate)
+	l := testutil.NewLink(t)
+	l.Shape(t, l.B, rate, 16<<10, 64<<10)
 	_, col := startBackend(t, Config{Cgroup: cg, Interval: interval, FlushInterval: 20 * time.Millisecond})
-	var p testutil.Pair
-	ns.Do(t, func() {
-		p = testutil.Dial(t, cg, testutil.Listen(t, cg, "tcp4", "127.0.0.1:0"))
-	})
+	var (
+		ln net.Listener
+		p  testutil.Pair
+	)
+	l.B.Do(t, func() { ln = testutil.Listen(t, cg, "tcp4", l.AddrB.String()+":0") })
+	l.A.Do(t, func() { p = testutil.Dial(t, cg, ln) })
 	cookie := testutil.Cookie(t, p.Client)
 
 	var got received
@@ -172,7 +174,7 @@ func TestExistingFlows(t *testing.T) {
 	var other testutil.Pair
 	ns.Do(t, func() {
 		other = testutil.Dial(t, cg, testutil.Listen(t, cg, "tcp6", "[::1]:0"))
-		holdProcess(t, cg)
+		testutil.StartProcess(t, cg)
 	})
 
 	b, col := startBackend(t, Config{Cgroup: cg, Interval: 100 * time.Millisecond, FlushInterval: 20 * time.Millisecond})

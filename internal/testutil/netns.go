@@ -78,29 +78,3 @@ func (n *Netns) Do(tb testing.TB, fn func()) {
 	}()
 	fn()
 }
-
-// Bottleneck makes the namespace's loopback a link of rate bytes per second
-// (a tbf queue of 64 KiB), with an MTU of 1500 bytes so that TCP segments
-// fit the queue's bursts.
-func (n *Netns) Bottleneck(tb testing.TB, rate uint64) {
-	tb.Helper()
-	n.Do(tb, func() {
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
-			err = netlink.LinkSetMTU(lo, 1500)
-		}
-		if err != nil {
-			tb.Fatalf("setting the MTU of lo: %v", err)
-		}
-		const burst = 16 << 10
-		q := &netlink.Tbf{
-			QdiscAttrs: netlink.QdiscAttrs{LinkIndex: lo.Attrs().Index, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
-			Rate:       rate,
-			Limit:      64 << 10,
-			Buffer:     netlink.Xmittime(rate, burst),
-		}
-		if err := netlink.QdiscAdd(q); err != nil {
-			tb.Fatalf("adding a tbf qdisc to lo (sch_tbf): %v", err)
-		}
-	})
-}

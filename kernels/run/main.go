@@ -40,8 +40,8 @@ func matrix() []kernels.DebianKernel {
 
 // guestModules are loaded in the guest when the kernel builds them as
 // modules (Debian does): the netlink backend needs inet_diag for TCP, the
-// ebpf backend's receive-only test a tbf bottleneck.
-var guestModules = []string{"net/ipv4/inet_diag.ko", "net/ipv4/tcp_diag.ko", "net/sched/sch_tbf.ko"}
+// ebpf backend's receive-only test a veth link with a tbf bottleneck.
+var guestModules = []string{"net/ipv4/inet_diag.ko", "net/ipv4/tcp_diag.ko", "drivers/net/veth.ko", "net/sched/sch_tbf.ko"}
 
 // testPackages are built as static test binaries and run in the guest,
 // each as a step named after its package (go test -c names the binaries so).
