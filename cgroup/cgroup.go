@@ -173,13 +173,14 @@ func Processes(path string) ([]int, error) {
 }
 
 // eachCgroup calls fn for path and for every cgroup below it. A cgroup
-// below path that is removed while it walks is skipped.
+// below path that is removed while it walks is skipped (its files read
+// ENODEV once it is gone).
 func eachCgroup(path string, fn func(dir string) error) error {
 	err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
 			err = fn(p)
 		}
-		if err != nil && p != path && errors.Is(err, fs.ErrNotExist) {
+		if err != nil && p != path && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)) {
 			return nil // removed while we walked
 		}
 		return err
