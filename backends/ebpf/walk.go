@@ -98,10 +98,10 @@ func (b *Backend) walkExisting(raw *ringbuf.Record, rec *flow.Record, sink flow.
 	found, _ := b.variable(b.objs.ExistingFlows)
 	uncalled, _ := b.variable(b.objs.ExistingWithoutCallbacks)
 	b.log.WithFields(logrus.Fields{
-		"flows": found, "without_callbacks": uncalled, "netns": 1 + len(spaces) - len(skipped),
+		logKeyFlows: found, logKeyWithoutCallbacks: uncalled, logKeyNetns: 1 + len(spaces) - len(skipped),
 	}).Info("ebpf backend tracks the flows that began before it")
 	if len(skipped) > 0 || unreadable > 0 {
-		b.log.WithFields(logrus.Fields{"skipped": skipped, "unreadable_processes": unreadable}).Warn(
+		b.log.WithFields(logrus.Fields{logKeySkipped: skipped, logKeyUnreadable: unreadable}).Warn(
 			"network namespaces of the cgroup not searched for flows that began before flowd (entering one needs CAP_SYS_ADMIN, reading a process's CAP_SYS_PTRACE): their flows are recorded from their next state change if an earlier flowd tracked them, else not at all")
 	}
 	b.detachSetStateWhenUnused()
@@ -139,7 +139,7 @@ func (b *Backend) logUntracked() {
 	if err != nil || n == b.untracked {
 		return
 	}
-	b.log.WithFields(logrus.Fields{"untracked": n - b.untracked, "untracked_total": n, "max_flows": b.cfg.MaxFlows}).Warn(
+	b.log.WithFields(logrus.Fields{logKeyUntracked: n - b.untracked, logKeyUntrackedTotal: n, logKeyMaxFlows: b.cfg.MaxFlows}).Warn(
 		"flows not tracked: as many as max_flows are")
 	b.untracked = n
 }
