@@ -43,7 +43,9 @@ type Config struct {
 // EBPF configures the eBPF sockops backend.
 type EBPF struct {
 	Mode          EBPFMode      `yaml:"mode"`
-	Interval      time.Duration `yaml:"interval"`       // >= 0; 0 = a sample on every RTT callback
+	Interval      time.Duration `yaml:"interval"`       // >= 0; 0 = senders on every RTT callback, the others every flush_interval
+	IdleInterval  time.Duration `yaml:"idle_interval"`  // >= 0; 0 = no samples of flows that did not move
+	MaxFlows      int           `yaml:"max_flows"`      // flows tracked at once, 1..ebpfMaxFlows
 	RingbufSize   int           `yaml:"ringbuf_size"`   // bytes; a power of two, at least a page
 	FlushInterval time.Duration `yaml:"flush_interval"` // > 0
 }
@@ -84,11 +86,12 @@ type Metrics struct {
 func Default() *Config {
 	return &Config{
 		Backends: []Backend{BackendAuto},
-		EBPF:     EBPF{Mode: "poll", Interval: time.Second, RingbufSize: 4 << 20, FlushInterval: 100 * time.Millisecond},
-		Netlink:  Netlink{Interval: time.Second},
-		Filter:   Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:   Output{Path: "-", TCPInfo: []flow.Field{}, Samples: "changes"},
-		Log:      Log{Level: "info", Format: "text"},
+		EBPF: EBPF{Mode: "poll", Interval: time.Second, IdleInterval: time.Minute, MaxFlows: 1 << 16,
+			RingbufSize: 4 << 20, FlushInterval: 100 * time.Millisecond},
+		Netlink: Netlink{Interval: time.Second},
+		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
+		Output:  Output{Path: "-", TCPInfo: []flow.Field{}, Samples: "changes"},
+		Log:     Log{Level: "info", Format: "text"},
 	}
 }
 
@@ -157,6 +160,10 @@ func (p *Port) UnmarshalText(text []byte) error {
 	return nil
 }
 
+// ebpfMaxFlows is the most flows the eBPF backend tracks at once: its
+// flow table has one 72-byte slot per flow, allocated up front.
+const ebpfMaxFlows = 1 << 24
+
 // maxRingbufSize is the largest power of two a BPF map's u32 max_entries holds.
 const maxRingbufSize = 1 << 31
 
@@ -177,6 +184,12 @@ func (c *Config) Validate() error {
 
 	if d := c.EBPF.Interval; d < 0 {
 		return c.Invalid("ebpf.interval", nil, "%s is not 0 or more", d)
+	}
+	if d := c.EBPF.IdleInterval; d < 0 {
+		return c.Invalid("ebpf.idle_interval", nil, "%s is not 0 or more", d)
+	}
+	if n := c.EBPF.MaxFlows; n < 1 || n > ebpfMaxFlows {
+		return c.Invalid("ebpf.max_flows", nil, "%d is out of range 1..%d", n, ebpfMaxFlows)
 	}
 	page := os.Getpagesize()
 	switch n := c.EBPF.RingbufSize; {

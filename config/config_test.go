@@ -43,6 +43,8 @@ func defaults() *Config {
 		EBPF: EBPF{
 			Mode:          "poll",
 			Interval:      time.Second,
+			IdleInterval:  time.Minute,
+			MaxFlows:      65536,
 			RingbufSize:   4 << 20,
 			FlushInterval: 100 * time.Millisecond,
 		},
@@ -134,7 +136,7 @@ metrics:
 	want := &Config{
 		Backends: []Backend{"ebpf", "netlink"},
 		Cgroup:   "/sys/fs/cgroup/flowd.test",
-		EBPF:     EBPF{Mode: "transition", Interval: 0, RingbufSize: 65536, FlushInterval: 250 * time.Millisecond},
+		EBPF:     EBPF{Mode: "transition", Interval: 0, IdleInterval: time.Minute, MaxFlows: 65536, RingbufSize: 65536, FlushInterval: 250 * time.Millisecond},
 		Netlink:  Netlink{Interval: 2 * time.Second},
 		Filter: Filter{
 			LocalPorts:  []Port{5201, 80},
@@ -243,6 +245,10 @@ func TestErrors(t *testing.T) {
 		{name: "bad duration env", env: map[string]string{"FLOWD_NETLINK_INTERVAL": "2 seconds"}, want: []string{`netlink.interval: "2 seconds" is not a duration`}},
 		{name: "duration without unit", file: "netlink:\n  interval: 5\n", want: []string{"netlink.interval: 5 is not a duration"}},
 		{name: "negative interval", file: "ebpf:\n  interval: -1s\n", want: []string{"ebpf.interval: -1s is not 0 or more"}},
+		{name: "negative idle interval", file: "ebpf:\n  idle_interval: -1s\n", want: []string{"ebpf.idle_interval: -1s is not 0 or more"}},
+		{name: "idle interval without unit", file: "ebpf:\n  idle_interval: 60\n", want: []string{"ebpf.idle_interval: 60 is not a duration"}},
+		{name: "zero max flows", file: "ebpf:\n  max_flows: 0\n", want: []string{"ebpf.max_flows: 0 is out of range 1..16777216"}},
+		{name: "too many max flows", env: map[string]string{"FLOWD_EBPF_MAX_FLOWS": "16777217"}, want: []string{"ebpf.max_flows: 16777217 is out of range", "(set by FLOWD_EBPF_MAX_FLOWS)"}},
 		{name: "zero flush interval", file: "ebpf:\n  flush_interval: 0s\n", want: []string{"ebpf.flush_interval: 0s is not greater than 0"}},
 		{name: "negative flush interval", file: "ebpf:\n  flush_interval: -5ms\n", want: []string{"ebpf.flush_interval: -5ms"}},
 		{name: "zero netlink interval", file: "netlink:\n  interval: 0\n", want: []string{"netlink.interval: 0s is not greater than 0"}},
@@ -355,6 +361,8 @@ func TestYAMLRoundTrip(t *testing.T) {
 	c.Cgroup = "/sys/fs/cgroup/system.slice"
 	c.EBPF.Interval = 1500 * time.Millisecond
 	c.EBPF.Mode = "transition"
+	c.EBPF.IdleInterval = 0
+	c.EBPF.MaxFlows = 1000
 	c.Netlink.Netns = "/run/netns/blue"
 	c.Filter.LocalPorts = []Port{5201}
 	c.Filter.RemoteCIDRs = []netip.Prefix{netip.MustParsePrefix("::/0"), netip.MustParsePrefix("10.0.0.0/8")}

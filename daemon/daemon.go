@@ -380,6 +380,8 @@ func (d *Daemon) ebpfConfig() ebpf.Config {
 		Cgroup:        d.cgroup,
 		Mode:          ebpf.Mode(c.Mode),
 		Interval:      c.Interval,
+		IdleInterval:  c.IdleInterval,
+		MaxFlows:      c.MaxFlows,
 		RingbufSize:   c.RingbufSize,
 		FlushInterval: c.FlushInterval,
 		Filter:        d.filter(),
