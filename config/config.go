@@ -167,6 +167,13 @@ const ebpfMaxFlows = 1 << 24
 // maxRingbufSize is the largest power of two a BPF map's u32 max_entries holds.
 const maxRingbufSize = 1 << 31
 
+// The shortest periods of work: below them a timer fires so often that it
+// keeps a core busy doing nearly nothing each time.
+const (
+	minFlushInterval   = time.Millisecond
+	minNetlinkInterval = 10 * time.Millisecond // a dump walks the kernel's TCP table per namespace
+)
+
 // Validate checks the values alone and together. Decoding (Load) has
 // checked what each type can: the enums, ports, prefixes and member names.
 func (c *Config) Validate() error {
@@ -202,11 +209,11 @@ func (c *Config) Validate() error {
 	case n > maxRingbufSize:
 		return c.Invalid("ebpf.ringbuf_size", nil, "%d is larger than %d", n, maxRingbufSize)
 	}
-	if d := c.EBPF.FlushInterval; d <= 0 {
-		return c.Invalid("ebpf.flush_interval", nil, "%s is not greater than 0", d)
+	if d := c.EBPF.FlushInterval; d < minFlushInterval {
+		return c.Invalid("ebpf.flush_interval", nil, "%s is shorter than %s", d, minFlushInterval)
 	}
-	if d := c.Netlink.Interval; d <= 0 {
-		return c.Invalid("netlink.interval", nil, "%s is not greater than 0", d)
+	if d := c.Netlink.Interval; d < minNetlinkInterval {
+		return c.Invalid("netlink.interval", nil, "%s is shorter than %s", d, minNetlinkInterval)
 	}
 
 	if c.Output.Path == "" {

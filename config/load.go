@@ -5,6 +5,7 @@ import (
 	"encoding"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"reflect"
@@ -170,9 +171,16 @@ func (l *loader) source(key string) string {
 	return ""
 }
 
+// maxFileSize is the largest config file Load reads. flowd's whole
+// configuration is a few KiB; a larger file is not one (a device, a log
+// given by mistake), and is refused before it is read.
+const maxFileSize = 1 << 20
+
 // readFile reads the YAML file at path into the nested map viper merges.
+// The file is a regular file, or a pipe (--config <(...)); either way no
+// more than maxFileSize is read.
 func readFile(path string) (map[string]any, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path)
 	if err != nil {
 		return nil, &Error{Msg: "reading config file", Err: err}
 	}
@@ -188,6 +196,68 @@ func readFile(path string) (map[string]any, error) {
 		return nil, &Error{Msg: fmt.Sprintf("config file %s does not hold a mapping of keys", path)}
 	}
 	return m, checkFile(m, reflect.TypeFor[Config](), "")
+}
+
+// readLimited reads the file at path if it is a regular file or a pipe of
+// at most maxFileSize bytes. A device, directory or socket is refused
+// before it is opened: reading /dev/zero would never end.
+func readLimited(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkKind(path, st); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err = f.Stat(); err != nil { // what was opened, if the path changed meanwhile
+		return nil, err
+	}
+	if err := checkKind(path, st); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("%s holds more than 1 MiB, the limit of a config file", path)
+	}
+	return data, nil
+}
+
+// checkKind accepts a regular file of at most maxFileSize bytes, or a pipe.
+func checkKind(path string, st os.FileInfo) error {
+	switch m := st.Mode(); {
+	case m.IsRegular():
+		if st.Size() > maxFileSize {
+			return fmt.Errorf("%s holds %d bytes, more than 1 MiB, the limit of a config file", path, st.Size())
+		}
+		return nil
+	case m&os.ModeNamedPipe != 0:
+		return nil
+	case m.IsDir():
+		return fmt.Errorf("%s is a directory", path)
+	default:
+		return fmt.Errorf("%s is %s, not a regular file", path, kind(m))
+	}
+}
+
+// kind names the type of a file that is not a regular file, directory or pipe.
+func kind(m os.FileMode) string {
+	switch {
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return m.Type().String()
 }
 
 // checkFile rejects the keys of m that struct type t has no field for and
