@@ -57,7 +57,7 @@ func New(version string) (*Metrics, error) {
 		outputErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "output_errors_total",
-			Help:      "Records that could not be written to the output.",
+			Help:      "Records lost because the output could not be written.",
 		}),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -82,9 +82,10 @@ func New(version string) (*Metrics, error) {
 // Registry returns the registry the metrics are in.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Sink returns a sink that counts each record, then writes it to next.
-// Errors from next are counted as output errors and returned. It is safe
-// for concurrent use if next is.
+// Sink returns a sink that counts each record, then writes it to next. A
+// record next refuses counts as an output error; the records an output
+// loses later, when it writes what it buffered, it counts itself
+// (AddOutputErrors). It is safe for concurrent use if next is.
 func (m *Metrics) Sink(next flow.Sink) flow.Sink {
 	s := &countingSink{m: m, next: next}
 	s.counters.Store(&[]backendCounters{})
@@ -119,14 +120,8 @@ func (s *countingSink) Write(r *flow.Record) error {
 	return nil
 }
 
-// Flush flushes next, when it buffers; its errors count as output errors.
-func (s *countingSink) Flush() error {
-	if err := flow.Flush(s.next); err != nil {
-		s.m.outputErrors.Inc()
-		return err
-	}
-	return nil
-}
+// Flush flushes next, when it buffers.
+func (s *countingSink) Flush() error { return flow.Flush(s.next) }
 
 func (s *countingSink) counter(r *flow.Record) prometheus.Counter {
 	if c := find(*s.counters.Load(), r); c != nil {
@@ -164,6 +159,11 @@ func find(counters []backendCounters, r *flow.Record) prometheus.Counter {
 // appear before the first drop.
 func (m *Metrics) AddDrops(backend string, n uint64) {
 	m.drops.WithLabelValues(backend).Add(float64(n))
+}
+
+// AddOutputErrors adds n records an output lost.
+func (m *Metrics) AddOutputErrors(n int) {
+	m.outputErrors.Add(float64(n))
 }
 
 // SetFlows sets the number of flows backend tracks.
