@@ -65,9 +65,11 @@ type Filter struct {
 
 // Output says where records go and what they hold.
 type Output struct {
-	Path    string       `yaml:"path"`          // "-" = standard output; a file is opened for append
-	TCPInfo []flow.Field `yaml:"tcp_info,flow"` // the members written; none = every member
-	Samples Samples      `yaml:"samples"`
+	Path           string       `yaml:"path"`            // "-" = standard output; a file is opened for append
+	Mode           FileMode     `yaml:"mode"`            // permissions of a file flowd creates; the owner may write
+	FollowSymlinks bool         `yaml:"follow_symlinks"` // else a symbolic link at path is refused
+	TCPInfo        []flow.Field `yaml:"tcp_info,flow"`   // the members written; none = every member
+	Samples        Samples      `yaml:"samples"`
 }
 
 // Log configures flowd's own log, on standard error.
@@ -90,7 +92,7 @@ func Default() *Config {
 			RingbufSize: 4 << 20, FlushInterval: 100 * time.Millisecond},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-", TCPInfo: []flow.Field{}, Samples: "changes"},
+		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "changes"},
 		Log:     Log{Level: "info", Format: "text"},
 	}
 }
@@ -144,6 +146,37 @@ func join[T ~string](items []T) string {
 	}
 	return strings.Join(s, ", ")
 }
+
+// FileMode is a file's permission bits, written in octal with a leading 0
+// ("0640"). YAML reads an unquoted 0640 as the number 416 and 640 as six
+// hundred and forty, so a number is refused: the file must quote the mode.
+type FileMode uint32
+
+func (m *FileMode) UnmarshalText(text []byte) error {
+	s := string(text)
+	digits, ok := strings.CutPrefix(s, "0o")
+	if !ok {
+		digits, ok = strings.CutPrefix(s, "0")
+	}
+	n, err := strconv.ParseUint(digits, 8, 32)
+	if !ok || err != nil || digits == "" {
+		if d, err := strconv.ParseUint(s, 10, 32); err == nil && d <= 0o777 {
+			// Most likely YAML's reading of an unquoted octal number.
+			return fmt.Errorf("%q is not a mode in octal with a leading 0 (YAML reads an unquoted %#o as %d: quote it, \"%04o\")", text, d, d, d)
+		}
+		return fmt.Errorf("%q is not a mode in octal with a leading 0 (e.g. \"0640\", quoted in the file)", text)
+	}
+	if n > 0o777 {
+		return fmt.Errorf("%q is not a mode of permission bits (0 to 0777)", text)
+	}
+	*m = FileMode(n)
+	return nil
+}
+
+func (m FileMode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// String returns the mode as the file writes it: "0640".
+func (m FileMode) String() string { return fmt.Sprintf("%04o", uint32(m)) }
 
 // Port is a TCP port number, 1 to 65535.
 type Port uint16
@@ -218,6 +251,9 @@ func (c *Config) Validate() error {
 
 	if c.Output.Path == "" {
 		return c.Invalid("output.path", nil, `"" is not a path (use "-" for standard output)`)
+	}
+	if m := c.Output.Mode; m&0o200 == 0 {
+		return c.Invalid("output.mode", nil, "%q does not let flowd write a file it creates (the owner needs w, e.g. 0600)", m)
 	}
 	if s := c.Metrics.Listen; s != "" {
 		_, port, err := net.SplitHostPort(s)

@@ -50,7 +50,7 @@ func defaults() *Config {
 		},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-", TCPInfo: []flow.Field{}, Samples: "changes"},
+		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "changes"},
 		Log:     Log{Level: "info", Format: "text"},
 	}
 }
@@ -121,6 +121,8 @@ filter:
   remote_cidrs: [10.1.2.3/8, "2001:db8::1/32"]
 output:
   path: `+out+`
+  mode: "0640"
+  follow_symlinks: true
   tcp_info: [snd_cwnd, rtt, "snd_cwnd"]
   samples: full
 log:
@@ -143,7 +145,7 @@ metrics:
 			RemotePorts: []Port{443},
 			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
 		},
-		Output:  Output{Path: out, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}, Samples: "full"},
+		Output:  Output{Path: out, Mode: 0o640, FollowSymlinks: true, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}, Samples: "full"},
 		Log:     Log{Level: "debug", Format: "json"},
 		Metrics: Metrics{Listen: "127.0.0.1:9100"},
 	}
@@ -165,6 +167,8 @@ func TestEnv(t *testing.T) {
 	t.Setenv("FLOWD_FILTER_REMOTE_CIDRS", "192.168.0.0/16,::1/128")
 	t.Setenv("FLOWD_LOG_LEVEL", "warn")
 	t.Setenv("FLOWD_OUTPUT_TCP_INFO", "delivery_rate, snd_cwnd")
+	t.Setenv("FLOWD_OUTPUT_MODE", "0o644")
+	t.Setenv("FLOWD_OUTPUT_FOLLOW_SYMLINKS", "true")
 	for _, backendsVar := range []string{"ebpf netlink", "ebpf,netlink"} {
 		t.Setenv("FLOWD_BACKENDS", backendsVar)
 		c, err := Load(path)
@@ -174,7 +178,7 @@ func TestEnv(t *testing.T) {
 		if c.EBPF.Mode != "transition" || c.Netlink.Interval != 2*time.Second || c.EBPF.RingbufSize != 8192 ||
 			!reflect.DeepEqual(c.Backends, []Backend{"ebpf", "netlink"}) ||
 			!reflect.DeepEqual(c.Filter.LocalPorts, []Port{80, 443, 8080}) ||
-			len(c.Filter.RemoteCIDRs) != 2 || c.Log.Level != "warn" ||
+			len(c.Filter.RemoteCIDRs) != 2 || c.Log.Level != "warn" || c.Output.Mode != 0o644 || !c.Output.FollowSymlinks ||
 			!reflect.DeepEqual(c.Output.TCPInfo, []flow.Field{flow.FieldDeliveryRate, flow.FieldSndCwnd}) {
 			t.Errorf("FLOWD_BACKENDS=%q: env did not override: %+v", backendsVar, c)
 		}
@@ -287,6 +291,13 @@ func TestErrors(t *testing.T) {
 		{name: "cgroup a list", file: "cgroup: [a, b]\n", want: []string{`cgroup: ["a", "b"] is not a string`}},
 
 		{name: "output empty", file: "output:\n  path: \"\"\n", want: []string{`output.path: "" is not a path`}},
+		{name: "output mode unquoted", file: "output:\n  mode: 0640\n", want: []string{`output.mode: "416" is not a mode in octal with a leading 0 (YAML reads an unquoted 0640 as 416: quote it, "0640")`}},
+		{name: "output mode decimal", file: "output:\n  mode: 640\n", want: []string{`output.mode: "640" is not a mode in octal with a leading 0 (e.g. "0640", quoted in the file)`}},
+		{name: "output mode not octal", file: "output:\n  mode: \"0689\"\n", want: []string{`output.mode: "0689" is not a mode in octal`}},
+		{name: "output mode special bits", file: "output:\n  mode: \"04755\"\n", want: []string{`output.mode: "04755" is not a mode of permission bits`}},
+		{name: "output mode read-only", env: map[string]string{"FLOWD_OUTPUT_MODE": "0440"}, want: []string{`output.mode: "0440" does not let flowd write`, "FLOWD_OUTPUT_MODE"}},
+		{name: "output mode empty", env: map[string]string{"FLOWD_OUTPUT_MODE": ""}, want: []string{`output.mode: "" is not a mode`}},
+		{name: "follow symlinks not a bool", file: "output:\n  follow_symlinks: sometimes\n", want: []string{`output.follow_symlinks: "sometimes" is not true or false`}},
 		{name: "output empty env", env: map[string]string{"FLOWD_OUTPUT_PATH": ""}, want: []string{`output.path: "" is not a path`, "FLOWD_OUTPUT_PATH"}},
 	}
 	for _, tt := range tests {
@@ -373,6 +384,8 @@ func TestYAMLRoundTrip(t *testing.T) {
 	c.Log.Level = "warn"
 	c.Output.TCPInfo = []flow.Field{flow.FieldRTT, flow.FieldSndCwnd}
 	c.Output.Samples = "full"
+	c.Output.Mode = 0o640
+	c.Output.FollowSymlinks = true
 	b, err := c.YAML()
 	if err != nil {
 		t.Fatal(err)

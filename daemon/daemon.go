@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -38,6 +39,9 @@ const (
 	logKeyDrops      = "drops"
 	logKeyDropsTotal = "drops_total"
 	logKeyTimeout    = "timeout"
+	logKeyBytes      = "bytes"
+	logKeyLost       = "lost"       // records an output lost since the last line about it
+	logKeyLostTotal  = "lost_total" // records an output lost since it began to fail
 )
 
 const (
@@ -284,15 +288,25 @@ func (d *Daemon) runError(ctx context.Context, b backends.Backend, err error) er
 }
 
 // openOutputs opens what the records go to: the JSON Lines output. An
-// OTLP exporter or per-cgroup metrics would be more outputs.
+// OTLP exporter or per-cgroup metrics would be more.
 func (d *Daemon) openOutputs() (outputs, error) {
 	c := d.cfg.Output
+	faults := newOutputFaults(d.log.WithField(logKeyOutput, c.Path), d.metrics)
 	var records *sink.JSONL
 	if d.out != nil {
 		records = sink.NewJSONL(d.out, c.TCPInfo...)
+		records.SetFaults(faults)
 	} else {
 		var err error
-		if records, err = sink.Open(c.Path, c.TCPInfo...); err != nil {
+		records, err = sink.Open(c.Path, sink.Options{
+			FileOptions: sink.FileOptions{Mode: os.FileMode(c.Mode), FollowSymlinks: c.FollowSymlinks},
+			Members:     c.TCPInfo,
+			Faults:      faults,
+		})
+		switch {
+		case errors.Is(err, sink.ErrSymlink):
+			return nil, d.cfg.Invalid("output.path", nil, "%q is a symbolic link, which flowd does not follow unless output.follow_symlinks is true", c.Path)
+		case err != nil:
 			return nil, d.cfg.Invalid("output.path", err, "%q is not writable", c.Path)
 		}
 	}

@@ -633,24 +633,6 @@ func TestBackendStopsEarly(t *testing.T) {
 	}
 }
 
-type failWriter struct{}
-
-func (failWriter) Write([]byte) (int, error) { return 0, io.ErrShortWrite }
-
-func TestOutputError(t *testing.T) {
-	h := newHarness(t, testConfig("netlink"))
-	h.d.out = failWriter{}
-	fakeOf(h.nl).before = []flow.Record{record("netlink", 1)}
-	fakeOf(h.nl).flush = true
-	err := h.d.Run(context.Background())
-	if !errors.Is(err, io.ErrShortWrite) {
-		t.Fatalf("Run = %v, want the output's error", err)
-	}
-	if fakeOf(h.nl).closes != 1 {
-		t.Error("backend not closed")
-	}
-}
-
 func TestStopTimeout(t *testing.T) {
 	h := newHarness(t, testConfig("netlink"))
 	h.d.stopTimeout = 50 * time.Millisecond
@@ -673,14 +655,7 @@ func TestOutputFile(t *testing.T) {
 	}
 	cfg := testConfig("netlink")
 	cfg.Output.Path = path
-	h := newHarness(t, cfg)
-	h.d.out = nil
-	fakeOf(h.nl).before = []flow.Record{record("netlink", 7)}
-	stop := h.start(t)
-	<-fakeOf(h.nl).started
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	recordOnce(t, cfg)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -760,12 +735,16 @@ func TestNewLogger(t *testing.T) {
 	}
 }
 
-// fileCookies returns the cookies of the records in a JSON Lines file, in order.
+// fileCookies returns the cookies of the records in a JSON Lines file, in
+// order; a partial or unparsable line fails the test.
 func fileCookies(t *testing.T, path string) []uint64 {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		t.Errorf("%s ends in a partial line", path)
 	}
 	var cookies []uint64
 	s := bufio.NewScanner(bytes.NewReader(b))
@@ -927,7 +906,15 @@ func loadConfig(t *testing.T, content string, env ...string) *config.Config {
 // are configuration errors naming the key, the value and where it was set.
 func TestStartupChecks(t *testing.T) {
 	cgroupRoot(t)
-	dir := t.TempDir() // a directory, but not on cgroup2
+	dir := t.TempDir()                       // a directory, but not on cgroup2
+	link := filepath.Join(dir, "link.jsonl") // planted by another user
+	if err := os.Symlink(filepath.Join(dir, "target"), link); err != nil {
+		t.Fatal(err)
+	}
+	blob := filepath.Join(dir, "blob") // 100 KiB without a newline
+	if err := os.WriteFile(blob, bytes.Repeat([]byte{'x'}, 100<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		file string
@@ -942,6 +929,8 @@ func TestStartupChecks(t *testing.T) {
 		{name: "netns not a namespace", file: "netlink:\n  netns: /etc/hostname\n", want: []string{`netlink.netns: "/etc/hostname" is not a network namespace file`}},
 		{name: "output in missing directory", file: "output:\n  path: " + dir + "/missing/out.jsonl\n", want: []string{`output.path: "` + dir + `/missing/out.jsonl" is not writable`}, run: true},
 		{name: "output a directory", file: "output:\n  path: " + dir + "\n", want: []string{`output.path: "` + dir + `" is not writable`, "is a directory"}, run: true},
+		{name: "output a symbolic link", env: []string{"FLOWD_OUTPUT_PATH=" + link}, want: []string{`output.path: "` + link + `" is a symbolic link`, "output.follow_symlinks", "(set by FLOWD_OUTPUT_PATH)"}, run: true},
+		{name: "output not JSON Lines", file: "output:\n  path: " + blob + "\n", want: []string{`output.path: "` + blob + `"`, "without a newline"}, run: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := loadConfig(t, tc.file, tc.env...)
@@ -1032,7 +1021,7 @@ output:
 func TestOutputsFanOut(t *testing.T) {
 	var a, b bytes.Buffer
 	path := filepath.Join(t.TempDir(), "records.jsonl")
-	file, err := sink.Open(path)
+	file, err := sink.Open(path, sink.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

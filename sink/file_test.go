@@ -23,7 +23,7 @@ func TestFileWriteBehind(t *testing.T) {
 		t.Skipf("%s is on tmpfs, whose pages cannot be dropped: set TMPDIR to a disk file system", dir)
 	}
 	path := filepath.Join(dir, "out.jsonl")
-	o, err := OpenFile(path)
+	o, err := OpenFile(path, FileOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestFileWriteBehind(t *testing.T) {
 // and the records keep arriving.
 func TestFileTruncated(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out.jsonl")
-	o, err := OpenFile(path)
+	o, err := OpenFile(path, FileOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestFileTruncated(t *testing.T) {
 }
 
 func TestFileNotRegular(t *testing.T) {
-	o, err := OpenFile(os.DevNull)
+	o, err := OpenFile(os.DevNull, FileOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

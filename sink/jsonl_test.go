@@ -116,26 +116,6 @@ func TestJSONLMembers(t *testing.T) {
 	}
 }
 
-type failWriter struct{}
-
-func (failWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
-
-func TestJSONLWriteError(t *testing.T) {
-	j := NewJSONL(failWriter{})
-	if err := j.Write(sample()); err != nil {
-		t.Fatalf("buffered Write failed early: %v", err)
-	}
-	if err := j.Flush(); !errors.Is(err, io.ErrClosedPipe) {
-		t.Errorf("Flush = %v, want the writer's error", err)
-	}
-	if err := j.Write(sample()); !errors.Is(err, io.ErrClosedPipe) {
-		t.Errorf("Write after a failed flush = %v, want the writer's error", err)
-	}
-	if err := j.Close(); !errors.Is(err, io.ErrClosedPipe) {
-		t.Errorf("Close = %v, want the writer's error", err)
-	}
-}
-
 // sizesWriter keeps what it is given and the size of every write.
 type sizesWriter struct {
 	bytes.Buffer
@@ -179,20 +159,6 @@ func TestJSONLLarge(t *testing.T) {
 	}
 }
 
-type shortWriter struct{}
-
-func (shortWriter) Write(p []byte) (int, error) { return len(p) / 2, nil }
-
-func TestJSONLShortWrite(t *testing.T) {
-	j := NewJSONL(shortWriter{})
-	if err := j.Write(sample()); err != nil {
-		t.Fatal(err)
-	}
-	if err := j.Flush(); !errors.Is(err, io.ErrShortWrite) {
-		t.Errorf("Flush = %v, want io.ErrShortWrite", err)
-	}
-}
-
 // TestJSONLReopen: log rotation. Reopen writes what is buffered to the
 // file renamed away, creates a new file at the path for what follows, and
 // starts each flow there with a complete line; a reopen that fails keeps
@@ -200,7 +166,7 @@ func TestJSONLShortWrite(t *testing.T) {
 func TestJSONLReopen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "records.jsonl")
-	j, err := Open(path)
+	j, err := Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -167,7 +167,7 @@ func benchPipeline(b *testing.B, cg, dir string, samples sink.Samples, rate int)
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		b.Fatal(err)
 	}
-	f, err := sink.OpenFile(path)
+	f, err := sink.OpenFile(path, sink.FileOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
