@@ -281,7 +281,17 @@ func buildCollector() (string, error) {
 	}
 	// Several test binaries may build at once: the last rename wins, and
 	// every one of them is the same program.
-	return bin, os.Rename(tmp, bin)
+	if err := os.Rename(tmp, bin); err != nil {
+		return "", err
+	}
+	// Binaries of older sources are not used again.
+	stale, _ := filepath.Glob(filepath.Join(dir, "otelcol-*"))
+	for _, old := range stale {
+		if old != bin && !strings.HasSuffix(old, ".tmp") {
+			os.Remove(old)
+		}
+	}
+	return bin, nil
 }
 
 // repoRoot returns the directory of flowd's go.mod, above the working
