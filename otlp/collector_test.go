@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/netip"
 	"os"
+	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
@@ -288,6 +289,15 @@ func write(t *testing.T, e *otlp.Exporter, records []flow.Record) {
 		if err := e.Write(&records[i]); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestCollectorConfig checks configs/otelcol.yaml with the collector's
+// own validation.
+func TestCollectorConfig(t *testing.T) {
+	out, err := exec.Command(testutil.OTelCollectorBinary(t), "validate", "--config", "../configs/otelcol.yaml").CombinedOutput()
+	if err != nil {
+		t.Fatalf("configs/otelcol.yaml: %v\n%s", err, out)
 	}
 }
 
