@@ -1,14 +1,21 @@
 package otlp
 
 import (
+	"bytes"
+	"compress/gzip"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/flowd/flowd/backends/ebpf"
+	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 )
 
@@ -47,17 +54,18 @@ func BenchmarkEncode(b *testing.B) {
 func BenchmarkExport(b *testing.B) {
 	col := testutil.StartOTelCollector(b, testutil.OTelCollectorOptions{Discard: true})
 	for _, p := range []Protocol{ProtocolGRPC, ProtocolHTTP} {
-		for _, c := range []Compression{CompressionNone, CompressionGzip} {
-			name := fmt.Sprintf("%s/%s", strings.ReplaceAll(string(p), "/", "-"), c)
-			b.Run(name, func(b *testing.B) {
-				cfg := Default()
-				cfg.Endpoint, cfg.Protocol, cfg.Compression = col.GRPC, p, c
-				if p == ProtocolHTTP {
-					cfg.Endpoint = col.HTTP
-				}
-				benchExport(b, col, cfg, 0)
-			})
-		}
+		b.Run(strings.ReplaceAll(string(p), "/", "-"), func(b *testing.B) {
+			for _, c := range []Compression{CompressionNone, CompressionGzip} {
+				b.Run(string(c), func(b *testing.B) {
+					cfg := Default()
+					cfg.Endpoint, cfg.Protocol, cfg.Compression = col.GRPC, p, c
+					if p == ProtocolHTTP {
+						cfg.Endpoint = col.HTTP
+					}
+					benchExport(b, col, cfg, 0)
+				})
+			}
+		})
 	}
 }
 
@@ -148,4 +156,134 @@ func systemCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Stime.Nano())
+}
+
+// BenchmarkIdle is what an exporter with nothing to send costs: its
+// senders' and reporter's timers. One op is one second; "none" is the
+// test process without an exporter.
+//
+//	cpu-us/s   CPU time of the process per second
+func BenchmarkIdle(b *testing.B) {
+	for _, exporter := range []bool{false, true} {
+		b.Run(map[bool]string{false: "none", true: "exporter"}[exporter], func(b *testing.B) {
+			if exporter {
+				cfg := Default()
+				cfg.Endpoint = testutil.FreeLoopbackAddr(b) // never reached: nothing is sent
+				log, _ := logtest.NewNullLogger()
+				e, err := New(cfg, Options{Log: log})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer e.Close()
+			}
+			time.Sleep(100 * time.Millisecond) // past starting
+			cpu0 := processCPU()
+			for b.Loop() {
+				time.Sleep(time.Second)
+			}
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/s")
+		})
+	}
+}
+
+// BenchmarkFlowRecords measures, with the ebpf backend at flowd's default
+// configuration (poll, 1 s), how many records flows make and how large
+// they are as OTLP, for the sizing of docs/otlp.md. Sub-benchmarks:
+// long (10 flows sending 8 MB/s each for 3 s) and short (100 connections
+// that send 64 KiB and close). One op is one such run. It reports:
+//
+//	records/flow-s    records per flow per second (long)
+//	records/conn      records per connection (short)
+//	bytes/record      encoded log record, uncompressed
+//	gzip-bytes/record the same in gzip-compressed requests of 512
+func BenchmarkFlowRecords(b *testing.B) {
+	testutil.RequireRoot(b)
+	if err := ebpf.Probe(); err != nil {
+		b.Skipf("skipping: the ebpf backend cannot run here: %v", err)
+	}
+	b.Run("long", func(b *testing.B) {
+		const flows, seconds, rate = 10, 3, 8 << 20
+		for b.Loop() {
+			records := flowRecords(b, func(cg string) {
+				ln := testutil.Listen(b, cg, "tcp4", "127.0.0.1:0")
+				var wg sync.WaitGroup
+				for range flows {
+					p := testutil.Dial(b, cg, ln)
+					go io.Copy(io.Discard, p.Server)
+					wg.Go(func() {
+						chunk := make([]byte, rate/100)
+						for range seconds * 100 {
+							p.Client.Write(chunk)
+							time.Sleep(10 * time.Millisecond)
+						}
+					})
+				}
+				wg.Wait()
+			})
+			b.ReportMetric(float64(len(records))/(2*flows*seconds), "records/flow-s") // both ends are in the cgroup
+			reportSizes(b, records)
+		}
+	})
+	b.Run("short", func(b *testing.B) {
+		const conns = 100
+		for b.Loop() {
+			records := flowRecords(b, func(cg string) {
+				ln := testutil.Listen(b, cg, "tcp4", "127.0.0.1:0")
+				for range conns {
+					p := testutil.Dial(b, cg, ln)
+					p.Send(b, 64<<10)
+					p.Client.Close()
+					testutil.ReadEOF(b, p.Server)
+					p.Server.Close()
+				}
+			})
+			b.ReportMetric(float64(len(records))/(2*conns), "records/conn") // both ends are in the cgroup
+			reportSizes(b, records)
+		}
+	})
+}
+
+// flowRecords runs the ebpf backend at its defaults on a new cgroup while
+// traffic makes flows in it, and returns the records.
+func flowRecords(b *testing.B, traffic func(cg string)) []flow.Record {
+	cg := testutil.TempCgroup(b)
+	be, err := ebpf.New(ebpf.Config{Cgroup: cg, Mode: ebpf.ModePoll, Interval: time.Second,
+		RingbufSize: 4 << 20, FlushInterval: 100 * time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	col, stop := testutil.Start(b, be)
+	traffic(cg)
+	time.Sleep(300 * time.Millisecond) // the last records drained
+	if err := stop(); err != nil {
+		b.Fatal(err)
+	}
+	return col.Records(0)
+}
+
+// reportSizes reports the sizes of records as OTLP.
+func reportSizes(b *testing.B, records []flow.Record) {
+	if len(records) == 0 {
+		b.Fatal("no records")
+	}
+	e := newEncoder(Resource{HostName: "host-0001.example", Version: "v1.2.3"}, nil)
+	room := e.headerRoom()
+	var raw, zipped int
+	var zbuf bytes.Buffer
+	zw := gzip.NewWriter(&zbuf)
+	for batch := range slices.Chunk(records, 512) {
+		buf := make([]byte, room)
+		for i := range batch {
+			buf = e.appendRecord(buf, &batch[i])
+		}
+		req := e.frame(buf, room)
+		raw += len(req)
+		zbuf.Reset()
+		zw.Reset(&zbuf)
+		zw.Write(req)
+		zw.Close()
+		zipped += zbuf.Len()
+	}
+	b.ReportMetric(float64(raw)/float64(len(records)), "bytes/record")
+	b.ReportMetric(float64(zipped)/float64(len(records)), "gzip-bytes/record")
 }
