@@ -53,6 +53,7 @@ func testRecords(n int) []flow.Record {
 		if r.Event == flow.EventState {
 			r.State, r.OldState = flow.StateFinWait1, flow.StateEstablished
 		}
+		r.Existing = r.Event == flow.EventOpen && i%3 == 0
 		for f := range flow.NumFields {
 			if i%3 == 0 && f%2 == 1 {
 				continue // absent
@@ -155,6 +156,12 @@ func recordFromOTLP(lr *logspb.LogRecord) (flow.Record, error) {
 			r.Backend = wantStr()
 		case "flowd.cookie":
 			r.Cookie = wantInt()
+		case "flowd.existing":
+			b, ok := kv.Value.Value.(*commonpb.AnyValue_BoolValue)
+			if !ok || !b.BoolValue {
+				err = fmt.Errorf("flowd.existing is not true: %v", kv.Value)
+			}
+			r.Existing = true
 		case "flowd.cgroup_id":
 			r.CgroupID = wantInt()
 		case "network.type":

@@ -37,6 +37,7 @@ const (
 	tagValue = 2<<3 | 2 // KeyValue.value
 
 	tagStringValue = 1<<3 | 2 // AnyValue.string_value
+	tagBoolValue   = 2<<3 | 0 // AnyValue.bool_value, varint
 	tagIntValue    = 3<<3 | 0 // AnyValue.int_value, varint
 )
 
@@ -47,6 +48,7 @@ const (
 const (
 	AttrBackend      = "flowd.backend"
 	AttrCookie       = "flowd.cookie"
+	AttrExisting     = "flowd.existing" // true on the open record of a flow found running; else absent
 	AttrCgroupID     = "flowd.cgroup_id"
 	AttrNetworkType  = "network.type" // "ipv4" or "ipv6", from family 4 or 6
 	AttrLocalAddress = "network.local.address"
@@ -94,7 +96,7 @@ type encoder struct {
 	// value (newMemberKey).
 	members [flow.NumFields]memberKey
 	// exported masks the tcp_info members exported.
-	exported [flow.PresenceWords]uint64
+	exported flow.Mask
 }
 
 // newEncoder returns an encoder of records from res's flowd that exports
@@ -117,16 +119,12 @@ func newEncoder(res Resource, members []flow.Field) *encoder {
 	}
 	e.scope = appendString(nil, tagScope, scope)
 
-	if len(members) == 0 {
-		for f := range flow.NumFields {
-			members = append(members, f)
-		}
+	e.exported = flow.AllFields()
+	if len(members) > 0 {
+		e.exported = flow.MaskOf(members...)
 	}
-	for _, f := range members {
-		if f < flow.NumFields {
-			e.exported[f/64] |= 1 << (f % 64)
-			e.members[f] = newMemberKey(AttrTCPInfo + f.Name())
-		}
+	for f := range e.exported.Fields() {
+		e.members[f] = newMemberKey(AttrTCPInfo + f.Name())
 	}
 	return e
 }
@@ -180,6 +178,9 @@ func (e *encoder) appendRecord(dst []byte, r *flow.Record) []byte {
 
 	dst = appendStringKV(dst, tagAttribute, AttrBackend, validUTF8(r.Backend))
 	dst = appendIntKV(dst, AttrCookie, r.Cookie)
+	if r.Existing && r.Event == flow.EventOpen {
+		dst = appendTrueKV(dst, AttrExisting)
+	}
 	dst = appendIntKV(dst, AttrCgroupID, r.CgroupID)
 	switch r.Family {
 	case 4:
@@ -203,7 +204,7 @@ func (e *encoder) appendRecord(dst []byte, r *flow.Record) []byte {
 		dst = appendStringKV(dst, tagAttribute, AttrCA, validUTF8(r.CA))
 	}
 	dst = slices.Grow(dst, membersRoom)
-	for w := range flow.PresenceWords {
+	for w := range flow.MaskWords {
 		for word := r.Info.Present[w] & e.exported[w]; word != 0; word &= word - 1 {
 			f := flow.Field(w*64 + bits.TrailingZeros64(word))
 			dst = appendMember(dst, &e.members[f], r.Info.Values[f])
@@ -254,6 +255,14 @@ func appendIntKV(dst []byte, key string, v uint64) []byte {
 	dst = append(dst, key...)
 	dst = append(dst, tagValue, byte(1+vlen), tagIntValue)
 	return protowire.AppendVarint(dst, v)
+}
+
+// appendTrueKV appends a KeyValue attribute field with key and the bool
+// value true.
+func appendTrueKV(dst []byte, key string) []byte {
+	dst = append(dst, tagAttribute, byte(2+len(key)+2+2), tagKey, byte(len(key)))
+	dst = append(dst, key...)
+	return append(dst, tagValue, 2, tagBoolValue, 1)
 }
 
 // appendAddrKV appends a KeyValue attribute field with key and the text of

@@ -54,6 +54,9 @@ func reference(res Resource, members []flow.Field, records []flow.Record) *logsp
 		v = strings.ToValidUTF8(v, "\uFFFD")
 		return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
 	}
+	yes := func(k string) *commonpb.KeyValue {
+		return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_BoolValue{BoolValue: true}}}
+	}
 	num := func(k string, v uint64) *commonpb.KeyValue {
 		return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: int64(v)}}}
 	}
@@ -77,7 +80,11 @@ func reference(res Resource, members []flow.Field, records []flow.Record) *logsp
 	}
 	var logs []*logspb.LogRecord
 	for _, r := range records {
-		attrs := []*commonpb.KeyValue{str("flowd.backend", r.Backend), num("flowd.cookie", r.Cookie), num("flowd.cgroup_id", r.CgroupID)}
+		attrs := []*commonpb.KeyValue{str("flowd.backend", r.Backend), num("flowd.cookie", r.Cookie)}
+		if r.Existing && r.Event == flow.EventOpen {
+			attrs = append(attrs, yes("flowd.existing"))
+		}
+		attrs = append(attrs, num("flowd.cgroup_id", r.CgroupID))
 		switch r.Family {
 		case 4:
 			attrs = append(attrs, str("network.type", "ipv4"))
@@ -136,7 +143,7 @@ func TestEncodeMatchesReference(t *testing.T) {
 
 	v6 := full
 	v6.Family, v6.LocalAddr, v6.RemoteAddr = 6, netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("::ffff:10.0.0.1")
-	v6.Backend, v6.Event, v6.CA = "netlink", flow.EventOpen, ""
+	v6.Backend, v6.Event, v6.CA, v6.Existing = "netlink", flow.EventOpen, "", true
 
 	sparse := flow.Record{Time: time.Unix(0, 1), Backend: "ebpf", Event: flow.EventClose, Cookie: math.MaxUint64}
 	sparse.Info.Set(flow.FieldBytesAcked, 0)
@@ -223,7 +230,7 @@ func FuzzEncode(f *testing.F) {
 	f.Add(uint64(1), uint64(2), uint8(4), []byte{10, 0, 0, 1}, []byte{10, 0, 0, 2}, uint8(3), "cubic", uint64(5))
 	f.Fuzz(func(t *testing.T, cookie, present uint64, family uint8, laddr, raddr []byte, event uint8, ca string, value uint64) {
 		r := flow.Record{Time: time.Unix(0, int64(cookie>>1)), Backend: "ebpf", Event: flow.Event(event%5 + 1),
-			Cookie: cookie, Family: family, CA: ca, State: flow.State(event), OldState: flow.State(event / 2)}
+			Cookie: cookie, Existing: present&1 != 0, Family: family, CA: ca, State: flow.State(event), OldState: flow.State(event / 2)}
 		r.LocalAddr, _ = netip.AddrFromSlice(laddr)
 		r.RemoteAddr, _ = netip.AddrFromSlice(raddr)
 		for f := range flow.NumFields {
