@@ -2,6 +2,7 @@ package otlp_test
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -457,6 +458,12 @@ func TestCollectorNeverUp(t *testing.T) {
 			}
 			if took := time.Since(begin); took > cfg.ShutdownTimeout+5*time.Second {
 				t.Errorf("Close took %s with a shutdown_timeout of %s", took, cfg.ShutdownTimeout)
+			}
+			if err := e.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+			if err := e.Write(&records[0]); !errors.Is(err, otlp.ErrClosed) {
+				t.Errorf("Write after Close: %v, want ErrClosed", err)
 			}
 
 			s := e.Stats()

@@ -2,9 +2,9 @@
 // any OTLP receiver, as OTLP log records over gRPC or HTTP/protobuf.
 //
 // The Exporter is a flow.Sink that never blocks the backends: Write copies
-// the record into a bounded queue and returns; one goroutine batches the
-// queue, encodes the batches and sends them, retrying transient failures
-// with backoff. When the queue is full, records are dropped and counted
+// the record into a bounded queue and returns; senders (as many as
+// concurrent_requests) take batches from the queue, encode and send them,
+// retrying transient failures with backoff. When the queue is full, records are dropped and counted
 // (Stats), and a warning with the counts is logged at most once per
 // LogInterval, as the ring buffer's drops are.
 package otlp
@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -53,7 +54,7 @@ type Options struct {
 	// Members are the tcp_info members exported (output.tcp_info); none =
 	// every member a record has.
 	Members []flow.Field
-	Log     logrus.FieldLogger
+	Log     logrus.FieldLogger // nil: nothing is logged
 	// LogInterval is how often, at most, problems are logged; 0 =
 	// DefaultLogInterval.
 	LogInterval time.Duration
@@ -136,7 +137,9 @@ func New(cfg Config, opts Options) (*Exporter, error) {
 	}
 	log := opts.Log
 	if log == nil {
-		log = logrus.StandardLogger()
+		discard := logrus.New()
+		discard.SetOutput(io.Discard)
+		log = discard
 	}
 	log = log.WithField(fieldEndpoint, cfg.Endpoint)
 	e := &Exporter{
