@@ -255,7 +255,9 @@ func compareRecords(t *testing.T, got, want []flow.Record, duplicatesAllowed boo
 }
 
 // baseConfig is the configuration of an exporter to col's receiver for
-// protocol, with retries that come quickly.
+// protocol, with retries that come quickly, and a shutdown deadline that
+// a loaded machine (or -race) does not reach: Close returns as soon as the
+// queue is sent.
 func baseConfig(endpoint string, protocol otlp.Protocol) otlp.Config {
 	cfg := otlp.Default()
 	cfg.Endpoint = endpoint
@@ -263,6 +265,7 @@ func baseConfig(endpoint string, protocol otlp.Protocol) otlp.Config {
 	cfg.ExportInterval = 50 * time.Millisecond
 	cfg.Retry.InitialInterval = 50 * time.Millisecond
 	cfg.Retry.MaxInterval = 200 * time.Millisecond
+	cfg.ShutdownTimeout = time.Minute
 	return cfg
 }
 
