@@ -9,44 +9,59 @@ import (
 	"strings"
 )
 
-// goBenchPattern and goBenchPkg select section 2's benchmarks (the
-// per-record benchmarks of the ebpf backend).
-const (
-	goBenchPattern = "DecodeEncode|Pipeline"
-	goBenchPkg     = "./backends/ebpf/"
-)
+// goBenchRuns are section 2's go test runs: the per-record benchmarks of
+// the ebpf backend, then those of the OTLP exporter into a real collector
+// (gRPC, the default, with and without gzip, and the rates offered around
+// the target).
+var goBenchRuns = []struct{ pattern, pkg string }{
+	{"DecodeEncode|Pipeline", "./backends/ebpf/"},
+	{"^Benchmark(Export|Sustained)$/^(grpc|rate=100k|rate=200k)$", "./otlp/"},
+}
 
 // Section 2 targets.
 const (
-	targetNsPerRecord     = 1000
-	targetAllocsPerRecord = 1
-	targetRecordsPerSec   = 500_000
+	targetNsPerRecord       = 1000
+	targetAllocsPerRecord   = 1
+	targetRecordsPerSec     = 500_000
+	targetOTLPCPUPerRecord  = 2000 // ns
+	targetOTLPRecordsPerSec = 100_000
 )
 
-// goBench runs section 2: go test -bench in the repository.
+// goBench runs section 2: go test -bench in the repository, once per
+// package.
 func (s *suite) goBench(ctx context.Context) *GoBench {
-	args := []string{"test", "-run", "^$", "-bench", goBenchPattern, "-benchmem"}
-	if s.opts.benchtime != "" {
-		args = append(args, "-benchtime", s.opts.benchtime)
+	g := &GoBench{}
+	var commands []string
+	var otlpLines []BenchLine
+	for i, run := range goBenchRuns {
+		args := []string{"test", "-run", "^$", "-bench", run.pattern, "-benchmem"}
+		if s.opts.benchtime != "" {
+			args = append(args, "-benchtime", s.opts.benchtime)
+		}
+		if s.opts.benchCount > 1 {
+			args = append(args, "-count", strconv.Itoa(s.opts.benchCount))
+		}
+		args = append(args, run.pkg)
+		commands = append(commands, "sudo go "+strings.Join(quoteArgs(args), " "))
+		cmd := exec.CommandContext(ctx, s.opts.goCmd, args...)
+		cmd.Dir = s.opts.repo
+		cmd.Env = os.Environ()
+		out, err := cmd.CombinedOutput()
+		lines := parseBenchOutput(string(out))
+		g.Lines = append(g.Lines, lines...)
+		if i > 0 {
+			otlpLines = append(otlpLines, lines...)
+		}
+		if err != nil && g.Err == "" {
+			g.Err = err.Error()
+			g.Output = lastLines(string(out), 20)
+		}
+		for _, l := range lines {
+			s.logf("  %s", l.Raw)
+		}
 	}
-	if s.opts.benchCount > 1 {
-		args = append(args, "-count", strconv.Itoa(s.opts.benchCount))
-	}
-	args = append(args, goBenchPkg)
-	g := &GoBench{Command: "sudo go " + strings.Join(quoteArgs(args), " ")}
-	cmd := exec.CommandContext(ctx, s.opts.goCmd, args...)
-	cmd.Dir = s.opts.repo
-	cmd.Env = os.Environ()
-	out, err := cmd.CombinedOutput()
-	g.Lines = parseBenchOutput(string(out))
-	if err != nil {
-		g.Err = err.Error()
-		g.Output = lastLines(string(out), 20)
-	}
-	g.Checks = benchChecks(g.Lines, g.Command)
-	for _, l := range g.Lines {
-		s.logf("  %s", l.Raw)
-	}
+	g.Command = strings.Join(commands, " && ")
+	g.Checks = append(benchChecks(g.Lines[:len(g.Lines)-len(otlpLines)], commands[0]), otlpChecks(otlpLines, commands[1])...)
 	return g
 }
 
@@ -300,6 +315,56 @@ func pipelineCheck(kind string, rates []rateRuns, command string) BenchCheck {
 		c.Value += "; next: " + rates[best+1].describe()
 	}
 	return c
+}
+
+// otlpChecks checks the OTLP exporter's targets: flowd's CPU per record
+// exported (the median over the runs of Export/grpc/none), and the
+// highest offered rate of Sustained that most runs took without dropping
+// or losing a record.
+func otlpChecks(lines []BenchLine, command string) []BenchCheck {
+	cpu := BenchCheck{Figure: "OTLP export (gRPC, the defaults): flowd's CPU per record, into a collector on loopback",
+		Target: fmt.Sprintf("≤ %d ns", targetOTLPCPUPerRecord), Command: command, Value: "pending (no BenchmarkExport)"}
+	rate := BenchCheck{Figure: "OTLP export: sustained rate into a collector on loopback, zero loss",
+		Target: fmt.Sprintf("≥ %d records/s, 0 drops", targetOTLPRecordsPerSec), Command: command, Value: "pending (no BenchmarkSustained)"}
+	var export []BenchLine
+	var names []string
+	runs := map[string][]BenchLine{}
+	for _, l := range lines {
+		short := strings.TrimPrefix(l.Name, "Benchmark")
+		switch {
+		case strings.HasPrefix(short, "Export/grpc/none"):
+			export = append(export, l)
+		case strings.HasPrefix(short, "Sustained/"):
+			if _, ok := runs[short]; !ok {
+				names = append(names, short)
+			}
+			runs[short] = append(runs[short], l)
+		}
+	}
+	if v, _, spread, ok := medianMetric(export, "cpu-ns/record"); ok {
+		cpu.Value = fmt.Sprintf("%.0f ns%s", v, spread)
+		if sys, _, _, ok := medianMetric(export, "sys-ns/record"); ok {
+			cpu.Value += fmt.Sprintf(", of which %.0f ns system time (on loopback it includes the collector's receiving)", sys)
+		}
+		cpu.Pass = ptr(v <= targetOTLPCPUPerRecord)
+	}
+	var best *rateRuns
+	for _, name := range names {
+		r := newRateRuns(name, runs[name])
+		if r.sustained && (best == nil || r.rate > best.rate) {
+			best = &r
+		}
+	}
+	switch {
+	case best != nil:
+		rate.Value = fmt.Sprintf("%.0f records/s (%s)", best.rate, best.describe())
+		rate.Pass = ptr(best.rate >= 0.99*targetOTLPRecordsPerSec)
+	case len(names) > 0:
+		r := newRateRuns(names[0], runs[names[0]])
+		rate.Value = "no rate was sustained; lowest offered: " + r.describe()
+		rate.Pass = ptr(false)
+	}
+	return []BenchCheck{cpu, rate}
 }
 
 // medianMetric returns the median over runs of the first of units that the

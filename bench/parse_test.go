@@ -157,6 +157,38 @@ func TestBenchChecks(t *testing.T) {
 	})
 }
 
+func TestOTLPChecks(t *testing.T) {
+	for _, c := range otlpChecks(nil, "cmd") {
+		if c.Pass != nil || !strings.HasPrefix(c.Value, "pending") {
+			t.Errorf("check %+v is not pending", c)
+		}
+	}
+	lines := parseBenchOutput("BenchmarkExport/grpc/none-2 200000 12000 ns/op 1900 cpu-ns/record 700 sys-ns/record 80000 records/s 0 drops 0 lost\n" +
+		"BenchmarkExport/grpc/none-2 200000 12000 ns/op 2300 cpu-ns/record 800 sys-ns/record 80000 records/s 0 drops 0 lost\n" +
+		"BenchmarkExport/grpc/none-2 200000 12000 ns/op 1950 cpu-ns/record 750 sys-ns/record 80000 records/s 0 drops 0 lost\n" +
+		"BenchmarkSustained/rate=100k-2 300000 10000 ns/op 100010 records/s 0 drops 0 lost\n" +
+		"BenchmarkSustained/rate=100k-2 300000 10000 ns/op 99990 records/s 0 drops 0 lost\n" +
+		"BenchmarkSustained/rate=100k-2 300000 10000 ns/op 97000 records/s 8000 drops 0 lost\n" +
+		"BenchmarkSustained/rate=200k-2 300000 10000 ns/op 130000 records/s 90000 drops 0 lost\n")
+	checks := otlpChecks(lines, "cmd")
+	if len(checks) != 2 {
+		t.Fatalf("%d checks, want 2", len(checks))
+	}
+	for i, want := range []struct {
+		pass  bool
+		value string
+	}{{true, "1950 ns"}, {true, "100000 records/s (Sustained/rate=100k-2: 2 of 3 runs without drops"}} {
+		c := checks[i]
+		if c.Pass == nil || *c.Pass != want.pass || !strings.HasPrefix(c.Value, want.value) {
+			t.Errorf("check %+v: want pass %v and a value starting %q", c, want.pass, want.value)
+		}
+	}
+	lines = parseBenchOutput("BenchmarkSustained/rate=100k-2 300000 10000 ns/op 90000 records/s 30000 drops 0 lost\n")
+	if c := otlpChecks(lines, "cmd")[1]; c.Pass == nil || *c.Pass {
+		t.Errorf("check %+v: want a failure", c)
+	}
+}
+
 func TestParseCPUStat(t *testing.T) {
 	got, err := parseCPUStat([]byte("usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\n"))
 	if err != nil || got != 1234567*time.Microsecond {

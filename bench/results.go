@@ -107,7 +107,7 @@ type OverheadRow struct {
 	Err           string  `json:"error,omitempty"`
 }
 
-// GoBench is section 2: the Go benchmarks of backends/ebpf.
+// GoBench is section 2: the Go benchmarks of backends/ebpf and otlp.
 type GoBench struct {
 	Command string       `json:"command"`
 	Lines   []BenchLine  `json:"lines"`

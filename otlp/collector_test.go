@@ -1,0 +1,496 @@
+package otlp_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"os/exec"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/flowd/flowd/flow"
+	"github.com/flowd/flowd/internal/testutil"
+	"github.com/flowd/flowd/otlp"
+)
+
+// testRecords returns n records of every kind: both families, every
+// event, sparse and full tcp_info, values past 2^63.
+func testRecords(n int) []flow.Record {
+	base := time.Unix(1_795_000_000, 0)
+	records := make([]flow.Record, n)
+	for i := range records {
+		r := flow.Record{
+			Time:       base.Add(time.Duration(i) * time.Microsecond),
+			Backend:    []string{"ebpf", "netlink"}[i%2],
+			Event:      flow.Event(i%4 + 1),
+			Cookie:     uint64(1000 + i%97),
+			CgroupID:   uint64(5000 + i%3),
+			Family:     4,
+			LocalAddr:  netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}),
+			RemoteAddr: netip.MustParseAddr("192.0.2.1"),
+			LocalPort:  uint16(40000 + i%1000),
+			RemotePort: 443,
+			State:      flow.StateEstablished,
+			CA:         "cubic",
+		}
+		if i%5 == 0 {
+			r.Family = 6
+			r.LocalAddr = netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i))
+			r.RemoteAddr = netip.MustParseAddr("::ffff:192.0.2.7")
+			r.CA = ""
+		}
+		if r.Event == flow.EventState {
+			r.State, r.OldState = flow.StateFinWait1, flow.StateEstablished
+		}
+		r.Existing = r.Event == flow.EventOpen && i%3 == 0
+		for f := range flow.NumFields {
+			if i%3 == 0 && f%2 == 1 {
+				continue // absent
+			}
+			r.Info.Set(f, uint64(i)*uint64(f+1))
+		}
+		if i%7 == 0 {
+			r.Info.Set(flow.FieldMaxPacingRate, math.MaxUint64)
+		}
+		records[i] = r
+	}
+	return records
+}
+
+// received reads the records and resources the collector wrote to all
+// its files, in the order it accepted them.
+func received(t *testing.T, col *testutil.OTelCollector) ([]flow.Record, []map[string]string) {
+	t.Helper()
+	var records []flow.Record
+	var resources []map[string]string
+	for _, path := range col.Outputs() {
+		f, err := os.Open(path)
+		if os.IsNotExist(err) {
+			continue // the file exporter creates it on its first request
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(nil, 64<<20)
+		for sc.Scan() {
+			var data logspb.LogsData
+			if err := protojson.Unmarshal(sc.Bytes(), &data); err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			for _, rl := range data.ResourceLogs {
+				res := map[string]string{}
+				for _, kv := range rl.Resource.GetAttributes() {
+					res[kv.Key] = kv.Value.GetStringValue()
+				}
+				resources = append(resources, res)
+				for _, sl := range rl.ScopeLogs {
+					for _, lr := range sl.LogRecords {
+						r, err := recordFromOTLP(lr)
+						if err != nil {
+							t.Fatalf("%s: %v", path, err)
+						}
+						records = append(records, r)
+					}
+				}
+			}
+		}
+		f.Close()
+		if err := sc.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return records, resources
+}
+
+// recordFromOTLP is the inverse of the exporter's mapping, written from
+// docs/otlp.md: it rejects unknown attributes and attributes of the wrong
+// type, so that the comparison with the records sent checks the types too.
+func recordFromOTLP(lr *logspb.LogRecord) (flow.Record, error) {
+	var r flow.Record
+	r.Time = time.Unix(0, int64(lr.TimeUnixNano)).UTC()
+	name, ok := strings.CutPrefix(lr.EventName, "flowd.")
+	if r.Event, ok = flow.ParseEvent(name); !ok {
+		return r, fmt.Errorf("event name %q", lr.EventName)
+	}
+	for _, kv := range lr.Attributes {
+		var (
+			s, isStr = kv.Value.Value.(*commonpb.AnyValue_StringValue)
+			n, isInt = kv.Value.Value.(*commonpb.AnyValue_IntValue)
+			err      error
+		)
+		wantStr := func() string {
+			if !isStr {
+				err = fmt.Errorf("%s is not a string: %v", kv.Key, kv.Value)
+				return ""
+			}
+			return s.StringValue
+		}
+		wantInt := func() uint64 {
+			if !isInt {
+				err = fmt.Errorf("%s is not an int: %v", kv.Key, kv.Value)
+				return 0
+			}
+			return uint64(n.IntValue)
+		}
+		state := func() flow.State {
+			st, ok := flow.ParseState(wantStr())
+			if !ok && err == nil {
+				err = fmt.Errorf("%s: unknown state %v", kv.Key, kv.Value)
+			}
+			return st
+		}
+		switch kv.Key {
+		case "flowd.backend":
+			r.Backend = wantStr()
+		case "flowd.cookie":
+			r.Cookie = wantInt()
+		case "flowd.existing":
+			b, ok := kv.Value.Value.(*commonpb.AnyValue_BoolValue)
+			if !ok || !b.BoolValue {
+				err = fmt.Errorf("flowd.existing is not true: %v", kv.Value)
+			}
+			r.Existing = true
+		case "flowd.cgroup_id":
+			r.CgroupID = wantInt()
+		case "network.type":
+			switch wantStr() {
+			case "ipv4":
+				r.Family = 4
+			case "ipv6":
+				r.Family = 6
+			default:
+				err = fmt.Errorf("network.type %v", kv.Value)
+			}
+		case "network.local.address":
+			r.LocalAddr, err = netip.ParseAddr(wantStr())
+		case "network.local.port":
+			r.LocalPort = uint16(wantInt())
+		case "network.peer.address":
+			r.RemoteAddr, err = netip.ParseAddr(wantStr())
+		case "network.peer.port":
+			r.RemotePort = uint16(wantInt())
+		case "flowd.state":
+			r.State = state()
+		case "flowd.old_state":
+			r.OldState = state()
+		case "flowd.ca":
+			r.CA = wantStr()
+		default:
+			member, ok := strings.CutPrefix(kv.Key, "tcp_info.")
+			f, known := flow.FieldByName(member)
+			if !ok || !known {
+				return r, fmt.Errorf("unknown attribute %s", kv.Key)
+			}
+			if r.Info.Has(f) {
+				return r, fmt.Errorf("attribute %s twice", kv.Key)
+			}
+			r.Info.Set(f, wantInt())
+		}
+		if err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// key identifies a record among those sent.
+type key struct {
+	backend string
+	cookie  uint64
+	time    int64
+	event   flow.Event
+}
+
+func keyOf(r *flow.Record) key { return key{r.Backend, r.Cookie, r.Time.UnixNano(), r.Event} }
+
+// compareRecords checks that got holds every record of want exactly once
+// or (duplicates allowed) at least once, and nothing else. It returns the
+// number of duplicates.
+func compareRecords(t *testing.T, got, want []flow.Record, duplicatesAllowed bool) int {
+	t.Helper()
+	index := map[key]*flow.Record{}
+	for i := range want {
+		index[keyOf(&want[i])] = &want[i]
+	}
+	seen := map[key]int{}
+	dups := 0
+	for i := range got {
+		k := keyOf(&got[i])
+		w, ok := index[k]
+		if !ok {
+			t.Fatalf("received a record that was not sent: %+v", got[i])
+		}
+		if !w.Time.Equal(got[i].Time) {
+			t.Fatalf("time: got %v, sent %v", got[i].Time, w.Time)
+		}
+		g := got[i]
+		g.Time = w.Time // the same instant; time.Time's location may differ
+		if !reflect.DeepEqual(&g, w) {
+			t.Fatalf("record differs:\n got %+v\nsent %+v", g, *w)
+		}
+		if seen[k]++; seen[k] > 1 {
+			dups++
+		}
+	}
+	if dups > 0 && !duplicatesAllowed {
+		t.Errorf("%d records received twice", dups)
+	}
+	if len(seen) != len(want) {
+		t.Errorf("received %d of the %d records sent", len(seen), len(want))
+	}
+	return dups
+}
+
+// baseConfig is the configuration of an exporter to col's receiver for
+// protocol, with retries that come quickly, and a shutdown deadline that
+// a loaded machine (or -race) does not reach: Close returns as soon as the
+// queue is sent.
+func baseConfig(endpoint string, protocol otlp.Protocol) otlp.Config {
+	cfg := otlp.Default()
+	cfg.Endpoint = endpoint
+	cfg.Protocol = protocol
+	cfg.ExportInterval = 50 * time.Millisecond
+	cfg.Retry.InitialInterval = 50 * time.Millisecond
+	cfg.Retry.MaxInterval = 200 * time.Millisecond
+	cfg.ShutdownTimeout = time.Minute
+	return cfg
+}
+
+func endpoint(col *testutil.OTelCollector, p otlp.Protocol) string {
+	if p == otlp.ProtocolHTTP {
+		return col.HTTP
+	}
+	return col.GRPC
+}
+
+func newExporter(t *testing.T, cfg otlp.Config, log logrus.FieldLogger) *otlp.Exporter {
+	t.Helper()
+	if log == nil {
+		l, _ := logtest.NewNullLogger()
+		log = l
+	}
+	e, err := otlp.New(cfg, otlp.Options{
+		Resource:    otlp.Resource{HostName: "test-host", Version: "v0.0.0-test"},
+		Log:         log,
+		LogInterval: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func write(t *testing.T, e *otlp.Exporter, records []flow.Record) {
+	t.Helper()
+	for i := range records {
+		if err := e.Write(&records[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestCollectorConfig checks configs/otelcol.yaml with the collector's
+// own validation.
+func TestCollectorConfig(t *testing.T) {
+	out, err := exec.Command(testutil.OTelCollectorBinary(t), "validate", "--config", "../configs/otelcol.yaml").CombinedOutput()
+	if err != nil {
+		t.Fatalf("configs/otelcol.yaml: %v\n%s", err, out)
+	}
+}
+
+// TestCollectorReceivesRecords sends records of every kind to a real
+// collector over each protocol and compression and checks that it wrote
+// exactly them, with flowd's resource.
+func TestCollectorReceivesRecords(t *testing.T) {
+	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+	records := testRecords(3000)
+	var sent []flow.Record
+	for _, p := range []otlp.Protocol{otlp.ProtocolGRPC, otlp.ProtocolHTTP} {
+		for _, c := range []otlp.Compression{otlp.CompressionNone, otlp.CompressionGzip} {
+			// each combination sends records of its own backend
+			batch := slices.Clone(records)
+			for i := range batch {
+				batch[i].Backend = fmt.Sprintf("%s-%s-%d", p, c, i%2)
+			}
+			t.Run(fmt.Sprintf("%s/%s", strings.ReplaceAll(string(p), "/", "-"), c), func(t *testing.T) {
+				cfg := baseConfig(endpoint(col, p), p)
+				cfg.Compression = c
+				cfg.BatchSize = 100 // many requests, the last one partial
+				e := newExporter(t, cfg, nil)
+				write(t, e, batch)
+				if err := e.Close(); err != nil {
+					t.Fatal(err)
+				}
+				s := e.Stats()
+				if s.Exported != uint64(len(batch)) || s.Dropped.Total() != 0 || s.Queued != 0 {
+					t.Errorf("stats after Close: %+v, want %d exported and none dropped or queued", s, len(batch))
+				}
+			})
+			sent = append(sent, batch...)
+		}
+	}
+	got, resources := received(t, col)
+	compareRecords(t, got, sent, false)
+	for _, res := range resources {
+		want := map[string]string{"service.name": "flowd", "host.name": "test-host", "service.version": "v0.0.0-test"}
+		if !reflect.DeepEqual(res, want) {
+			t.Fatalf("resource attributes %v, want %v", res, want)
+		}
+	}
+}
+
+// TestCollectorRestart kills the collector while records keep coming and
+// starts it again: the queue holds them meanwhile, and every record
+// arrives (some maybe twice, as OTLP's at-least-once delivery allows,
+// when the collector died between writing a request and answering it).
+func TestCollectorRestart(t *testing.T) {
+	for _, p := range []otlp.Protocol{otlp.ProtocolGRPC, otlp.ProtocolHTTP} {
+		t.Run(strings.ReplaceAll(string(p), "/", "-"), func(t *testing.T) {
+			col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+			cfg := baseConfig(endpoint(col, p), p)
+			cfg.BatchSize = 200
+			e := newExporter(t, cfg, nil)
+			records := testRecords(20000)
+			third := len(records) / 3
+
+			write(t, e, records[:third])
+			testutil.WaitFor(t, "the first records exported", 10*time.Second, func() bool { return e.Stats().Exported > 0 })
+			col.Kill()
+			write(t, e, records[third:2*third])
+			failures := e.Stats().Failures
+			testutil.WaitFor(t, "a failed request", 10*time.Second, func() bool { return e.Stats().Failures > failures })
+			col.Start()
+			write(t, e, records[2*third:])
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			s := e.Stats()
+			if s.Dropped.Total() != 0 {
+				t.Fatalf("dropped %+v with a queue of %d records", s.Dropped, cfg.QueueSize)
+			}
+			got, _ := received(t, col)
+			dups := compareRecords(t, got, records, true)
+			t.Logf("%d records, %d received twice, %d requests of which %d failed", len(records), dups, s.Requests, s.Failures)
+		})
+	}
+}
+
+// TestQueueOverflow keeps the collector down while more records come than
+// the queue holds: what is lost is exactly what the drop counter says.
+func TestQueueOverflow(t *testing.T) {
+	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+	cfg := baseConfig(col.GRPC, otlp.ProtocolGRPC)
+	cfg.BatchSize, cfg.QueueSize = 100, 1000
+	log, hook := logtest.NewNullLogger()
+	e := newExporter(t, cfg, log)
+	records := testRecords(5000)
+
+	write(t, e, records[:500])
+	testutil.WaitFor(t, "the first records exported", 10*time.Second, func() bool { return e.Stats().Exported == 500 })
+	col.Kill()
+	write(t, e, records[500:])
+	if s := e.Stats(); s.Dropped.QueueFull == 0 || s.Queued > cfg.QueueSize {
+		t.Fatalf("stats with the collector down: %+v; want drops and at most %d queued", s, cfg.QueueSize)
+	}
+	testutil.WaitFor(t, "a warning about drops", 10*time.Second, func() bool {
+		for _, entry := range hook.AllEntries() {
+			if entry.Level == logrus.WarnLevel && entry.Data["queue_full"].(uint64) > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	col.Start()
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := e.Stats()
+	got, _ := received(t, col)
+	unique := map[key]bool{}
+	for i := range got {
+		unique[keyOf(&got[i])] = true
+	}
+	lost := uint64(len(records) - len(unique))
+	if lost != s.Dropped.Total() || lost == 0 {
+		t.Errorf("lost %d records, the drop counter says %d (%+v)", lost, s.Dropped.Total(), s.Dropped)
+	}
+	if s.Dropped.Total() != s.Dropped.QueueFull {
+		t.Errorf("drops other than a full queue: %+v", s.Dropped)
+	}
+}
+
+// TestCollectorNeverUp exports to a port where nothing listens: Write keeps
+// taking records (dropping and counting them once the queue is full),
+// the problem is logged once per interval, and Close gives up at its
+// deadline with everything counted.
+func TestCollectorNeverUp(t *testing.T) {
+	for _, p := range []otlp.Protocol{otlp.ProtocolGRPC, otlp.ProtocolHTTP} {
+		t.Run(strings.ReplaceAll(string(p), "/", "-"), func(t *testing.T) {
+			cfg := baseConfig(testutil.FreeLoopbackAddr(t), p)
+			cfg.BatchSize, cfg.QueueSize = 100, 1000
+			cfg.ShutdownTimeout = 300 * time.Millisecond
+			log, hook := logtest.NewNullLogger()
+			e := newExporter(t, cfg, log)
+			records := testRecords(5000)
+
+			start := time.Now()
+			for i := range 10 { // over about a second, five log intervals
+				write(t, e, records[i*500:(i+1)*500])
+				time.Sleep(100 * time.Millisecond)
+			}
+			running := time.Since(start)
+			begin := time.Now()
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if took := time.Since(begin); took > cfg.ShutdownTimeout+5*time.Second {
+				t.Errorf("Close took %s with a shutdown_timeout of %s", took, cfg.ShutdownTimeout)
+			}
+			if err := e.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+			if err := e.Write(&records[0]); !errors.Is(err, otlp.ErrClosed) {
+				t.Errorf("Write after Close: %v, want ErrClosed", err)
+			}
+
+			s := e.Stats()
+			if s.Exported != 0 || s.Dropped.Total() != uint64(len(records)) || s.Queued != 0 {
+				t.Errorf("stats %+v: want all %d records dropped", s, len(records))
+			}
+			if s.Dropped.QueueFull == 0 || s.Dropped.Shutdown+s.Dropped.ExportFailed == 0 {
+				t.Errorf("drops %+v: want some for the full queue and the rest at shutdown", s.Dropped)
+			}
+			var warnings int
+			for _, entry := range hook.AllEntries() {
+				if entry.Level == logrus.WarnLevel {
+					warnings++
+				}
+			}
+			// one per LogInterval while running, one at Close
+			most := int((running+time.Since(begin))/(200*time.Millisecond)) + 2
+			if warnings == 0 || warnings > most {
+				t.Errorf("%d warnings in %s: want 1 to %d, one per log interval", warnings, running, most)
+			}
+			last := hook.LastEntry()
+			if last == nil || last.Data["dropped_total"] != uint64(len(records)) {
+				t.Errorf("the last warning does not count every record dropped: %v", last)
+			}
+		})
+	}
+}

@@ -1,0 +1,494 @@
+// Package otlp exports flowd's records to an OpenTelemetry Collector, or
+// any OTLP receiver, as OTLP log records over gRPC or HTTP/protobuf.
+//
+// The Exporter is a flow.Sink that never blocks the backends: Write copies
+// the record into a bounded queue and returns; senders (as many as
+// concurrent_requests) take batches from the queue, encode and send them,
+// retrying transient failures with backoff. When the queue is full, records are dropped and counted
+// (Stats), and a warning with the counts is logged at most once per
+// LogInterval, as the ring buffer's drops are.
+package otlp
+
+import (
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/flowd/flowd/flow"
+)
+
+// ErrClosed is returned by Write after Close.
+var ErrClosed = errors.New("otlp exporter is closed")
+
+// DefaultLogInterval is how often, at most, the exporter logs its
+// problems when Options.LogInterval is 0.
+const DefaultLogInterval = 5 * time.Second
+
+// Log field keys.
+const (
+	fieldEndpoint      = "endpoint"
+	fieldProtocol      = "protocol"
+	fieldTLS           = "tls"
+	fieldDropped       = "dropped"
+	fieldDroppedTotal  = "dropped_total"
+	fieldQueueFull     = "queue_full"
+	fieldExportFailed  = "export_failed"
+	fieldRejected      = "rejected"
+	fieldShutdown      = "shutdown"
+	fieldFailures      = "failed_requests"
+	fieldQueued        = "queued"
+	fieldRejectMessage = "reject_message"
+)
+
+// Options are what the exporter needs besides its Config.
+type Options struct {
+	Resource Resource
+	// Members are the tcp_info members exported (output.tcp_info); none =
+	// every member a record has.
+	Members []flow.Field
+	Log     logrus.FieldLogger // nil: nothing is logged
+	// LogInterval is how often, at most, problems are logged; 0 =
+	// DefaultLogInterval.
+	LogInterval time.Duration
+}
+
+// Stats are the exporter's counters since New.
+type Stats struct {
+	Exported uint64 // records the receiver accepted
+	Dropped  Drops
+	Queued   int // records held: waiting, being encoded or being sent
+	Requests uint64
+	Failures uint64 // failed requests, retried or not
+}
+
+// Drops counts records lost, by why.
+type Drops struct {
+	QueueFull    uint64 // the queue held QueueSize records when they came
+	ExportFailed uint64 // a permanent error, or retries ran out
+	Rejected     uint64 // the receiver accepted the request but rejected these (partial success)
+	Shutdown     uint64 // still queued when Close's deadline passed
+}
+
+// Total is the number of records lost.
+func (d Drops) Total() uint64 { return d.QueueFull + d.ExportFailed + d.Rejected + d.Shutdown }
+
+// maxSpareBatches is how many emptied batches are kept for reuse: enough
+// for a steady flow of records, not the whole queue an outage filled.
+const maxSpareBatches = 4
+
+// Exporter sends records to an OTLP receiver. Its methods are safe for
+// concurrent use.
+type Exporter struct {
+	cfg       Config
+	log       logrus.FieldLogger
+	logEvery  time.Duration
+	enc       *encoder
+	transport transport
+	room      int // header room of a request buffer
+
+	mu      sync.Mutex
+	filling []flow.Record   // the batch Write appends to; nil when none
+	full    [][]flow.Record // batches waiting, oldest first
+	spare   [][]flow.Record // emptied batches, for reuse
+	idle    []*request      // request buffers no attempt holds, for reuse
+	queued  int             // records in filling, full and being sent
+	closed  bool
+
+	wake     chan struct{} // a batch is full; one token per sender at most
+	shutdown chan struct{} // closed by Close: send what is queued, then stop
+	sent     chan struct{} // closed when every sender returned
+	ctx      context.Context
+	cancel   context.CancelFunc // cuts sending short at Close's deadline
+	reported chan struct{}      // closed when the reporter returned
+
+	// The counters of Stats.
+	exported, requestCount, failures                      atomic.Uint64
+	dropQueueFull, dropFailed, dropRejected, dropShutdown atomic.Uint64
+
+	problem    sync.Mutex // guards lastErr and lastReject, for the log
+	lastErr    error      // of the last failed request
+	lastReject string     // the receiver's message about the last records it rejected
+
+	closeOnce sync.Once
+}
+
+var _ flow.Sink = (*Exporter)(nil)
+
+// New validates cfg and starts an exporter. It does not wait for the
+// receiver: one that is not up yet is retried like any transient failure.
+func New(cfg Config, opts Options) (*Exporter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if !cfg.Enabled() {
+		return nil, invalid("endpoint", nil, `"" turns the export off: there is nothing to start`)
+	}
+	t, err := newTransport(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Log
+	if log == nil {
+		discard := logrus.New()
+		discard.SetOutput(io.Discard)
+		log = discard
+	}
+	log = log.WithField(fieldEndpoint, cfg.Endpoint)
+	e := &Exporter{
+		cfg:       cfg,
+		log:       log,
+		logEvery:  opts.LogInterval,
+		enc:       newEncoder(opts.Resource, opts.Members),
+		transport: t,
+		wake:      make(chan struct{}, cfg.ConcurrentRequests),
+		shutdown:  make(chan struct{}),
+		sent:      make(chan struct{}),
+		reported:  make(chan struct{}),
+	}
+	if e.logEvery <= 0 {
+		e.logEvery = DefaultLogInterval
+	}
+	e.room = e.enc.headerRoom()
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	var senders sync.WaitGroup
+	for range cfg.ConcurrentRequests {
+		senders.Go(e.send)
+	}
+	go func() { senders.Wait(); close(e.sent) }()
+	go e.report()
+	log.WithFields(logrus.Fields{fieldProtocol: cfg.Protocol, fieldTLS: cfg.TLS.Enabled}).Info("exporting records over OTLP")
+	return e, nil
+}
+
+// Write queues a copy of r. When the queue is full it drops r, counts it
+// and returns nil: a full queue is the receiver's problem, reported by
+// Stats and the log, not the backend's.
+func (e *Exporter) Write(r *flow.Record) error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	if e.queued >= e.cfg.QueueSize {
+		e.mu.Unlock()
+		e.dropQueueFull.Add(1)
+		return nil
+	}
+	if e.filling == nil {
+		e.filling = e.newBatch()
+	}
+	e.filling = append(e.filling, *r)
+	e.queued++
+	full := len(e.filling) == e.cfg.BatchSize
+	if full {
+		e.full = append(e.full, e.filling)
+		e.filling = nil
+	}
+	e.mu.Unlock()
+	if full {
+		select {
+		case e.wake <- struct{}{}:
+		default: // every sender is already woken
+		}
+	}
+	return nil
+}
+
+// newBatch returns an empty batch; e.mu is held.
+func (e *Exporter) newBatch() []flow.Record {
+	if n := len(e.spare); n > 0 {
+		b := e.spare[n-1]
+		e.spare = e.spare[:n-1]
+		return b
+	}
+	return make([]flow.Record, 0, e.cfg.BatchSize)
+}
+
+// Stats returns the exporter's counters.
+func (e *Exporter) Stats() Stats {
+	e.mu.Lock()
+	queued := e.queued
+	e.mu.Unlock()
+	return Stats{
+		Exported: e.exported.Load(),
+		Dropped:  e.drops(),
+		Queued:   queued,
+		Requests: e.requestCount.Load(),
+		Failures: e.failures.Load(),
+	}
+}
+
+// DroppedRecords returns the number of records lost so far, for whatever
+// reason (Drops).
+func (e *Exporter) DroppedRecords() uint64 { return e.drops().Total() }
+
+func (e *Exporter) drops() Drops {
+	return Drops{
+		QueueFull:    e.dropQueueFull.Load(),
+		ExportFailed: e.dropFailed.Load(),
+		Rejected:     e.dropRejected.Load(),
+		Shutdown:     e.dropShutdown.Load(),
+	}
+}
+
+// Close stops accepting records and sends what is queued, for at most
+// Config.ShutdownTimeout; what is still queued then is dropped, counted
+// and logged. It returns once the exporter's goroutines have returned.
+// Only a failure to close the connection is an error; Close is idempotent.
+func (e *Exporter) Close() error {
+	var err error
+	e.closeOnce.Do(func() {
+		e.mu.Lock()
+		e.closed = true
+		e.mu.Unlock()
+		close(e.shutdown)
+		deadline := time.AfterFunc(e.cfg.ShutdownTimeout, e.cancel)
+		<-e.sent
+		deadline.Stop()
+		e.cancel()
+		err = e.transport.close()
+		<-e.reported
+	})
+	return err
+}
+
+// send is one of the exporter's ConcurrentRequests senders: it sends full
+// batches as they come, and the batch being filled every ExportInterval,
+// until Close.
+func (e *Exporter) send() {
+	var zip *gzip.Writer // for http/protobuf with gzip
+	if e.cfg.Protocol == ProtocolHTTP && e.cfg.Compression == CompressionGzip {
+		zip = gzip.NewWriter(nil)
+	}
+	tick := time.NewTicker(e.cfg.ExportInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-e.wake:
+		case <-tick.C:
+			e.seal()
+		case <-e.shutdown:
+			e.seal()
+			e.sendQueued(zip)
+			return
+		}
+		e.sendQueued(zip)
+	}
+}
+
+// seal queues the batch being filled, if it holds records.
+func (e *Exporter) seal() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.filling) > 0 {
+		e.full = append(e.full, e.filling)
+		e.filling = nil
+	}
+}
+
+// sendQueued sends the queued batches, oldest first. Once Close's
+// deadline has passed, it drops them.
+func (e *Exporter) sendQueued(zip *gzip.Writer) {
+	for {
+		e.mu.Lock()
+		if len(e.full) == 0 {
+			e.mu.Unlock()
+			return
+		}
+		batch := e.full[0]
+		e.full = e.full[1:]
+		req := e.newRequest()
+		e.mu.Unlock()
+
+		n := len(batch)
+		for i := range batch {
+			req.buf = e.enc.appendRecord(req.buf, &batch[i])
+		}
+		req.records = n
+		req.body = e.enc.frame(req.buf, e.room)
+
+		e.mu.Lock()
+		if len(e.spare) < maxSpareBatches {
+			e.spare = append(e.spare, batch[:0])
+		}
+		e.mu.Unlock()
+
+		e.exportRequest(req, zip)
+		req.release()
+
+		e.mu.Lock()
+		e.queued -= n
+		e.mu.Unlock()
+	}
+}
+
+// newRequest returns a request buffer with its header room; e.mu is held.
+// The exporter holds one reference until it is done with the request.
+func (e *Exporter) newRequest() *request {
+	var req *request
+	if n := len(e.idle); n > 0 {
+		req = e.idle[n-1]
+		e.idle = e.idle[:n-1]
+	} else {
+		req = &request{
+			buf:  make([]byte, 0, e.room+e.cfg.BatchSize*maxRecordLen),
+			done: e.reuse,
+		}
+	}
+	req.buf = req.buf[:e.room]
+	req.refs.Store(1)
+	return req
+}
+
+// reuse takes back a request no attempt holds any more.
+func (e *Exporter) reuse(req *request) {
+	e.mu.Lock()
+	e.idle = append(e.idle, req)
+	e.mu.Unlock()
+}
+
+// exportRequest sends req, retrying as Config.Retry says, and counts the
+// outcome.
+func (e *Exporter) exportRequest(req *request, zip *gzip.Writer) {
+	if e.ctx.Err() != nil {
+		e.dropShutdown.Add(uint64(req.records))
+		return
+	}
+	if zip != nil {
+		if err := gzipBody(zip, req); err != nil {
+			e.fail(req, fmt.Errorf("compressing request: %w", err))
+			return
+		}
+	}
+	retry := e.cfg.Retry
+	first := time.Now()
+	interval := retry.InitialInterval
+	for {
+		ctx, cancel := context.WithTimeout(e.ctx, e.cfg.Timeout)
+		p, err := e.transport.export(ctx, req)
+		cancel()
+		e.requestCount.Add(1)
+		if err == nil {
+			e.accepted(req, p)
+			return
+		}
+		if e.ctx.Err() != nil { // cut short by Close's deadline: no news
+			e.dropShutdown.Add(uint64(req.records))
+			return
+		}
+		e.failures.Add(1)
+		e.setProblem(err)
+		var xe *exportError
+		if !retry.Enabled || !errors.As(err, &xe) || !xe.retryable {
+			e.fail(req, err)
+			return
+		}
+		wait := max(jitter(interval), xe.after)
+		if time.Since(first)+wait > retry.MaxElapsedTime {
+			e.fail(req, err)
+			return
+		}
+		interval = min(2*interval, retry.MaxInterval)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-e.ctx.Done():
+			t.Stop()
+			e.dropShutdown.Add(uint64(req.records))
+			return
+		}
+	}
+}
+
+// jitter returns d ±50%, at random.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d+1)
+}
+
+// accepted counts a request the receiver took, but for what it rejected.
+func (e *Exporter) accepted(req *request, p partial) {
+	rejected := uint64(max(min(p.rejected, int64(req.records)), 0))
+	e.exported.Add(uint64(req.records) - rejected)
+	if rejected > 0 {
+		e.dropRejected.Add(rejected)
+		e.problem.Lock()
+		e.lastReject = p.message
+		e.problem.Unlock()
+	}
+}
+
+// fail drops req's records for good.
+func (e *Exporter) fail(req *request, err error) {
+	e.dropFailed.Add(uint64(req.records))
+	e.setProblem(err)
+}
+
+func (e *Exporter) setProblem(err error) {
+	e.problem.Lock()
+	e.lastErr = err
+	e.problem.Unlock()
+}
+
+// report is the exporter's last goroutine: every LogInterval it logs one
+// warning if records were dropped or requests failed since the last one,
+// and once more when the senders have returned.
+func (e *Exporter) report() {
+	defer close(e.reported)
+	tick := time.NewTicker(e.logEvery)
+	defer tick.Stop()
+	var last Stats
+	for {
+		select {
+		case <-tick.C:
+			last = e.warn(last)
+		case <-e.sent:
+			e.warn(last)
+			return
+		}
+	}
+}
+
+// warn logs what went wrong since last and returns the stats it read.
+func (e *Exporter) warn(last Stats) Stats {
+	now := e.Stats()
+	dropped := now.Dropped.Total() - last.Dropped.Total()
+	failures := now.Failures - last.Failures
+	if dropped == 0 && failures == 0 {
+		return now
+	}
+	e.problem.Lock()
+	lastErr, reject := e.lastErr, e.lastReject
+	e.problem.Unlock()
+	fields := logrus.Fields{
+		fieldDropped:      dropped,
+		fieldDroppedTotal: now.Dropped.Total(),
+		fieldQueueFull:    now.Dropped.QueueFull - last.Dropped.QueueFull,
+		fieldExportFailed: now.Dropped.ExportFailed - last.Dropped.ExportFailed,
+		fieldRejected:     now.Dropped.Rejected - last.Dropped.Rejected,
+		fieldShutdown:     now.Dropped.Shutdown - last.Dropped.Shutdown,
+		fieldFailures:     failures,
+		fieldQueued:       now.Queued,
+	}
+	if reject != "" && now.Dropped.Rejected > last.Dropped.Rejected {
+		fields[fieldRejectMessage] = reject
+	}
+	log := e.log.WithFields(fields)
+	if failures > 0 && lastErr != nil {
+		log = log.WithError(lastErr)
+	}
+	switch {
+	case dropped > 0:
+		log.Warn("records dropped: the OTLP receiver is unreachable, too slow or rejects them (see output.otlp.queue_size)")
+	default:
+		log.Warn("OTLP export requests failed; retrying")
+	}
+	return now
+}

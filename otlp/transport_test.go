@@ -1,0 +1,199 @@
+package otlp
+
+import (
+	"cmp"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/flowd/flowd/flow"
+)
+
+func TestGRPCErrorClassification(t *testing.T) {
+	throttled, err := status.New(codes.ResourceExhausted, "slow down").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(3 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		err       error
+		retryable bool
+		after     time.Duration
+	}{
+		{status.Error(codes.Unavailable, "down"), true, 0},
+		{status.Error(codes.DeadlineExceeded, "slow"), true, 0},
+		{status.Error(codes.ResourceExhausted, "too large"), false, 0},
+		{throttled.Err(), true, 3 * time.Second},
+		{status.Error(codes.InvalidArgument, "bad"), false, 0},
+		{status.Error(codes.Unauthenticated, "who"), false, 0},
+		{status.Error(codes.Unimplemented, "no logs"), false, 0},
+	} {
+		e := grpcError(tc.err)
+		if e.retryable != tc.retryable || e.after != tc.after {
+			t.Errorf("%v: retryable %v after %s, want %v after %s", tc.err, e.retryable, e.after, tc.retryable, tc.after)
+		}
+	}
+}
+
+// response returns an ExportLogsServiceResponse with a partial success.
+func response(rejected int64, message string) []byte {
+	var ps []byte
+	ps = protowire.AppendTag(ps, 1, protowire.VarintType)
+	ps = protowire.AppendVarint(ps, uint64(rejected))
+	ps = protowire.AppendTag(ps, 2, protowire.BytesType)
+	ps = protowire.AppendString(ps, message)
+	b := protowire.AppendTag(nil, 1, protowire.BytesType)
+	return protowire.AppendBytes(b, ps)
+}
+
+// rpcStatus returns a google.rpc.Status with code and message.
+func rpcStatus(code codes.Code, message string) []byte {
+	b := protowire.AppendTag(nil, 1, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(code))
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	return protowire.AppendString(b, message)
+}
+
+// TestHTTPResponses drives the exporter against an OTLP/HTTP endpoint that
+// answers as the specification allows: throttling with Retry-After, a
+// partial success, a permanent error with a google.rpc.Status body.
+func TestHTTPResponses(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		responses []func(w http.ResponseWriter)
+		exported  uint64
+		drops     Drops
+		requests  uint64
+		logged    string
+		giveUp    time.Duration // retry.max_elapsed_time
+		atLeast   bool          // requests is a minimum: retries depend on jitter
+	}{
+		{
+			name: "throttled, then accepted",
+			responses: []func(w http.ResponseWriter){
+				func(w http.ResponseWriter) {
+					w.Header().Set("Retry-After", "1")
+					w.WriteHeader(http.StatusTooManyRequests)
+				},
+				func(w http.ResponseWriter) { w.WriteHeader(http.StatusOK) },
+			},
+			exported: 10, requests: 2, logged: "429", giveUp: 5 * time.Second,
+		},
+		{
+			name: "partial success",
+			responses: []func(w http.ResponseWriter){
+				func(w http.ResponseWriter) { w.Write(response(3, "three too old")) },
+			},
+			exported: 7, drops: Drops{Rejected: 3}, requests: 1, logged: "three too old",
+		},
+		{
+			name: "bad request",
+			responses: []func(w http.ResponseWriter){
+				func(w http.ResponseWriter) {
+					w.WriteHeader(http.StatusBadRequest)
+					w.Write(rpcStatus(codes.InvalidArgument, "no such field"))
+				},
+			},
+			drops: Drops{ExportFailed: 10}, requests: 1, logged: "no such field",
+		},
+		{
+			name: "unavailable until retries run out",
+			responses: []func(w http.ResponseWriter){
+				func(w http.ResponseWriter) { w.WriteHeader(http.StatusServiceUnavailable) },
+			},
+			drops: Drops{ExportFailed: 10}, requests: 2, atLeast: true, logged: "503", giveUp: 90 * time.Millisecond,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			var firstAt, secondAt atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/v1/logs" || r.Header.Get("Content-Type") != "application/x-protobuf" || r.Header.Get("Authorization") != "Bearer t" {
+					t.Errorf("request %s %s %v", r.Method, r.URL, r.Header)
+				}
+				io.Copy(io.Discard, r.Body)
+				n := int(calls.Add(1))
+				switch n {
+				case 1:
+					firstAt.Store(time.Now().UnixNano())
+				case 2:
+					secondAt.Store(time.Now().UnixNano())
+				}
+				tc.responses[min(n, len(tc.responses))-1](w)
+			}))
+			defer srv.Close()
+
+			cfg := Default()
+			cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
+			cfg.Protocol = ProtocolHTTP
+			cfg.Headers = map[string]string{"Authorization": "Bearer t"}
+			cfg.ExportInterval = 10 * time.Millisecond
+			cfg.Retry.InitialInterval, cfg.Retry.MaxInterval = 20*time.Millisecond, 40*time.Millisecond
+			cfg.Retry.MaxElapsedTime = cmp.Or(tc.giveUp, time.Second)
+			log, hook := logtest.NewNullLogger()
+			e, err := New(cfg, Options{Log: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := flow.Record{Time: time.Now(), Backend: "ebpf", Event: flow.EventSample}
+			for range 10 {
+				e.Write(&r)
+			}
+			for e.Stats().Queued > 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			e.Close()
+
+			s := e.Stats()
+			if s.Exported != tc.exported || s.Dropped != tc.drops || s.Requests != tc.requests && !(tc.atLeast && s.Requests > tc.requests) {
+				t.Errorf("stats %+v: want %d exported, drops %+v, %d requests", s, tc.exported, tc.drops, tc.requests)
+			}
+			if tc.name == "throttled, then accepted" && secondAt.Load() != 0 {
+				if gap := time.Duration(secondAt.Load() - firstAt.Load()); gap < time.Second {
+					t.Errorf("retried %s after a Retry-After of 1s", gap)
+				}
+			}
+			var logged []string
+			for _, entry := range hook.AllEntries() {
+				s, _ := entry.String()
+				logged = append(logged, s)
+			}
+			if all := strings.Join(logged, ""); !strings.Contains(all, tc.logged) {
+				t.Errorf("log %q does not mention %q", all, tc.logged)
+			}
+		})
+	}
+}
+
+func TestParseResponse(t *testing.T) {
+	p, err := parseResponse(response(5, "why"))
+	if err != nil || p.rejected != 5 || p.message != "why" {
+		t.Errorf("got %+v, %v", p, err)
+	}
+	if p, err := parseResponse(nil); err != nil || p != (partial{}) {
+		t.Errorf("empty response: %+v, %v", p, err)
+	}
+	if _, err := parseResponse([]byte{0x0a, 0x05, 0x08}); err == nil {
+		t.Error("truncated response: no error")
+	}
+	if got := statusMessage(rpcStatus(codes.InvalidArgument, "bad field")); got != "bad field" {
+		t.Errorf("status message %q", got)
+	}
+	if got := statusMessage([]byte("plain text error")); got != "plain text error" {
+		t.Errorf("text body %q", got)
+	}
+	if !errors.Is(&exportError{err: io.EOF}, io.EOF) {
+		t.Error("exportError does not unwrap")
+	}
+}
