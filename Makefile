@@ -67,7 +67,7 @@ clean: ## remove build output
 
 # ---- kernel matrix (kernels/): the privileged tests on other kernels, under qemu ----
 # KERNELFLAGS go to kernels/run: -v (show the guest's console), -run REGEXP,
-# -timeout 150s, -accel kvm. Kernels are cached in $FLOWD_KERNEL_CACHE
+# -timeout 240s, -accel kvm. Kernels are cached in $FLOWD_KERNEL_CACHE
 # (default .cache/kernels); console logs go to out/kernels/.
 KERNELFLAGS ?=
 QEMU_PKGS   := qemu-system-x86

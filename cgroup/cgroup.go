@@ -180,7 +180,7 @@ func eachCgroup(path string, fn func(dir string) error) error {
 		if err == nil && d.IsDir() {
 			err = fn(p)
 		}
-		if err != nil && p != path && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)) {
+		if err != nil && p != path && IsRemoved(err) {
 			return nil // removed while we walked
 		}
 		return err
@@ -189,4 +189,11 @@ func eachCgroup(path string, fn func(dir string) error) error {
 		return fmt.Errorf("walking cgroup %s: %w", path, err)
 	}
 	return nil
+}
+
+// IsRemoved reports whether err says that a cgroup directory is gone: it
+// does not exist (any more), or it was removed while it was read, which
+// cgroupfs reports as ENODEV.
+func IsRemoved(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)
 }

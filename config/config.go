@@ -28,14 +28,15 @@ import (
 
 // Config is flowd's configuration.
 type Config struct {
-	Backends []Backend `yaml:"backends,flow"` // no duplicates; auto stands alone
-	Cgroup   string    `yaml:"cgroup"`        // cgroup2 directory; "" = the root of the hierarchy
-	EBPF     EBPF      `yaml:"ebpf"`
-	Netlink  Netlink   `yaml:"netlink"`
-	Filter   Filter    `yaml:"filter"`
-	Output   Output    `yaml:"output"`
-	Log      Log       `yaml:"log"`
-	Metrics  Metrics   `yaml:"metrics"`
+	Backends      []Backend     `yaml:"backends,flow"`  // no duplicates; auto stands alone
+	Cgroup        string        `yaml:"cgroup"`         // cgroup2 directory; "" = the root of the hierarchy
+	CgroupRemoved CgroupRemoved `yaml:"cgroup_removed"` // what the backends do when the cgroup is removed
+	EBPF          EBPF          `yaml:"ebpf"`
+	Netlink       Netlink       `yaml:"netlink"`
+	Filter        Filter        `yaml:"filter"`
+	Output        Output        `yaml:"output"`
+	Log           Log           `yaml:"log"`
+	Metrics       Metrics       `yaml:"metrics"`
 
 	setBy map[string]string // keys set by the environment or a flag: FLOWD_EBPF_MODE, --log-level
 }
@@ -87,7 +88,8 @@ type Metrics struct {
 // flag; configs/flowd.yaml writes it down.
 func Default() *Config {
 	return &Config{
-		Backends: []Backend{BackendAuto},
+		Backends:      []Backend{BackendAuto},
+		CgroupRemoved: CgroupRemovedWait,
 		EBPF: EBPF{Mode: "poll", Interval: time.Second, IdleInterval: time.Minute, MaxFlows: 1 << 16,
 			RingbufSize: 4 << 20, FlushInterval: 100 * time.Millisecond},
 		Netlink: Netlink{Interval: time.Second},
@@ -106,6 +108,21 @@ const BackendAuto Backend = "auto"
 
 func (b *Backend) UnmarshalText(text []byte) error {
 	return oneOf(b, text, BackendAuto, flow.BackendEBPF, flow.BackendNetlink)
+}
+
+// CgroupRemoved says what flowd does when the configured cgroup is
+// removed while it runs: wait for a cgroup at the same path and record its
+// flows (the removed one's that outlive it are recorded until they close),
+// or exit with an error.
+type CgroupRemoved string
+
+const (
+	CgroupRemovedWait CgroupRemoved = "wait"
+	CgroupRemovedExit CgroupRemoved = "exit"
+)
+
+func (c *CgroupRemoved) UnmarshalText(text []byte) error {
+	return oneOf(c, text, CgroupRemovedWait, CgroupRemovedExit)
 }
 
 // EBPFMode says when the BPF program sends records (ebpf.Mode).

@@ -38,8 +38,9 @@ func writeConfig(t *testing.T, content string) string {
 
 func defaults() *Config {
 	return &Config{
-		Backends: []Backend{"auto"},
-		Cgroup:   "",
+		Backends:      []Backend{"auto"},
+		Cgroup:        "",
+		CgroupRemoved: "wait",
 		EBPF: EBPF{
 			Mode:          "poll",
 			Interval:      time.Second,
@@ -108,6 +109,7 @@ func TestLoadFile(t *testing.T) {
 	path := writeConfig(t, `
 backends: [ebpf, netlink]
 cgroup: /sys/fs/cgroup/flowd.test
+cgroup_removed: exit
 ebpf:
   mode: transition
   interval: 0s
@@ -136,10 +138,11 @@ metrics:
 		t.Fatal(err)
 	}
 	want := &Config{
-		Backends: []Backend{"ebpf", "netlink"},
-		Cgroup:   "/sys/fs/cgroup/flowd.test",
-		EBPF:     EBPF{Mode: "transition", Interval: 0, IdleInterval: time.Minute, MaxFlows: 65536, RingbufSize: 65536, FlushInterval: 250 * time.Millisecond},
-		Netlink:  Netlink{Interval: 2 * time.Second},
+		Backends:      []Backend{"ebpf", "netlink"},
+		Cgroup:        "/sys/fs/cgroup/flowd.test",
+		CgroupRemoved: "exit",
+		EBPF:          EBPF{Mode: "transition", Interval: 0, IdleInterval: time.Minute, MaxFlows: 65536, RingbufSize: 65536, FlushInterval: 250 * time.Millisecond},
+		Netlink:       Netlink{Interval: 2 * time.Second},
 		Filter: Filter{
 			LocalPorts:  []Port{5201, 80},
 			RemotePorts: []Port{443},
@@ -281,6 +284,8 @@ func TestErrors(t *testing.T) {
 		{name: "member not a name", file: "output:\n  tcp_info: [[rtt]]\n", want: []string{"output.tcp_info:", "is not a list of values"}},
 		{name: "bad CIDR env", env: map[string]string{"FLOWD_FILTER_REMOTE_CIDRS": "10.0.0.0/8,nope"}, want: []string{`filter.remote_cidrs: "nope"`}},
 
+		{name: "unknown cgroup_removed", file: "cgroup_removed: restart\n", want: []string{`cgroup_removed: "restart" is not one of wait, exit`}},
+		{name: "cgroup_removed by env", env: map[string]string{"FLOWD_CGROUP_REMOVED": "stop"}, want: []string{`cgroup_removed: "stop" is not one of wait, exit`, "FLOWD_CGROUP_REMOVED"}},
 		{name: "unknown log level", file: "log:\n  level: loud\n", want: []string{`log.level: "loud" is not one of trace, debug, info, warn, error`}},
 		{name: "unknown log format", file: "log:\n  format: xml\n", want: []string{`log.format: "xml" is not one of text, json`}},
 		{name: "unknown output samples", file: "output:\n  samples: some\n", want: []string{`output.samples: "some" is not one of changes, full`}},

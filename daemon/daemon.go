@@ -280,6 +280,8 @@ func (d *Daemon) runError(ctx context.Context, b backends.Backend, err error) er
 	switch {
 	case ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)):
 		return nil
+	case errors.Is(err, backends.ErrCgroupRemoved):
+		return fmt.Errorf("%s backend: %w (cgroup_removed is %s)", b.Name(), err, config.CgroupRemovedExit)
 	case err != nil:
 		return fmt.Errorf("%s backend: %w", b.Name(), err)
 	default:
@@ -391,26 +393,28 @@ func (d *Daemon) openNetlink() (backends.Backend, error) {
 func (d *Daemon) ebpfConfig() ebpf.Config {
 	c := d.cfg.EBPF
 	return ebpf.Config{
-		Cgroup:        d.cgroup,
-		Mode:          ebpf.Mode(c.Mode),
-		Interval:      c.Interval,
-		IdleInterval:  c.IdleInterval,
-		MaxFlows:      c.MaxFlows,
-		RingbufSize:   c.RingbufSize,
-		FlushInterval: c.FlushInterval,
-		Filter:        d.filter(),
-		Members:       slices.Clone(d.cfg.Output.TCPInfo),
-		Log:           d.log.WithField(logKeyBackend, flow.BackendEBPF),
+		Cgroup:          d.cgroup,
+		Mode:            ebpf.Mode(c.Mode),
+		Interval:        c.Interval,
+		IdleInterval:    c.IdleInterval,
+		MaxFlows:        c.MaxFlows,
+		RingbufSize:     c.RingbufSize,
+		FlushInterval:   c.FlushInterval,
+		Filter:          d.filter(),
+		Members:         slices.Clone(d.cfg.Output.TCPInfo),
+		StopWhenRemoved: d.cfg.CgroupRemoved == config.CgroupRemovedExit,
+		Log:             d.log.WithField(logKeyBackend, flow.BackendEBPF),
 	}
 }
 
 func (d *Daemon) netlinkConfig() netlink.Config {
 	return netlink.Config{
-		Cgroup:   d.cgroup,
-		Interval: d.cfg.Netlink.Interval,
-		Netns:    d.cfg.Netlink.Netns,
-		Filter:   d.filter(),
-		Log:      d.log.WithField(logKeyBackend, flow.BackendNetlink),
+		Cgroup:          d.cgroup,
+		Interval:        d.cfg.Netlink.Interval,
+		Netns:           d.cfg.Netlink.Netns,
+		Filter:          d.filter(),
+		StopWhenRemoved: d.cfg.CgroupRemoved == config.CgroupRemovedExit,
+		Log:             d.log.WithField(logKeyBackend, flow.BackendNetlink),
 	}
 }
 
@@ -439,16 +443,18 @@ func (d *Daemon) closeBackends(bs []backends.Backend) error {
 	return errors.Join(errs...)
 }
 
-// watcher reads the backends' drop and flow counters.
+// watcher reads the backends' drop and flow counters and their cgroup
+// state.
 type watcher struct {
 	d     *Daemon
 	items []*watched
 }
 
 type watched struct {
-	b       backends.Backend
-	drops   uint64 // the total at the last poll
-	lastErr string // the last error reading drops, logged once
+	b        backends.Backend
+	drops    uint64 // the total at the last poll
+	lastErr  string // the last error reading drops, logged once
+	removals uint64 // the cgroup removals at the last poll
 }
 
 func newWatcher(d *Daemon, bs []backends.Backend) *watcher {
@@ -469,6 +475,11 @@ func (w *watcher) poll() {
 		name := it.b.Name()
 		if fc, ok := it.b.(backends.FlowCounter); ok {
 			w.d.metrics.SetFlows(name, fc.Flows())
+		}
+		if cf, ok := it.b.(backends.CgroupFollower); ok {
+			st := cf.CgroupState()
+			w.d.metrics.SetCgroup(name, st.Attached, st.Removals-it.removals)
+			it.removals = st.Removals
 		}
 		dc, ok := it.b.(backends.DropCounter)
 		if !ok {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -148,6 +149,14 @@ type flowFake struct{ *fake }
 
 func (flowFake) Flows() int { return 42 }
 
+// cgroupFake follows its cgroup, as both backends do.
+type cgroupFake struct {
+	*fake
+	state backends.CgroupState
+}
+
+func (f cgroupFake) CgroupState() backends.CgroupState { return f.state }
+
 func record(backend string, cookie uint64) flow.Record {
 	r := flow.Record{
 		Time:       time.Date(2026, 11, 22, 0, 41, 2, 123456789, time.UTC),
@@ -260,6 +269,8 @@ func fakeOf(b backends.Backend) *fake {
 	case *dropFake:
 		return b.fake
 	case flowFake:
+		return b.fake
+	case cgroupFake:
 		return b.fake
 	case *fake:
 		return b
@@ -621,6 +632,36 @@ func TestBackendFailure(t *testing.T) {
 	ev := h.j.list()
 	if !slices.Contains(ev, "return ebpf") || !slices.Contains(ev, "close ebpf") || !slices.Contains(ev, "close netlink") {
 		t.Errorf("the other backend was not stopped and everything closed: %v", ev)
+	}
+}
+
+// TestCgroupMetrics: a backend's cgroup state reaches the metrics.
+func TestCgroupMetrics(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	h.nl = cgroupFake{fake: newFake("netlink", h.j), state: backends.CgroupState{Attached: false, Removals: 2}}
+	stop := h.start(t)
+	<-fakeOf(h.nl).started
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	const want = "# HELP flowd_cgroup_attached 1 while the backend records the flows of the configured cgroup, 0 while it waits for the cgroup, which was removed, to be created again.\n" +
+		"# TYPE flowd_cgroup_attached gauge\nflowd_cgroup_attached{backend=\"netlink\"} 0\n" +
+		"# HELP flowd_cgroup_removals_total Times the backend found the configured cgroup removed (or replaced by a new one at the same path).\n" +
+		"# TYPE flowd_cgroup_removals_total counter\nflowd_cgroup_removals_total{backend=\"netlink\"} 2\n"
+	if err := testutil.GatherAndCompare(h.d.Metrics().Registry(), strings.NewReader(want), "flowd_cgroup_attached", "flowd_cgroup_removals_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestCgroupRemovedExits: a backend that stops because its cgroup was
+// removed (cgroup_removed: exit) fails the run with an error that says why.
+func TestCgroupRemovedExits(t *testing.T) {
+	h := newHarness(t, testConfig("ebpf"))
+	eb := fakeOf(h.ebpf)
+	eb.exit, eb.runErr = true, fmt.Errorf("%w: /sys/fs/cgroup/nginx.service (id 4711)", backends.ErrCgroupRemoved)
+	err := h.d.Run(context.Background())
+	if want := "ebpf backend: cgroup removed: /sys/fs/cgroup/nginx.service (id 4711) (cgroup_removed is exit)"; err == nil || err.Error() != want {
+		t.Fatalf("Run = %v, want %q", err, want)
 	}
 }
 
@@ -989,6 +1030,7 @@ filter:
   remote_cidrs: [10.1.2.3/8, "2001:db8::1/32"]
 output:
   tcp_info: [snd_cwnd, rtt]
+cgroup_removed: exit
 `)
 	log, _ := logtest.NewNullLogger()
 	d, err := New(cfg, log, "test")
@@ -998,11 +1040,12 @@ output:
 	ec := d.ebpfConfig()
 	if ec.Cgroup != root || ec.Mode != ebpf.ModeTransition || ec.Interval != 0 || ec.RingbufSize != 65536 ||
 		ec.FlushInterval != 250*time.Millisecond || len(ec.Filter.RemoteCIDRs) != 2 || ec.Log == nil ||
-		!slices.Equal(ec.Members, []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}) {
+		!slices.Equal(ec.Members, []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}) || !ec.StopWhenRemoved {
 		t.Errorf("ebpf.Config = %+v", ec)
 	}
 	nc := d.netlinkConfig()
-	if nc.Cgroup != root || nc.Interval != 2*time.Second || !slices.Equal(nc.Filter.LocalPorts, []uint16{5201, 80}) || nc.Log == nil {
+	if nc.Cgroup != root || nc.Interval != 2*time.Second || !slices.Equal(nc.Filter.LocalPorts, []uint16{5201, 80}) || nc.Log == nil ||
+		!nc.StopWhenRemoved {
 		t.Errorf("netlink.Config = %+v", nc)
 	}
 	if !nc.Filter.Match(5201, 1, netip.MustParseAddr("10.9.9.9")) || nc.Filter.Match(22, 22, netip.MustParseAddr("10.9.9.9")) {

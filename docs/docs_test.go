@@ -150,6 +150,7 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	m.AddDrops("ebpf", 0)
 	m.SetFlows("netlink", 0)
+	m.SetCgroup("ebpf", true, 0)
 	families, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)

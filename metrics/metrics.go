@@ -1,7 +1,8 @@
 // Package metrics exposes flowd's Prometheus metrics: records per backend
-// and event, tracked flows, ring buffer drops, output errors and build
-// information, plus the Go and process collectors. It uses its own
-// registry, never the global default one.
+// and event, tracked flows, ring buffer drops, output errors, whether the
+// backends are attached to their cgroup and build information, plus the Go
+// and process collectors. It uses its own registry, never the global
+// default one.
 package metrics
 
 import (
@@ -32,6 +33,9 @@ type Metrics struct {
 	flows        *prometheus.GaugeVec
 	drops        *prometheus.CounterVec
 	outputErrors prometheus.Counter
+
+	cgroupAttached *prometheus.GaugeVec
+	cgroupRemovals *prometheus.CounterVec
 }
 
 // New returns the metrics of a flowd of this version, registered in a new
@@ -59,6 +63,16 @@ func New(version string) (*Metrics, error) {
 			Name:      "output_errors_total",
 			Help:      "Records lost because the output could not be written.",
 		}),
+		cgroupAttached: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "cgroup_attached",
+			Help:      "1 while the backend records the flows of the configured cgroup, 0 while it waits for the cgroup, which was removed, to be created again.",
+		}, []string{labelBackend}),
+		cgroupRemovals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "cgroup_removals_total",
+			Help:      "Times the backend found the configured cgroup removed (or replaced by a new one at the same path).",
+		}, []string{labelBackend}),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace,
@@ -68,7 +82,7 @@ func New(version string) (*Metrics, error) {
 	buildInfo.WithLabelValues(version).Set(1)
 
 	for _, c := range []prometheus.Collector{
-		m.records, m.flows, m.drops, m.outputErrors, buildInfo,
+		m.records, m.flows, m.drops, m.outputErrors, m.cgroupAttached, m.cgroupRemovals, buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
@@ -169,4 +183,15 @@ func (m *Metrics) AddOutputErrors(n int) {
 // SetFlows sets the number of flows backend tracks.
 func (m *Metrics) SetFlows(backend string, n int) {
 	m.flows.WithLabelValues(backend).Set(float64(n))
+}
+
+// SetCgroup sets whether backend is attached to its cgroup, and adds
+// removals to the times it found it removed (0 makes the series appear).
+func (m *Metrics) SetCgroup(backend string, attached bool, removals uint64) {
+	v := 0.0
+	if attached {
+		v = 1
+	}
+	m.cgroupAttached.WithLabelValues(backend).Set(v)
+	m.cgroupRemovals.WithLabelValues(backend).Add(float64(removals))
 }

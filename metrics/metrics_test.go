@@ -265,3 +265,21 @@ func BenchmarkSink(b *testing.B) {
 		}
 	}
 }
+
+func TestSetCgroup(t *testing.T) {
+	m := newMetrics(t)
+	m.SetCgroup("ebpf", true, 0)
+	m.SetCgroup("netlink", false, 1)
+	m.SetCgroup("netlink", false, 2)
+	for _, c := range []struct {
+		backend            string
+		attached, removals float64
+	}{{"ebpf", 1, 0}, {"netlink", 0, 3}} {
+		if v := testutil.ToFloat64(m.cgroupAttached.WithLabelValues(c.backend)); v != c.attached {
+			t.Errorf("flowd_cgroup_attached{backend=%q} = %v, want %v", c.backend, v, c.attached)
+		}
+		if v := testutil.ToFloat64(m.cgroupRemovals.WithLabelValues(c.backend)); v != c.removals {
+			t.Errorf("flowd_cgroup_removals_total{backend=%q} = %v, want %v", c.backend, v, c.removals)
+		}
+	}
+}

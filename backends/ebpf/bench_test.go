@@ -401,3 +401,35 @@ func countLines(path string) (uint64, error) {
 		}
 	}
 }
+
+// BenchmarkAttachAgain is how long after the mkdir of a cgroup created
+// again at the configured path the backend is attached to it: the window
+// in which a connection opened and closed in the new cgroup is missed. A
+// cgroup is removed and created again per iteration; only the time from
+// the mkdir to CgroupState saying attached is counted.
+func BenchmarkAttachAgain(b *testing.B) {
+	testutil.RequireRoot(b)
+	cg := testutil.TempCgroup(b)
+	be, err := New(Config{Cgroup: cg})
+	if err != nil {
+		b.Fatal(err)
+	}
+	testutil.Run(b, be)
+	wait := func(attached bool) {
+		for be.CgroupState().Attached != attached {
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		if err := os.Remove(cg); err != nil {
+			b.Fatal(err)
+		}
+		wait(false)
+		b.StartTimer()
+		if err := os.Mkdir(cg, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		wait(true)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -33,6 +34,7 @@ import (
 // Log field keys.
 const (
 	logKeyCgroup       = "cgroup"
+	logKeyCgroupID     = "cgroup_id"
 	logKeyMode         = "mode"
 	logKeyInterval     = "interval"
 	logKeyRingbufSize  = "ringbuf_size"
@@ -98,25 +100,37 @@ type Config struct {
 	// Members are the tcp_info members the program reads and reports;
 	// none = every member. The others are left out of the records.
 	Members []flow.Field
-	Log     logrus.FieldLogger
+	// StopWhenRemoved: Run returns an error wrapping
+	// backends.ErrCgroupRemoved when Cgroup is removed, instead of waiting
+	// for a cgroup at the same path to attach to.
+	StopWhenRemoved bool
+	Log             logrus.FieldLogger
 }
 
 // Backend is the eBPF sockops backend. New loads and attaches it; Run reads
 // its records; Close detaches it.
 type Backend struct {
-	cfg      Config
-	log      logrus.FieldLogger
-	objs     bpfObjects
-	link     link.Link
-	setState link.Link // flowd_set_state, while flows found running lack callbacks; nil otherwise
-	// setStateMu guards setState: Run detaches it when unused, Close too.
-	setStateMu sync.Mutex
-	existing   *link.Iter // flowd_existing: walked once, by Run
-	reader     *ringbuf.Reader
-	wake       *os.File // a duplicate of the ring buffer's fd, in Go's network poller: Run waits on it
-	dec        decoder
-	iterBuf    []byte // the TCP socket iterator's output is read in chunks of its size (see iterChunk)
-	untracked  uint64 // untracked_flows when last logged
+	cfg  Config
+	log  logrus.FieldLogger
+	objs bpfObjects
+
+	// linksMu guards the links Run changes while Close may detach them.
+	linksMu  sync.Mutex
+	link     link.Link     // flowd_sockops on the cgroup; nil while it is removed
+	removed  []removedLink // on removed cgroups, until the kernel detaches them (cgroup.go)
+	setState link.Link     // flowd_set_state, while flows found running lack callbacks; nil otherwise
+	detached bool          // by detach: nothing is attached any more
+
+	existing    *link.Iter      // flowd_existing: walked by Run at start and on each new cgroup
+	watch       *cgroup.Watcher // of the cgroup's path; nil for the cgroup2 root
+	cgroupEvent atomic.Bool     // the watcher called: Run looks at the cgroup
+	status      *backends.CgroupStatus
+	reader      *ringbuf.Reader
+	wake        *os.File // a duplicate of the ring buffer's fd, in Go's network poller: Run waits on it
+	dec         decoder
+	iterBuf     []byte // the TCP socket iterator's output is read in chunks of its size (see iterChunk)
+	untracked   uint64 // untracked_flows when last logged
+	polling     bool   // that the watcher polls has been logged
 
 	detachOnce sync.Once
 	detachErr  error
@@ -124,8 +138,9 @@ type Backend struct {
 	closeErr   error
 }
 
-// New loads the BPF program, configured by cfg, and attaches it to
-// cfg.Cgroup. Nothing stays loaded when it fails.
+// New loads the BPF program, configured by cfg, attaches it to
+// cfg.Cgroup and starts watching the cgroup's path. Nothing stays loaded
+// when it fails.
 func New(cfg Config) (*Backend, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
@@ -185,20 +200,21 @@ func New(cfg Config) (*Backend, error) {
 	}
 	b.dec.monoToWall = monoToWallOffset()
 
-	b.link, err = link.AttachCgroup(link.CgroupOptions{
-		Path:    cfg.Cgroup,
-		Attach:  ebpf.AttachCGroupSockOps,
-		Program: b.objs.FlowdSockops,
-	})
+	var id uint64
+	b.link, id, err = b.attachSockops(cfg.Cgroup)
 	if err != nil {
 		b.wake.Close()
 		b.reader.Close()
 		b.objs.Close()
-		return nil, fmt.Errorf("attaching sockops to %s: %w", cfg.Cgroup, err)
+		return nil, err
 	}
+	b.status = backends.NewCgroupStatus(cfg.Cgroup, id, time.Now())
 	if err := b.attachIterators(); err != nil {
 		b.Close()
 		return nil, err
+	}
+	if !allCgroups { // the root cannot be removed
+		b.watch = cgroup.Watch(cfg.Cgroup, b.cgroupChanged)
 	}
 	b.log.WithFields(logrus.Fields{
 		logKeyCgroup: cfg.Cgroup, logKeyMode: cfg.Mode, logKeyInterval: cfg.Interval, logKeyIdleInterval: cfg.IdleInterval,
@@ -307,7 +323,7 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32, allCgroups boo
 		}
 	}
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingbufSize)
-	spec.Maps["subtree"].MaxEntries = uint32(max(1, subtree))
+	spec.Maps["subtree"].MaxEntries = uint32(max(minSubtreeEntries, subtree))
 	spec.Maps["slots"].MaxEntries = uint32(cfg.MaxFlows)
 	spec.Maps["free_slots"].MaxEntries = uint32(cfg.MaxFlows)
 	spec.Maps["copies"].ValueSize = tcpSockSize
@@ -386,7 +402,10 @@ func (b *Backend) Name() string { return flow.BackendEBPF }
 // drained every FlushInterval, and the sink flushed after it (a
 // flow.Flusher); the program wakes the reader early only when half of the
 // buffer is unread. In poll mode the tracked flows are walked every
-// Interval (every FlushInterval at Interval 0), from the same loop.
+// Interval (every FlushInterval at Interval 0), from the same loop. When
+// the cgroup is removed, Run waits for a cgroup at the same path, attaches
+// to it and walks its sockets, or, with Config.StopWhenRemoved, stops with
+// an error (cgroup.go).
 //
 // The reader never blocks in a system call of its own: ReadInto, with a
 // deadline in the past, only drains, and Run waits for the next tick or
@@ -409,16 +428,27 @@ func (b *Backend) Run(ctx context.Context, sink flow.Sink) error {
 		rec    flow.Record
 		runErr error
 	)
-	if err := b.walkExisting(&raw, &rec, sink); err != nil {
+	netns, err := b.walkExisting(&raw, &rec, sink)
+	if err != nil {
 		return err
 	}
+	found, _ := b.variable(b.objs.ExistingFlows)
+	uncalled, _ := b.variable(b.objs.ExistingWithoutCallbacks)
+	b.log.WithFields(logrus.Fields{logKeyFlows: found, logKeyWithoutCallbacks: uncalled, logKeyNetns: netns}).Info(
+		"ebpf backend tracks the flows that began before it")
+
 	sampling := b.cfg.Mode == ModePoll
 	now := time.Now()
-	next, nextWalk := now.Add(b.cfg.FlushInterval), now.Add(b.walkPeriod())
+	next, nextWalk, nextLinkCheck := now.Add(b.cfg.FlushInterval), now.Add(b.walkPeriod()), now
 	for {
 		closed, err := b.drain(&raw, &rec, sink)
 		if err != nil || closed {
 			return err
+		}
+		if b.cgroupEvent.Swap(false) {
+			if runErr = b.followCgroup(&raw, &rec, sink); runErr != nil {
+				break
+			}
 		}
 		now := time.Now()
 		if sampling && !now.Before(nextWalk) {
@@ -437,6 +467,10 @@ func (b *Backend) Run(ctx context.Context, sink flow.Sink) error {
 			next = now.Add(b.cfg.FlushInterval)
 			b.detachSetStateWhenUnused()
 			b.logUntracked()
+			if !now.Before(nextLinkCheck) {
+				nextLinkCheck = now.Add(removedLinksCheck)
+				b.releaseRemovedLinks()
+			}
 		}
 		deadline := next
 		if sampling && nextWalk.Before(deadline) {
@@ -450,6 +484,9 @@ func (b *Backend) Run(ctx context.Context, sink flow.Sink) error {
 		}
 		if ctx.Err() != nil {
 			break
+		}
+		if b.cgroupEvent.Load() {
+			continue // the watcher called after the loop looked
 		}
 		// Until the next tick, a wakeup by the program, or ctx's end.
 		first := true
@@ -538,20 +575,25 @@ func pollable(fd int, name string) (*os.File, error) {
 	return os.NewFile(uintptr(dup), name), nil
 }
 
-// detach removes the programs from the cgroup and the tracepoint; the
+// detach removes the programs from the cgroups and the tracepoint; the
 // maps stay readable.
 func (b *Backend) detach() error {
 	b.detachOnce.Do(func() {
 		var errs []error
-		b.setStateMu.Lock()
+		b.linksMu.Lock()
+		defer b.linksMu.Unlock()
+		b.detached = true
 		if b.setState != nil {
 			errs = append(errs, b.setState.Close())
 			b.setState = nil
 		}
-		b.setStateMu.Unlock()
 		if b.link != nil {
 			errs = append(errs, b.link.Close())
 		}
+		for _, r := range b.removed {
+			errs = append(errs, r.link.Close())
+		}
+		b.removed = nil
 		b.detachErr = errors.Join(errs...)
 	})
 	return b.detachErr
@@ -562,6 +604,9 @@ func (b *Backend) detach() error {
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		var errs []error
+		if b.watch != nil {
+			errs = append(errs, b.watch.Close()) // before wake, which it uses
+		}
 		if b.existing != nil {
 			errs = append(errs, b.existing.Close())
 		}

@@ -64,23 +64,28 @@ func (b *Backend) readWalk(rd io.Reader, raw *ringbuf.Record, rec *flow.Record, 
 	}
 }
 
-// walkExisting tracks the flows that began before flowd: it walks the TCP
-// sockets of flowd's network namespace and of every namespace a process
-// of the cgroup subtree lives in (an iterator sees the namespace it was
-// made in), then detaches the tracepoint if no flow needs it.
-func (b *Backend) walkExisting(raw *ringbuf.Record, rec *flow.Record, sink flow.Sink) error {
+// walkExisting tracks the flows that began before flowd (or before it
+// attached to the cgroup created again): it walks the TCP sockets of
+// flowd's network namespace and of every namespace a process of the
+// cgroup subtree lives in (an iterator sees the namespace it was made in),
+// then detaches the tracepoint if no flow needs it. It returns how many
+// namespaces it walked.
+func (b *Backend) walkExisting(raw *ringbuf.Record, rec *flow.Record, sink flow.Sink) (int, error) {
 	rd, err := b.existing.Open()
 	if err != nil {
-		return fmt.Errorf("finding the flows that began before flowd: %w", err)
+		return 0, fmt.Errorf("finding the flows that began before flowd: %w", err)
 	}
 	err = b.readWalk(rd, raw, rec, sink)
 	rd.Close()
 	if err != nil {
-		return fmt.Errorf("finding the flows that began before flowd: %w", err)
+		return 0, fmt.Errorf("finding the flows that began before flowd: %w", err)
 	}
 	spaces, unreadable, err := otherNetns(b.cfg.Cgroup)
+	if cgroup.IsRemoved(err) {
+		spaces, err = nil, nil // the cgroup was removed meanwhile: no process is left in it
+	}
 	if err != nil {
-		return fmt.Errorf("finding the network namespaces of %s: %w", b.cfg.Cgroup, err)
+		return 0, fmt.Errorf("finding the network namespaces of %s: %w", b.cfg.Cgroup, err)
 	}
 	var skipped []string
 	for _, path := range spaces {
@@ -92,20 +97,15 @@ func (b *Backend) walkExisting(raw *ringbuf.Record, rec *flow.Record, sink flow.
 		err = b.readWalk(rd, raw, rec, sink)
 		rd.Close()
 		if err != nil {
-			return fmt.Errorf("finding the flows that began before flowd in %s: %w", path, err)
+			return 0, fmt.Errorf("finding the flows that began before flowd in %s: %w", path, err)
 		}
 	}
-	found, _ := b.variable(b.objs.ExistingFlows)
-	uncalled, _ := b.variable(b.objs.ExistingWithoutCallbacks)
-	b.log.WithFields(logrus.Fields{
-		logKeyFlows: found, logKeyWithoutCallbacks: uncalled, logKeyNetns: 1 + len(spaces) - len(skipped),
-	}).Info("ebpf backend tracks the flows that began before it")
 	if len(skipped) > 0 || unreadable > 0 {
 		b.log.WithFields(logrus.Fields{logKeySkipped: skipped, logKeyUnreadable: unreadable}).Warn(
 			"network namespaces of the cgroup not searched for flows that began before flowd (entering one needs CAP_SYS_ADMIN, reading a process's CAP_SYS_PTRACE): their flows are recorded from their next state change if an earlier flowd tracked them, else not at all")
 	}
 	b.detachSetStateWhenUnused()
-	return nil
+	return 1 + len(spaces) - len(skipped), nil
 }
 
 // variable reads one of the program's global counters.
@@ -118,8 +118,8 @@ func (b *Backend) variable(v *ebpf.Variable) (uint64, error) {
 // detachSetStateWhenUnused detaches the tracepoint once no flow needs it:
 // it runs on every state change of every socket of the host.
 func (b *Backend) detachSetStateWhenUnused() {
-	b.setStateMu.Lock()
-	defer b.setStateMu.Unlock()
+	b.linksMu.Lock()
+	defer b.linksMu.Unlock()
 	if b.setState == nil {
 		return
 	}

@@ -251,8 +251,8 @@ func TestExistingFlows(t *testing.T) {
 	// The tracepoint that follows flows without callbacks (kernels
 	// before 6.12) is detached once none is left.
 	testutil.WaitFor(t, "the tracepoint detached", 5*time.Second, func() bool {
-		b.setStateMu.Lock()
-		defer b.setStateMu.Unlock()
+		b.linksMu.Lock()
+		defer b.linksMu.Unlock()
 		return b.setState == nil
 	})
 }

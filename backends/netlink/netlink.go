@@ -36,6 +36,7 @@ import (
 const (
 	logKeyBackend   = "backend"
 	logKeyCgroup    = "cgroup"
+	logKeyCgroupID  = "cgroup_id"
 	logKeyFamily    = "family"
 	logKeyAttempt   = "attempt"
 	logKeyAttempts  = "attempts"
@@ -55,7 +56,11 @@ type Config struct {
 	// every namespace in which a process of the cgroup subtree lives,
 	// found again before each dump.
 	Netns string
-	Log   logrus.FieldLogger // may be nil: then nothing is logged
+	// StopWhenRemoved: Run returns an error wrapping
+	// backends.ErrCgroupRemoved when Cgroup is removed (after the dump
+	// that found it so), instead of waiting for a cgroup at the same path.
+	StopWhenRemoved bool
+	Log             logrus.FieldLogger // may be nil: then nothing is logged
 }
 
 var (
@@ -64,13 +69,14 @@ var (
 )
 
 // Backend reports flows from periodic inet_diag dumps. It implements
-// backends.Backend and backends.FlowCounter.
+// backends.Backend, backends.FlowCounter and backends.CgroupFollower.
 type Backend struct {
 	cfg      Config
 	log      logrus.FieldLogger
 	matchAll bool // cfg.Cgroup is the cgroup2 root: every socket is in scope
 
-	flows atomic.Int64 // tracked flows, for Flows
+	flows  atomic.Int64 // tracked flows, for Flows
+	status *backends.CgroupStatus
 
 	mu      sync.Mutex
 	closed  bool
@@ -126,6 +132,7 @@ func New(cfg Config) (*Backend, error) {
 		cfg:      cfg,
 		log:      log.WithField(logKeyBackend, flow.BackendNetlink),
 		matchAll: id == rootID,
+		status:   backends.NewCgroupStatus(cfg.Cgroup, id, time.Now()),
 	}, nil
 }
 
@@ -136,6 +143,10 @@ func (b *Backend) Name() string { return flow.BackendNetlink }
 // dump of the current Run (0 when not running).
 func (b *Backend) Flows() int { return int(b.flows.Load()) }
 
+// CgroupState says whether the cgroup existed at the last dump, or the
+// backend waits for one to be created at its path, and since when.
+func (b *Backend) CgroupState() backends.CgroupState { return b.status.State() }
+
 // Run dumps the sockets at once and then every Interval, writing the
 // records of each dump to s, until ctx is cancelled; then it returns nil
 // without writing close records for the flows still alive. A namespace's
@@ -145,7 +156,11 @@ func (b *Backend) Flows() int { return int(b.flows.Load()) }
 // is logged once and left out. Run returns an error when the netlink
 // socket of flowd's own or of the pinned namespace cannot be opened, when
 // a socket cannot be read, when the cgroup subtree cannot be read or when
-// s fails. Only one Run may be active at a time; Close ends it.
+// s fails. When the cgroup is removed, the flows of its sockets that
+// outlive it are still dumped (by their cgroup id) until they close, and
+// Run waits for a cgroup at the same path, or, with StopWhenRemoved,
+// returns an error after that dump. Only one Run may be active at a
+// time; Close ends it.
 func (b *Backend) Run(ctx context.Context, s flow.Sink) error {
 	p, err := b.start()
 	if err != nil {
@@ -156,7 +171,11 @@ func (b *Backend) Run(ctx context.Context, s flow.Sink) error {
 	tick := time.NewTicker(b.cfg.Interval)
 	defer tick.Stop()
 	for ctx.Err() == nil {
-		if err := p.poll(s); err != nil {
+		err := p.poll(s)
+		if errors.Is(err, backends.ErrCgroupRemoved) {
+			return errors.Join(err, flow.Flush(s))
+		}
+		if err != nil {
 			if b.isClosed() {
 				return errClosed
 			}
@@ -234,6 +253,8 @@ type poller struct {
 	flows   *atomic.Int64 // where to publish the number of tracked flows
 	msg     diagMsg       // the message being processed, reused
 	warned  bool          // the missing INET_DIAG_CGROUP_ID has been logged
+	status  *backends.CgroupStatus
+	stop    bool // Config.StopWhenRemoved
 
 	userFilter bool        // the kernel rejected the cgroup filter: filter in user space only
 	kfilter    *diagFilter // the in-kernel filter of the next dumps; nil: none
@@ -261,12 +282,17 @@ func (b *Backend) newPoller() (*poller, error) {
 		filter:  b.cfg.Filter,
 		log:     b.log,
 		flows:   &b.flows,
+		status:  b.status,
+		stop:    b.cfg.StopWhenRemoved,
 	}, nil
 }
 
-// poll dumps every namespace once and writes the records to s.
+// poll dumps every namespace once and writes the records to s. When it
+// found the cgroup removed and stop is set, it returns an error wrapping
+// backends.ErrCgroupRemoved after the dump.
 func (p *poller) poll(s flow.Sink) error {
 	now := time.Now().UTC()
+	stopErr := p.followCgroup(now)
 	p.scope.newDump()
 	if err := p.scan(); err != nil {
 		return err
@@ -284,6 +310,41 @@ func (p *poller) poll(s flow.Sink) error {
 	p.flows.Store(int64(p.t.len()))
 	if err != nil {
 		return fmt.Errorf("writing record: %w", err)
+	}
+	return stopErr
+}
+
+// followCgroup looks, before a dump, whether the cgroup at the configured
+// path is still the one of the previous dump (one stat: the dump walks the
+// subtree anyway). When it was removed, the dump's scope is empty, and the
+// flows already tracked go on being dumped by their cgroup id until they
+// close; when a cgroup is there again, its flows are recorded from this
+// dump. With stop set, a cgroup found removed (or replaced by another)
+// makes it return an error wrapping backends.ErrCgroupRemoved.
+func (p *poller) followCgroup(now time.Time) error {
+	if p.scope.all {
+		return nil
+	}
+	st := p.status.State()
+	id, err := cgroup.ID(p.scope.root)
+	present := err == nil
+	if st.Attached && present && id == st.ID {
+		return nil
+	}
+	if st.Attached {
+		if p.stop {
+			p.status.Removed(now)
+			return fmt.Errorf("%w: %s (id %d)", backends.ErrCgroupRemoved, p.scope.root, st.ID)
+		}
+		p.log.WithFields(logrus.Fields{logKeyCgroup: p.scope.root, logKeyCgroupID: st.ID}).Warn(
+			"cgroup removed: its flows that outlive it are still recorded until they close; " +
+				"waiting for a cgroup at the same path")
+		p.status.Removed(now)
+	}
+	if present {
+		p.status.Attached(id, now)
+		p.log.WithFields(logrus.Fields{logKeyCgroup: p.scope.root, logKeyCgroupID: id}).Info(
+			"the cgroup was created again: its flows are recorded from this dump")
 	}
 	return nil
 }

@@ -302,7 +302,8 @@ func TestPollFallsBackToUserFilter(t *testing.T) {
 		}
 		return nil
 	}
-	p := &poller{nets: fakeNamespaces(d), t: newTracker(), scope: newScope(root, false), log: log, flows: new(atomic.Int64)}
+	p := &poller{nets: fakeNamespaces(d), t: newTracker(), scope: newScope(root, false), log: log, flows: new(atomic.Int64),
+		status: backends.NewCgroupStatus(root, id, time.Now())}
 	col := &testutil.Collector{}
 	for range 2 {
 		if err := p.poll(col); err != nil {

@@ -88,8 +88,8 @@ func newNetnsScanner(root string, all bool) *netnsScanner {
 
 // scan lists the processes of the subtree and returns the namespaces they
 // live in, each with one of its processes, and the ids of the subtree's
-// cgroups (nil for the cgroup2 root), which it walked for their
-// cgroup.procs. The first map is the scanner's and is valid until the next
+// cgroups (nil for the cgroup2 root, none while the subtree's root is
+// removed), which it walked for their cgroup.procs. The first map is the scanner's and is valid until the next
 // scan.
 func (s *netnsScanner) scan() (found map[netnsID]int, inside map[uint64]struct{}, err error) {
 	s.scans++
@@ -97,8 +97,8 @@ func (s *netnsScanner) scan() (found map[netnsID]int, inside map[uint64]struct{}
 	s.denied = 0
 	if s.all {
 		err = s.listProc()
-	} else {
-		inside, err = s.walk()
+	} else if inside, err = s.walk(); cgroup.IsRemoved(err) {
+		inside, err = map[uint64]struct{}{}, nil // the root cgroup is removed: no process is in it
 	}
 	if err != nil {
 		return nil, nil, err

@@ -130,7 +130,8 @@ func TestNetnsScanner(t *testing.T) {
 	if len(s.pids) != 1 {
 		t.Errorf("the scanner remembers %d processes, want 1", len(s.pids))
 	}
-	// A removed cgroup is no error; a removed top of the subtree is.
+	// A removed cgroup is no error, nor is a removed top of the subtree:
+	// it holds no process and no cgroup until it is created again.
 	if err := os.RemoveAll(child); err != nil {
 		t.Fatal(err)
 	}
@@ -138,8 +139,8 @@ func TestNetnsScanner(t *testing.T) {
 	if err := os.RemoveAll(root); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.scan(); err == nil {
-		t.Error("scanning a removed subtree: no error")
+	if found, inside, err := s.scan(); err != nil || len(found) != 0 || inside == nil || len(inside) != 0 {
+		t.Errorf("scanning a removed subtree = %v, %v, %v; want nothing found and no error", found, inside, err)
 	}
 }
 

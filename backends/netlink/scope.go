@@ -32,9 +32,13 @@ func newScope(root string, all bool) scope {
 func (s *scope) newDump() { s.walked = false }
 
 // walk walks the subtree now (it counts as this dump's walk) and returns
-// the ids in it. The map is the scope's: it must not be changed.
+// the ids in it: none while the root cgroup is removed. The map is the
+// scope's: it must not be changed.
 func (s *scope) walk() (map[uint64]struct{}, error) {
 	inside, err := cgroup.Subtree(s.root)
+	if cgroup.IsRemoved(err) {
+		inside, err = map[uint64]struct{}{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -88,10 +88,11 @@ func TestScope(t *testing.T) {
 		t.Errorf("root scope: contains = %v, %v", in, err)
 	}
 
-	// A walk that fails is an error.
+	// A removed (or missing) cgroup holds nothing until it is created
+	// again.
 	gone := newScope(filepath.Join(root, "no-such-dir"), false)
 	gone.newDump()
-	if _, err := gone.contains(12345); err == nil {
-		t.Errorf("walking a missing cgroup gave no error")
+	if in, err := gone.contains(a); in || err != nil {
+		t.Errorf("a missing cgroup: contains = %v, %v; want false, nil", in, err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/flowd/flowd/cgroup"
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/utils/flows"
@@ -310,5 +311,79 @@ func TestDaemonReopensOnSIGHUP(t *testing.T) {
 		if !seen[f.has] || seen[f.lacks] {
 			t.Errorf("%s: records of cookie %d: %v, of cookie %d: %v; want true, false", f.path, f.has, seen[f.has], f.lacks, seen[f.lacks])
 		}
+	}
+}
+
+// TestDaemonFollowsCgroup runs the real daemon with both backends while
+// its cgroup is removed and created again, as systemd does when it
+// restarts a unit: both log the removal and the new cgroup, the flows of
+// the new cgroup are recorded under its id, and SIGTERM still exits 0
+// with nothing left attached.
+func TestDaemonFollowsCgroup(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	out := filepath.Join(t.TempDir(), "records.jsonl")
+	d := startDaemon(t, fmt.Sprintf("backends: [ebpf, netlink]\ncgroup: %s\nnetlink:\n  interval: 100ms\noutput:\n  path: %s\n", cg, out))
+
+	if err := os.Remove(cg); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog(t, "cgroup removed", 5*time.Second)
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog(t, "attached to the cgroup created again", 5*time.Second)
+	d.waitLog(t, "the cgroup was created again", 5*time.Second)
+	if n := attachedPrograms(t, cg); n != 1 {
+		t.Fatalf("%d sockops programs attached to the new %s, want 1", n, cg)
+	}
+	id, err := cgroup.ID(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie := oneFlow(t, cg)
+	d.stop(t)
+	if n := strings.Count(d.stderr.String(), "level=warning msg=\"cgroup removed"); n != 2 {
+		t.Errorf("%d warnings about the removal, want one per backend:\n%s", n, d.stderr.String())
+	}
+	if n := attachedPrograms(t, cg); n != 0 {
+		t.Fatalf("%d sockops programs still attached to %s after SIGTERM", n, cg)
+	}
+
+	recs, err := flows.Load(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opens := map[string]uint64{}
+	for _, r := range recs {
+		if r.Cookie == cookie && r.Event == flow.EventOpen {
+			opens[r.Backend] = r.CgroupID
+		}
+	}
+	if opens[flow.BackendEBPF] != id || opens[flow.BackendNetlink] != id {
+		t.Errorf("open records of the new cgroup's flow: cgroup ids %v, want %d from both backends", opens, id)
+	}
+}
+
+// TestDaemonExitsWhenCgroupRemoved: with cgroup_removed: exit, the real
+// daemon exits with status 1 and an error naming the removed cgroup.
+func TestDaemonExitsWhenCgroupRemoved(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	d := startDaemon(t, fmt.Sprintf("backends: [ebpf, netlink]\ncgroup: %s\ncgroup_removed: exit\nnetlink:\n  interval: 100ms\n", cg))
+	if err := os.Remove(cg); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("flowd did not exit within 5 s of the removal:\n%s", d.stderr.String())
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 1 {
+		t.Errorf("exit status %d, want 1", code)
+	}
+	if s := d.stderr.String(); !strings.Contains(s, "flowd: ") || !strings.Contains(s, "backend: cgroup removed: "+cg) ||
+		!strings.Contains(s, "(cgroup_removed is exit)") {
+		t.Errorf("standard error does not say that the cgroup was removed:\n%s", s)
 	}
 }

@@ -277,3 +277,31 @@ func Start(tb testing.TB, b backends.Backend) (col *Collector, stop func() error
 	})
 	return col, stop
 }
+
+// RunToEnd runs b into a new Collector for a test in which Run is to
+// return on its own: returned waits for that and gives Run's error, or
+// fails the test after timeout. When the test ends, Run's context is
+// cancelled and b closed.
+func RunToEnd(tb testing.TB, b backends.Backend, timeout time.Duration) (col *Collector, returned func() error) {
+	tb.Helper()
+	col = &Collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, col) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := b.Close(); err != nil {
+			tb.Errorf("%s: Close: %v", b.Name(), err)
+		}
+	})
+	return col, func() error {
+		tb.Helper()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(timeout):
+			tb.Fatalf("%s: Run did not return within %s", b.Name(), timeout)
+			return nil
+		}
+	}
+}

@@ -4,7 +4,7 @@
 // kernel provides. It exits non-zero when any guest fails, times out,
 // misses a marker, skips a privileged test or runs none.
 //
-//	go run ./kernels/run [-v] [-accel tcg|kvm] [-run REGEXP] [-timeout 150s]
+//	go run ./kernels/run [-v] [-accel tcg|kvm] [-run REGEXP] [-timeout 240s]
 //
 // Kernels are cached in $FLOWD_KERNEL_CACHE (default .cache/kernels);
 // initramfs images and console logs go to out/kernels.
@@ -72,12 +72,17 @@ var checks = []kernels.Check{
 	check("ebpf", "TestCloseDetaches", "Close detaches the program"),
 	check("ebpf", "TestAdoptAfterRestart", "flows of an earlier instance are adopted at start"),
 	check("ebpf", "TestPresenceMatchesKernel", "presence mask = this kernel's tcp_sock (BTF)"),
+	check("ebpf", "TestCgroupRemovedAndCreatedAgain", "cgroup removed: its live flow recorded to its close; created again: attached again, older flows found"),
+	check("ebpf", "TestCgroupRemovedStops", "cgroup_removed: exit stops the ebpf backend"),
 	check("checks", "TestJSONPresence", "JSON record omits exactly the absent members"),
 	check("checks", "TestNetlinkPresence", "netlink reports exactly the kernel's tcp_info members"),
 	check("netlink", "TestLiveFlow", "netlink backend (inet_diag) vs TCP_INFO"),
 	check("netlink", "TestLiveOpenOnceEstablished", "netlink: a client caught in SYN_SENT opens once established"),
 	check("netlink", "TestNetns", "netlink: the namespaces of the cgroup's processes, or the pinned one"),
 	check("netlink", "TestNetnsDisappears", "netlink: a namespace left by its last process is dropped"),
+	check("netlink", "TestCgroupRemovedAndCreatedAgain/scanned", "netlink: cgroup removed under a live flow, then created again"),
+	check("netlink", "TestCgroupRemovedAndCreatedAgain/pinned", "netlink: the same with a pinned namespace"),
+	check("netlink", "TestCgroupRemovedStops", "netlink: cgroup_removed: exit stops the backend"),
 	check("backends", "TestBackendsAgree/ipv4", "ebpf and netlink agree on one IPv4 flow"),
 	check("backends", "TestBackendsAgree/ipv6", "ebpf and netlink agree on one IPv6 flow"),
 }
@@ -102,7 +107,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.cache, "cache", cache, "where downloaded kernels are kept ($FLOWD_KERNEL_CACHE)")
 	flag.StringVar(&o.out, "out", filepath.Join("out", "kernels"), "where test binaries, initramfs images and console logs go")
-	flag.DurationVar(&o.timeout, "timeout", 150*time.Second, "how long one guest may run before it is killed")
+	flag.DurationVar(&o.timeout, "timeout", 240*time.Second, "how long one guest may run before it is killed")
 	// Nested KVM is not dependable on CI machines (here /dev/kvm opens
 	// but the guest never runs): emulate unless told otherwise.
 	flag.StringVar(&o.accel, "accel", "tcg", "tcg (emulate the CPU) or kvm (where nested virtualization works)")
