@@ -108,6 +108,13 @@ type Record struct {
 	OldState State  // only on EventState
 	CA       string // congestion control name, e.g. "cubic"
 
+	// PID is the process that connected the flow (its thread group id, in
+	// the initial PID namespace) and Comm that process's name at the
+	// time; 0 and "" where the backend cannot tell (flows accepted or
+	// found running, connected by a kernel thread, the netlink backend).
+	PID  uint32
+	Comm string
+
 	Info TCPInfo
 }
 

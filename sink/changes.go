@@ -69,7 +69,8 @@ type lastLine struct {
 
 	cgroupID              uint64
 	localAddr, remoteAddr netip.Addr
-	ca                    string
+	ca, comm              string
+	pid                   uint32
 	localPort, remotePort uint16
 	family                uint8
 	state                 flow.State
@@ -113,9 +114,7 @@ var (
 
 // remember makes l hold r's header and values.
 func (l *lastLine) remember(r *flow.Record) {
-	l.cgroupID, l.family, l.ca = r.CgroupID, r.Family, r.CA
-	l.localAddr, l.localPort, l.remoteAddr, l.remotePort = r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort
-	l.state = r.State
+	l.rememberHeader(r)
 	l.present = r.Info.Present
 	var hi uint64
 	for _, f := range narrowFields {
@@ -129,12 +128,36 @@ func (l *lastLine) remember(r *flow.Record) {
 	}
 }
 
+// rememberHeader makes l hold r's header.
+func (l *lastLine) rememberHeader(r *flow.Record) {
+	l.cgroupID, l.family, l.ca = r.CgroupID, r.Family, r.CA
+	l.localAddr, l.localPort, l.remoteAddr, l.remotePort = r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort
+	l.state, l.pid, l.comm = r.State, r.PID, r.Comm
+}
+
+// merge makes l hold r's header and, besides the values it holds, those of
+// the members r has: what a reader knows of the flow after the state
+// record r, whose line is complete but may hold few members.
+func (l *lastLine) merge(r *flow.Record) {
+	l.rememberHeader(r)
+	for f := range r.Info.Present.Fields() {
+		v := r.Info.Values[f]
+		if i := slices.Index(wideFields[:], f); i >= 0 {
+			l.wide[i] = v
+		} else {
+			l.narrow[f] = uint32(v)
+			l.overflow = l.overflow || v>>32 != 0
+		}
+	}
+	l.present = l.present.Or(r.Info.Present)
+}
+
 // sameHeader reports whether r has the header of the flow's previous line.
 func (l *lastLine) sameHeader(r *flow.Record) bool {
 	return r.CgroupID == l.cgroupID && r.Family == l.family &&
 		r.LocalAddr == l.localAddr && r.LocalPort == l.localPort &&
 		r.RemoteAddr == l.remoteAddr && r.RemotePort == l.remotePort &&
-		r.State == l.state && r.CA == l.ca
+		r.State == l.state && r.CA == l.ca && r.PID == l.pid && r.Comm == l.comm
 }
 
 // changes decides, record by record, which tcp_info members a line can
@@ -167,10 +190,13 @@ func (c *changes) flows(backend string) map[uint64]*lastLine {
 // the line is partial (then the mask is what it leaves out). Only samples
 // are partial, and only when the flow's previous line is known, recent
 // enough (CompleteEvery since its last complete line), had the same header
-// (addresses, ports, cgroup, state, congestion control) and no member that
-// r lacks: a reader carries the previous values forward, so a member that
-// went away, or a header that changed, needs a complete line to say so. A
-// close record forgets the flow.
+// (addresses, ports, cgroup, state, congestion control, process) and no
+// member that r lacks: a reader carries the previous values forward, so a
+// member that went away, or a header that changed, needs a complete line
+// to say so. A close record forgets the flow. A state record's line is
+// complete but may hold few members (the ebpf backend's in poll mode hold
+// none): it updates what the flow's next sample is compared with, as a
+// Filler updates what it fills from, and does not count as a complete line.
 func (c *changes) unchanged(r *flow.Record) (omit flow.Mask, partial bool) {
 	now := r.Time.UnixNano()
 	if c.backends == nil {
@@ -178,14 +204,20 @@ func (c *changes) unchanged(r *flow.Record) (omit flow.Mask, partial bool) {
 	}
 	flows := c.flows(r.Backend)
 	last := flows[r.Cookie]
-	if r.Event == flow.EventClose {
+	switch {
+	case r.Event == flow.EventClose:
 		delete(flows, r.Cookie)
 		return omit, false
-	}
-	if last == nil {
+	case r.Event == flow.EventState:
+		if last != nil {
+			last.merge(r)
+			last.seen = now
+		}
+		return omit, false
+	case last == nil:
 		last = new(lastLine)
 		flows[r.Cookie] = last
-	} else if r.Event == flow.EventSample {
+	case r.Event == flow.EventSample:
 		since := now - last.complete
 		partial = since >= 0 && since < int64(CompleteEvery) && !last.overflow && last.sameHeader(r) &&
 			last.present.AndNot(r.Info.Present).IsEmpty()
@@ -272,35 +304,48 @@ type Filler struct {
 // Fill completes r, parsed from a line that was partial or not, in place.
 // It reports false for a partial sample whose flow it has not seen before
 // (its reader started in the middle of the output): r keeps only what its
-// line had.
+// line had. A state record is never filled: its line is complete, with the
+// members its backend gave it (none, from the ebpf backend in poll mode);
+// what it has updates what the flow's next partial samples are filled
+// from, and it does not make a flow known.
 func (f *Filler) Fill(r *flow.Record, partial bool) bool {
 	if f.flows == nil {
 		f.flows = make(map[flowKey]*flow.Record)
 	}
 	k := flowKey{r.Backend, r.Cookie}
 	last := f.flows[k]
-	ok := true
 	switch {
 	case partial && last == nil:
-		ok = false
+		return false
 	case partial:
 		r.CgroupID, r.Family, r.CA = last.CgroupID, last.Family, last.CA
 		r.LocalAddr, r.LocalPort = last.LocalAddr, last.LocalPort
 		r.RemoteAddr, r.RemotePort = last.RemoteAddr, last.RemotePort
 		r.State, r.OldState = last.State, 0 // a sample has no old state
+		r.PID, r.Comm = last.PID, last.Comm
 		for m := range last.Info.Present.AndNot(r.Info.Present).Fields() {
 			r.Info.Values[m] = last.Info.Values[m]
 		}
 		r.Info.Present = r.Info.Present.Or(last.Info.Present)
-	}
-	if r.Event == flow.EventClose {
+	case r.Event == flow.EventClose:
 		delete(f.flows, k)
-		return ok
+		return true
+	case r.Event == flow.EventState:
+		if last != nil {
+			info := last.Info
+			for m := range r.Info.Present.Fields() {
+				info.Values[m] = r.Info.Values[m]
+			}
+			info.Present = info.Present.Or(r.Info.Present)
+			*last = *r
+			last.Info = info
+		}
+		return true
 	}
 	if last == nil {
 		last = new(flow.Record)
 		f.flows[k] = last
 	}
 	*last = *r
-	return ok
+	return true
 }

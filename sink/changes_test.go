@@ -77,6 +77,16 @@ func TestSamplesChangesLines(t *testing.T) {
 	netlinkOpen.Backend = "netlink"
 	state := at(3*time.Second, nil)
 	state.Event, state.State, state.OldState = flow.EventState, flow.StateFinWait1, flow.StateEstablished
+	// State records of the ebpf backend in poll mode: no tcp_info, or
+	// (from another backend) a few members.
+	slim := at(3600*time.Millisecond, nil)
+	slim.Event, slim.State, slim.OldState = flow.EventState, flow.StateFinWait2, flow.StateFinWait1
+	slim.Info = flow.TCPInfo{}
+	few := at(3700*time.Millisecond, nil)
+	few.Event, few.State, few.OldState = flow.EventState, flow.StateTimeWait, flow.StateFinWait2
+	few.Info = flow.TCPInfo{}
+	few.Info.Set(flow.FieldRTT, 5)
+	few.Info.Set(flow.FieldBytesAcked, 1<<40) // past 32 bits, in a 64-bit member
 	closed := at(4*time.Second, nil)
 	closed.Event, closed.State = flow.EventClose, flow.StateClose
 
@@ -111,6 +121,21 @@ func TestSamplesChangesLines(t *testing.T) {
 		// A sample after a state record: partial, and it reads back
 		// without the state record's old_state.
 		{at(3500*time.Millisecond, func(r *flow.Record) { r.State = flow.StateFinWait1 }), true, `{}`},
+		// A state record without members changes what a sample is
+		// compared with only in its header: the sample after it is
+		// partial, compared with the sample before it.
+		{slim, false, ""},
+		{at(3650*time.Millisecond, func(r *flow.Record) {
+			r.State = flow.StateFinWait2
+			r.Info.Set(flow.FieldSndCwnd, 11)
+		}), true, `{"snd_cwnd":11}`},
+		// A state record's members replace what the flow's next sample is
+		// compared with; the others stay.
+		{few, false, ""},
+		{at(3750*time.Millisecond, func(r *flow.Record) {
+			r.State = flow.StateTimeWait
+			r.Info.Set(flow.FieldSndCwnd, 11)
+		}), true, `{"rtt":23023,"bytes_acked":9223372036854775813}`},
 		{closed, false, ""},
 		{at(5*time.Second, nil), false, ""}, // after close, the flow is new
 	}
@@ -216,12 +241,27 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 		case n < 72:
 			r.Event = flow.EventClose
 		}
+		// Half the state records hold no members, or a few, as the ebpf
+		// backend's in poll mode: the flow keeps its other values.
+		next := r
+		if r.Event == flow.EventState && rng.IntN(2) == 0 {
+			r.Info = flow.TCPInfo{}
+			for range rng.IntN(3) {
+				fld := flow.Field(rng.IntN(int(flow.NumFields)))
+				v := uint64(rng.IntN(3))
+				if rng.IntN(10) == 0 {
+					v += 1 << 32
+				}
+				r.Info.Set(fld, v)
+				next.Info.Set(fld, v)
+			}
+		}
 		if err := j.Write(&r); err != nil {
 			t.Fatal(err)
 		}
 		w := r
 		want = append(want, &w)
-		f.r = r
+		f.r = next
 		if r.Event == flow.EventClose {
 			flows[i] = newFlow(i)
 			flows[i].r.Cookie += uint64(len(want)) * 8 // a new socket
@@ -279,6 +319,60 @@ func TestFillerWithoutEarlierLine(t *testing.T) {
 	}
 	if got.Info.Has(flow.FieldRTT) || got.LocalPort != 0 {
 		t.Errorf("Fill made up values: %+v", got)
+	}
+}
+
+// TestFillerStateRecords checks that a state record is printed as it was
+// written, whatever the flow's lines before it held, and that a reader that
+// starts at a state record does not take the flow for known.
+func TestFillerStateRecords(t *testing.T) {
+	var out bytes.Buffer
+	j, r := changesSink(&out)
+	r.OldState = 0
+	open := *r
+	open.Event = flow.EventOpen
+	state := *r
+	state.Event, state.OldState, state.State = flow.EventState, flow.StateEstablished, flow.StateFinWait1
+	state.Info = flow.TCPInfo{}
+	state.Info.Set(flow.FieldRTT, 9)
+	sample := *r
+	sample.State = flow.StateFinWait1
+	sample.Info.Set(flow.FieldRTT, 9)
+	for _, rec := range []*flow.Record{&open, &state, &sample} {
+		if err := j.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n"))
+	if len(lines) != 3 {
+		t.Fatalf("%d lines, want 3", len(lines))
+	}
+	if !bytes.Equal(lines[1], AppendJSON(nil, &state)) {
+		t.Errorf("state line %s\nwant %s", lines[1], AppendJSON(nil, &state))
+	}
+	recs, partial := readBack(t, out.Bytes())
+	if partial[1] || !partial[2] {
+		t.Fatalf("partial lines %v, want [false false true]", partial)
+	}
+	if recs[1].Info != state.Info {
+		t.Errorf("state record filled: %v members, want 1", recs[1].Info.Present)
+	}
+	sameRecords(t, recs, []*flow.Record{&open, &state, &sample})
+
+	// From the state line on, the partial sample cannot be completed.
+	var f Filler
+	for i, line := range lines[1:] {
+		var got flow.Record
+		p, err := ParseLine(line, &got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok := f.Fill(&got, p); ok != (i == 0) {
+			t.Errorf("line %d: Fill = %v", i+2, ok)
+		}
 	}
 }
 

@@ -23,13 +23,15 @@ import (
 //	{"time":"2026-11-22T00:41:02.123456789Z","backend":"ebpf","event":"sample",
 //	 "cookie":123,"cgroup_id":456,"family":4,"laddr":"127.0.0.1","lport":5201,
 //	 "raddr":"127.0.0.1","rport":40000,"state":"ESTABLISHED","old_state":"SYN_SENT",
-//	 "ca":"cubic","tcp_info":{"state":1,"ca_state":0,...}}
+//	 "ca":"cubic","pid":789,"comm":"curl","tcp_info":{"state":1,"ca_state":0,...}}
 //
 // time is RFC 3339 in UTC with exactly nine fractional digits; "existing":true
 // follows the cookie on open records of flows found running (Existing);
-// old_state is there only on state events and ca only when it is known;
-// tcp_info holds the present members only, in Field order. It does not allocate when dst
-// has room (about 4 KiB beyond its length is always enough).
+// old_state is there only on state events, ca, pid and comm only when they
+// are known; tcp_info holds the present members only, in Field order, and
+// is left out of a record that has none (a state record of the ebpf
+// backend in poll mode). It does not allocate when dst has room (about
+// 4 KiB beyond its length is always enough).
 //
 // An Encoder writes the same bytes faster when it encodes many records.
 func AppendJSON(dst []byte, r *flow.Record) []byte {
@@ -114,6 +116,17 @@ func (e *Encoder) appendRecord(dst []byte, r *flow.Record, omit *flow.Mask) []by
 	if r.CA != "" {
 		dst = append(dst, `,"ca":`...)
 		dst = appendString(dst, r.CA)
+	}
+	if r.PID != 0 {
+		dst = append(dst, `,"pid":`...)
+		dst = appendUint(dst, uint64(r.PID))
+	}
+	if r.Comm != "" {
+		dst = append(dst, `,"comm":`...)
+		dst = appendString(dst, r.Comm)
+	}
+	if r.Info.Present.IsEmpty() {
+		return append(dst, '}')
 	}
 	dst = append(dst, `,"tcp_info":{`...)
 	dst = appendMembers(dst, &r.Info, omit)
@@ -510,6 +523,8 @@ type wireRecord struct {
 	State    string                     `json:"state"`
 	OldState *string                    `json:"old_state"`
 	CA       string                     `json:"ca"`
+	PID      uint32                     `json:"pid"`
+	Comm     string                     `json:"comm"`
 	Partial  bool                       `json:"partial"`
 	TCPInfo  map[string]json.RawMessage `json:"tcp_info"`
 }
@@ -576,6 +591,10 @@ func ParseLine(line []byte, r *flow.Record) (partial bool, err error) {
 		}
 	}
 	r.CA = w.CA
+	if w.Comm != "" && w.PID == 0 {
+		return false, errors.New("decoding record: comm without pid")
+	}
+	r.PID, r.Comm = w.PID, w.Comm
 	for name, raw := range w.TCPInfo {
 		f, ok := flow.FieldByName(name)
 		if !ok {

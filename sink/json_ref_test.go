@@ -46,6 +46,17 @@ func refAppendJSON(dst []byte, r *flow.Record) []byte {
 		dst = append(dst, `,"ca":`...)
 		dst = refString(dst, r.CA)
 	}
+	if r.PID != 0 {
+		dst = append(dst, `,"pid":`...)
+		dst = strconv.AppendUint(dst, uint64(r.PID), 10)
+	}
+	if r.Comm != "" {
+		dst = append(dst, `,"comm":`...)
+		dst = refString(dst, r.Comm)
+	}
+	if r.Info.Present.IsEmpty() {
+		return append(dst, '}')
+	}
 	dst = append(dst, `,"tcp_info":{`...)
 	first := true
 	for f := range flow.NumFields {
@@ -133,13 +144,17 @@ func randomRecord(rng *rand.Rand) *flow.Record {
 	if rng.IntN(4) != 0 {
 		r.CA = []string{"cubic", "bbr", "reno", "a\"\\\b\f\u2028\xff✓", "x\x00y"}[rng.IntN(5)]
 	}
-	all := rng.IntN(3) == 0
+	if rng.IntN(3) == 0 {
+		r.PID = uint32(randomUint(rng))
+		r.Comm = []string{"curl", "", "nginx: worker", "a\"\\\x1f\u2028\xff✓"}[rng.IntN(4)]
+	}
+	all, none := rng.IntN(3) == 0, rng.IntN(6) == 0
 	for f := range flow.NumFields {
-		if all || rng.IntN(2) == 0 {
+		if !none && (all || rng.IntN(2) == 0) {
 			r.Info.Set(f, randomUint(rng))
 		}
 	}
-	if rng.IntN(4) == 0 {
+	if !none && rng.IntN(4) == 0 {
 		last := ^uint64(0)
 		r.Info.Present[flow.MaskWords-1] |= last << (flow.NumFields % 64) // bits past the last field
 	}

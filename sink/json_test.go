@@ -30,6 +30,8 @@ func sample() *flow.Record {
 		State:      flow.StateEstablished,
 		OldState:   flow.StateSynSent,
 		CA:         "cubic",
+		PID:        4711,
+		Comm:       "curl",
 	}
 	for f := range flow.NumFields {
 		r.Info.Set(f, uint64(f)*1000+uint64(f))
@@ -67,6 +69,18 @@ func TestAppendJSONGolden(t *testing.T) {
 		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, want)
 	}
 
+	// A state record of the ebpf backend in poll mode: no tcp_info; the
+	// process that connected the flow.
+	r.Info = flow.TCPInfo{}
+	r.OldState, r.State = flow.StateEstablished, flow.StateFinWait1
+	r.PID, r.Comm = 4711, "curl"
+	const wantState = `{"time":"2026-11-22T00:41:02.123456789Z","backend":"ebpf","event":"state","cookie":123,"cgroup_id":456,` +
+		`"family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"FIN_WAIT1",` +
+		`"old_state":"ESTABLISHED","ca":"cubic","pid":4711,"comm":"curl"}`
+	if got := string(AppendJSON(nil, r)); got != wantState {
+		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, wantState)
+	}
+
 	// A sample from netlink over IPv6, no CA, no tcp_info.
 	r = &flow.Record{
 		Time:       time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("CET", 3600)),
@@ -79,7 +93,7 @@ func TestAppendJSONGolden(t *testing.T) {
 		OldState:   flow.StateEstablished, // not printed: not a state event
 	}
 	const want2 = `{"time":"2026-01-02T02:04:05.000000006Z","backend":"netlink","event":"sample","cookie":0,"cgroup_id":0,` +
-		`"family":6,"laddr":"::ffff:10.0.0.1","lport":0,"raddr":"2001:db8::1","rport":0,"state":"CLOSE_WAIT","tcp_info":{}}`
+		`"family":6,"laddr":"::ffff:10.0.0.1","lport":0,"raddr":"2001:db8::1","rport":0,"state":"CLOSE_WAIT"}`
 	if got := string(AppendJSON(nil, r)); got != want2 {
 		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, want2)
 	}
@@ -88,7 +102,7 @@ func TestAppendJSONGolden(t *testing.T) {
 	// records only.
 	r.Event, r.Existing = flow.EventOpen, true
 	const want3 = `{"time":"2026-01-02T02:04:05.000000006Z","backend":"netlink","event":"open","cookie":0,"existing":true,"cgroup_id":0,` +
-		`"family":6,"laddr":"::ffff:10.0.0.1","lport":0,"raddr":"2001:db8::1","rport":0,"state":"CLOSE_WAIT","tcp_info":{}}`
+		`"family":6,"laddr":"::ffff:10.0.0.1","lport":0,"raddr":"2001:db8::1","rport":0,"state":"CLOSE_WAIT"}`
 	if got := string(AppendJSON(nil, r)); got != want3 {
 		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, want3)
 	}
@@ -106,7 +120,7 @@ func TestAppendJSONKeyOrder(t *testing.T) {
 		t.Fatalf("invalid JSON: %s", b)
 	}
 	want := []string{"time", "backend", "event", "cookie", "cgroup_id", "family", "laddr", "lport", "raddr", "rport",
-		"state", "old_state", "ca", "tcp_info"}
+		"state", "old_state", "ca", "pid", "comm", "tcp_info"}
 	for f := range flow.NumFields {
 		want = append(want, f.Name())
 	}
@@ -207,7 +221,7 @@ func TestAppendJSONAbsentFields(t *testing.T) {
 	r.Info.Clear()
 	r.Info.Set(flow.FieldRTT, 0) // present and 0 is not absent
 	r.Info.Set(flow.FieldMinRTT, 42)
-	r.CA = ""
+	r.CA, r.PID, r.Comm = "", 0, ""
 	r.Event = flow.EventClose
 	b := string(AppendJSON(nil, r))
 	if !strings.HasSuffix(b, `"state":"ESTABLISHED","tcp_info":{"rtt":0,"min_rtt":42}}`) {
