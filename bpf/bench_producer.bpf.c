@@ -121,18 +121,19 @@ int produce(struct __sk_buff *skb)
 	}
 	__builtin_memset(r, 0, sizeof(*r));
 
-	r->timestamp_ns = bpf_ktime_get_ns();
-	r->cookie = ((__u64)bpf_get_smp_processor_id() << 32) + flow + 1;
-	r->cgroup_id = 18360;
-	r->event = FLOWD_EVENT_SAMPLE;
-	r->new_state = TCP_ESTABLISHED;
-	r->family = AF_INET;
-	r->lport = 60112;
-	r->rport = 1024 + flow;
+	struct flowd_head *h = &r->head;
+	h->timestamp_ns = bpf_ktime_get_ns();
+	h->cookie = ((__u64)bpf_get_smp_processor_id() << 32) + flow + 1;
+	h->cgroup_id = 18360;
+	h->event = FLOWD_EVENT_SAMPLE;
+	h->new_state = TCP_ESTABLISHED;
+	h->family = AF_INET;
+	h->lport = 60112;
+	h->rport = 1024 + flow;
 	__u32 l = bpf_htonl(0x7f000001), d = bpf_htonl(0x0a000000 + flow);
-	__builtin_memcpy(r->laddr, &l, 4);
-	__builtin_memcpy(r->raddr, &d, 4);
-	__builtin_memcpy(r->ca, "cubic", 6);
+	__builtin_memcpy(h->laddr, &l, 4);
+	__builtin_memcpy(h->raddr, &d, 4);
+	__builtin_memcpy(h->ca, "cubic", 6);
 
 	fill_info(r, n / flows);
 

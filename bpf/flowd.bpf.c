@@ -7,7 +7,8 @@
  *   in slots (found from the socket through its storage in flows), the
  *   state-change callback (and at interval 0 the RTT callback) and an open
  *   record. A flow that does not pass costs that one check and is never
- *   seen again.
+ *   seen again. On connect() it notes the connecting process, which the
+ *   flow's records then name.
  * - flowd_sample (syscall, run by user space once per interval): walks the
  *   used slots; a flow whose segment counters moved since its last record,
  *   or that has been idle for idle_interval, gets a sample. Its cost
@@ -57,6 +58,8 @@
 #define MODE_POLL 0
 #define MODE_TRANSITION 1
 
+#define PF_KTHREAD 0x00200000 /* task_struct.flags: a kernel thread (include/linux/sched.h) */
+
 /* Set by user space at load time. */
 const volatile __u8 mode = MODE_POLL;
 const volatile __u64 interval_ns = 1000000000ULL; /* poll: time between walks; 0 = a sample on every RTT callback */
@@ -77,6 +80,9 @@ const volatile __u8 select_members = 0;
 const volatile __u64 members[2] = {~0ULL, ~0ULL};
 const volatile __u8 all_cgroups = 0;		  /* the cgroup is the root: flowd_existing needs no subtree lookup */
 const volatile __u32 max_flows = 1;		  /* slots' size */
+/* Record the process that connects a flow: flowd runs in the initial PID
+ * namespace, whose numbers task->tgid holds. */
+const volatile __u8 process_ids = 0;
 
 /* Slots ever used (free_slots holds those freed since). */
 __u32 slots_used = 0;
@@ -112,13 +118,15 @@ struct flow_state {
 	__u64 cookie;			/* its socket cookie: the walk checks sk against it */
 	__u64 cgroup_id;		/* a socket never changes cgroup */
 	__u64 ca_ops;			/* icsk_ca_ops when ca was read */
-	__u64 last_record_ns;		/* when the flow's last record was taken */
+	__u64 last_record_ns;		/* when the flow's last record with tcp_info was taken */
 	char ca[FLOWD_CA_NAME_MAX];	/* its congestion control's name */
-	__u32 segs_in;			/* tcp_sock's counters at the last record */
+	char comm[FLOWD_COMM_MAX];	/* the name of the process that connected it */
+	__u32 segs_in;			/* tcp_sock's counters at that record */
 	__u32 segs_out;
 	__u32 slot;			/* this slot's index */
+	__u32 pid;			/* the process that connected it; 0: unknown */
 	__u8 flags;			/* FLOW_* */
-	__u8 _pad[3];
+	__u8 _pad[7];
 };
 
 /* The tracked flows, in slots 0 to slots_used - 1; a freed slot goes to
@@ -136,12 +144,21 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } free_slots SEC(".maps");
 
-/* A tracked socket's slot. */
+/* A socket's storage: the slot of a tracked flow and, from connect() on,
+ * the process that connected it, which its slot takes over. */
+struct flow_ref {
+	__u32 slot;
+	__u32 pid;			/* 0: unknown */
+	char comm[FLOWD_COMM_MAX];
+	__u8 tracked;			/* slot is the flow's */
+	__u8 _pad[7];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, __u32);
+	__type(value, struct flow_ref);
 } flows SEC(".maps");
 
 /* The walk's copy of one socket. */
@@ -184,6 +201,7 @@ struct {
 
 /* Keep the record types in BTF for bpf2go -type. */
 const struct flowd_record *unused_record __attribute__((unused));
+const struct flowd_head *unused_head __attribute__((unused));
 const struct flowd_cidr_key *unused_cidr_key __attribute__((unused));
 const enum flowd_event *unused_event __attribute__((unused));
 const enum flowd_field *unused_field __attribute__((unused));
@@ -474,9 +492,9 @@ static __always_inline __u64 socket_cgroup_id(const struct sock *sk)
  * struct bpf_sock or a struct sock), or NULL. */
 static __always_inline struct flow_state *flow_of(void *sk)
 {
-	__u32 *slot = bpf_sk_storage_get(&flows, sk, 0, 0);
+	struct flow_ref *ref = bpf_sk_storage_get(&flows, sk, 0, 0);
 
-	return slot ? bpf_map_lookup_elem(&slots, slot) : NULL;
+	return ref && ref->tracked ? bpf_map_lookup_elem(&slots, &ref->slot) : NULL;
 }
 
 /* Gives the socket sk (tp) a slot, or returns NULL when it has one already
@@ -486,13 +504,11 @@ static __always_inline struct flow_state *new_flow(void *sk, const struct tcp_so
 						     __u64 cgroup_id)
 {
 	struct flow_state *st;
-	__u32 *ref, slot;
+	struct flow_ref *ref;
+	__u32 slot;
 
-	ref = bpf_sk_storage_get(&flows, sk, 0, 0);
-	if (ref)
-		return NULL;
 	ref = bpf_sk_storage_get(&flows, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!ref)
+	if (!ref || ref->tracked)
 		return NULL;
 	if (bpf_map_pop_elem(&free_slots, &slot)) {
 		slot = slots_used < max_flows ? __sync_fetch_and_add(&slots_used, 1) : max_flows;
@@ -511,8 +527,11 @@ static __always_inline struct flow_state *new_flow(void *sk, const struct tcp_so
 	st->slot = slot;
 	st->cookie = cookie;
 	st->cgroup_id = cgroup_id;
+	st->pid = ref->pid;
+	__builtin_memcpy(st->comm, ref->comm, sizeof(st->comm));
 	st->sk = (__u64)tp;
-	*ref = slot;
+	ref->slot = slot;
+	ref->tracked = 1;
 	return st;
 }
 
@@ -527,13 +546,61 @@ static __always_inline void forget(void *sk, struct flow_state *st)
 	bpf_map_push_elem(&free_slots, &slot, 0);
 }
 
-/* Sends one record of the flow and notes, in its slot, what the record
- * saw: the walk compares the flow with it. tp is the socket, or the walk's
+/* Fills the head of a record of the flow: tp is the socket, or the walk's
  * copy of it. */
+static __always_inline void fill_head(struct flowd_head *h, const struct tcp_sock *tp, struct flow_state *st,
+				      __u8 event, __u8 old_state, __u8 new_state, __u8 flags, __u64 now_ns)
+{
+	const struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
+
+	h->timestamp_ns = now_ns;
+	h->cookie = st->cookie;
+	h->cgroup_id = st->cgroup_id;
+	h->event = event;
+	h->old_state = old_state;
+	h->new_state = new_state;
+	h->flags = flags;
+	h->family = skc->skc_family;
+	h->lport = skc->skc_num;
+	h->rport = bpf_ntohs(skc->skc_dport);
+	if (h->family == AF_INET) {
+		__u32 l = skc->skc_rcv_saddr, d = skc->skc_daddr;
+		__builtin_memcpy(h->laddr, &l, 4);
+		__builtin_memcpy(h->raddr, &d, 4);
+	} else {
+		struct in6_addr l = skc->skc_v6_rcv_saddr, d = skc->skc_v6_daddr;
+		__builtin_memcpy(h->laddr, &l, 16);
+		__builtin_memcpy(h->raddr, &d, 16);
+	}
+	/* The congestion control's name is read again only when the flow's
+	 * congestion control changes. */
+	const struct tcp_congestion_ops *ops = tp->inet_conn.icsk_ca_ops;
+	if ((__u64)ops != st->ca_ops) {
+		bpf_probe_read_kernel_str(st->ca, sizeof(st->ca), ops->name);
+		st->ca_ops = (__u64)ops;
+	}
+	__builtin_memcpy(h->ca, st->ca, sizeof(h->ca));
+	h->pid = st->pid;
+	__builtin_memcpy(h->comm, st->comm, sizeof(h->comm));
+}
+
+/* Submits a reserved record. Batch wakeups: user space drains on a timer;
+ * wake it early only when the unread data passes the watermark. */
+static __always_inline void submit(void *r)
+{
+	__u64 wake = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		wake = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(r, wake);
+}
+
+/* Sends one record of the flow with its tcp_info and notes, in its slot,
+ * what the record saw: the walk compares the flow with it. tp is the
+ * socket, or the walk's copy of it. */
 static __always_inline void emit(const struct tcp_sock *tp, struct flow_state *st, __u8 event, __u8 old_state,
 				 __u8 new_state, __u8 flags, __u64 now_ns)
 {
-	const struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
 	struct flowd_record *r;
 
 	st->last_record_ns = now_ns;
@@ -548,47 +615,37 @@ static __always_inline void emit(const struct tcp_sock *tp, struct flow_state *s
 	/* Ring buffer memory is not zeroed: clear it so that nothing stale
 	 * (or absent) reaches user space. */
 	__builtin_memset(r, 0, sizeof(*r));
-
-	r->timestamp_ns = now_ns;
-	r->cookie = st->cookie;
-	r->cgroup_id = st->cgroup_id;
-	r->event = event;
-	r->old_state = old_state;
-	r->new_state = new_state;
-	r->flags = flags;
-	r->family = skc->skc_family;
-	r->lport = skc->skc_num;
-	r->rport = bpf_ntohs(skc->skc_dport);
-	if (r->family == AF_INET) {
-		__u32 l = skc->skc_rcv_saddr, d = skc->skc_daddr;
-		__builtin_memcpy(r->laddr, &l, 4);
-		__builtin_memcpy(r->raddr, &d, 4);
-	} else {
-		struct in6_addr l = skc->skc_v6_rcv_saddr, d = skc->skc_v6_daddr;
-		__builtin_memcpy(r->laddr, &l, 16);
-		__builtin_memcpy(r->raddr, &d, 16);
-	}
-	/* The congestion control's name is read again only when the flow's
-	 * congestion control changes. */
-	const struct tcp_congestion_ops *ops = tp->inet_conn.icsk_ca_ops;
-	if ((__u64)ops != st->ca_ops) {
-		bpf_probe_read_kernel_str(st->ca, sizeof(st->ca), ops->name);
-		st->ca_ops = (__u64)ops;
-	}
-	__builtin_memcpy(r->ca, st->ca, sizeof(r->ca));
+	fill_head(&r->head, tp, st, event, old_state, new_state, flags, now_ns);
 
 	/* The verifier keeps one of the two. */
 	if (select_members)
 		fill_info(r, tp, new_state, now_ns, true);
 	else
 		fill_info(r, tp, new_state, now_ns, false);
+	submit(r);
+}
 
-	/* Batch wakeups: user space drains on a timer; wake it early only when
-	 * the unread data passes the watermark. */
-	__u64 wake = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		wake = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(r, wake);
+/* Sends a state record. In poll mode it is the head alone, and the slot
+ * keeps the counters of the flow's last record with tcp_info, so that the
+ * walk samples a flow that moved before its state changed; in transition
+ * mode, where no walk runs, it holds tcp_info like the other records. */
+static __always_inline void emit_state(const struct tcp_sock *tp, struct flow_state *st, __u8 old_state,
+				       __u8 new_state, __u64 now_ns)
+{
+	struct flowd_head *h;
+
+	if (mode == MODE_TRANSITION) {
+		emit(tp, st, FLOWD_EVENT_STATE, old_state, new_state, 0, now_ns);
+		return;
+	}
+	h = bpf_ringbuf_reserve(&events, sizeof(*h), 0);
+	if (!h) {
+		count_drop();
+		return;
+	}
+	__builtin_memset(h, 0, sizeof(*h));
+	fill_head(h, tp, st, FLOWD_EVENT_STATE, old_state, new_state, 0, now_ns);
+	submit(h);
 }
 
 /* Whether every RTT callback of a tracked flow sends a sample. */
@@ -651,7 +708,7 @@ static __always_inline void change_state(void *sk, const struct tcp_sock *tp, st
 	}
 	if (new_state == old_state)
 		return;
-	emit(tp, st, FLOWD_EVENT_STATE, old_state, new_state, 0, now);
+	emit_state(tp, st, old_state, new_state, now);
 	if (new_state == TCP_CLOSE) {
 		emit(tp, st, FLOWD_EVENT_CLOSE, old_state, new_state, 0, now);
 		forget(sk, st);
@@ -674,6 +731,30 @@ static __always_inline void on_state(struct bpf_sock_ops *skops, struct bpf_sock
 		return; /* another program set callbacks; flowd_set_state reports it */
 	}
 	change_state(bsk, tp, st, old_state, new_state, now);
+}
+
+/* Notes the process that connects a flow that passes the filters, for the
+ * flow's records. TCP_CONNECT_CB runs in tcp_connect(), which connect()
+ * (or the sendmsg() that starts a TCP Fast Open) calls in the process's
+ * own context; the later callbacks may run in softirq context, where the
+ * current task is whichever was interrupted. A kernel thread (an NFS
+ * mount's, MPTCP's extra subflows) is no process: left unknown. */
+static __always_inline void on_connect(struct bpf_sock *bsk, const struct tcp_sock *tp)
+{
+	struct task_struct *task;
+	struct flow_ref *ref;
+
+	if (!flow_matches(&tp->inet_conn.icsk_inet.sk.__sk_common))
+		return;
+	task = bpf_get_current_task_btf();
+	if (task->flags & PF_KTHREAD)
+		return;
+	ref = bpf_sk_storage_get(&flows, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!ref || ref->tracked)
+		return;
+	ref->pid = task->tgid;
+	/* The process's name: its main thread's, as ps shows it. */
+	bpf_probe_read_kernel_str(ref->comm, sizeof(ref->comm), task->group_leader->comm);
 }
 
 /* At interval 0: a sample on every RTT callback, which the kernel runs
@@ -700,7 +781,9 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 	__u32 op = skops->op;
 
 	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
-	    op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_RTT_CB)
+	    op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_RTT_CB && op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB && !process_ids)
 		return 1;
 	/* Another program (or an earlier flowd at interval 0) may have asked
 	 * for RTT callbacks. */
@@ -714,6 +797,9 @@ int flowd_sockops(struct bpf_sock_ops *skops)
 		return 1;
 
 	switch (op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(bsk, tp);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		track(skops, bsk, tp, tp->inet_conn.icsk_inet.sk.__sk_common.skc_state, bpf_ktime_get_ns(), false);

@@ -169,12 +169,15 @@ struct flowd_tcp_info {
 };
 
 #define FLOWD_CA_NAME_MAX 16
+#define FLOWD_COMM_MAX 16
 
-struct flowd_record {
+/* What every record starts with: which flow, which event, when. In poll
+ * mode a state record is this alone: the walk's samples and the close
+ * record carry the counters, so a state change costs a small record. */
+struct flowd_head {
 	__u64 timestamp_ns;		/* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
 	__u64 cookie;			/* bpf_get_socket_cookie */
 	__u64 cgroup_id;		/* the socket's cgroup v2 id */
-	__u64 present[2];		/* bit (1 << enum flowd_field) set: member valid */
 	__u8 laddr[16];			/* network order; IPv4 in the first 4 bytes */
 	__u8 raddr[16];
 	__u16 lport;			/* host order */
@@ -184,8 +187,17 @@ struct flowd_record {
 	__u8 old_state;			/* FLOWD_EVENT_STATE only */
 	__u8 new_state;			/* the flow's state after this event */
 	__u8 flags;			/* enum flowd_record_flag bits */
-	__u8 _pad[7];
+	__u8 _pad[3];
+	__u32 pid;			/* the process that connected the flow (tgid); 0: unknown */
 	char ca[FLOWD_CA_NAME_MAX];	/* congestion control, NUL terminated */
+	char comm[FLOWD_COMM_MAX];	/* that process's name, NUL terminated; empty when pid is 0 */
+};
+
+/* A record with tcp_info: open, sample and close records, and state
+ * records in transition mode. */
+struct flowd_record {
+	struct flowd_head head;
+	__u64 present[2];		/* bit (1 << enum flowd_field) set: member valid */
 	struct flowd_tcp_info info;
 };
 

@@ -27,15 +27,17 @@ import (
 // a busy flow has (pacing rates of 10^11, byte counters of 10^7).
 func realisticRecord() bpfFlowdRecord {
 	k := bpfFlowdRecord{
-		TimestampNs: 1_811_302_913_845,
-		Cookie:      5601,
-		CgroupId:    18360,
-		Present:     [2]uint64{^uint64(0), 1<<(flow.NumFields-64) - 1},
-		Lport:       60112,
-		Rport:       40211,
-		Family:      afInet,
-		Event:       uint8(flow.EventSample),
-		NewState:    uint8(flow.StateEstablished),
+		Head: bpfFlowdHead{
+			TimestampNs: 1_811_302_913_845,
+			Cookie:      5601,
+			CgroupId:    18360,
+			Lport:       60112,
+			Rport:       40211,
+			Family:      afInet,
+			Event:       uint8(flow.EventSample),
+			NewState:    uint8(flow.StateEstablished),
+		},
+		Present: [2]uint64{^uint64(0), 1<<(flow.NumFields-64) - 1},
 		Info: bpfFlowdTcpInfo{
 			PacingRate: 681023200000, MaxPacingRate: 18446744073709551615,
 			BytesAcked: 33423361, DeliveryRate: 39289800000,
@@ -48,10 +50,10 @@ func realisticRecord() bpfFlowdRecord {
 			State: 1, Options: 7, SndWscale: 10, RcvWscale: 10,
 		},
 	}
-	copy(k.Laddr[:], []byte{127, 0, 0, 1})
-	copy(k.Raddr[:], []byte{127, 0, 0, 1})
+	copy(k.Head.Laddr[:], []byte{127, 0, 0, 1})
+	copy(k.Head.Raddr[:], []byte{127, 0, 0, 1})
 	for i, c := range "cubic" {
-		k.Ca[i] = int8(c)
+		k.Head.Ca[i] = int8(c)
 	}
 	return k
 }
@@ -75,7 +77,7 @@ func BenchmarkDecodeEncode(b *testing.B) {
 			b.Fatal(err)
 		}
 		buf = append(enc.AppendJSON(buf[:0], &r), '\n')
-		k.TimestampNs += 2000
+		k.Head.TimestampNs += 2000
 	}
 	b.SetBytes(int64(len(buf)))
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")

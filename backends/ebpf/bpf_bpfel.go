@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfFlowRef struct {
+	_       structs.HostLayout
+	Slot    uint32
+	Pid     uint32
+	Comm    [16]int8
+	Tracked uint8
+	Pad     [7]uint8
+}
+
 type bpfFlowState struct {
 	_            structs.HostLayout
 	Sk           uint64
@@ -21,11 +30,13 @@ type bpfFlowState struct {
 	CaOps        uint64
 	LastRecordNs uint64
 	Ca           [16]int8
+	Comm         [16]int8
 	SegsIn       uint32
 	SegsOut      uint32
 	Slot         uint32
+	Pid          uint32
 	Flags        uint8
-	Pad          [3]uint8
+	Pad          [7]uint8
 }
 
 type bpfFlowdCidrKey struct {
@@ -115,12 +126,11 @@ const (
 	bpfFlowdFieldFLOWD_NUM_FIELDS                  bpfFlowdField = 66
 )
 
-type bpfFlowdRecord struct {
+type bpfFlowdHead struct {
 	_           structs.HostLayout
 	TimestampNs uint64
 	Cookie      uint64
 	CgroupId    uint64
-	Present     [2]uint64
 	Laddr       [16]uint8
 	Raddr       [16]uint8
 	Lport       uint16
@@ -130,9 +140,17 @@ type bpfFlowdRecord struct {
 	OldState    uint8
 	NewState    uint8
 	Flags       uint8
-	Pad         [7]uint8
+	Pad         [3]uint8
+	Pid         uint32
 	Ca          [16]int8
-	Info        bpfFlowdTcpInfo
+	Comm        [16]int8
+}
+
+type bpfFlowdRecord struct {
+	_       structs.HostLayout
+	Head    bpfFlowdHead
+	Present [2]uint64
+	Info    bpfFlowdTcpInfo
 }
 
 type bpfFlowdRecordFlag uint32
@@ -244,12 +262,14 @@ const (
 	bpfVarMaxFlows                 = "max_flows"
 	bpfVarMembers                  = "members"
 	bpfVarMode                     = "mode"
+	bpfVarProcessIds               = "process_ids"
 	bpfVarSelectMembers            = "select_members"
 	bpfVarSlotsUsed                = "slots_used"
 	bpfVarUntrackedFlows           = "untracked_flows"
 	bpfVarUnusedCidrKey            = "unused_cidr_key"
 	bpfVarUnusedEvent              = "unused_event"
 	bpfVarUnusedField              = "unused_field"
+	bpfVarUnusedHead               = "unused_head"
 	bpfVarUnusedRecord             = "unused_record"
 	bpfVarUnusedRecordFlag         = "unused_record_flag"
 	bpfVarUsecPerJiffy             = "usec_per_jiffy"
@@ -339,12 +359,14 @@ type bpfVariableSpecs struct {
 	MaxFlows                 *ebpf.VariableSpec `ebpf:"max_flows"`
 	Members                  *ebpf.VariableSpec `ebpf:"members"`
 	Mode                     *ebpf.VariableSpec `ebpf:"mode"`
+	ProcessIds               *ebpf.VariableSpec `ebpf:"process_ids"`
 	SelectMembers            *ebpf.VariableSpec `ebpf:"select_members"`
 	SlotsUsed                *ebpf.VariableSpec `ebpf:"slots_used"`
 	UntrackedFlows           *ebpf.VariableSpec `ebpf:"untracked_flows"`
 	UnusedCidrKey            *ebpf.VariableSpec `ebpf:"unused_cidr_key"`
 	UnusedEvent              *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedField              *ebpf.VariableSpec `ebpf:"unused_field"`
+	UnusedHead               *ebpf.VariableSpec `ebpf:"unused_head"`
 	UnusedRecord             *ebpf.VariableSpec `ebpf:"unused_record"`
 	UnusedRecordFlag         *ebpf.VariableSpec `ebpf:"unused_record_flag"`
 	UsecPerJiffy             *ebpf.VariableSpec `ebpf:"usec_per_jiffy"`
@@ -417,12 +439,14 @@ type bpfVariables struct {
 	MaxFlows                 *ebpf.Variable `ebpf:"max_flows"`
 	Members                  *ebpf.Variable `ebpf:"members"`
 	Mode                     *ebpf.Variable `ebpf:"mode"`
+	ProcessIds               *ebpf.Variable `ebpf:"process_ids"`
 	SelectMembers            *ebpf.Variable `ebpf:"select_members"`
 	SlotsUsed                *ebpf.Variable `ebpf:"slots_used"`
 	UntrackedFlows           *ebpf.Variable `ebpf:"untracked_flows"`
 	UnusedCidrKey            *ebpf.Variable `ebpf:"unused_cidr_key"`
 	UnusedEvent              *ebpf.Variable `ebpf:"unused_event"`
 	UnusedField              *ebpf.Variable `ebpf:"unused_field"`
+	UnusedHead               *ebpf.Variable `ebpf:"unused_head"`
 	UnusedRecord             *ebpf.Variable `ebpf:"unused_record"`
 	UnusedRecordFlag         *ebpf.Variable `ebpf:"unused_record_flag"`
 	UsecPerJiffy             *ebpf.Variable `ebpf:"usec_per_jiffy"`

@@ -15,8 +15,13 @@ const (
 	afInet6 = 10
 )
 
-// recordSize is the size of struct flowd_record.
-const recordSize = int(unsafe.Sizeof(bpfFlowdRecord{}))
+// recordSize is the size of struct flowd_record, and headSize that of
+// struct flowd_head, a record without tcp_info (a state record in poll
+// mode).
+const (
+	recordSize = int(unsafe.Sizeof(bpfFlowdRecord{}))
+	headSize   = int(unsafe.Sizeof(bpfFlowdHead{}))
+)
 
 var errShortRecord = errors.New("short record")
 
@@ -25,16 +30,22 @@ var errShortRecord = errors.New("short record")
 // measured once at start.
 type decoder struct {
 	monoToWall int64 // wall ns - monotonic ns
+	// comms are process names decoded lately, so that the records of the
+	// few processes that make most connections do not allocate theirs.
+	comms    [8]string
+	nextComm int // the entry of comms to replace next
 }
 
-// decode fills r from one sample. raw must hold a whole struct flowd_record.
+// decode fills r from one sample: a whole struct flowd_record, or a struct
+// flowd_head alone, which leaves r's tcp_info empty.
 func (d *decoder) decode(raw []byte, r *flow.Record) error {
-	if len(raw) < recordSize {
-		return fmt.Errorf("%w: %d bytes, want %d", errShortRecord, len(raw), recordSize)
+	if len(raw) < headSize || (len(raw) > headSize && len(raw) < recordSize) {
+		return fmt.Errorf("%w: %d bytes, want %d or %d", errShortRecord, len(raw), headSize, recordSize)
 	}
-	// The sample is a struct flowd_record in host byte order; bpf2go's
-	// bpfFlowdRecord has the same layout (checked by TestLayout).
-	k := (*bpfFlowdRecord)(unsafe.Pointer(unsafe.SliceData(raw)))
+	// The sample is a struct flowd_record or flowd_head in host byte
+	// order; bpf2go's bpfFlowdRecord and bpfFlowdHead have the same
+	// layouts (checked by TestLayout).
+	k := (*bpfFlowdHead)(unsafe.Pointer(unsafe.SliceData(raw)))
 
 	r.Time = time.Unix(0, int64(k.TimestampNs)+d.monoToWall).UTC()
 	r.Backend = flow.BackendEBPF
@@ -62,25 +73,54 @@ func (d *decoder) decode(raw []byte, r *flow.Record) error {
 		r.OldState = flow.State(k.OldState)
 	}
 	r.CA = caName(&k.Ca)
-	decodeInfo(&k.Info, flow.Mask(k.Present), &r.Info)
+	r.PID, r.Comm = 0, ""
+	if k.Pid != 0 {
+		r.PID, r.Comm = k.Pid, d.comm(&k.Comm)
+	}
+	if len(raw) == headSize {
+		r.Info.SetPresent(flow.Mask{})
+		return nil
+	}
+	full := (*bpfFlowdRecord)(unsafe.Pointer(k))
+	decodeInfo(&full.Info, flow.Mask(full.Present), &r.Info)
 	return nil
 }
 
 // caName returns the NUL-terminated name without allocating for the
 // congestion controls the kernel ships.
 func caName(b *[16]int8) string {
-	raw := (*[16]byte)(unsafe.Pointer(b))
-	n := 0
-	for n < len(raw) && raw[n] != 0 {
-		n++
-	}
-	name := raw[:n]
+	name := cBytes(b)
 	for _, known := range knownCA {
 		if string(name) == known { // no allocation: compiler-optimised comparison
 			return known
 		}
 	}
 	return string(name)
+}
+
+// cBytes returns the bytes of a NUL-terminated string, without the NUL.
+func cBytes(b *[16]int8) []byte {
+	raw := (*[16]byte)(unsafe.Pointer(b))
+	n := 0
+	for n < len(raw) && raw[n] != 0 {
+		n++
+	}
+	return raw[:n]
+}
+
+// comm returns the NUL-terminated process name b, from comms when it was
+// decoded lately.
+func (d *decoder) comm(b *[16]int8) string {
+	name := cBytes(b)
+	for _, c := range d.comms {
+		if string(name) == c {
+			return c
+		}
+	}
+	c := string(name)
+	d.comms[d.nextComm] = c
+	d.nextComm = (d.nextComm + 1) % len(d.comms)
+	return c
 }
 
 var knownCA = [...]string{"cubic", "bbr", "reno", "dctcp", "htcp", "vegas", "westwood", "bic", "highspeed", "hybla", "illinois", "lp", "nv", "scalable", "veno", "yeah", "cdg"}

@@ -2,6 +2,7 @@ package ebpf
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -30,6 +31,7 @@ func TestLayout(t *testing.T) {
 		goT  reflect.Type
 	}{
 		{"flowd_record", reflect.TypeOf(bpfFlowdRecord{})},
+		{"flowd_head", reflect.TypeOf(bpfFlowdHead{})},
 		{"flowd_tcp_info", reflect.TypeOf(bpfFlowdTcpInfo{})},
 		{"flowd_cidr_key", reflect.TypeOf(bpfFlowdCidrKey{})},
 	} {
@@ -125,23 +127,30 @@ func rawRecord(k *bpfFlowdRecord) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(k)), recordSize)
 }
 
+func putCString(dst *[16]int8, s string) {
+	*dst = [16]int8{}
+	for i, c := range []byte(s) {
+		dst[i] = int8(c)
+	}
+}
+
 func TestDecode(t *testing.T) {
-	k := bpfFlowdRecord{
+	k := bpfFlowdRecord{Head: bpfFlowdHead{
 		TimestampNs: 5_000_000_000,
 		Cookie:      0x1122334455667788,
 		CgroupId:    4242,
 		Lport:       5201,
 		Rport:       40000,
 		Family:      afInet,
-		Event:       uint8(flow.EventState),
-		OldState:    uint8(flow.StateEstablished),
-		NewState:    uint8(flow.StateFinWait1),
-	}
-	copy(k.Laddr[:], []byte{10, 0, 0, 1})
-	copy(k.Raddr[:], []byte{10, 0, 0, 2})
-	for i, c := range "cubic" {
-		k.Ca[i] = int8(c)
-	}
+		Event:       uint8(flow.EventOpen),
+		NewState:    uint8(flow.StateEstablished),
+		Pid:         31337,
+	}}
+	h := &k.Head
+	copy(h.Laddr[:], []byte{10, 0, 0, 1})
+	copy(h.Raddr[:], []byte{10, 0, 0, 2})
+	putCString(&h.Ca, "cubic")
+	putCString(&h.Comm, "curl")
 	k.Info.Rtt = 52
 	k.Info.SndCwnd = 10
 	k.Info.BytesAcked = 1 << 40
@@ -158,7 +167,7 @@ func TestDecode(t *testing.T) {
 	want := flow.Record{
 		Time:       time.Unix(0, 1_700_000_005_000_000_000).UTC(),
 		Backend:    "ebpf",
-		Event:      flow.EventState,
+		Event:      flow.EventOpen,
 		Cookie:     0x1122334455667788,
 		CgroupID:   4242,
 		Family:     4,
@@ -166,9 +175,10 @@ func TestDecode(t *testing.T) {
 		RemoteAddr: netip.MustParseAddr("10.0.0.2"),
 		LocalPort:  5201,
 		RemotePort: 40000,
-		State:      flow.StateFinWait1,
-		OldState:   flow.StateEstablished,
+		State:      flow.StateEstablished,
 		CA:         "cubic",
+		PID:        31337,
+		Comm:       "curl",
 	}
 	want.Info.Set(flow.FieldRTT, 52)
 	want.Info.Set(flow.FieldSndCwnd, 10)
@@ -177,43 +187,86 @@ func TestDecode(t *testing.T) {
 		t.Fatalf("decoded\n%+v\nwant\n%+v", r, want)
 	}
 
-	k.Family = afInet6
-	k.Event = uint8(flow.EventSample)
-	copy(k.Laddr[:], netip.MustParseAddr("2001:db8::1").AsSlice())
+	// A state record in poll mode is the head alone: no tcp_info, and
+	// nothing left of the record decoded before.
+	h.Event, h.OldState, h.NewState = uint8(flow.EventState), uint8(flow.StateEstablished), uint8(flow.StateFinWait1)
+	if err := d.decode(rawRecord(&k)[:headSize], &r); err != nil {
+		t.Fatal(err)
+	}
+	want.Event, want.State, want.OldState = flow.EventState, flow.StateFinWait1, flow.StateEstablished
+	want.Info = flow.TCPInfo{}
+	if !reflect.DeepEqual(r, want) {
+		t.Fatalf("head alone decoded\n%+v\nwant\n%+v", r, want)
+	}
+
+	// A process name is there only with its pid.
+	h.Pid = 0
+	if err := d.decode(rawRecord(&k), &r); err != nil || r.PID != 0 || r.Comm != "" {
+		t.Fatalf("record without a pid decoded with pid %d, comm %q (%v)", r.PID, r.Comm, err)
+	}
+
+	h.Family = afInet6
+	h.Event = uint8(flow.EventSample)
+	copy(h.Laddr[:], netip.MustParseAddr("2001:db8::1").AsSlice())
 	if err := d.decode(rawRecord(&k), &r); err != nil {
 		t.Fatal(err)
 	}
-	if r.Family != 6 || r.LocalAddr != netip.MustParseAddr("2001:db8::1") || r.OldState != 0 {
+	if r.Family != 6 || r.LocalAddr != netip.MustParseAddr("2001:db8::1") || r.OldState != 0 || r.Info.Present.IsEmpty() {
 		t.Fatalf("IPv6 sample decoded as %+v", r)
 	}
 
 	// The existing flag means something on open records only.
-	k.Flags = uint8(bpfFlowdRecordFlagFLOWD_RECORD_EXISTING)
+	h.Flags = uint8(bpfFlowdRecordFlagFLOWD_RECORD_EXISTING)
 	if err := d.decode(rawRecord(&k), &r); err != nil || r.Existing {
 		t.Fatalf("sample with the existing flag decoded as existing = %v (%v)", r.Existing, err)
 	}
-	k.Event = uint8(flow.EventOpen)
+	h.Event = uint8(flow.EventOpen)
 	if err := d.decode(rawRecord(&k), &r); err != nil || !r.Existing {
 		t.Fatalf("open record of an existing flow decoded as existing = %v (%v)", r.Existing, err)
 	}
-	k.Flags = 0
+	h.Flags = 0
 	if err := d.decode(rawRecord(&k), &r); err != nil || r.Existing {
 		t.Fatalf("open record of a new flow decoded as existing = %v (%v)", r.Existing, err)
 	}
 
-	if err := d.decode(rawRecord(&k)[:recordSize-1], &r); err == nil {
-		t.Fatal("short record accepted")
+	for _, n := range []int{0, headSize - 1, headSize + 1, recordSize - 1} {
+		if err := d.decode(rawRecord(&k)[:n], &r); !errors.Is(err, errShortRecord) {
+			t.Errorf("a %d-byte record: %v, want %v", n, err, errShortRecord)
+		}
 	}
-	k.Family = 1
+	h.Family = 1
 	if err := d.decode(rawRecord(&k), &r); err == nil {
 		t.Fatal("unknown family accepted")
 	}
 }
 
+// TestDecodeComm checks that process names come back right whether the
+// decoder has them lately or not.
+func TestDecodeComm(t *testing.T) {
+	var k bpfFlowdRecord
+	k.Head.Family, k.Head.Pid = afInet, 1
+	var d decoder
+	var r flow.Record
+	names := []string{"curl", "nginx", "a", "0123456789abcde", "curl"}
+	for i := range 40 {
+		names = append(names, fmt.Sprintf("worker-%d", i%11))
+	}
+	for _, name := range names {
+		putCString(&k.Head.Comm, name)
+		if err := d.decode(rawRecord(&k), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Comm != name {
+			t.Fatalf("comm %q decoded as %q", name, r.Comm)
+		}
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	var k bpfFlowdRecord
-	k.Family = afInet
+	k.Head.Family = afInet
 	f.Add(append([]byte(nil), rawRecord(&k)...))
+	f.Add(append([]byte(nil), rawRecord(&k)[:headSize]...))
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		// Copy into an 8-byte aligned buffer, as ring buffer samples are.
@@ -232,16 +285,20 @@ func FuzzDecode(f *testing.F) {
 		if r.Family != 4 && r.Family != 6 {
 			t.Fatalf("family %d", r.Family)
 		}
+		if len(raw) < recordSize && !r.Info.Present.IsEmpty() {
+			t.Fatalf("a %d-byte record has tcp_info members", len(raw))
+		}
+		if r.PID == 0 && r.Comm != "" {
+			t.Fatalf("comm %q without a pid", r.Comm)
+		}
 	})
 }
 
 func BenchmarkDecode(b *testing.B) {
 	var k bpfFlowdRecord
-	k.Family = afInet6
+	k.Head.Family = afInet6
 	k.Present = [2]uint64{^uint64(0), 3}
-	for i, c := range "cubic" {
-		k.Ca[i] = int8(c)
-	}
+	putCString(&k.Head.Ca, "cubic")
 	raw := append([]byte(nil), rawRecord(&k)...)
 	d := decoder{}
 	var r flow.Record

@@ -40,6 +40,7 @@ const (
 	logKeyRingbufSize  = "ringbuf_size"
 	logKeyHZ           = "hz"
 	logKeyIdleInterval = "idle_interval"
+	logKeyPIDs         = "pids"
 	// The flows that began before flowd (walkExisting).
 	logKeyFlows            = "flows"
 	logKeyWithoutCallbacks = "without_callbacks"
@@ -73,8 +74,8 @@ const (
 // to (Config.IdleInterval's zero means never).
 const DefaultIdleInterval = time.Minute
 
-// DefaultMaxFlows is Config.MaxFlows when it is zero: 65,536 slots of 72
-// bytes, 4.5 MiB of kernel memory.
+// DefaultMaxFlows is Config.MaxFlows when it is zero: 65,536 slots of 96
+// bytes, 6 MiB of kernel memory.
 const DefaultMaxFlows = 1 << 16
 
 // Config configures the ebpf backend.
@@ -165,7 +166,8 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading BPF spec: %w", err)
 	}
-	if err := configure(spec, &cfg, hz, allCgroups, len(subtree)); err != nil {
+	pids := inInitialPIDNamespace()
+	if err := configure(spec, &cfg, hz, allCgroups, len(subtree), pids); err != nil {
 		return nil, err
 	}
 
@@ -218,7 +220,7 @@ func New(cfg Config) (*Backend, error) {
 	}
 	b.log.WithFields(logrus.Fields{
 		logKeyCgroup: cfg.Cgroup, logKeyMode: cfg.Mode, logKeyInterval: cfg.Interval, logKeyIdleInterval: cfg.IdleInterval,
-		logKeyRingbufSize: cfg.RingbufSize, logKeyHZ: hz,
+		logKeyRingbufSize: cfg.RingbufSize, logKeyHZ: hz, logKeyPIDs: pids,
 	}).Info("ebpf backend attached")
 	return b, nil
 }
@@ -279,8 +281,9 @@ func (c *Config) withDefaults() error {
 	return nil
 }
 
-// configure sets the program's load-time constants and map sizes.
-func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32, allCgroups bool, subtree int) error {
+// configure sets the program's load-time constants and map sizes. pids:
+// the program names the processes that connect flows.
+func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32, allCgroups bool, subtree int, pids bool) error {
 	kernel, err := btf.LoadKernelSpec()
 	if err != nil {
 		return fmt.Errorf("loading the kernel's BTF: %w", err)
@@ -308,6 +311,7 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, hz uint32, allCgroups boo
 		"select_members": boolU8(len(cfg.Members) > 0),
 		"members":        memberMask(cfg.Members),
 		"max_flows":      uint32(cfg.MaxFlows),
+		"process_ids":    boolU8(pids),
 	}
 	jc := jiffyConversions(hz)
 	consts["jiffy_usec_num"], consts["jiffy_usec_den"] = jc.usecNum, jc.usecDen
@@ -347,6 +351,21 @@ func memberMask(members []flow.Field) flow.Mask {
 // timer.
 func wakeupBytes(ringbufSize int) uint64 {
 	return uint64(ringbufSize / 2)
+}
+
+// procPIDInitIno is the inode number of the initial PID namespace
+// (PROC_PID_INIT_INO, include/linux/proc_ns.h).
+const procPIDInitIno = 0xEFFFFFFC
+
+// inInitialPIDNamespace reports whether flowd runs in the initial PID
+// namespace, whose numbers the program reads (task->tgid): in another, they
+// would not be the ids flowd's own /proc shows.
+func inInitialPIDNamespace() bool {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+		return false
+	}
+	return st.Ino == procPIDInitIno
 }
 
 func boolU8(b bool) uint8 {

@@ -86,6 +86,8 @@ func checkAgainstTCPInfo(t *testing.T, side string, r flow.Record, ti *unix.TCPI
 
 // TestTransfer moves real bytes over IPv4 and IPv6 loopback inside a
 // temporary cgroup and checks the records against TCP_INFO and SO_COOKIE.
+// It runs in transition mode, whose state records hold tcp_info: the one
+// taken inside close() is compared with TCP_INFO.
 func TestTransfer(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, tc := range []struct{ name, network, addr string }{
@@ -94,7 +96,7 @@ func TestTransfer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cg := testutil.TempCgroup(t)
-			_, col := startBackend(t, Config{Cgroup: cg, Mode: ModePoll, Interval: 0, FlushInterval: 20 * time.Millisecond})
+			_, col := startBackend(t, Config{Cgroup: cg, Mode: ModeTransition, FlushInterval: 20 * time.Millisecond})
 			ln := testutil.Listen(t, cg, tc.network, tc.addr)
 			p := testutil.Dial(t, cg, ln)
 			clientCookie, serverCookie := testutil.Cookie(t, p.Client), testutil.Cookie(t, p.Server)
@@ -166,78 +168,108 @@ func TestTransfer(t *testing.T) {
 				}
 				checkAgainstTCPInfo(t, side.name, *closing, side.info, infoLen)
 			}
-			if n := len(col.Find(clientCookie, flow.EventSample)); n < 5 {
-				t.Errorf("sender produced %d samples at interval 0, want many", n)
-			}
-			// Counters grow monotonically through the samples.
-			var last uint64
-			for _, r := range col.Find(clientCookie, flow.EventSample) {
-				v, _ := r.Info.Get(flow.FieldBytesAcked)
-				if v < last {
-					t.Errorf("bytes_acked went back from %d to %d", last, v)
-				}
-				last = v
-			}
-			if last < 8<<20 {
-				t.Errorf("last sample's bytes_acked %d < bytes sent %d", last, 8<<20)
-			}
 		})
 	}
 }
 
+// TestRTTSamples checks the samples of a sender at ebpf.interval 0, one per
+// RTT callback, and the records around them in poll mode: state records
+// without tcp_info between an open and a close record with it.
+func TestRTTSamples(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	_, col := startBackend(t, Config{Cgroup: cg, Mode: ModePoll, Interval: 0, FlushInterval: 20 * time.Millisecond})
+	p := testutil.Dial(t, cg, testutil.Listen(t, cg, "tcp4", "127.0.0.1:0"))
+	cookie := testutil.Cookie(t, p.Client)
+	p.Send(t, 8<<20)
+	p.Client.Close()
+	testutil.ReadEOF(t, p.Server)
+	p.Server.Close()
+	testutil.WaitFor(t, "the close record", 5*time.Second, func() bool { return len(col.Find(cookie, flow.EventClose)) == 1 })
+
+	if n := len(col.Find(cookie, flow.EventSample)); n < 5 {
+		t.Errorf("sender produced %d samples at interval 0, want many", n)
+	}
+	// Counters grow monotonically through the samples.
+	var last uint64
+	for _, r := range col.Find(cookie, flow.EventSample) {
+		v, _ := r.Info.Get(flow.FieldBytesAcked)
+		if v < last {
+			t.Errorf("bytes_acked went back from %d to %d", last, v)
+		}
+		last = v
+	}
+	if last < 8<<20 {
+		t.Errorf("last sample's bytes_acked %d < bytes sent %d", last, 8<<20)
+	}
+	states := col.Find(cookie, flow.EventState)
+	if len(states) < 2 {
+		t.Fatalf("%d state records, want the close handshake's", len(states))
+	}
+	for _, r := range col.Records(cookie) {
+		if empty := r.Info.Present.IsEmpty(); empty != (r.Event == flow.EventState) {
+			t.Errorf("%s record -> %s: tcp_info empty = %v", r.Event, r.State, empty)
+		}
+	}
+	if v, _ := col.Find(cookie, flow.EventClose)[0].Info.Get(flow.FieldBytesAcked); v < 8<<20 {
+		t.Errorf("close record's bytes_acked %d < bytes sent %d", v, 8<<20)
+	}
+}
+
 // TestMembers asks the program for a few members (Config.Members): every
-// record holds exactly those, with the values TCP_INFO has.
+// record with tcp_info holds exactly those (a state record in poll mode
+// holds none), with the values TCP_INFO has in the flow's last sample,
+// which the walk took once the flow was quiescent.
 func TestMembers(t *testing.T) {
 	testutil.RequireRoot(t)
 	members := []flow.Field{
 		flow.FieldOptions, flow.FieldSndWscale, flow.FieldRcvWscale, flow.FieldRTT,
 		flow.FieldSndCwnd, flow.FieldBytesAcked, flow.FieldDeliveryRate, flow.FieldBusyTime,
 	}
+	const interval = 50 * time.Millisecond
 	cg := testutil.TempCgroup(t)
-	_, col := startBackend(t, Config{Cgroup: cg, Interval: 0, FlushInterval: 20 * time.Millisecond, Members: members})
+	_, col := startBackend(t, Config{Cgroup: cg, Interval: interval, FlushInterval: 20 * time.Millisecond, Members: members})
 	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
 	p := testutil.Dial(t, cg, ln)
 	cookie := testutil.Cookie(t, p.Client)
 	p.Send(t, 4<<20)
 	p.Quiesce(t)
 	info := testutil.TCPInfo(t, p.Client)
+	// A walk after the flow's last segment samples it; no walk after
+	// that does, since the flow no longer moves.
+	time.Sleep(3 * interval)
+	samples := col.Find(cookie, flow.EventSample)
+	if len(samples) == 0 {
+		t.Fatal("no samples")
+	}
 	p.Client.Close()
 	testutil.ReadEOF(t, p.Server)
 	p.Server.Close()
 	testutil.WaitFor(t, "the close record", 5*time.Second, func() bool { return len(col.Find(cookie, flow.EventClose)) == 1 })
 
-	recs := col.Records(cookie)
-	for _, r := range recs {
+	for _, r := range col.Records(cookie) {
 		for f := range flow.NumFields {
-			if r.Info.Has(f) != slices.Contains(members, f) {
+			want := slices.Contains(members, f) && r.Event != flow.EventState
+			if r.Info.Has(f) != want {
 				t.Errorf("%s record: %s present = %v, members %v", r.Event, f, r.Info.Has(f), members)
 			}
 		}
 	}
-	if len(col.Find(cookie, flow.EventSample)) == 0 {
-		t.Error("no samples")
+	last := samples[len(samples)-1]
+	for f, want := range map[flow.Field]uint64{
+		flow.FieldOptions:      uint64(info.Options),
+		flow.FieldRTT:          uint64(info.Rtt),
+		flow.FieldSndCwnd:      uint64(info.Snd_cwnd),
+		flow.FieldBytesAcked:   info.Bytes_acked,
+		flow.FieldDeliveryRate: info.Delivery_rate,
+	} {
+		if got, _ := last.Info.Get(f); got != want {
+			t.Errorf("%s = %d, TCP_INFO says %d", f, got, want)
+		}
 	}
-	for _, r := range recs {
-		if r.Event != flow.EventState || r.State != flow.StateFinWait1 {
-			continue
-		}
-		for f, want := range map[flow.Field]uint64{
-			flow.FieldOptions:      uint64(info.Options),
-			flow.FieldRTT:          uint64(info.Rtt),
-			flow.FieldSndCwnd:      uint64(info.Snd_cwnd),
-			flow.FieldBytesAcked:   info.Bytes_acked,
-			flow.FieldDeliveryRate: info.Delivery_rate,
-		} {
-			if got, _ := r.Info.Get(f); got != want {
-				t.Errorf("%s = %d, TCP_INFO says %d", f, got, want)
-			}
-		}
-		if v, _ := r.Info.Get(flow.FieldSndWscale); v == 0 && info.Options&4 != 0 {
-			t.Error("snd_wscale = 0 on a connection with window scaling")
-		}
-		return
+	if v, _ := last.Info.Get(flow.FieldSndWscale); v == 0 && info.Options&4 != 0 {
+		t.Error("snd_wscale = 0 on a connection with window scaling")
 	}
-	t.Error("no ESTABLISHED -> FIN_WAIT1 record")
 }
 
 // TestOutsideCgroup checks that a socket outside the cgroup is never seen.

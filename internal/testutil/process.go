@@ -1,7 +1,9 @@
 package testutil
 
 import (
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"syscall"
@@ -11,18 +13,43 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// childEnv marks a copy of a test binary started by StartProcess.
-const childEnv = "FLOWD_TESTUTIL_CHILD"
+// childEnv marks a copy of a test binary started by StartProcess, and
+// dialEnv one started by StartDialer, with the address it connects to.
+const (
+	childEnv = "FLOWD_TESTUTIL_CHILD"
+	dialEnv  = "FLOWD_TESTUTIL_DIAL"
+)
+
+// DialerComm is the name a process started by StartDialer gives itself.
+const DialerComm = "flowd-dialer"
 
 // ChildMain returns at once, unless this test binary is a copy started by
-// StartProcess: then it waits until its standard input is closed and
-// exits. A package whose tests call StartProcess calls it first thing in
-// TestMain.
+// StartProcess or StartDialer: then it waits until its standard input is
+// closed and exits. A package whose tests call them calls it first thing
+// in TestMain.
 func ChildMain() {
 	if os.Getenv(childEnv) == "" {
 		return
 	}
+	var conn net.Conn
+	if addr := os.Getenv(dialEnv); addr != "" {
+		// The process's own name, which its main thread holds: whichever
+		// thread writes it.
+		if err := os.WriteFile("/proc/self/comm", []byte(DialerComm), 0); err != nil {
+			fmt.Fprintf(os.Stderr, "naming the dialer: %v\n", err)
+			os.Exit(1)
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "dialer: %v\n", err)
+			os.Exit(1)
+		}
+		conn = c
+	}
 	_, _ = io.Copy(io.Discard, os.Stdin)
+	if conn != nil {
+		conn.Close()
+	}
 	os.Exit(0)
 }
 
@@ -40,6 +67,21 @@ type Process struct {
 // TestMain must call ChildMain.
 func StartProcess(tb testing.TB, cg string) *Process {
 	tb.Helper()
+	return startChild(tb, cg)
+}
+
+// StartDialer starts a copy of the test binary as StartProcess does, which
+// names itself DialerComm and connects to addr; it closes the connection
+// and exits when stopped.
+func StartDialer(tb testing.TB, cg, addr string) *Process {
+	tb.Helper()
+	return startChild(tb, cg, dialEnv+"="+addr)
+}
+
+// startChild starts a copy of the test binary in cgroup cg with the
+// environment variables env besides childEnv.
+func startChild(tb testing.TB, cg string, env ...string) *Process {
+	tb.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		tb.Fatalf("finding the test binary: %v", err)
@@ -50,7 +92,7 @@ func StartProcess(tb testing.TB, cg string) *Process {
 	}
 	defer unix.Close(dir)
 	cmd := exec.Command(exe, "-test.run=^$") // runs no test should ChildMain be missing
-	cmd.Env = []string{childEnv + "=1"}
+	cmd.Env = append([]string{childEnv + "=1"}, env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	// clone3(CLONE_INTO_CGROUP), Linux 5.7: never a moment outside cg.
 	// Should the test binary die, the pipe closes and the process exits.
