@@ -6,7 +6,9 @@
 //  2. the per-record user-space cost (the Go benchmarks of backends/ebpf);
 //  3. how flowd's cost grows with unrelated sockets on the host;
 //  4. its memory with many tracked flows;
-//  5. how soon a close record reaches the output.
+//  5. how soon a close record reaches the output;
+//  6. what short connections cost: a loopback churn with and without
+//     flowd.
 //
 // It needs root (BPF, cgroups), iperf3 and ss. Every cgroup it makes lives
 // under the cgroup2 mount and is removed afterwards.
@@ -43,6 +45,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == helperArg {
 		os.Exit(runHelper(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == churnHelperArg {
+		os.Exit(runChurnHelper(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -73,6 +78,7 @@ type options struct {
 	memFlows        int           // section 4: tracked flows
 	conns           int           // section 5: short connections
 	latSpread       time.Duration // section 5: over how long they are made
+	churn           churnOptions  // section 6
 }
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
@@ -81,7 +87,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	var runExpr, scale string
 	fs.BoolVar(&o.quick, "quick", false, "smoke run with tiny counts (< 30 s); its figures mean nothing")
-	fs.StringVar(&runExpr, "run", "", "only the rows whose name (section/row, e.g. overhead/ebpf-poll-0s, scale/N=1000, memory/ebpf, latency/close, gobench) matches this regexp")
+	fs.StringVar(&runExpr, "run", "", "only the rows whose name (section/row, e.g. overhead/ebpf-poll-0s, scale/N=1000, memory/ebpf, latency/close, churn/ebpf, gobench) matches this regexp")
 	fs.StringVar(&o.md, "md", "", "write the report to this file (default: standard output)")
 	fs.StringVar(&o.jsonPath, "json", "", "write the raw numbers to this file")
 	fs.StringVar(&o.repo, "repo", ".", "flowd's repository (flowd is built from it)")
@@ -104,6 +110,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.memFlows, "mem-flows", 10000, "section 4: tracked flows")
 	fs.IntVar(&o.conns, "conns", 1000, "section 5: short connections")
 	fs.DurationVar(&o.latSpread, "spread", 5*time.Second, "section 5: time over which the connections are made")
+	o.churn.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -127,6 +134,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 			"conns":            func() { o.conns = 50 },
 			"spread":           func() { o.latSpread = 250 * time.Millisecond },
 			"benchtime":        func() { o.benchtime = "100x" },
+			"churn-pairs":      func() { o.churn.pairs = 1 },
+			"churn-time":       func() { o.churn.secs = 500 * time.Millisecond },
 			"bench-count":      func() { o.benchCount = 1 },
 		}
 		for name, apply := range quick {
@@ -155,6 +164,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("-windows, -scale-pairs and -window must be positive")
 	case o.dumpReps < 1 || o.memFlows < 1 || o.conns < 1:
 		return nil, errors.New("-dumps, -mem-flows and -conns must be positive")
+	}
+	if err := o.churn.check(); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -236,9 +248,9 @@ func runSuite(ctx context.Context, o *options, log io.Writer) (*Results, error) 
 	for _, n := range o.scaleNs {
 		needRoot = needRoot || o.wanted(fmt.Sprintf("scale/N=%d", n))
 	}
-	needRoot = needRoot || o.wanted("memory/ebpf") || o.wanted("memory/netlink") || o.wanted("latency/close")
+	needRoot = needRoot || o.wanted("memory/ebpf") || o.wanted("memory/netlink") || o.wanted("latency/close") || o.wanted(churnRowName)
 	if needRoot && os.Geteuid() != 0 {
-		return nil, errors.New("sections 1, 3, 4 and 5 need root (BPF, cgroups): run 'sudo make bench', or -run gobench")
+		return nil, errors.New("sections 1 and 3 to 6 need root (BPF, cgroups): run 'sudo make bench', or -run gobench")
 	}
 
 	if o.wanted("gobench") {
@@ -307,6 +319,12 @@ func (s *suite) runSections(ctx context.Context) {
 		s.section("5. delivery latency", func() {
 			r := s.latency(ctx)
 			s.res.Latency = &r
+		})
+	}
+	if s.opts.wanted(churnRowName) && ctx.Err() == nil {
+		s.section("6. short connections", func() {
+			r := s.churn(ctx)
+			s.res.Churn = &r
 		})
 	}
 }

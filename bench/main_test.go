@@ -14,6 +14,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == helperArg {
 		os.Exit(runHelper(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == churnHelperArg {
+		os.Exit(runChurnHelper(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(m.Run())
 }
 
@@ -28,7 +31,7 @@ func TestQuick(t *testing.T) {
 		t.Skip("skipping the quick suite in -short mode")
 	}
 	o, err := parseOptions([]string{"-quick", "-repo", "..",
-		"-run", "^(overhead/(ebpf-poll-1s|netlink-1s)|scale/|memory/|latency/)"}, os.Stderr)
+		"-run", "^(overhead/(ebpf-poll-1s|netlink-1s)|scale/|memory/|latency/|churn/)"}, os.Stderr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +65,9 @@ func TestQuick(t *testing.T) {
 	}
 	if r := res.Latency; r.Err != "" || r.Missing != 0 || r.P99Ms <= 0 {
 		t.Errorf("latency: %+v", r)
+	}
+	if r := res.Churn; r == nil || r.Err != "" || r.Ratio.N != 1 || r.EventsPerConn["open"] < 1.9 || r.EventsPerConn["close"] < 1.9 {
+		t.Errorf("churn: %+v", r)
 	}
 	md := Render(res)
 	if !strings.Contains(md, "Quick smoke run") || strings.Contains(md, "error:") {

@@ -61,6 +61,7 @@ func Render(res *Results) string {
 		scaleSection(res),
 		memorySection(res),
 		latencySection(res),
+		churnSection(res),
 	} {
 		if s != nil {
 			s.render(w)
@@ -233,6 +234,7 @@ func summarySection(res *Results) *section {
 		add("5", "close → close record written, p99 (missing)", fmt.Sprintf("%.0f ms (%d missing)", r.P99Ms, r.Missing),
 			fmt.Sprintf("≤ %.0f ms, none missing", targetP99Ms), passCell(latencyPass(r)))
 	}
+	t.rows = append(t.rows, churnTargets(res)...)
 	return &section{title: "Targets", tables: []table{t}}
 }
 

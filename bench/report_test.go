@@ -43,6 +43,12 @@ func sampleResults() *Results {
 			{Backend: "netlink", Flows: 10000, HWMKB: 60000, RSSKB: 59000},
 		},
 		Latency: &LatencyRow{Conns: 1000, P50Ms: 100, P99Ms: 199, MaxMs: 204},
+		Churn: &ChurnRow{Name: churnRowName, Config: "backends: [ebpf]", Target: targetChurnRatio, Clients: 32, Size: 4096, Seconds: 3,
+			BaseConnsPerSec: []float64{9000, 10000}, WithConnsPerSec: []float64{8500, 9000},
+			Ratio: Summary{N: 2, Median: 0.922, Min: 0.9, Max: 0.944}, RatioCILo: 0.9, RatioCIHi: 0.944, RatioCICov: 0.5,
+			RecordsPerConn: Summary{N: 2, Median: 10, Min: 10, Max: 10}, BytesPerConn: Summary{N: 2, Median: 6984, Min: 6983, Max: 6985},
+			EventsPerConn: map[string]float64{"open": 2, "state": 6, "close": 2},
+			BytesPerLine:  map[string]float64{"open": 1351, "state": 255, "close": 1373}},
 	}
 }
 
@@ -78,6 +84,7 @@ func TestRenderTargets(t *testing.T) {
 		{"netlink, 10000 flows", "**FAIL**"}, // 61.4 MB
 		{"p99", "**pass**"},
 		{"DecodeEncode: time per record", "pending"},
+		{"short connections/s", "**pass**"},
 		{"Pipeline", "pending"},
 	} {
 		if l := targetLine(t, md, tt.line); !strings.HasSuffix(strings.TrimSpace(l), tt.result+" |") {
@@ -86,6 +93,28 @@ func TestRenderTargets(t *testing.T) {
 	}
 	if strings.Contains(targetLine(t, md, "1 |"), "netlink-1s") {
 		t.Error("netlink rows have no target and belong in section 1 only")
+	}
+}
+
+func TestChurnVerdict(t *testing.T) {
+	row := func(median, ciHi float64, drops uint64, missing int) *ChurnRow {
+		return &ChurnRow{Target: targetChurnRatio, Ratio: Summary{N: 6, Median: median}, RatioCIHi: ciHi, Drops: drops, Missing: missing}
+	}
+	for _, tt := range []struct {
+		name string
+		r    *ChurnRow
+		want string
+	}{
+		{"reaches it, nothing lost", row(0.93, 1.0, 0, 0), "**pass**"},
+		{"below, within the noise", row(0.88, 0.95, 0, 0), "**not shown**"},
+		{"significantly below", row(0.8, 0.85, 0, 0), "**FAIL**"},
+		{"records dropped", row(0.95, 1.0, 3, 0), "**FAIL**"},
+		{"close records missing", row(0.95, 1.0, 0, 2), "**FAIL**"},
+		{"not measured", &ChurnRow{Target: targetChurnRatio}, "—"},
+	} {
+		if got := churnVerdict(tt.r); got != tt.want {
+			t.Errorf("%s: %s, want %s", tt.name, got, tt.want)
+		}
 	}
 }
 
@@ -132,6 +161,9 @@ func TestRenderSections(t *testing.T) {
 		"| events | RingBuf | 4223304 B |",
 		"## 5. Delivery latency",
 		"| 1000 | 100.0 ms | 199.0 ms | 204.0 ms |",
+		"## 6. Short connections",
+		"| 9500 (9000–10000) | 8750 (8500–9000) | 0.922 (0.900–0.944) |",
+		"| state | 6.00 | 255 |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)

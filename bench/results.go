@@ -14,6 +14,7 @@ type Results struct {
 	Scale    []ScaleRow    `json:"scale,omitempty"`
 	Memory   []MemoryRow   `json:"memory,omitempty"`
 	Latency  *LatencyRow   `json:"latency,omitempty"`
+	Churn    *ChurnRow     `json:"churn,omitempty"`
 }
 
 // Machine identifies where the figures come from.
