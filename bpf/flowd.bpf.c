@@ -690,11 +690,11 @@ static __always_inline struct flow_state *track(struct bpf_sock_ops *skops, stru
 	return st;
 }
 
-/* Reports a state change of a tracked flow. sk is the socket as the
- * calling program has it, for forget() on CLOSE. The kernel calls the
- * state callback and the tracepoint before it stores the new state, also
- * when the state does not change (tcp_close() after shutdown()): those are
- * not changes. */
+/* Reports a state change of a tracked flow: a state record, or for the
+ * change to CLOSE a close record. sk is the socket as the calling program
+ * has it, for forget() on CLOSE. The kernel calls the state callback and
+ * the tracepoint before it stores the new state, also when the state does
+ * not change (tcp_close() after shutdown()): those are not changes. */
 static __always_inline void change_state(void *sk, const struct tcp_sock *tp, struct flow_state *st, __u8 old_state,
 					 __u8 new_state, __u64 now)
 {
@@ -708,11 +708,14 @@ static __always_inline void change_state(void *sk, const struct tcp_sock *tp, st
 	}
 	if (new_state == old_state)
 		return;
-	emit_state(tp, st, old_state, new_state, now);
 	if (new_state == TCP_CLOSE) {
+		/* One record for the last change: the close record says which
+		 * state the flow left. */
 		emit(tp, st, FLOWD_EVENT_CLOSE, old_state, new_state, 0, now);
 		forget(sk, st);
+		return;
 	}
+	emit_state(tp, st, old_state, new_state, now);
 }
 
 static __always_inline void on_state(struct bpf_sock_ops *skops, struct bpf_sock *bsk, const struct tcp_sock *tp)

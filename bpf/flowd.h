@@ -184,7 +184,7 @@ struct flowd_head {
 	__u16 rport;			/* host order */
 	__u8 family;			/* AF_INET or AF_INET6 */
 	__u8 event;			/* enum flowd_event */
-	__u8 old_state;			/* FLOWD_EVENT_STATE only */
+	__u8 old_state;			/* FLOWD_EVENT_STATE and FLOWD_EVENT_CLOSE only */
 	__u8 new_state;			/* the flow's state after this event */
 	__u8 flags;			/* enum flowd_record_flag bits */
 	__u8 _pad[3];

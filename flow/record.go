@@ -105,7 +105,7 @@ type Record struct {
 	RemotePort uint16
 
 	State    State  // the state the flow is in (the new state on EventState)
-	OldState State  // only on EventState
+	OldState State  // on EventState, and on EventClose when the backend saw the change to CLOSE (ebpf)
 	CA       string // congestion control name, e.g. "cubic"
 
 	// PID is the process that connected the flow (its thread group id, in

@@ -27,7 +27,8 @@ import (
 //
 // time is RFC 3339 in UTC with exactly nine fractional digits; "existing":true
 // follows the cookie on open records of flows found running (Existing);
-// old_state is there only on state events, ca, pid and comm only when they
+// old_state is there only on state events and on close records that have
+// one (OldState, from the ebpf backend), ca, pid and comm only when they
 // are known; tcp_info holds the present members only, in Field order, and
 // is left out of a record that has none (a state record of the ebpf
 // backend in poll mode). It does not allocate when dst has room (about
@@ -110,7 +111,7 @@ func (e *Encoder) appendRecord(dst []byte, r *flow.Record, omit *flow.Mask) []by
 	dst = append(dst, `,"rport":`...)
 	dst = appendUint(dst, uint64(r.RemotePort))
 	dst = appendKey(dst, &stateKeys[r.State])
-	if r.Event == flow.EventState {
+	if r.Event == flow.EventState || (r.Event == flow.EventClose && r.OldState != 0) {
 		dst = appendKey(dst, &oldStateKeys[r.OldState])
 	}
 	if r.CA != "" {
@@ -583,7 +584,7 @@ func ParseLine(line []byte, r *flow.Record) (partial bool, err error) {
 		return false, err
 	}
 	if w.OldState != nil {
-		if r.Event != flow.EventState {
+		if r.Event != flow.EventState && r.Event != flow.EventClose {
 			return false, fmt.Errorf("decoding record: old_state on a %s event", r.Event)
 		}
 		if r.OldState, err = parseState("old_state", *w.OldState); err != nil {

@@ -39,7 +39,7 @@ func refAppendJSON(dst []byte, r *flow.Record) []byte {
 	dst = append(dst, `,"rport":`...)
 	dst = strconv.AppendUint(dst, uint64(r.RemotePort), 10)
 	dst = append(dst, `,"state":"`+r.State.String()+`"`...)
-	if r.Event == flow.EventState {
+	if r.Event == flow.EventState || (r.Event == flow.EventClose && r.OldState != 0) {
 		dst = append(dst, `,"old_state":"`+r.OldState.String()+`"`...)
 	}
 	if r.CA != "" {

@@ -81,6 +81,21 @@ func TestAppendJSONGolden(t *testing.T) {
 		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, wantState)
 	}
 
+	// The close record of the ebpf backend says which state the flow left;
+	// one without (netlink's) says nothing.
+	r.Event, r.OldState, r.State = flow.EventClose, flow.StateLastAck, flow.StateClose
+	r.Info.Set(flow.FieldSndCwnd, 10)
+	const wantClose = `{"time":"2026-11-22T00:41:02.123456789Z","backend":"ebpf","event":"close","cookie":123,"cgroup_id":456,` +
+		`"family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"CLOSE",` +
+		`"old_state":"LAST_ACK","ca":"cubic","pid":4711,"comm":"curl","tcp_info":{"snd_cwnd":10}}`
+	if got := string(AppendJSON(nil, r)); got != wantClose {
+		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, wantClose)
+	}
+	r.OldState = 0
+	if got, want := string(AppendJSON(nil, r)), strings.Replace(wantClose, `"old_state":"LAST_ACK",`, "", 1); got != want {
+		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, want)
+	}
+
 	// A sample from netlink over IPv6, no CA, no tcp_info.
 	r = &flow.Record{
 		Time:       time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("CET", 3600)),
@@ -221,7 +236,7 @@ func TestAppendJSONAbsentFields(t *testing.T) {
 	r.Info.Clear()
 	r.Info.Set(flow.FieldRTT, 0) // present and 0 is not absent
 	r.Info.Set(flow.FieldMinRTT, 42)
-	r.CA, r.PID, r.Comm = "", 0, ""
+	r.CA, r.PID, r.Comm, r.OldState = "", 0, "", 0
 	r.Event = flow.EventClose
 	b := string(AppendJSON(nil, r))
 	if !strings.HasSuffix(b, `"state":"ESTABLISHED","tcp_info":{"rtt":0,"min_rtt":42}}`) {
@@ -324,6 +339,7 @@ func TestParseJSONErrors(t *testing.T) {
 		{"bad state", strings.Replace(good, `"ESTABLISHED"`, `"ESTABLISHED2"`, 1), `unknown TCP state "ESTABLISHED2"`},
 		{"bad event", strings.Replace(good, `"event":"state"`, `"event":"boom"`, 1), `unknown event "boom"`},
 		{"old_state on a sample", strings.Replace(good, `"event":"state"`, `"event":"sample"`, 1), "old_state on a sample event"},
+		{"old_state on an open record", strings.Replace(good, `"event":"state"`, `"event":"open"`, 1), "old_state on a open event"},
 		{"existing on a state event", strings.Replace(good, `"cookie":123,`, `"cookie":123,"existing":true,`, 1), "existing on a state event"},
 		{"bad time", strings.Replace(good, `2026-11-22T00:41:02`, `2026-11-22 00:41:02`, 1), "decoding time"},
 		{"time out of range in UTC", strings.Replace(good, `2026-11-22T00:41:02.123456789Z`, `0000-01-01T00:00:00+01:00`, 1), "outside years"},

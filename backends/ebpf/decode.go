@@ -69,7 +69,7 @@ func (d *decoder) decode(raw []byte, r *flow.Record) error {
 	}
 	r.State = flow.State(k.NewState)
 	r.OldState = 0
-	if r.Event == flow.EventState {
+	if r.Event == flow.EventState || r.Event == flow.EventClose {
 		r.OldState = flow.State(k.OldState)
 	}
 	r.CA = caName(&k.Ca)

@@ -199,6 +199,12 @@ func TestDecode(t *testing.T) {
 		t.Fatalf("head alone decoded\n%+v\nwant\n%+v", r, want)
 	}
 
+	// A close record says which state the flow left.
+	h.Event, h.OldState, h.NewState = uint8(flow.EventClose), uint8(flow.StateLastAck), uint8(flow.StateClose)
+	if err := d.decode(rawRecord(&k), &r); err != nil || r.OldState != flow.StateLastAck || r.State != flow.StateClose {
+		t.Fatalf("close record decoded in %s from %s (%v)", r.State, r.OldState, err)
+	}
+
 	// A process name is there only with its pid.
 	h.Pid = 0
 	if err := d.decode(rawRecord(&k), &r); err != nil || r.PID != 0 || r.Comm != "" {
@@ -206,7 +212,7 @@ func TestDecode(t *testing.T) {
 	}
 
 	h.Family = afInet6
-	h.Event = uint8(flow.EventSample)
+	h.Event, h.OldState = uint8(flow.EventSample), uint8(flow.StateFinWait1)
 	copy(h.Laddr[:], netip.MustParseAddr("2001:db8::1").AsSlice())
 	if err := d.decode(rawRecord(&k), &r); err != nil {
 		t.Fatal(err)

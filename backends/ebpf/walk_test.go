@@ -317,9 +317,10 @@ func TestIdleInterval(t *testing.T) {
 
 // TestStateRecords checks the records of a connection's life in both modes:
 // each end's open record says ESTABLISHED (the passive end's too, whose
-// callback runs before the state is stored), and no state record repeats a
+// callback runs before the state is stored), no state record repeats a
 // state (the kernel calls back for FIN_WAIT2 -> FIN_WAIT2 when a socket shut
-// down for writing is closed). State records hold tcp_info in transition
+// down for writing is closed), and the close record says which state the
+// flow left for CLOSE (no state record does). State records hold tcp_info in transition
 // mode only; in poll mode the walk samples a flow that moved before its
 // state changed, so its counters are not left to the close record.
 func TestStateRecords(t *testing.T) {
@@ -366,6 +367,14 @@ func TestStateRecords(t *testing.T) {
 				state := recs[0].State
 				var path []string
 				for _, r := range recs[1:] {
+					if r.Event == flow.EventClose {
+						// The change to CLOSE is the close record's.
+						path = append(path, fmt.Sprintf("%s->%s (close)", r.OldState, r.State))
+						if r.OldState != state || r.State != flow.StateClose {
+							t.Errorf("%s: close record %s -> %s after %s", side.name, r.OldState, r.State, state)
+						}
+						continue
+					}
 					if r.Event != flow.EventState {
 						continue
 					}
