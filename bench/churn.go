@@ -41,6 +41,7 @@ type churnOptions struct {
 	secs    time.Duration
 	clients int
 	size    int
+	stall   time.Duration
 }
 
 func (c *churnOptions) register(fs *flag.FlagSet) {
@@ -48,11 +49,15 @@ func (c *churnOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.secs, "churn-time", 3*time.Second, "section 6: length of one churn run")
 	fs.IntVar(&c.clients, "churn-clients", 32, "section 6: concurrent clients")
 	fs.IntVar(&c.size, "churn-size", 4096, "section 6: bytes each way per connection")
+	fs.DurationVar(&c.stall, "churn-stall", 0, "section 6: stop flowd (SIGSTOP) this long a third into each B run, as a reader that falls behind")
 }
 
 func (c *churnOptions) check() error {
 	if c.pairs < 1 || c.secs <= 0 || c.clients < 1 || c.size < 1 {
 		return errors.New("-churn-pairs, -churn-time, -churn-clients and -churn-size must be positive")
+	}
+	if c.stall < 0 || c.stall >= c.secs {
+		return fmt.Errorf("-churn-stall %s is not between 0 and -churn-time", c.stall)
 	}
 	return nil
 }
@@ -67,6 +72,8 @@ type ChurnRow struct {
 	Clients int     `json:"clients"`
 	Size    int     `json:"bytes_each_way"`
 	Seconds float64 `json:"seconds"` // of one run
+	// StallMs is how long flowd was stopped in each B run (-churn-stall).
+	StallMs float64 `json:"stall_ms,omitempty"`
 
 	BaseConnsPerSec []float64 `json:"base_conns_per_sec"` // A runs, in order
 	WithConnsPerSec []float64 `json:"with_conns_per_sec"` // B runs, in order
@@ -76,6 +83,14 @@ type ChurnRow struct {
 	RatioCILo  float64 `json:"ratio_ci_lo"`
 	RatioCIHi  float64 `json:"ratio_ci_hi"`
 	RatioCICov float64 `json:"ratio_ci_coverage"`
+	// Per connection, in CPU µs, which the machine's other jobs move much
+	// less than the rates: the traffic's own (A runs), flowd's and its
+	// programs' (B runs). Accounted is the ratio they imply for a churn
+	// that is CPU-bound: traffic / (traffic + flowd + programs), per pair.
+	TrafficUsPerConn Summary `json:"traffic_us_per_conn"`
+	FlowdUsPerConn   Summary `json:"flowd_us_per_conn"`
+	BPFUsPerConn     Summary `json:"bpf_us_per_conn"`
+	Accounted        Summary `json:"accounted"`
 
 	// Per connection (both of its ends) in the B runs: records and bytes
 	// of JSON Lines written, and the bytes of one line of each event.
@@ -104,11 +119,11 @@ func (s *suite) churn(ctx context.Context) ChurnRow {
 	o := s.opts.churn
 	cfg := flowdConfig{Backend: "ebpf"}
 	row := ChurnRow{Name: churnRowName, Config: cfg.Keys(), Command: s.command(churnRowName), Target: targetChurnRatio,
-		Clients: o.clients, Size: o.size, Seconds: o.secs.Seconds()}
+		Clients: o.clients, Size: o.size, Seconds: o.secs.Seconds(), StallMs: float64(o.stall) / float64(time.Millisecond)}
 	var (
 		recsPerConn, bytesPerConn, recsPerSec, baseCPU, traffic, flowdCPU, bpfCPU, bpfNs []float64
-		events                                                                           = map[string]int{}
-		eventBytes                                                                       = map[string]int{}
+		trafficUs, flowdUs, bpfUs, accounted                                             []float64
+		events, eventBytes                                                               = map[string]int{}, map[string]int{}
 		conns                                                                            int
 	)
 	for i := range o.pairs {
@@ -140,6 +155,11 @@ func (s *suite) churn(ctx context.Context) ChurnRow {
 		flowdCPU = append(flowdCPU, run.cpu.Seconds()/b.Seconds)
 		bpfCPU = append(bpfCPU, run.bpf.cpu)
 		bpfNs = append(bpfNs, run.bpf.nsPerRun)
+		tA := 1e6 * a.cpu.Seconds() / float64(a.Conns)
+		fB := 1e6 * run.cpu.Seconds() / float64(b.Conns)
+		bB := 1e6 * run.bpf.cpu * b.Seconds / float64(b.Conns)
+		trafficUs, flowdUs, bpfUs = append(trafficUs, tA), append(flowdUs, fB), append(bpfUs, bB)
+		accounted = append(accounted, tA/(tA+fB+bB))
 		ends := 2 * b.Conns
 		recsPerConn = append(recsPerConn, float64(run.out.lines)/float64(max(b.Conns, 1)))
 		bytesPerConn = append(bytesPerConn, float64(run.out.bytes)/float64(max(b.Conns, 1)))
@@ -151,8 +171,8 @@ func (s *suite) churn(ctx context.Context) ChurnRow {
 		conns += b.Conns
 		row.Drops += run.drops
 		row.Missing += max(0, ends-run.out.events["close"])
-		s.logf("  pair %d/%d: A %.0f conn/s, B %.0f conn/s (%.3f); %.1f records, %.0f bytes per connection; flowd %.3f, BPF %.3f CPU-s/s; drops %d, close records missing %d",
-			i+1, o.pairs, a.rate(), b.rate(), b.rate()/a.rate(), recsPerConn[i], bytesPerConn[i], flowdCPU[i], bpfCPU[i],
+		s.logf("  pair %d/%d: A %.0f conn/s, B %.0f conn/s (%.3f; accounted %.3f); %.1f records, %.0f bytes per connection; µs per connection: traffic %.1f, flowd %.1f, BPF %.1f; drops %d, close records missing %d",
+			i+1, o.pairs, a.rate(), b.rate(), b.rate()/a.rate(), accounted[i], recsPerConn[i], bytesPerConn[i], tA, fB, bB,
 			run.drops, max(0, ends-run.out.events["close"]))
 	}
 	ratios := Ratios(row.BaseConnsPerSec, row.WithConnsPerSec)
@@ -163,6 +183,8 @@ func (s *suite) churn(ctx context.Context) ChurnRow {
 	row.RecordsPerConn, row.BytesPerConn, row.RecordsPerSec = Summarize(recsPerConn), Summarize(bytesPerConn), Summarize(recsPerSec)
 	row.BaseTrafficCPU, row.TrafficCPU = Summarize(baseCPU), Summarize(traffic)
 	row.FlowdCPU, row.BPFCPU, row.BPFNsRun = Summarize(flowdCPU), Summarize(bpfCPU), Summarize(bpfNs)
+	row.TrafficUsPerConn, row.FlowdUsPerConn, row.BPFUsPerConn = Summarize(trafficUs), Summarize(flowdUs), Summarize(bpfUs)
+	row.Accounted = Summarize(accounted)
 	if conns > 0 {
 		row.EventsPerConn, row.BytesPerLine = map[string]float64{}, map[string]float64{}
 		for ev, n := range events {
@@ -254,6 +276,15 @@ func (s *suite) churnWithFlowd(ctx context.Context, cfg flowdConfig) (churnResul
 	cpu0, err := d.CPU()
 	if err != nil {
 		return churnResult{}, run, err
+	}
+	if stall := s.opts.churn.stall; stall > 0 {
+		timer := time.AfterFunc(s.opts.churn.secs/3, func() {
+			if d.cmd.Process.Signal(syscall.SIGSTOP) == nil {
+				time.Sleep(stall)
+				_ = d.cmd.Process.Signal(syscall.SIGCONT)
+			}
+		})
+		defer timer.Stop()
 	}
 	res, err := s.churnRun(ctx)
 	if err != nil {
@@ -462,7 +493,8 @@ func churnSection(res *Results) *section {
 		method: fmt.Sprintf("A helper process in the monitored cgroup, in a network namespace of its own, makes loopback connections "+
 			"from %d concurrent clients for %g s, %d bytes each way (the server answers and closes first); "+
 			"runs without flowd (A) and with flowd at its defaults (B) alternate, AB then BA. "+
-			"Per connection means both of its ends. *U* is the monitored cgroup's CPU-s/s, *f* flowd's, *b* its programs' ([method](%s#short-connections)).",
+			"Per connection means both of its ends. *U* is the monitored cgroup's CPU-s/s, *f* flowd's, *b* its programs'; "+
+			"*accounted* is the ratio the CPU µs per connection imply for a CPU-bound churn ([method](%s#short-connections)).",
 			r.Clients, r.Seconds, r.Size, methodDoc),
 		command: r.Command,
 	}
@@ -476,16 +508,22 @@ func churnSection(res *Results) *section {
 	}
 	s.tables = append(s.tables, table{
 		header: []string{"row", "flowd keys", "conn/s without (A)", "conn/s with (B)", "B/A: median (min–max)",
-			fmt.Sprintf("%.0f%% CI of the median", 100*ciConfidence), "target", "result", "records per connection",
-			"bytes per connection", "records/s", "U without / with", "f: flowd CPU-s/s", "b: BPF CPU-s/s, ns/run", "drops", "close records missing"},
+			fmt.Sprintf("%.0f%% CI of the median", 100*ciConfidence), "accounted", "target", "result", "records per connection",
+			"bytes per connection", "records/s", "µs per connection: traffic, flowd, BPF", "U without / with", "f: flowd CPU-s/s",
+			"b: BPF CPU-s/s, ns/run", "drops", "close records missing"},
 		rows: [][]string{{name, code(r.Config), fmtSummary(Summarize(r.BaseConnsPerSec), "%.0f"), fmtSummary(Summarize(r.WithConnsPerSec), "%.0f"),
-			fmtSummary(r.Ratio, "%.3f"), ci, fmt.Sprintf("≥ %.2f, none dropped", r.Target), churnVerdict(r),
+			fmtSummary(r.Ratio, "%.3f"), ci, fmtSummary(r.Accounted, "%.3f"), fmt.Sprintf("≥ %.2f, none dropped", r.Target), churnVerdict(r),
 			fmtSummary(r.RecordsPerConn, "%.2f"), fmtSummary(r.BytesPerConn, "%.0f"), fmtSummary(r.RecordsPerSec, "%.0f"),
+			fmt.Sprintf("%s, %s, %s", fmtFloat(r.TrafficUsPerConn.Median, r.TrafficUsPerConn.N, "%.1f"),
+				fmtFloat(r.FlowdUsPerConn.Median, r.FlowdUsPerConn.N, "%.1f"), fmtFloat(r.BPFUsPerConn.Median, r.BPFUsPerConn.N, "%.1f")),
 			fmt.Sprintf("%s / %s", fmtFloat(r.BaseTrafficCPU.Median, r.BaseTrafficCPU.N, "%.2f"), fmtFloat(r.TrafficCPU.Median, r.TrafficCPU.N, "%.2f")),
 			fmtSummary(r.FlowdCPU, "%.3f"),
 			fmt.Sprintf("%s, %s", fmtFloat(r.BPFCPU.Median, r.BPFCPU.N, "%.3f"), fmtFloat(r.BPFNsRun.Median, r.BPFNsRun.N, "%.0f")),
 			fmt.Sprint(r.Drops), fmt.Sprint(r.Missing)}},
 	})
+	if r.StallMs > 0 {
+		s.notes = append(s.notes, fmt.Sprintf("flowd was stopped for %.0f ms in each B run (`-churn-stall`).", r.StallMs))
+	}
 	if len(r.EventsPerConn) > 0 {
 		t := table{caption: "Lines per connection, by event:", header: []string{"event", "lines per connection", "bytes per line"}}
 		for _, ev := range []string{"open", "sample", "state", "close"} {

@@ -19,9 +19,17 @@
 # for each, the sockops program's run time per run (kernel.bpf_stats_enabled)
 # and the daemon's CPU time per run (all its threads, from
 # /proc/PID/task/*/schedstat: at interval 0 nearly every run is a record).
+#
+# LOAD=churn runs the benchmark suite's churn of short connections (section
+# 6, in a network namespace of its own) instead of iperf3, with both flowd
+# at their defaults, and prints the same per connection (both ends):
+#
+#   sudo LOAD=churn bench/paired-cost.sh ./flowd-old ./flowd 5
 set -euo pipefail
 
-[ $# -ge 2 ] || { sed -n '2,21p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,26p' "$0" >&2; exit 2; }
+load=${LOAD:-iperf3}
+case "$load" in iperf3 | churn) ;; *) echo "LOAD=$load: iperf3 or churn" >&2; exit 2 ;; esac
 bins=("$(realpath "$1")" "$(realpath "$2")")
 secs=${3:-5}
 port=5997
@@ -52,20 +60,16 @@ progs=()
 for k in 0 1; do
 	ab=$([ "$k" = 0 ] && echo A || echo B)
 	env_var=ENV_$ab
-	cat >"$dir/$ab.yaml" <<EOF
-backends: [ebpf]
-cgroup: $cg
-ebpf:
-  interval: 0s
-output:
-  path: $dir/$ab.jsonl
-EOF
+	{
+		printf 'backends: [ebpf]\ncgroup: %s\noutput:\n  path: %s\n' "$cg" "$dir/$ab.jsonl"
+		[ "$load" = churn ] || printf 'ebpf:\n  interval: 0s\n'
+	} >"$dir/$ab.yaml"
 	before=" $(flowd_progs) "
 	# shellcheck disable=SC2086 # ENV_A and ENV_B are lists
 	env ${!env_var:-} "${bins[$k]}" run --config "$dir/$ab.yaml" 2>"$dir/$ab.log" &
 	pids+=($!)
 	for _ in $(seq 50); do
-		grep -q "recording flows" "$dir/$ab.log" && break
+		grep -qs "recording flows" "$dir/$ab.log" && break
 		sleep 0.1
 	done
 	prog=
@@ -77,9 +81,13 @@ EOF
 done
 
 in_cgroup() { sh -c 'echo $$ >"$0/cgroup.procs"; exec "$@"' "$cg" "$@"; }
-in_cgroup iperf3 -s -1 -B 127.0.0.1 -p "$port" >/dev/null &
-server=$!
-sleep 0.3
+if [ "$load" = churn ]; then
+	(cd "$(dirname "$0")" && go build -o "$dir/bench" .)
+else
+	in_cgroup iperf3 -s -1 -B 127.0.0.1 -p "$port" >/dev/null &
+	server=$!
+	sleep 0.3
+fi
 
 prog_stats() { bpftool prog show id "$1" -j | python3 -c '
 import json, sys
@@ -91,13 +99,25 @@ sysctl -qw kernel.bpf_stats_enabled=1
 read -r ta0 ca0 < <(prog_stats "${progs[0]}")
 read -r tb0 cb0 < <(prog_stats "${progs[1]}")
 da0=$(daemon_ns "${pids[0]}") db0=$(daemon_ns "${pids[1]}")
-in_cgroup iperf3 -c 127.0.0.1 -p "$port" -t "$secs" -C cubic >"$dir/iperf3.txt"
+if [ "$load" = churn ]; then
+	in_cgroup unshare -n "$dir/bench" churn-helper -time "${secs}s" >"$dir/churn.json"
+else
+	in_cgroup iperf3 -c 127.0.0.1 -p "$port" -t "$secs" -C cubic >"$dir/iperf3.txt"
+fi
 da1=$(daemon_ns "${pids[0]}") db1=$(daemon_ns "${pids[1]}")
 read -r ta1 ca1 < <(prog_stats "${progs[0]}")
 read -r tb1 cb1 < <(prog_stats "${progs[1]}")
 
 ra=$((ca1 - ca0)) rb=$((cb1 - cb0))
 [ "$ra" -gt 0 ] && [ "$rb" -gt 0 ] || { echo "a program did not run" >&2; exit 1; }
+if [ "$load" = churn ]; then
+	sleep 0.5 # the daemons write what they drained within a flush interval
+	conns=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["conns"])' "$dir/churn.json")
+	echo "A: bpf-ns/conn $(((ta1 - ta0) / conns)) daemon-ns/conn $(((da1 - da0) / conns)) lines/conn $(awk -v c="$conns" 'END { printf "%.2f", NR / c }' "$dir/A.jsonl")" \
+		" B: bpf-ns/conn $(((tb1 - tb0) / conns)) daemon-ns/conn $(((db1 - db0) / conns)) lines/conn $(awk -v c="$conns" 'END { printf "%.2f", NR / c }' "$dir/B.jsonl")" \
+		" conns $conns runs/conn $((ra / conns))"
+	exit 0
+fi
 gbit=$(awk '/sender/ { print $7 }' "$dir/iperf3.txt")
 echo "A: bpf-ns/run $(((ta1 - ta0) / ra)) daemon-ns/run $(((da1 - da0) / ra))" \
 	" B: bpf-ns/run $(((tb1 - tb0) / rb)) daemon-ns/run $(((db1 - db0) / rb))" \
