@@ -166,7 +166,7 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading BPF spec: %w", err)
 	}
-	pids := inInitialPIDNamespace()
+	pids := processIDs()
 	if err := configure(spec, &cfg, hz, allCgroups, len(subtree), pids); err != nil {
 		return nil, err
 	}
@@ -351,21 +351,6 @@ func memberMask(members []flow.Field) flow.Mask {
 // timer.
 func wakeupBytes(ringbufSize int) uint64 {
 	return uint64(ringbufSize / 2)
-}
-
-// procPIDInitIno is the inode number of the initial PID namespace
-// (PROC_PID_INIT_INO, include/linux/proc_ns.h).
-const procPIDInitIno = 0xEFFFFFFC
-
-// inInitialPIDNamespace reports whether flowd runs in the initial PID
-// namespace, whose numbers the program reads (task->tgid): in another, they
-// would not be the ids flowd's own /proc shows.
-func inInitialPIDNamespace() bool {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
-		return false
-	}
-	return st.Ino == procPIDInitIno
 }
 
 func boolU8(b bool) uint8 {

@@ -143,3 +143,26 @@ func chargesMemlock(release string) bool {
 	}
 	return major < 5 || major == 5 && minor < 11
 }
+
+// processIDs reports whether the program can name the processes that
+// connect flows: flowd runs in the initial PID namespace, whose numbers the
+// program reads (task->tgid; in another they are not the ids flowd's /proc
+// shows), and sockops programs may read the current task
+// (bpf_get_current_task_btf). Where it cannot, the records name none.
+func processIDs() bool {
+	return inInitialPIDNamespace() && features.HaveProgramHelper(ebpf.SockOps, asm.FnGetCurrentTaskBtf) == nil
+}
+
+// procPIDInitIno is the inode number of the initial PID namespace
+// (PROC_PID_INIT_INO, include/linux/proc_ns.h).
+const procPIDInitIno = 0xEFFFFFFC
+
+// inInitialPIDNamespace reports whether flowd runs in the initial PID
+// namespace.
+func inInitialPIDNamespace() bool {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+		return false
+	}
+	return st.Ino == procPIDInitIno
+}
