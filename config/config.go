@@ -91,7 +91,7 @@ func Default() *Config {
 		Backends:      []Backend{BackendAuto},
 		CgroupRemoved: CgroupRemovedWait,
 		EBPF: EBPF{Mode: "poll", Interval: time.Second, IdleInterval: time.Minute, MaxFlows: 1 << 16,
-			RingbufSize: 4 << 20, FlushInterval: 100 * time.Millisecond},
+			RingbufSize: 8 << 20, FlushInterval: 100 * time.Millisecond},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
 		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "changes"},
@@ -211,7 +211,7 @@ func (p *Port) UnmarshalText(text []byte) error {
 }
 
 // ebpfMaxFlows is the most flows the eBPF backend tracks at once: its
-// flow table has one 72-byte slot per flow, allocated up front.
+// flow table has one 96-byte slot per flow, allocated up front.
 const ebpfMaxFlows = 1 << 24
 
 // maxRingbufSize is the largest power of two a BPF map's u32 max_entries holds.

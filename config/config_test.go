@@ -46,7 +46,7 @@ func defaults() *Config {
 			Interval:      time.Second,
 			IdleInterval:  time.Minute,
 			MaxFlows:      65536,
-			RingbufSize:   4 << 20,
+			RingbufSize:   8 << 20,
 			FlushInterval: 100 * time.Millisecond,
 		},
 		Netlink: Netlink{Interval: time.Second},

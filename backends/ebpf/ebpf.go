@@ -66,7 +66,7 @@ const (
 
 // Defaults used when a Config field is zero.
 const (
-	DefaultRingbufSize   = 4 << 20
+	DefaultRingbufSize   = 8 << 20
 	DefaultFlushInterval = 100 * time.Millisecond
 )
 

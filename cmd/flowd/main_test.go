@@ -213,7 +213,7 @@ metrics:
 	}
 	for _, want := range []string{
 		"backends: [ebpf, netlink]\n", "cgroup: \"\"\n", "mode: transition\n", "interval: 250ms\n",
-		"ringbuf_size: 4194304\n", "flush_interval: 100ms\n", "interval: 3s\n", "local_ports: [5201]\n",
+		"ringbuf_size: 8388608\n", "flush_interval: 100ms\n", "interval: 3s\n", "local_ports: [5201]\n",
 		"remote_ports: []\n", "remote_cidrs: [10.1.0.0/16]\n", "path: " + out + "\n", "level: debug\n",
 		"format: text\n", "listen: 127.0.0.1:9100\n",
 	} {
