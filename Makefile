@@ -52,7 +52,7 @@ test: test-deps test-binary ## run all tests (privileged ones too when root), ip
 test-binary: ## build ./test, the iperf3 validation (sudo ./test -test.v; -test.run TestIperf3/NAME -out DIR)
 	$(GO) test -c -o test ./validation
 
-bench: test-deps ## run the benchmark suite as root (~9 min on 2 CPUs): rewrites BENCHMARKS.md and bench/results.json (BENCHFLAGS=-quick: smoke run)
+bench: test-deps ## run the benchmark suite as root (~10 min on 2 CPUs): rewrites BENCHMARKS.md and bench/results.json (BENCHFLAGS=-quick: smoke run)
 	$(GO) run ./bench -go $(GO) -md BENCHMARKS.md -json bench/results.json $(BENCHFLAGS)
 
 run: build ## run the daemon with the default config (needs root)
