@@ -10,8 +10,8 @@
  *   seen again. On connect() it notes the connecting process, which the
  *   flow's records then name.
  * - flowd_sample (syscall, run by user space once per interval): walks the
- *   used slots; a flow whose segment counters moved since its last record,
- *   or that has been idle for idle_interval, gets a sample. Its cost
+ *   used slots; a flow whose segment counters moved since its last record
+ *   with tcp_info, or that has been idle for idle_interval, gets a sample. Its cost
  *   follows the tracked flows, not the traffic or the host's sockets.
  * - flowd_existing (iter/tcp): run once per network namespace at start, it
  *   tracks the established flows of the subtree that began before flowd.
@@ -80,8 +80,9 @@ const volatile __u8 select_members = 0;
 const volatile __u64 members[2] = {~0ULL, ~0ULL};
 const volatile __u8 all_cgroups = 0;		  /* the cgroup is the root: flowd_existing needs no subtree lookup */
 const volatile __u32 max_flows = 1;		  /* slots' size */
-/* Record the process that connects a flow: flowd runs in the initial PID
- * namespace, whose numbers task->tgid holds. */
+/* Name the process that connects a flow: set when flowd runs in the
+ * initial PID namespace, whose numbers task->tgid holds, and sockops
+ * programs may call bpf_get_current_task_btf (probed by user space). */
 const volatile __u8 process_ids = 0;
 
 /* Slots ever used (free_slots holds those freed since). */
@@ -873,8 +874,8 @@ static long sample_slot(struct bpf_map *map, __u32 *slot, struct flow_state *st,
 /* Poll mode: run by user space every interval (every flush interval at
  * interval 0), and again as long as it returns 1 (it stopped once half the
  * ring buffer was unread). A flow whose segment counters changed since its
- * last record gets a sample, whether it sends, only receives or both; one
- * that did not gets one idle_interval after its last record. */
+ * last record with tcp_info gets a sample, whether it sends, only receives
+ * or both; one that did not gets one idle_interval after that record. */
 SEC("syscall")
 int flowd_sample(void *ctx)
 {

@@ -83,8 +83,8 @@ type Config struct {
 	Cgroup string // cgroup2 directory to attach to (absolute, resolved)
 	Mode   Mode   // poll (default) or transition
 	// Interval is how often poll mode walks the tracked flows: each flow
-	// whose segments in or out changed since its last record gets a
-	// sample. 0: a sample on every RTT callback, and a walk every
+	// whose segments in or out changed since its last record with
+	// tcp_info (not a state record) gets a sample. 0: a sample on every RTT callback, and a walk every
 	// FlushInterval for the flows that only receive.
 	Interval time.Duration
 	// IdleInterval: poll mode gives a flow that did not move one sample
