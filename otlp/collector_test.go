@@ -54,6 +54,12 @@ func testRecords(n int) []flow.Record {
 		if r.Event == flow.EventState {
 			r.State, r.OldState = flow.StateFinWait1, flow.StateEstablished
 		}
+		if r.Event == flow.EventClose && i%2 == 0 {
+			r.State, r.OldState = flow.StateClose, flow.StateLastAck
+		}
+		if i%4 < 2 {
+			r.PID, r.Comm = uint32(30000+i), "curl"
+		}
 		r.Existing = r.Event == flow.EventOpen && i%3 == 0
 		for f := range flow.NumFields {
 			if i%3 == 0 && f%2 == 1 {
@@ -188,6 +194,10 @@ func recordFromOTLP(lr *logspb.LogRecord) (flow.Record, error) {
 			r.OldState = state()
 		case "flowd.ca":
 			r.CA = wantStr()
+		case "process.pid":
+			r.PID = uint32(wantInt())
+		case "flowd.comm":
+			r.Comm = wantStr()
 		default:
 			member, ok := strings.CutPrefix(kv.Key, "tcp_info.")
 			f, known := flow.FieldByName(member)

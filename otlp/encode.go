@@ -56,9 +56,11 @@ const (
 	AttrPeerAddress  = "network.peer.address"
 	AttrPeerPort     = "network.peer.port"
 	AttrState        = "flowd.state"
-	AttrOldState     = "flowd.old_state"
+	AttrOldState     = "flowd.old_state" // on state records, and close records that have one
 	AttrCA           = "flowd.ca"
-	AttrTCPInfo      = "tcp_info." // followed by a member's JSON name
+	AttrPID          = "process.pid" // the process that connected the flow; absent when unknown
+	AttrComm         = "flowd.comm"  // its name (the kernel's comm), with process.pid
+	AttrTCPInfo      = "tcp_info."   // followed by a member's JSON name
 )
 
 // Resource attribute keys (semantic conventions).
@@ -206,11 +208,17 @@ func (e *encoder) appendRecord(dst []byte, r *flow.Record) []byte {
 	}
 	dst = appendIntKV(dst, AttrPeerPort, uint64(r.RemotePort))
 	dst = appendStringKV(dst, tagAttribute, AttrState, r.State.String())
-	if r.Event == flow.EventState {
+	if r.Event == flow.EventState || (r.Event == flow.EventClose && r.OldState != 0) {
 		dst = appendStringKV(dst, tagAttribute, AttrOldState, r.OldState.String())
 	}
 	if r.CA != "" {
 		dst = appendStringKV(dst, tagAttribute, AttrCA, validUTF8(r.CA))
+	}
+	if r.PID != 0 {
+		dst = appendIntKV(dst, AttrPID, uint64(r.PID))
+	}
+	if r.Comm != "" {
+		dst = appendStringKV(dst, tagAttribute, AttrComm, validUTF8(r.Comm))
 	}
 	dst = slices.Grow(dst, membersRoom)
 	for w := range flow.MaskWords {

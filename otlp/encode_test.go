@@ -99,11 +99,17 @@ func reference(res Resource, members []flow.Field, records []flow.Record) *logsp
 			attrs = append(attrs, str("network.peer.address", r.RemoteAddr.String()))
 		}
 		attrs = append(attrs, num("network.peer.port", uint64(r.RemotePort)), str("flowd.state", r.State.String()))
-		if r.Event == flow.EventState {
+		if r.Event == flow.EventState || (r.Event == flow.EventClose && r.OldState != 0) {
 			attrs = append(attrs, str("flowd.old_state", r.OldState.String()))
 		}
 		if r.CA != "" {
 			attrs = append(attrs, str("flowd.ca", r.CA))
+		}
+		if r.PID != 0 {
+			attrs = append(attrs, num("process.pid", uint64(r.PID)))
+		}
+		if r.Comm != "" {
+			attrs = append(attrs, str("flowd.comm", r.Comm))
 		}
 		for f := range flow.NumFields {
 			if v, ok := r.Info.Get(f); ok && exported(f) {
@@ -206,8 +212,8 @@ func TestKeysFit(t *testing.T) {
 
 // TestLongestRecord checks maxRecordLen against the longest record flowd
 // writes: every member at its longest varint, IPv6 addresses, a state
-// record, the longest congestion control name the kernel allows (15
-// bytes).
+// record, the longest congestion control and process names the kernel
+// allows (15 bytes).
 func TestLongestRecord(t *testing.T) {
 	r := realisticRecord()
 	r.Event, r.State, r.OldState = flow.EventState, flow.StateFinWait1, flow.StateEstablished
@@ -215,6 +221,7 @@ func TestLongestRecord(t *testing.T) {
 	r.LocalAddr = netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
 	r.RemoteAddr = r.LocalAddr
 	r.Backend, r.CA = "netlink", "abcdefghijklmno"
+	r.PID, r.Comm = math.MaxUint32, "abcdefghijklmno"
 	r.Cookie, r.CgroupID = math.MaxUint64, math.MaxUint64
 	for f := range flow.NumFields {
 		r.Info.Set(f, math.MaxUint64)
@@ -231,6 +238,9 @@ func FuzzEncode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, cookie, present uint64, family uint8, laddr, raddr []byte, event uint8, ca string, value uint64) {
 		r := flow.Record{Time: time.Unix(0, int64(cookie>>1)), Backend: "ebpf", Event: flow.Event(event%5 + 1),
 			Cookie: cookie, Existing: present&1 != 0, Family: family, CA: ca, State: flow.State(event), OldState: flow.State(event / 2)}
+		if present&2 != 0 {
+			r.PID, r.Comm = uint32(value), ca
+		}
 		r.LocalAddr, _ = netip.AddrFromSlice(laddr)
 		r.RemoteAddr, _ = netip.AddrFromSlice(raddr)
 		for f := range flow.NumFields {
