@@ -118,3 +118,47 @@ func (c *CgroupStatus) Attached(id uint64, now time.Time) {
 	}
 	c.s.Attached, c.s.Since, c.s.ID = true, now, id
 }
+
+// UnreadCounter is implemented by backends that read records from a
+// buffer the kernel fills (ebpf's ring buffer). Unread returns the bytes
+// of records written to it and not read yet, and its size in bytes.
+type UnreadCounter interface {
+	Unread() (unread, size int)
+}
+
+// DumpReporter is implemented by backends that poll the kernel with dumps
+// (netlink).
+type DumpReporter interface {
+	Dumps() DumpStats
+}
+
+// DumpStats says how a backend's dumps went.
+type DumpStats struct {
+	// Durations of the rounds of dumps (one per poll, every network
+	// namespace) since the previous call to Dumps, oldest first; at most
+	// the last MaxDumpDurations.
+	Durations []time.Duration
+	// Failed is the number of dumps that failed or were given up since the
+	// backend started.
+	Failed uint64
+}
+
+// MaxDumpDurations bounds the durations a DumpReporter keeps between two
+// calls to Dumps.
+const MaxDumpDurations = 1024
+
+// ProgramReporter is implemented by backends that run BPF programs
+// (ebpf). Programs returns what the kernel counted of each of them: run
+// counts and times are 0 unless the kernel's BPF statistics are enabled
+// (BPF_ENABLE_STATS or the kernel.bpf_stats_enabled sysctl).
+type ProgramReporter interface {
+	Programs() ([]ProgramStats, error)
+}
+
+// ProgramStats is what the kernel counted of one BPF program.
+type ProgramStats struct {
+	Name            string // the program's name in its object, e.g. flowd_sockops
+	Runs            uint64
+	RunTime         time.Duration
+	RecursionMisses uint64 // runs skipped because a BPF program already ran on that CPU
+}

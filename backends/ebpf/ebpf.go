@@ -137,6 +137,9 @@ type Backend struct {
 	detachErr  error
 	closeOnce  sync.Once
 	closeErr   error
+
+	statsMu sync.RWMutex // held by Close while it frees what Unread and Programs read
+	closed  bool
 }
 
 // New loads the BPF program, configured by cfg, attaches it to
@@ -607,6 +610,9 @@ func (b *Backend) detach() error {
 // not yet read are lost: Run drains them when its context is cancelled.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
+		b.statsMu.Lock()
+		defer b.statsMu.Unlock()
+		b.closed = true
 		var errs []error
 		if b.watch != nil {
 			errs = append(errs, b.watch.Close()) // before wake, which it uses

@@ -667,3 +667,32 @@ func tcpSocket(t *testing.T) int {
 	t.Cleanup(func() { unix.Close(fd) })
 	return fd
 }
+
+// TestLiveDumps: Dumps returns the duration of every round of dumps since
+// the previous call, once, and no failure.
+func TestLiveDumps(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.TempCgroup(t)
+	b, err := New(Config{Cgroup: cg, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, b)
+	var got []time.Duration
+	testutil.WaitFor(t, "three rounds of dumps", waitTimeout, func() bool {
+		d := b.Dumps()
+		if d.Failed != 0 {
+			t.Fatalf("%d dumps failed", d.Failed)
+		}
+		got = append(got, d.Durations...)
+		return len(got) >= 3
+	})
+	for _, d := range got {
+		if d <= 0 || d > waitTimeout {
+			t.Errorf("a round of dumps took %s", d)
+		}
+	}
+	if again := b.Dumps().Durations; len(again) > 2 {
+		t.Errorf("Dumps returned %d durations right after the previous call", len(again))
+	}
+}

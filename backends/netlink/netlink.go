@@ -69,13 +69,15 @@ var (
 )
 
 // Backend reports flows from periodic inet_diag dumps. It implements
-// backends.Backend, backends.FlowCounter and backends.CgroupFollower.
+// backends.Backend, backends.FlowCounter, backends.CgroupFollower and
+// backends.DumpReporter.
 type Backend struct {
 	cfg      Config
 	log      logrus.FieldLogger
 	matchAll bool // cfg.Cgroup is the cgroup2 root: every socket is in scope
 
 	flows  atomic.Int64 // tracked flows, for Flows
+	dumps  dumpLog      // for Dumps
 	status *backends.CgroupStatus
 
 	mu      sync.Mutex
@@ -146,6 +148,37 @@ func (b *Backend) Flows() int { return int(b.flows.Load()) }
 // CgroupState says whether the cgroup existed at the last dump, or the
 // backend waits for one to be created at its path, and since when.
 func (b *Backend) CgroupState() backends.CgroupState { return b.status.State() }
+
+// Dumps returns the durations of the rounds of dumps made since the
+// previous call, and how many dumps failed or were skipped (interrupted
+// again and again) since the backend was made.
+func (b *Backend) Dumps() backends.DumpStats { return b.dumps.take() }
+
+// dumpLog collects what Dumps returns.
+type dumpLog struct {
+	mu        sync.Mutex
+	durations []time.Duration
+	failed    uint64
+}
+
+// add notes a round of dumps that took d, and failed dumps.
+func (l *dumpLog) add(d time.Duration, failed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.durations) == backends.MaxDumpDurations {
+		l.durations = append(l.durations[:0], l.durations[1:]...)
+	}
+	l.durations = append(l.durations, d)
+	l.failed += uint64(failed)
+}
+
+func (l *dumpLog) take() backends.DumpStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := backends.DumpStats{Durations: l.durations, Failed: l.failed}
+	l.durations = nil
+	return s
+}
 
 // Run dumps the sockets at once and then every Interval, writing the
 // records of each dump to s, until ctx is cancelled; then it returns nil
@@ -251,6 +284,7 @@ type poller struct {
 	filter  backends.Filter
 	log     logrus.FieldLogger
 	flows   *atomic.Int64 // where to publish the number of tracked flows
+	dumps   *dumpLog      // where to note the dumps' durations and failures
 	msg     diagMsg       // the message being processed, reused
 	warned  bool          // the missing INET_DIAG_CGROUP_ID has been logged
 	status  *backends.CgroupStatus
@@ -284,6 +318,7 @@ func (b *Backend) newPoller() (*poller, error) {
 		flows:   &b.flows,
 		status:  b.status,
 		stop:    b.cfg.StopWhenRemoved,
+		dumps:   &b.dumps,
 	}, nil
 }
 
@@ -301,11 +336,19 @@ func (p *poller) poll(s flow.Sink) error {
 		return err
 	}
 	p.t.begin(now)
+	var took time.Duration
+	failed := 0
 	for _, d := range p.nets.list {
-		if err := p.dump(d, s); err != nil {
+		ok, err := p.dump(d, s, &took)
+		if !ok {
+			failed++
+		}
+		if err != nil {
+			p.dumps.add(took, failed)
 			return err
 		}
 	}
+	p.dumps.add(took, failed)
 	err := p.t.sweep(s)
 	p.flows.Store(int64(p.t.len()))
 	if err != nil {
@@ -371,9 +414,11 @@ func (p *poller) scan() error {
 	return p.nets.sync(found)
 }
 
-// dump makes d's dump and writes the records of its sockets to s.
-func (p *poller) dump(d *dumper, s flow.Sink) error {
+// dump makes d's dump, adding the time it took to took, and writes the
+// records of its sockets to s. ok reports whether the dump was made.
+func (p *poller) dump(d *dumper, s flow.Sink, took *time.Duration) (ok bool, err error) {
 	d.filter(p.kfilter)
+	start := time.Now()
 	msgs, err := d.dump()
 	if err != nil && d.kfilter != nil && errors.Is(err, unix.EINVAL) {
 		p.log.WithError(err).Info("the kernel rejected the inet_diag cgroup filter (INET_DIAG_BC_CGROUP_COND " +
@@ -382,6 +427,7 @@ func (p *poller) dump(d *dumper, s flow.Sink) error {
 		d.filter(nil)
 		msgs, err = d.dump()
 	}
+	*took += time.Since(start)
 	if errors.Is(err, nl.ErrDumpInterrupted) {
 		// The kernel's socket tables kept changing under the dump. What it
 		// returned may miss sockets, which would read as closed flows:
@@ -392,18 +438,18 @@ func (p *poller) dump(d *dumper, s flow.Sink) error {
 			logKeySkipped:  d.skipped,
 		}).Warn("inet_diag dump kept being interrupted, skipping it")
 		p.t.keep(d.netns)
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	d.skipped = 0
 	for _, b := range msgs {
 		if err := p.process(b, d.netns, s); err != nil {
-			return err
+			return true, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // filterInKernel has the next dumps return only the sockets of the cgroup

@@ -242,6 +242,7 @@ func TestPollSkipsInterruptedDump(t *testing.T) {
 		scope: newScope("/nonexistent", true),
 		log:   log,
 		flows: new(atomic.Int64),
+		dumps: new(dumpLog),
 	}
 	var events []flow.Event
 	step := func() {
@@ -261,6 +262,9 @@ func TestPollSkipsInterruptedDump(t *testing.T) {
 	if n := len(hook.AllEntries()); n != 2 || hook.LastEntry().Level != logrus.WarnLevel ||
 		hook.LastEntry().Data[logKeySkipped] != 2 {
 		t.Errorf("%d log entries, last %+v; want 2 warnings counting the skipped dumps", n, hook.LastEntry())
+	}
+	if d := p.dumps.take(); len(d.Durations) != 3 || d.Failed != 2 {
+		t.Errorf("Dumps: %d rounds, %d failed; want 3 rounds, the 2 skipped failed", len(d.Durations), d.Failed)
 	}
 	interrupted = false
 	step()
@@ -303,7 +307,7 @@ func TestPollFallsBackToUserFilter(t *testing.T) {
 		return nil
 	}
 	p := &poller{nets: fakeNamespaces(d), t: newTracker(), scope: newScope(root, false), log: log, flows: new(atomic.Int64),
-		status: backends.NewCgroupStatus(root, id, time.Now())}
+		dumps: new(dumpLog), status: backends.NewCgroupStatus(root, id, time.Now())}
 	col := &testutil.Collector{}
 	for range 2 {
 		if err := p.poll(col); err != nil {
