@@ -79,9 +79,17 @@ type Log struct {
 	Format LogFormat `yaml:"format"`
 }
 
-// Metrics configures the Prometheus endpoint.
+// Metrics configures the Prometheus endpoint and what it exports.
 type Metrics struct {
-	Listen string `yaml:"listen"` // host:port; "" = none
+	Listen       string    `yaml:"listen"`         // host:port; "" = none
+	MaxCgroups   int       `yaml:"max_cgroups"`    // cgroups with series of their own, per backend
+	By           MetricsBy `yaml:"by"`             // a second aggregation of the TCP metrics
+	ByIPv4Prefix int       `yaml:"by_ipv4_prefix"` // prefix length for by: remote_prefix, 0..32
+	ByIPv6Prefix int       `yaml:"by_ipv6_prefix"` // prefix length for by: remote_prefix, 0..128
+	MaxBy        int       `yaml:"max_by"`         // remote ports or prefixes with series of their own, per backend
+	PerFlow      bool      `yaml:"per_flow"`       // gauges of the busiest flows
+	MaxFlows     int       `yaml:"max_flows"`      // how many of them
+	BPFStats     bool      `yaml:"bpf_stats"`      // enable and export the kernel's BPF program statistics
 }
 
 // Default returns the configuration of a flowd given no file, variable or
@@ -96,6 +104,7 @@ func Default() *Config {
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
 		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "changes"},
 		Log:     Log{Level: "info", Format: "text"},
+		Metrics: Metrics{MaxCgroups: 1000, ByIPv4Prefix: 24, ByIPv6Prefix: 64, MaxBy: 100, MaxFlows: 100},
 	}
 }
 
@@ -129,6 +138,21 @@ func (c *CgroupRemoved) UnmarshalText(text []byte) error {
 type EBPFMode string
 
 func (m *EBPFMode) UnmarshalText(text []byte) error { return oneOf(m, text, "poll", "transition") }
+
+// MetricsBy is the second aggregation of the TCP metrics: "" (none),
+// remote_port or remote_prefix (tcpstats.By).
+type MetricsBy string
+
+func (b *MetricsBy) UnmarshalText(text []byte) error {
+	if len(text) == 0 {
+		*b = ""
+		return nil
+	}
+	if err := oneOf(b, text, "remote_port", "remote_prefix"); err != nil {
+		return fmt.Errorf(`%w, or "" for none`, err)
+	}
+	return nil
+}
 
 // Samples says what a sample line's tcp_info holds (sink.Samples).
 type Samples string
@@ -272,16 +296,74 @@ func (c *Config) Validate() error {
 	if m := c.Output.Mode; m&0o200 == 0 {
 		return c.Invalid("output.mode", nil, "%q does not let flowd write a file it creates (the owner needs w, e.g. 0600)", m)
 	}
-	if s := c.Metrics.Listen; s != "" {
-		_, port, err := net.SplitHostPort(s)
+	return c.validateMetrics()
+}
+
+// Bounds of the metrics' limits: larger values are typos more likely
+// than series a Prometheus server wants.
+const (
+	maxMetricsSeries = 100_000
+	maxMetricsFlows  = 10_000
+)
+
+func (c *Config) validateMetrics() error {
+	m := &c.Metrics
+	if s := m.Listen; s != "" {
+		host, port, err := net.SplitHostPort(s)
 		if err != nil {
-			return c.Invalid("metrics.listen", nil, "%q is not host:port (e.g. :9100, 127.0.0.1:9100)", s)
+			return c.Invalid("metrics.listen", nil, "%q is not host:port (e.g. 127.0.0.1:9977, [::1]:9977, or :9977 for every interface)", s)
 		}
 		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 			return c.Invalid("metrics.listen", nil, "%q has no valid port number", s)
 		}
+		if msg := checkHost(host); msg != "" {
+			return c.Invalid("metrics.listen", nil, "%q: %s", s, msg)
+		}
+	}
+	for _, lim := range []struct {
+		key     string
+		v, most int
+	}{
+		{"metrics.max_cgroups", m.MaxCgroups, maxMetricsSeries},
+		{"metrics.max_by", m.MaxBy, maxMetricsSeries},
+		{"metrics.max_flows", m.MaxFlows, maxMetricsFlows},
+	} {
+		if lim.v < 1 || lim.v > lim.most {
+			return c.Invalid(lim.key, nil, "%d is out of range 1..%d", lim.v, lim.most)
+		}
+	}
+	if n := m.ByIPv4Prefix; n < 0 || n > 32 {
+		return c.Invalid("metrics.by_ipv4_prefix", nil, "%d is out of range 0..32", n)
+	}
+	if n := m.ByIPv6Prefix; n < 0 || n > 128 {
+		return c.Invalid("metrics.by_ipv6_prefix", nil, "%d is out of range 0..128", n)
 	}
 	return nil
+}
+
+// checkHost says what is wrong with the host of a listen address, "" if
+// nothing: it is empty (every interface), an IP address, or a host name.
+// Whether it is an address of this host, or a name that resolves, is
+// found out when flowd binds it.
+func checkHost(host string) string {
+	if host == "" {
+		return ""
+	}
+	if strings.Contains(host, ":") || strings.Trim(host, "0123456789.") == "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Sprintf("%q is not an IP address", host)
+		}
+		return ""
+	}
+	if len(host) > 253 {
+		return "the host name is longer than 253 characters"
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if label == "" || len(label) > 63 || strings.Trim(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+			return fmt.Sprintf("%q is neither an IP address nor a host name", host)
+		}
+	}
+	return ""
 }
 
 // ErrInvalid is matched (errors.Is) by every error about the configuration

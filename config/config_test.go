@@ -53,6 +53,7 @@ func defaults() *Config {
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
 		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "changes"},
 		Log:     Log{Level: "info", Format: "text"},
+		Metrics: Metrics{MaxCgroups: 1000, ByIPv4Prefix: 24, ByIPv6Prefix: 64, MaxBy: 100, MaxFlows: 100},
 	}
 }
 
@@ -131,7 +132,15 @@ log:
   level: debug
   format: json
 metrics:
-  listen: "127.0.0.1:9100"
+  listen: "127.0.0.1:9977"
+  max_cgroups: 50
+  by: remote_prefix
+  by_ipv4_prefix: 16
+  by_ipv6_prefix: 48
+  max_by: 20
+  per_flow: true
+  max_flows: 10
+  bpf_stats: true
 `)
 	c, err := Load(path)
 	if err != nil {
@@ -148,9 +157,10 @@ metrics:
 			RemotePorts: []Port{443},
 			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
 		},
-		Output:  Output{Path: out, Mode: 0o640, FollowSymlinks: true, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}, Samples: "full"},
-		Log:     Log{Level: "debug", Format: "json"},
-		Metrics: Metrics{Listen: "127.0.0.1:9100"},
+		Output: Output{Path: out, Mode: 0o640, FollowSymlinks: true, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}, Samples: "full"},
+		Log:    Log{Level: "debug", Format: "json"},
+		Metrics: Metrics{Listen: "127.0.0.1:9977", MaxCgroups: 50, By: "remote_prefix", ByIPv4Prefix: 16, ByIPv6Prefix: 48,
+			MaxBy: 20, PerFlow: true, MaxFlows: 10, BPFStats: true},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v, want %+v", c, want)
@@ -293,6 +303,19 @@ func TestErrors(t *testing.T) {
 		{name: "listen without port", file: "metrics:\n  listen: localhost\n", want: []string{`metrics.listen: "localhost" is not host:port`}},
 		{name: "listen bad port", file: "metrics:\n  listen: \":http-alt\"\n", want: []string{`metrics.listen: ":http-alt" has no valid port`}},
 		{name: "listen env", env: map[string]string{"FLOWD_METRICS_LISTEN": "9100"}, want: []string{`metrics.listen: "9100" is not host:port`, "(set by FLOWD_METRICS_LISTEN)"}},
+		{name: "listen bad IPv4", file: "metrics:\n  listen: 300.1.1.1:9977\n", want: []string{`metrics.listen: "300.1.1.1:9977": "300.1.1.1" is not an IP address`}},
+		{name: "listen bad IPv6", file: "metrics:\n  listen: \"[::g]:9977\"\n", want: []string{`metrics.listen: "[::g]:9977": "::g" is not an IP address`}},
+		{name: "listen bad name", file: "metrics:\n  listen: \"my host:9977\"\n", want: []string{`"my host" is neither an IP address nor a host name`}},
+		{name: "listen port too large", file: "metrics:\n  listen: 127.0.0.1:65536\n", want: []string{`metrics.listen: "127.0.0.1:65536" has no valid port`}},
+		{name: "max_cgroups zero", file: "metrics:\n  max_cgroups: 0\n", want: []string{"metrics.max_cgroups: 0 is out of range 1..100000"}},
+		{name: "max_cgroups env", env: map[string]string{"FLOWD_METRICS_MAX_CGROUPS": "1000000"}, want: []string{"metrics.max_cgroups: 1000000 is out of range", "FLOWD_METRICS_MAX_CGROUPS"}},
+		{name: "max_flows negative", file: "metrics:\n  max_flows: -1\n", want: []string{"metrics.max_flows: -1 is out of range 1..10000"}},
+		{name: "max_by too large", file: "metrics:\n  max_by: 100001\n", want: []string{"metrics.max_by: 100001 is out of range"}},
+		{name: "unknown by", file: "metrics:\n  by: cgroup\n", want: []string{`metrics.by: "cgroup" is not one of remote_port, remote_prefix, or "" for none`}},
+		{name: "by_ipv4_prefix", file: "metrics:\n  by_ipv4_prefix: 33\n", want: []string{"metrics.by_ipv4_prefix: 33 is out of range 0..32"}},
+		{name: "by_ipv6_prefix", file: "metrics:\n  by_ipv6_prefix: -1\n", want: []string{"metrics.by_ipv6_prefix: -1 is out of range 0..128"}},
+		{name: "per_flow not a bool", file: "metrics:\n  per_flow: maybe\n", want: []string{"metrics.per_flow:", "maybe"}},
+		{name: "bpf_stats env", env: map[string]string{"FLOWD_METRICS_BPF_STATS": "on"}, want: []string{"metrics.bpf_stats:", "FLOWD_METRICS_BPF_STATS"}},
 		{name: "cgroup a list", file: "cgroup: [a, b]\n", want: []string{`cgroup: ["a", "b"] is not a string`}},
 
 		{name: "output empty", file: "output:\n  path: \"\"\n", want: []string{`output.path: "" is not a path`}},
