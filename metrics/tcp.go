@@ -1,0 +1,332 @@
+package metrics
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/flowd/flowd/metrics/tcpstats"
+)
+
+// Label names of the TCP metrics.
+const (
+	labelCgroup = "cgroup"
+	labelCookie = "cookie"
+	labelLAddr  = "laddr"
+	labelLPort  = "lport"
+	labelRAddr  = "raddr"
+	labelRPort  = "rport"
+)
+
+// RegisterTCP has the metrics endpoint serve the TCP statistics of agg,
+// whose second aggregation (tcpstats.Config.By) is by: per cgroup as
+// flowd_tcp_*, per remote port or prefix as flowd_tcp_remote_*, and its
+// busiest flows as flowd_flow_*. They are read from agg at each scrape.
+func (m *Metrics) RegisterTCP(agg *tcpstats.Aggregator, by tcpstats.By) {
+	fams := seriesFamilies(namespace+"_tcp_", labelCgroup, "cgroup", false)
+	if by != tcpstats.ByNone {
+		fams = append(fams, seriesFamilies(namespace+"_tcp_remote_", string(by), string(by), true)...)
+	}
+	for i := range flowFamilies {
+		fams = append(fams, &flowFamilies[i])
+	}
+	fams = append(fams, ignoredFamily{})
+	slices.SortFunc(fams, func(x, y textFamily) int { return strings.Compare(x.header().name, y.header().name) })
+	m.tcpMu.Lock()
+	defer m.tcpMu.Unlock()
+	m.tcp = &tcpExporter{agg: agg, families: fams}
+}
+
+// tcpExporter writes an Aggregator's statistics in the Prometheus text
+// format (version 0.0.4), as expfmt writes the same metrics (a test checks
+// it byte for byte) but several times faster: the metrics of 1,000
+// cgroups are some 70,000 lines.
+type tcpExporter struct {
+	agg      *tcpstats.Aggregator
+	families []textFamily // by name, the registry's order
+
+	mu  sync.Mutex // serializes scrapes: they share what follows
+	sc  scrape
+	buf []byte
+}
+
+// scrape is what one scrape writes: a snapshot, its series and flows in
+// the order the registry sorts samples (by label values, in the order of
+// the label names), and the flows' labels.
+type scrape struct {
+	tcpstats.Snapshot
+	flowLabels [][len(flowLabelNames)]string // of Flows, in order
+}
+
+var flowLabelNames = [...]string{labelBackend, labelCgroup, labelCookie, labelLAddr, labelLPort, labelRAddr, labelRPort}
+
+func (sc *scrape) sort() {
+	bySeries := func(x, y tcpstats.Series) int {
+		return cmp.Or(strings.Compare(x.Backend, y.Backend), strings.Compare(x.Key, y.Key))
+	}
+	slices.SortFunc(sc.Cgroups, bySeries)
+	slices.SortFunc(sc.Remote, bySeries)
+	sc.flowLabels = sc.flowLabels[:0]
+	for _, f := range sc.Flows {
+		sc.flowLabels = append(sc.flowLabels, [len(flowLabelNames)]string{f.Backend, f.Cgroup, strconv.FormatUint(f.Cookie, 10),
+			f.LocalAddr.String(), strconv.Itoa(int(f.LocalPort)), f.RemoteAddr.String(), strconv.Itoa(int(f.RemotePort))})
+	}
+	order := make([]int, len(sc.Flows))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int { return slices.Compare(sc.flowLabels[i][:], sc.flowLabels[j][:]) })
+	flows, labels := slices.Clone(sc.Flows), slices.Clone(sc.flowLabels)
+	for to, from := range order {
+		sc.Flows[to], sc.flowLabels[to] = flows[from], labels[from]
+	}
+}
+
+// flushAt is how much text the exporter holds before writing it out.
+const flushAt = 32 << 10
+
+// writeText writes the TCP metrics to w. Families without samples are left
+// out, as the registry leaves them out.
+func (e *tcpExporter) writeText(w io.Writer) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := &e.sc
+	e.agg.Snapshot(&s.Snapshot)
+	s.sort()
+
+	b := e.buf[:0]
+	defer func() { e.buf = b[:0] }()
+	for _, f := range e.families {
+		n := f.samples(s)
+		if n == 0 {
+			continue
+		}
+		b = f.header().append(b)
+		for i := range n {
+			b = f.appendSample(b, s, i)
+			if len(b) >= flushAt {
+				if _, err := w.Write(b); err != nil {
+					return err
+				}
+				b = b[:0]
+			}
+		}
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// A textFamily writes one metric family of a snapshot: its samples,
+// counted by samples, are written one (histograms: one series) at a time.
+type textFamily interface {
+	header() familyHeader
+	samples(s *scrape) int
+	appendSample(b []byte, s *scrape, i int) []byte
+}
+
+type familyHeader struct{ name, help, typ string }
+
+func (h familyHeader) append(b []byte) []byte {
+	b = append(b, "# HELP "...)
+	b = append(b, h.name...)
+	b = append(b, ' ')
+	b = appendEscaped(b, h.help, false)
+	b = append(b, "\n# TYPE "...)
+	b = append(b, h.name...)
+	b = append(b, ' ')
+	b = append(b, h.typ...)
+	return append(b, '\n')
+}
+
+// seriesFamily is one metric of every series of an aggregation: a counter
+// or gauge (value), or a histogram.
+type seriesFamily struct {
+	familyHeader
+	label     string // the label besides backend
+	remote    bool   // of the Remote series, not the Cgroups
+	value     func(*tcpstats.Series) uint64
+	histogram func(*tcpstats.Series) *tcpstats.Histogram
+	les       []string // the histogram's bucket bounds, as le label values
+	perBase   float64  // the histogram's unit per base unit (µs: 1e6)
+}
+
+// seriesFamilies are the metrics of one aggregation, named prefix+...,
+// labelled by label and backend; what names what label is in the help.
+func seriesFamilies(prefix, label, what string, remote bool) []textFamily {
+	per := " (per " + what + " and backend)."
+	value := func(name, typ, help string, v func(*tcpstats.Series) uint64) textFamily {
+		return &seriesFamily{familyHeader: familyHeader{prefix + name, help + per, typ}, label: label, remote: remote, value: v}
+	}
+	histogram := func(name, help string, h func(*tcpstats.Series) *tcpstats.Histogram, bounds []uint64, perBase float64) textFamily {
+		les := make([]string, len(bounds))
+		for i, b := range bounds {
+			les[i] = string(appendFloat(nil, float64(b)/perBase))
+		}
+		return &seriesFamily{familyHeader: familyHeader{prefix + name, help + per, "histogram"}, label: label, remote: remote,
+			histogram: h, les: les, perBase: perBase}
+	}
+	rtt, rate := tcpstats.RTTBounds[:], tcpstats.RateBounds[:]
+	return []textFamily{
+		value("bytes_acked_total", "counter", "Bytes the peers acknowledged (tcpi_bytes_acked), from each flow's first record",
+			func(s *tcpstats.Series) uint64 { return s.BytesAcked }),
+		value("bytes_received_total", "counter", "Bytes received (tcpi_bytes_received), from each flow's first record",
+			func(s *tcpstats.Series) uint64 { return s.BytesReceived }),
+		value("bytes_retransmitted_total", "counter", "Bytes retransmitted (tcpi_bytes_retrans), from each flow's first record",
+			func(s *tcpstats.Series) uint64 { return s.BytesRetrans }),
+		value("segments_retransmitted_total", "counter", "Segments retransmitted (tcpi_total_retrans), from each flow's first record",
+			func(s *tcpstats.Series) uint64 { return s.SegsRetrans }),
+		value("flows_opened_total", "counter", "Flows opened: open records", func(s *tcpstats.Series) uint64 { return s.Opened }),
+		value("flows_closed_total", "counter", "Flows closed: close records", func(s *tcpstats.Series) uint64 { return s.Closed }),
+		value("flows_open", "gauge", "Flows open now: with records and no close record yet", func(s *tcpstats.Series) uint64 { return s.Open }),
+		histogram("srtt_seconds", "Smoothed RTT (tcpi_rtt) of the sample and close records",
+			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.SRTT }, rtt, 1e6),
+		histogram("min_rtt_seconds", "Minimum RTT (tcpi_min_rtt) of the sample and close records",
+			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.MinRTT }, rtt, 1e6),
+		histogram("delivery_rate_bytes_per_second", "Delivery rate (tcpi_delivery_rate) of the sample and close records",
+			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.DeliveryRate }, rate, 1),
+	}
+}
+
+func (f *seriesFamily) header() familyHeader { return f.familyHeader }
+
+func (f *seriesFamily) series(s *scrape) []tcpstats.Series {
+	if f.remote {
+		return s.Remote
+	}
+	return s.Cgroups
+}
+
+func (f *seriesFamily) samples(s *scrape) int { return len(f.series(s)) }
+
+func (f *seriesFamily) appendSample(b []byte, s *scrape, i int) []byte {
+	x := &f.series(s)[i]
+	labels := func(b []byte, name, suffix string) []byte {
+		b = append(b, name...)
+		b = append(b, suffix...)
+		b = append(b, `{backend="`...)
+		b = appendEscaped(b, x.Backend, true)
+		b = append(b, `",`...)
+		b = append(b, f.label...)
+		b = append(b, `="`...)
+		b = appendEscaped(b, x.Key, true)
+		return append(b, '"')
+	}
+	if f.histogram == nil {
+		b = labels(b, f.name, "")
+		b = append(b, "} "...)
+		b = appendFloat(b, float64(f.value(x)))
+		return append(b, '\n')
+	}
+	h := f.histogram(x)
+	var n uint64
+	for j, le := range f.les {
+		n += h.Counts[j]
+		b = labels(b, f.name, "_bucket")
+		b = append(b, `,le="`...)
+		b = append(b, le...)
+		b = append(b, `"} `...)
+		b = appendFloat(b, float64(n))
+		b = append(b, '\n')
+	}
+	b = labels(b, f.name, "_bucket")
+	b = append(b, `,le="+Inf"} `...)
+	b = appendFloat(b, float64(h.Count))
+	b = append(b, '\n')
+	b = labels(b, f.name, "_sum")
+	b = append(b, "} "...)
+	b = appendFloat(b, h.Sum/f.perBase)
+	b = append(b, '\n')
+	b = labels(b, f.name, "_count")
+	b = append(b, "} "...)
+	b = appendFloat(b, float64(h.Count))
+	return append(b, '\n')
+}
+
+// flowFamily is one metric of the busiest flows.
+type flowFamily struct {
+	familyHeader
+	value func(*tcpstats.Flow) float64
+}
+
+var flowFamilies = [...]flowFamily{
+	{familyHeader{namespace + "_flow_srtt_seconds", "Smoothed RTT (tcpi_rtt) of one of the busiest flows (metrics.per_flow).", "gauge"},
+		func(f *tcpstats.Flow) float64 { return micros(f.SRTT) }},
+	{familyHeader{namespace + "_flow_snd_cwnd_segments", "Congestion window (tcpi_snd_cwnd) of one of the busiest flows (metrics.per_flow).", "gauge"},
+		func(f *tcpstats.Flow) float64 { return float64(f.SndCwnd) }},
+	{familyHeader{namespace + "_flow_delivery_rate_bytes_per_second", "Delivery rate (tcpi_delivery_rate) of one of the busiest flows (metrics.per_flow).", "gauge"},
+		func(f *tcpstats.Flow) float64 { return float64(f.DeliveryRate) }},
+	{familyHeader{namespace + "_flow_segments_retransmitted_total", "Segments one of the busiest flows retransmitted in its life (tcpi_total_retrans; metrics.per_flow).", "counter"},
+		func(f *tcpstats.Flow) float64 { return float64(f.TotalRetrans) }},
+}
+
+func (f *flowFamily) header() familyHeader  { return f.familyHeader }
+func (f *flowFamily) samples(s *scrape) int { return len(s.Flows) }
+
+func (f *flowFamily) appendSample(b []byte, s *scrape, i int) []byte {
+	b = append(b, f.name...)
+	sep := byte('{')
+	for j, value := range s.flowLabels[i] {
+		b = append(b, sep)
+		sep = ','
+		b = append(b, flowLabelNames[j]...)
+		b = append(b, `="`...)
+		b = appendEscaped(b, value, true)
+		b = append(b, '"')
+	}
+	b = append(b, "} "...)
+	b = appendFloat(b, f.value(&s.Flows[i]))
+	return append(b, '\n')
+}
+
+// ignoredFamily is the count of records of flows not followed.
+type ignoredFamily struct{}
+
+func (ignoredFamily) header() familyHeader {
+	return familyHeader{namespace + "_tcp_records_ignored_total",
+		fmt.Sprintf("Records of flows the TCP metrics did not follow: more than %d flows at once.", tcpstats.MaxTracked), "counter"}
+}
+
+func (ignoredFamily) samples(*scrape) int { return 1 }
+
+func (f ignoredFamily) appendSample(b []byte, s *scrape, _ int) []byte {
+	b = append(b, f.header().name...)
+	b = append(b, ' ')
+	b = appendFloat(b, float64(s.Ignored))
+	return append(b, '\n')
+}
+
+// appendFloat appends v as expfmt writes a sample value.
+func appendFloat(b []byte, v float64) []byte {
+	switch v {
+	case 0:
+		return append(b, '0')
+	case 1:
+		return append(b, '1')
+	}
+	return strconv.AppendFloat(b, v, 'g', -1, 64)
+}
+
+// appendEscaped appends s escaped as expfmt escapes help texts and, with
+// quoted, label values.
+func appendEscaped(b []byte, s string, quoted bool) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			b = append(b, `\\`...)
+		case c == '\n':
+			b = append(b, `\n`...)
+		case c == '"' && quoted:
+			b = append(b, `\"`...)
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
+}
+
+// micros converts µs to seconds; a division, so that 25 µs is 2.5e-05.
+func micros(us uint64) float64 { return float64(us) / 1e6 }
