@@ -15,7 +15,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/flowd/flowd/flow"
-	"github.com/flowd/flowd/metrics"
 )
 
 // tableRows returns the cells of the rows of the first markdown table
@@ -136,46 +135,6 @@ func TestSchemaMembers(t *testing.T) {
 		t.Errorf("docs/schema.md members:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
-
-// TestMetricsDocumented checks that docs/metrics.md lists every flowd_*
-// metric flowd serves.
-func TestMetricsDocumented(t *testing.T) {
-	m, err := metrics.New("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Make the labelled series exist, so that gathering shows them.
-	if err := m.Sink(discard{}).Write(&flow.Record{Backend: "ebpf", Event: flow.EventOpen}); err != nil {
-		t.Fatal(err)
-	}
-	m.AddDrops("ebpf", 0)
-	m.SetFlows("netlink", 0)
-	m.SetCgroup("ebpf", true, 0)
-	families, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	documented := map[string]bool{}
-	for _, row := range tableRows(t, "docs/metrics.md", "# Metrics") {
-		documented[firstCode(t, row[0])] = true
-	}
-	n := 0
-	for _, f := range families {
-		if name := f.GetName(); strings.HasPrefix(name, "flowd_") {
-			n++
-			if !documented[name] {
-				t.Errorf("docs/metrics.md does not document %s", name)
-			}
-		}
-	}
-	if n < 5 {
-		t.Errorf("gathered %d flowd_ metrics, want at least 5", n)
-	}
-}
-
-type discard struct{}
-
-func (discard) Write(*flow.Record) error { return nil }
 
 var mdLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
 
