@@ -32,6 +32,13 @@ func (a *Aggregator) selectBusiest() {
 			}
 		}
 	}
+	for _, f := range a.selected {
+		f.selected = false
+		a.recycle(f)
+	}
+	for _, f := range top {
+		f.selected = true
+	}
 	a.selected = append(a.selected[:0], top...)
 	slices.SortFunc(a.selected, func(x, y *flowState) int {
 		switch {

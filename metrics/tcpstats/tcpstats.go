@@ -84,7 +84,11 @@ type Aggregator struct {
 
 	selected   []*flowState // the busiest flows at the last selection
 	selectedAt time.Time
+	spare      []*flowState // flows untracked, reused for new ones: churn allocates nothing
 }
+
+// maxSpare bounds the flows kept for reuse.
+const maxSpare = 1024
 
 // New returns an Aggregator configured by cfg.
 func New(cfg Config) *Aggregator {
@@ -99,10 +103,8 @@ func New(cfg Config) *Aggregator {
 // flows open when flowd started) is not counted, so that a restart of flowd
 // does not count the past of long-lived flows again.
 type Series struct {
-	Backend string
-	Key     string // the cgroup path relative to the cgroup2 mount, remote port or prefix; Other or Unknown
-	last    int64  // time of its last record, ns
-
+	// What each record updates comes first.
+	last          int64  // time of its last record, ns
 	BytesAcked    uint64 // tcpi_bytes_acked
 	BytesReceived uint64 // tcpi_bytes_received
 	BytesRetrans  uint64 // tcpi_bytes_retrans
@@ -110,6 +112,9 @@ type Series struct {
 	Opened        uint64 // open records
 	Closed        uint64 // close records
 	Open          uint64 // flows followed now
+
+	Backend string
+	Key     string // the cgroup path relative to the cgroup2 mount, remote port or prefix; Other or Unknown
 
 	// Distributions over the sample and close records.
 	SRTT         Histogram // µs, RTTBounds
@@ -191,22 +196,24 @@ var counted = [...]flow.Field{flow.FieldBytesAcked, flow.FieldBytesReceived, flo
 var Members = []flow.Field{flow.FieldBytesAcked, flow.FieldBytesReceived, flow.FieldBytesRetrans,
 	flow.FieldTotalRetrans, flow.FieldRTT, flow.FieldMinRTT, flow.FieldDeliveryRate, flow.FieldSndCwnd}
 
-// flowState is what the Aggregator keeps of one flow.
+// flowState is what the Aggregator keeps of one flow; what each record
+// reads and writes comes first, in two cache lines.
 type flowState struct {
-	backend  string
+	cgroup *Series // nil until the cgroup's path is found
+	remote *Series // nil with ByNone
+	seen   int64   // time of its last record, ns
+
+	last                        [len(counted)]uint64 // the counters' last values
+	srtt, sndCwnd, deliveryRate uint64
+
+	mark     uint64 // acked + received at the last selection
+	interval uint64 // acked + received in the interval the last selection ended
 	cookie   uint64
 	cgroupID uint64
-	cgroup   *Series // nil until the cgroup's path is found
-	remote   *Series // nil with ByNone
-	opened   bool    // its first record was an open record
-	gone     bool    // closed or forgotten
-	seen     int64   // time of its last record, ns
-
-	last     [len(counted)]uint64 // the counters' last values
-	mark     uint64               // acked + received at the last selection
-	interval uint64               // acked + received in the interval the last selection ended
-
-	srtt, sndCwnd, deliveryRate uint64
+	opened   bool // its first record was an open record
+	gone     bool // closed or forgotten
+	selected bool // in Aggregator.selected: not reused while it is
+	backend  string
 
 	localAddr, remoteAddr netip.Addr
 	localPort, remotePort uint16
@@ -337,7 +344,8 @@ func (a *Aggregator) track(b *backendStats, r *flow.Record, now int64) *flowStat
 		a.ignored++
 		return nil
 	}
-	f := &flowState{
+	f := a.newFlow()
+	*f = flowState{
 		backend:    b.name,
 		cookie:     r.Cookie,
 		cgroupID:   r.CgroupID,
@@ -366,6 +374,25 @@ func (a *Aggregator) untrack(b *backendStats, f *flowState) {
 	f.gone = true
 	delete(b.flows, f.cookie)
 	a.tracked--
+	a.recycle(f)
+}
+
+// newFlow returns a spare flowState, or a new one.
+func (a *Aggregator) newFlow() *flowState {
+	if n := len(a.spare); n > 0 {
+		f := a.spare[n-1]
+		a.spare = a.spare[:n-1]
+		return f
+	}
+	return new(flowState)
+}
+
+// recycle keeps f, untracked, for reuse, unless the selection of the
+// busiest flows still holds it.
+func (a *Aggregator) recycle(f *flowState) {
+	if f.gone && !f.selected && len(a.spare) < maxSpare {
+		a.spare = append(a.spare, f)
+	}
 }
 
 // forgetStale forgets the flows not seen for StaleAfter, at most once a

@@ -389,3 +389,29 @@ func TestBounds(t *testing.T) {
 		t.Errorf("the fourth rate bound is %s bits/s, want 1 Mbit/s", got)
 	}
 }
+
+// TestReuse: a closed flow's state serves a new flow, but not while the
+// selection of the busiest flows holds it; a reused state keeps nothing of
+// its old flow.
+func TestReuse(t *testing.T) {
+	a := New(Config{Names: names{1: "a"}, TopFlows: 1})
+	write(t, a, rec("ebpf", flow.EventOpen, 1, 1, 0, 0, 0, 0, 0), rec("ebpf", flow.EventSample, 1, 1, 1, 5000, 0, 0, 0))
+	if s := snapshot(a); len(s.Flows) != 1 || s.Flows[0].Cookie != 1 {
+		t.Fatalf("busiest %+v, want flow 1", s.Flows)
+	}
+	write(t, a, rec("ebpf", flow.EventClose, 1, 1, 2, 6000, 0, 0, 0), rec("ebpf", flow.EventOpen, 2, 1, 2, 100, 0, 0, 0))
+	if s := snapshot(a); len(s.Flows) != 0 {
+		t.Fatalf("busiest after flow 1 closed, within the interval: %+v, want none", s.Flows)
+	}
+	// The next selection lets flow 1's state go; flow 3 may take it.
+	a.mu.Lock()
+	a.selectedAt = a.selectedAt.Add(-minSelectInterval)
+	a.mu.Unlock()
+	if s := snapshot(a); len(s.Flows) != 1 || s.Flows[0].Cookie != 2 {
+		t.Fatalf("busiest %+v, want flow 2", s.Flows)
+	}
+	write(t, a, rec("ebpf", flow.EventSample, 3, 1, 3, 7, 0, 0, 0), rec("ebpf", flow.EventSample, 3, 1, 4, 10, 0, 0, 0))
+	if got := counters(series(t, snapshot(a).Cgroups, "ebpf", "a")); got != [7]uint64{6003, 0, 0, 0, 2, 1, 2} {
+		t.Errorf("counters %v", got)
+	}
+}
