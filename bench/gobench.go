@@ -10,21 +10,24 @@ import (
 )
 
 // goBenchRuns are section 2's go test runs: the per-record benchmarks of
-// the ebpf backend, then those of the OTLP exporter into a real collector
+// the ebpf backend, those of the OTLP exporter into a real collector
 // (gRPC, the default, with and without gzip, and the rates offered around
-// the target).
+// the target), and the metrics' cost per record and per scrape.
 var goBenchRuns = []struct{ pattern, pkg string }{
 	{"DecodeEncode|Pipeline", "./backends/ebpf/"},
 	{"^Benchmark(Export|Sustained)$/^(grpc|rate=100k|rate=200k)$", "./otlp/"},
+	{"MetricsPath|^BenchmarkScrape$", "./metrics/"},
 }
 
 // Section 2 targets.
 const (
-	targetNsPerRecord       = 1000
-	targetAllocsPerRecord   = 1
-	targetRecordsPerSec     = 500_000
-	targetOTLPCPUPerRecord  = 2000 // ns
-	targetOTLPRecordsPerSec = 100_000
+	targetNsPerRecord        = 1000
+	targetAllocsPerRecord    = 1
+	targetRecordsPerSec      = 500_000
+	targetOTLPCPUPerRecord   = 2000 // ns
+	targetOTLPRecordsPerSec  = 100_000
+	targetMetricsNsPerRecord = 100 // what the metrics add to each record
+	targetScrapeMs           = 50  // a scrape of the TCP metrics of 1,000 cgroups
 )
 
 // goBench runs section 2: go test -bench in the repository, once per
@@ -32,7 +35,7 @@ const (
 func (s *suite) goBench(ctx context.Context) *GoBench {
 	g := &GoBench{}
 	var commands []string
-	var otlpLines []BenchLine
+	lines := make([][]BenchLine, len(goBenchRuns)) // by run
 	for i, run := range goBenchRuns {
 		args := []string{"test", "-run", "^$", "-bench", run.pattern, "-benchmem"}
 		if s.opts.benchtime != "" {
@@ -47,21 +50,19 @@ func (s *suite) goBench(ctx context.Context) *GoBench {
 		cmd.Dir = s.opts.repo
 		cmd.Env = os.Environ()
 		out, err := cmd.CombinedOutput()
-		lines := parseBenchOutput(string(out))
-		g.Lines = append(g.Lines, lines...)
-		if i > 0 {
-			otlpLines = append(otlpLines, lines...)
-		}
+		lines[i] = parseBenchOutput(string(out))
+		g.Lines = append(g.Lines, lines[i]...)
 		if err != nil && g.Err == "" {
 			g.Err = err.Error()
 			g.Output = lastLines(string(out), 20)
 		}
-		for _, l := range lines {
+		for _, l := range lines[i] {
 			s.logf("  %s", l.Raw)
 		}
 	}
 	g.Command = strings.Join(commands, " && ")
-	g.Checks = append(benchChecks(g.Lines[:len(g.Lines)-len(otlpLines)], commands[0]), otlpChecks(otlpLines, commands[1])...)
+	g.Checks = append(benchChecks(lines[0], commands[0]), otlpChecks(lines[1], commands[1])...)
+	g.Checks = append(g.Checks, metricsChecks(lines[2], commands[2])...)
 	return g
 }
 
@@ -417,4 +418,47 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// metricsChecks checks the metrics' targets: what they add to a record
+// (CPU time per record when reported: on a shared host the wall time grows
+// with the other jobs), and a scrape of 1,000 cgroups. A target with no
+// line is pending.
+func metricsChecks(lines []BenchLine, command string) []BenchCheck {
+	var names []string
+	runs := map[string][]BenchLine{}
+	for _, l := range lines {
+		if _, ok := runs[l.Name]; !ok {
+			names = append(names, l.Name)
+		}
+		runs[l.Name] = append(runs[l.Name], l)
+	}
+	perRecord := fmt.Sprintf("≤ %d ns", targetMetricsNsPerRecord)
+	perScrape := fmt.Sprintf("≤ %d ms", targetScrapeMs)
+	var checks []BenchCheck
+	var sawPath, sawScrape bool
+	for _, name := range names {
+		short := strings.TrimPrefix(name, "Benchmark")
+		switch {
+		case strings.HasPrefix(short, "MetricsPath"):
+			if v, u, spread, ok := medianMetric(runs[name], "cpu-ns/op", "ns/op"); ok {
+				sawPath = true
+				checks = append(checks, BenchCheck{Figure: short + ": what the metrics add per record", Value: fmt.Sprintf("%.0f %s%s", v, u, spread),
+					Target: perRecord, Pass: ptr(v <= targetMetricsNsPerRecord), Command: command})
+			}
+		case strings.HasPrefix(short, "Scrape"):
+			if v, _, spread, ok := medianMetric(runs[name], "ns/op"); ok {
+				sawScrape = true
+				checks = append(checks, BenchCheck{Figure: short + ": a scrape of 1,000 cgroups", Value: fmt.Sprintf("%.1f ms%s", v/1e6, spread),
+					Target: perScrape, Pass: ptr(v <= targetScrapeMs*1e6), Command: command})
+			}
+		}
+	}
+	if !sawPath {
+		checks = append(checks, BenchCheck{Figure: "MetricsPath: what the metrics add per record", Value: "pending (no BenchmarkMetricsPath)", Target: perRecord, Command: command})
+	}
+	if !sawScrape {
+		checks = append(checks, BenchCheck{Figure: "Scrape: a scrape of 1,000 cgroups", Value: "pending (no BenchmarkScrape)", Target: perScrape, Command: command})
+	}
+	return checks
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -142,6 +143,29 @@ func TestBenchChecks(t *testing.T) {
 		c = benchChecks(lines, "cmd")[2]
 		if c.Pass == nil || *c.Pass || !strings.Contains(c.Value, "rate=250k") || !strings.Contains(c.Value, "next: Pipeline/rate=500k-2: 1 of 3 runs") {
 			t.Errorf("Pipeline with 500k mostly dropping: %+v", c)
+		}
+	})
+	t.Run("metrics", func(t *testing.T) {
+		lines := parseBenchOutput("BenchmarkMetricsPath/cgroups-2 1000 180 ns/op 92.5 cpu-ns/op 0 B/op 0 allocs/op\n" +
+			"BenchmarkMetricsPath/cgroups+by+per_flow-2 1000 130 ns/op 0 B/op 0 allocs/op\n" +
+			"BenchmarkScrape-2 30 31000000 ns/op 290000 B/op 1500 allocs/op\n")
+		got := map[string]bool{}
+		for _, c := range metricsChecks(lines, "cmd") {
+			if c.Pass == nil {
+				t.Fatalf("check %+v has no result", c)
+			}
+			got[c.Figure+" = "+c.Value] = *c.Pass
+		}
+		if checks := metricsChecks(nil, "cmd"); len(checks) != 2 || checks[0].Pass != nil || checks[1].Pass != nil {
+			t.Errorf("checks without lines %+v, want 2 pending", checks)
+		}
+		want := map[string]bool{
+			"MetricsPath/cgroups-2: what the metrics add per record = 92 cpu-ns/op":          true,
+			"MetricsPath/cgroups+by+per_flow-2: what the metrics add per record = 130 ns/op": false,
+			"Scrape-2: a scrape of 1,000 cgroups = 31.0 ms":                                  true,
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("checks %v, want %v", got, want)
 		}
 	})
 	t.Run("per-record metrics win", func(t *testing.T) {

@@ -108,7 +108,7 @@ type OverheadRow struct {
 	Err           string  `json:"error,omitempty"`
 }
 
-// GoBench is section 2: the Go benchmarks of backends/ebpf and otlp.
+// GoBench is section 2: the Go benchmarks of backends/ebpf, otlp and metrics.
 type GoBench struct {
 	Command string       `json:"command"`
 	Lines   []BenchLine  `json:"lines"`

@@ -132,3 +132,31 @@ func BenchmarkScrape(b *testing.B) {
 
 // scrapeAccept is the Accept header of a Prometheus 2 scrape.
 const scrapeAccept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+
+// BenchmarkShortFlows is what the metrics add to each record of short
+// flows: an open, a sample and a close record per flow, every flow new (a
+// connection churn), in 1,000 cgroups. B/op is what a flow allocates.
+func BenchmarkShortFlows(b *testing.B) {
+	m, err := New("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	agg := tcpstats.New(tcpstats.Config{Names: benchNames(1000), MaxCgroups: 1000})
+	s := m.Sink(fanOut{flow.SinkFunc(func(*flow.Record) error { return nil }), agg})
+	opens, _ := sampleStream(1, 1)
+	r := opens[0]
+	b.ReportAllocs()
+	cookie := uint64(0)
+	for b.Loop() {
+		cookie++
+		r.Cookie, r.CgroupID = cookie, cookie%1000+1
+		for _, ev := range []flow.Event{flow.EventOpen, flow.EventSample, flow.EventClose} {
+			r.Event = ev
+			r.Info.Values[flow.FieldBytesAcked] += 4096
+			if err := s.Write(&r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(3*b.N), "ns/record")
+}
