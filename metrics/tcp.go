@@ -38,7 +38,7 @@ func (m *Metrics) RegisterTCP(agg *tcpstats.Aggregator, by tcpstats.By) {
 	slices.SortFunc(fams, func(x, y textFamily) int { return strings.Compare(x.header().name, y.header().name) })
 	m.tcpMu.Lock()
 	defer m.tcpMu.Unlock()
-	m.tcp = &tcpExporter{agg: agg, families: fams}
+	m.tcp = &tcpExporter{agg: agg, families: fams, remoteLabel: string(by)}
 }
 
 // tcpExporter writes an Aggregator's statistics in the Prometheus text
@@ -46,44 +46,66 @@ func (m *Metrics) RegisterTCP(agg *tcpstats.Aggregator, by tcpstats.By) {
 // it byte for byte) but several times faster: the metrics of 1,000
 // cgroups are some 70,000 lines.
 type tcpExporter struct {
-	agg      *tcpstats.Aggregator
-	families []textFamily // by name, the registry's order
+	agg         *tcpstats.Aggregator
+	families    []textFamily // by name, the registry's order
+	remoteLabel string       // the label of the second aggregation, if any
 
 	mu  sync.Mutex // serializes scrapes: they share what follows
 	sc  scrape
 	buf []byte
 }
 
-// scrape is what one scrape writes: a snapshot, its series and flows in
-// the order the registry sorts samples (by label values, in the order of
-// the label names), and the flows' labels.
+// scrape is what one scrape writes: a snapshot, with the labels of its
+// series and flows.
 type scrape struct {
 	tcpstats.Snapshot
-	flowLabels [][len(flowLabelNames)]string // of Flows, in order
+	cgroupLabels []string       // `backend="…",cgroup="…"` of each of Cgroups, escaped
+	remoteLabels []string       // the same of Remote
+	flows        []labelledFlow // Flows with their label values
+}
+
+type labelledFlow struct {
+	labels [len(flowLabelNames)]string
+	flow   *tcpstats.Flow
 }
 
 var flowLabelNames = [...]string{labelBackend, labelCgroup, labelCookie, labelLAddr, labelLPort, labelRAddr, labelRPort}
 
-func (sc *scrape) sort() {
+// prepare puts the samples in the order the registry writes them (by
+// label values, in the order of the label names) and makes their labels.
+func (sc *scrape) prepare(remoteLabel string) {
 	bySeries := func(x, y tcpstats.Series) int {
 		return cmp.Or(strings.Compare(x.Backend, y.Backend), strings.Compare(x.Key, y.Key))
 	}
 	slices.SortFunc(sc.Cgroups, bySeries)
 	slices.SortFunc(sc.Remote, bySeries)
-	sc.flowLabels = sc.flowLabels[:0]
-	for _, f := range sc.Flows {
-		sc.flowLabels = append(sc.flowLabels, [len(flowLabelNames)]string{f.Backend, f.Cgroup, strconv.FormatUint(f.Cookie, 10),
-			f.LocalAddr.String(), strconv.Itoa(int(f.LocalPort)), f.RemoteAddr.String(), strconv.Itoa(int(f.RemotePort))})
+	sc.cgroupLabels = labelPairs(sc.cgroupLabels, sc.Cgroups, labelCgroup)
+	sc.remoteLabels = labelPairs(sc.remoteLabels, sc.Remote, remoteLabel)
+
+	sc.flows = sc.flows[:0]
+	for i := range sc.Flows {
+		f := &sc.Flows[i]
+		sc.flows = append(sc.flows, labelledFlow{flow: f, labels: [...]string{f.Backend, f.Cgroup, strconv.FormatUint(f.Cookie, 10),
+			f.LocalAddr.String(), strconv.Itoa(int(f.LocalPort)), f.RemoteAddr.String(), strconv.Itoa(int(f.RemotePort))}})
 	}
-	order := make([]int, len(sc.Flows))
-	for i := range order {
-		order[i] = i
+	slices.SortFunc(sc.flows, func(x, y labelledFlow) int { return slices.Compare(x.labels[:], y.labels[:]) })
+}
+
+// labelPairs returns the label pairs of each series, escaped: a series'
+// samples share them.
+func labelPairs(dst []string, series []tcpstats.Series, label string) []string {
+	dst = dst[:0]
+	var b []byte
+	for i := range series {
+		b = append(b[:0], `backend="`...)
+		b = appendEscaped(b, series[i].Backend, true)
+		b = append(b, `",`...)
+		b = append(b, label...)
+		b = append(b, `="`...)
+		b = appendEscaped(b, series[i].Key, true)
+		dst = append(dst, string(append(b, '"')))
 	}
-	slices.SortFunc(order, func(i, j int) int { return slices.Compare(sc.flowLabels[i][:], sc.flowLabels[j][:]) })
-	flows, labels := slices.Clone(sc.Flows), slices.Clone(sc.flowLabels)
-	for to, from := range order {
-		sc.Flows[to], sc.flowLabels[to] = flows[from], labels[from]
-	}
+	return dst
 }
 
 // flushAt is how much text the exporter holds before writing it out.
@@ -96,7 +118,7 @@ func (e *tcpExporter) writeText(w io.Writer) error {
 	defer e.mu.Unlock()
 	s := &e.sc
 	e.agg.Snapshot(&s.Snapshot)
-	s.sort()
+	s.prepare(e.remoteLabel)
 
 	b := e.buf[:0]
 	defer func() { e.buf = b[:0] }()
@@ -204,45 +226,44 @@ func (f *seriesFamily) samples(s *scrape) int { return len(f.series(s)) }
 
 func (f *seriesFamily) appendSample(b []byte, s *scrape, i int) []byte {
 	x := &f.series(s)[i]
-	labels := func(b []byte, name, suffix string) []byte {
-		b = append(b, name...)
+	labels := s.cgroupLabels
+	if f.remote {
+		labels = s.remoteLabels
+	}
+	start := func(b []byte, suffix string) []byte {
+		b = append(b, f.name...)
 		b = append(b, suffix...)
-		b = append(b, `{backend="`...)
-		b = appendEscaped(b, x.Backend, true)
-		b = append(b, `",`...)
-		b = append(b, f.label...)
-		b = append(b, `="`...)
-		b = appendEscaped(b, x.Key, true)
-		return append(b, '"')
+		b = append(b, '{')
+		return append(b, labels[i]...)
 	}
 	if f.histogram == nil {
-		b = labels(b, f.name, "")
+		b = start(b, "")
 		b = append(b, "} "...)
-		b = appendFloat(b, float64(f.value(x)))
+		b = appendCount(b, f.value(x))
 		return append(b, '\n')
 	}
 	h := f.histogram(x)
 	var n uint64
 	for j, le := range f.les {
 		n += h.Counts[j]
-		b = labels(b, f.name, "_bucket")
+		b = start(b, "_bucket")
 		b = append(b, `,le="`...)
 		b = append(b, le...)
 		b = append(b, `"} `...)
-		b = appendFloat(b, float64(n))
+		b = appendCount(b, n)
 		b = append(b, '\n')
 	}
-	b = labels(b, f.name, "_bucket")
+	b = start(b, "_bucket")
 	b = append(b, `,le="+Inf"} `...)
-	b = appendFloat(b, float64(h.Count))
+	b = appendCount(b, h.Count)
 	b = append(b, '\n')
-	b = labels(b, f.name, "_sum")
+	b = start(b, "_sum")
 	b = append(b, "} "...)
 	b = appendFloat(b, h.Sum/f.perBase)
 	b = append(b, '\n')
-	b = labels(b, f.name, "_count")
+	b = start(b, "_count")
 	b = append(b, "} "...)
-	b = appendFloat(b, float64(h.Count))
+	b = appendCount(b, h.Count)
 	return append(b, '\n')
 }
 
@@ -264,12 +285,12 @@ var flowFamilies = [...]flowFamily{
 }
 
 func (f *flowFamily) header() familyHeader  { return f.familyHeader }
-func (f *flowFamily) samples(s *scrape) int { return len(s.Flows) }
+func (f *flowFamily) samples(s *scrape) int { return len(s.flows) }
 
 func (f *flowFamily) appendSample(b []byte, s *scrape, i int) []byte {
 	b = append(b, f.name...)
 	sep := byte('{')
-	for j, value := range s.flowLabels[i] {
+	for j, value := range s.flows[i].labels {
 		b = append(b, sep)
 		sep = ','
 		b = append(b, flowLabelNames[j]...)
@@ -278,7 +299,7 @@ func (f *flowFamily) appendSample(b []byte, s *scrape, i int) []byte {
 		b = append(b, '"')
 	}
 	b = append(b, "} "...)
-	b = appendFloat(b, f.value(&s.Flows[i]))
+	b = appendFloat(b, f.value(s.flows[i].flow))
 	return append(b, '\n')
 }
 
@@ -297,6 +318,16 @@ func (f ignoredFamily) appendSample(b []byte, s *scrape, _ int) []byte {
 	b = append(b, ' ')
 	b = appendFloat(b, float64(s.Ignored))
 	return append(b, '\n')
+}
+
+// appendCount appends n as appendFloat appends float64(n): below 10^6 the
+// shortest form of an integer has no exponent, and strconv need not
+// format a float.
+func appendCount(b []byte, n uint64) []byte {
+	if n < 1e6 {
+		return strconv.AppendUint(b, n, 10)
+	}
+	return appendFloat(b, float64(n))
 }
 
 // appendFloat appends v as expfmt writes a sample value.
