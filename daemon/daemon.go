@@ -331,7 +331,7 @@ func (d *Daemon) run(ctx context.Context, bs []backends.Backend, s flow.Sink) er
 				if cause == nil {
 					cause = errors.New("stopped unexpectedly")
 				}
-				health.SetBackend(r.backend.Name(), cause)
+				health.Failed(r.backend.Name(), cause)
 				fail(err)
 			}
 		case <-stats.C:
@@ -587,6 +587,11 @@ func (w *watcher) poll() {
 			st := cf.CgroupState()
 			m.SetCgroup(name, st.Attached, st.Removals-it.removals)
 			it.removals = st.Removals
+			waiting := ""
+			if !st.Attached {
+				waiting = st.String()
+			}
+			m.Health().Waiting(name, waiting)
 		}
 		if uc, ok := it.b.(backends.UnreadCounter); ok {
 			unread, size := uc.Unread()

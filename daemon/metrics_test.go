@@ -329,3 +329,70 @@ flowd_bpf_program_run_seconds_total{backend="ebpf",program="flowd_sockops"} 0.00
 		t.Errorf("%d flowd_dump_duration_seconds series, want 1", n)
 	}
 }
+
+// removableFake is a backend whose cgroup the test removes and creates
+// again while it runs.
+type removableFake struct {
+	*fake
+	mu sync.Mutex
+	st backends.CgroupState
+}
+
+func (f *removableFake) CgroupState() backends.CgroupState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.st
+}
+
+func (f *removableFake) set(attached bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.st.Attached && !attached {
+		f.st.Removals++
+	}
+	f.st.Attached, f.st.Since = attached, time.Now()
+}
+
+// TestHealthzCgroupRemoved: while a backend waits for its removed cgroup
+// to be created again, /healthz says so (503) and flowd_backend_up is 0;
+// once it is attached again, both recover.
+func TestHealthzCgroupRemoved(t *testing.T) {
+	cfg := testConfig("netlink")
+	cfg.Metrics.Listen = freeAddr(t)
+	h := newHarness(t, cfg)
+	f := &removableFake{fake: newFake("netlink", h.j), st: backends.CgroupState{Path: "/sys/fs/cgroup/x", Attached: true, ID: 7}}
+	h.nl = f
+	h.d.statsInterval = 10 * time.Millisecond
+	stop := h.start(t)
+	<-f.started
+	healthy := func() bool {
+		code, body := healthz(t, cfg.Metrics.Listen)
+		return code == http.StatusOK && body == "ok: netlink running"
+	}
+	waitFor(t, "healthy", healthy)
+	f.set(false)
+	waitFor(t, "the removal on /healthz", func() bool {
+		code, body := healthz(t, cfg.Metrics.Listen)
+		return code == http.StatusServiceUnavailable &&
+			strings.HasPrefix(body, "netlink backend: cgroup /sys/fs/cgroup/x (id 7) removed at ") && strings.HasSuffix(body, "; waiting for a cgroup at that path")
+	})
+	backendUp := func(want string) {
+		t.Helper()
+		resp, err := http.Get("http://" + cfg.Metrics.Listen + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if line := `flowd_backend_up{backend="netlink"} ` + want + "\n"; !strings.Contains(string(b), line) {
+			t.Errorf("the metrics lack %q", line)
+		}
+	}
+	backendUp("0")
+	f.set(true)
+	waitFor(t, "healthy again", healthy)
+	backendUp("1")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

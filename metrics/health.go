@@ -27,8 +27,9 @@ const (
 )
 
 type backendHealth struct {
-	name string
-	err  error // why it does not record; nil: it runs
+	name    string
+	failed  error  // why it stopped; stays
+	waiting string // why it does not record for now ("": it records)
 }
 
 func newHealth() *Health { return &Health{} }
@@ -44,18 +45,34 @@ func (h *Health) Running(names ...string) {
 	}
 }
 
-// SetBackend says why the named backend does not record flows (it failed,
-// its cgroup is gone...), or, with a nil err, that it does again.
-func (h *Health) SetBackend(name string, err error) {
+// Failed says that the named backend stopped, and why.
+func (h *Health) Failed(name string, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.backend(name).failed = err
+}
+
+// Waiting says why the named backend does not record flows for now (its
+// cgroup was removed and it waits for a new one), or, with "", that it
+// does again.
+func (h *Health) Waiting(name, why string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.backend(name).waiting = why
+}
+
+// backend returns the named backend's health, added if need be.
+func (h *Health) backend(name string) *backendHealth {
 	i := slices.IndexFunc(h.backends, func(b backendHealth) bool { return b.name == name })
 	if i < 0 {
 		h.backends = append(h.backends, backendHealth{name: name})
 		i = len(h.backends) - 1
 	}
-	h.backends[i].err = err
+	return &h.backends[i]
 }
+
+// records reports whether b records flows (while flowd runs).
+func (b *backendHealth) records() bool { return b.failed == nil && b.waiting == "" }
 
 // Stopping says that flowd is shutting down.
 func (h *Health) Stopping() {
@@ -64,16 +81,20 @@ func (h *Health) Stopping() {
 	h.phase = phaseStopping
 }
 
-// Status reports whether flowd is healthy: every backend runs without
-// error. The reason says what runs, or what is wrong, in a line.
+// Status reports whether flowd is healthy: every backend runs, without
+// error, and records flows. The reason says what runs, or what is wrong,
+// in a line.
 func (h *Health) Status() (ok bool, reason string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var problems, running []string
 	for _, b := range h.backends {
-		if b.err != nil {
-			problems = append(problems, fmt.Sprintf("%s backend: %v", b.name, b.err))
-		} else {
+		switch {
+		case b.failed != nil:
+			problems = append(problems, fmt.Sprintf("%s backend: %v", b.name, b.failed))
+		case b.waiting != "":
+			problems = append(problems, fmt.Sprintf("%s backend: %s", b.name, b.waiting))
+		default:
 			running = append(running, b.name)
 		}
 	}
@@ -99,7 +120,7 @@ func (h *Health) Collect(ch chan<- prometheus.Metric) {
 	defer h.mu.Unlock()
 	for _, b := range h.backends {
 		up := 0.0
-		if h.phase == phaseRunning && b.err == nil {
+		if h.phase == phaseRunning && b.records() {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(backendUpDesc, prometheus.GaugeValue, up, b.name)

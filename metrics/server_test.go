@@ -190,7 +190,8 @@ func TestServer(t *testing.T) {
 }
 
 // TestHealthz: 503 while starting, 200 while every backend runs, 503 with
-// the reason once one fails or flowd stops; flowd_backend_up follows.
+// the reason while one waits for its cgroup, once one failed, or when
+// flowd stops; flowd_backend_up follows.
 func TestHealthz(t *testing.T) {
 	m := newMetrics(t)
 	base, _ := listen(t, m, ServerOptions{})
@@ -214,13 +215,14 @@ func TestHealthz(t *testing.T) {
 	check(http.StatusServiceUnavailable, "starting", nil)
 	h.Running("ebpf", "netlink")
 	check(http.StatusOK, "ok: ebpf, netlink running", map[string]string{"ebpf": "1", "netlink": "1"})
-	h.SetBackend("netlink", errors.New("reading netlink socket: no buffer space"))
-	check(http.StatusServiceUnavailable, "netlink backend: reading netlink socket: no buffer space", map[string]string{"ebpf": "1", "netlink": "0"})
-	h.SetBackend("netlink", nil)
+	h.Waiting("netlink", "cgroup /x removed; waiting for a cgroup at that path")
+	check(http.StatusServiceUnavailable, "netlink backend: cgroup /x removed; waiting for a cgroup at that path", map[string]string{"ebpf": "1", "netlink": "0"})
+	h.Waiting("netlink", "")
 	check(http.StatusOK, "ok: ebpf, netlink running", map[string]string{"ebpf": "1", "netlink": "1"})
-	h.SetBackend("ebpf", errors.New("cgroup removed"))
+	h.Failed("ebpf", errors.New("reading ring buffer: bad file descriptor"))
+	h.Waiting("ebpf", "") // a failure stays
 	h.Stopping()
-	check(http.StatusServiceUnavailable, "stopping; ebpf backend: cgroup removed", map[string]string{"ebpf": "0", "netlink": "0"})
+	check(http.StatusServiceUnavailable, "stopping; ebpf backend: reading ring buffer: bad file descriptor", map[string]string{"ebpf": "0", "netlink": "0"})
 }
 
 // TestConnectionLimit: connections over MaxConns are closed at once, with
