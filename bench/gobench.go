@@ -176,9 +176,8 @@ var pipelineFigures = map[string]string{
 
 // pipelineInfo is the kinds of lines that are reported, not judged.
 // Complete lines are ~1,400 bytes: 500,000 of them a second are ~700 MB/s
-// to write, which the benchmark host's disk does not sustain (446 MB/s
-// written and synced, 741 MB/s with O_DIRECT, dd on 2026-12-05), and the
-// daemon's write-behind keeps its output to what the disk sustains.
+// to write, more than a typical disk sustains, and the daemon's
+// write-behind keeps its output to what the disk sustains.
 var pipelineInfo = map[string]bool{"samples=full": true}
 
 // rateRuns is one Pipeline sub-benchmark (one offered rate) over its runs.

@@ -23,7 +23,7 @@ func overheadCases() []overheadCase {
 		// ratio cannot resolve a few percent.
 		{"ebpf-poll-0s", flowdConfig{Backend: "ebpf", Interval: 0, IntervalSet: true}, 0, 0.03},
 		// The same with the members a study of congestion control plots
-		// (README, output.tcp_info): reported only, to show what the
+		// (docs/configuration.md, output.tcp_info): reported only, to show what the
 		// bytes of a line cost.
 		{"ebpf-poll-0s-members", flowdConfig{Backend: "ebpf", Interval: 0, IntervalSet: true, Members: ccMembers}, 0, 0},
 		{"ebpf-transition", flowdConfig{Backend: "ebpf", Mode: "transition"}, 0.99, 0},

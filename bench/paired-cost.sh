@@ -5,8 +5,8 @@
 # of the same flow and both daemons read through the same seconds, so the
 # host's moods (other jobs, a third slower from one minute to the next)
 # move A and B together, which alternating runs cannot promise. What is
-# left: the program that runs first pays ~40 ns more (it brings the
-# socket's lines into the cache), so run both orders. The same binary
+# left: the program that runs first pays for the socket's cold cache
+# lines, so run both orders. The same binary
 # twice gives what a record costs now, for one binary.
 #
 #   sudo bench/paired-cost.sh FLOWD_A FLOWD_B [SECONDS]

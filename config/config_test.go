@@ -290,7 +290,7 @@ func TestErrors(t *testing.T) {
 		{name: "address without length", file: "filter:\n  remote_cidrs: [10.0.0.1]\n", want: []string{`filter.remote_cidrs: "10.0.0.1" is not a CIDR prefix`}},
 		{name: "bad IPv6 CIDR", file: "filter:\n  remote_cidrs: [\"2001:db8::g/32\"]\n", want: []string{`filter.remote_cidrs: "2001:db8::g/32"`}},
 		{name: "unknown member", file: "output:\n  tcp_info: [cwnd]\n", want: []string{`output.tcp_info: "cwnd" is not a tcp_info member (did you mean snd_cwnd?)`}},
-		{name: "unknown member env", env: map[string]string{"FLOWD_OUTPUT_TCP_INFO": "rtt,bogus"}, want: []string{`output.tcp_info: "bogus" is not a tcp_info member (the members are listed in the README`, "FLOWD_OUTPUT_TCP_INFO"}},
+		{name: "unknown member env", env: map[string]string{"FLOWD_OUTPUT_TCP_INFO": "rtt,bogus"}, want: []string{`output.tcp_info: "bogus" is not a tcp_info member (docs/schema.md lists the members)`, "FLOWD_OUTPUT_TCP_INFO"}},
 		{name: "member not a name", file: "output:\n  tcp_info: [[rtt]]\n", want: []string{"output.tcp_info:", "is not a list of values"}},
 		{name: "bad CIDR env", env: map[string]string{"FLOWD_FILTER_REMOTE_CIDRS": "10.0.0.0/8,nope"}, want: []string{`filter.remote_cidrs: "nope"`}},
 

@@ -170,7 +170,7 @@ func (f Field) Name() string {
 	return "unknown"
 }
 
-// Unit is the field's unit as documented in the README.
+// Unit is the field's unit as docs/schema.md documents it.
 func (f Field) Unit() string {
 	if f < NumFields {
 		return fields[f].Unit
@@ -213,7 +213,7 @@ func (f *Field) UnmarshalText(text []byte) error {
 		}
 	}
 	if len(near) == 0 || len(near) > 4 {
-		return fmt.Errorf("%q is not a tcp_info member (the members are listed in the README, under tcp_info)", name)
+		return fmt.Errorf("%q is not a tcp_info member (docs/schema.md lists the members)", name)
 	}
 	return fmt.Errorf("%q is not a tcp_info member (did you mean %s?)", name, strings.Join(near, ", "))
 }

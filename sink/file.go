@@ -184,9 +184,8 @@ const behindStep = 4 << 20
 // keep every page flowd writes cached until memory runs short: at
 // `ebpf.interval: 0s` that is tens of MB/s of pages that nobody rereads,
 // which push out other programs' data, and every write lands in fresh
-// pages, which on some machines costs far more than the bytes' copy (on
-// the benchmark VM the daemon spent 2.4 µs per record at interval 0
-// without write-behind, 1.0 µs with it, the same lines; BENCHMARKS.md).
+// pages, which on some machines costs far more than the bytes' copy
+// (docs/performance.md, "Output").
 // Instead, once the file's end is 8 MiB past the start of a step, that
 // step's writeback is started (SYNC_FILE_RANGE_WRITE); once the next step's
 // has been started too, it waits for the step's writeback to finish and

@@ -78,9 +78,9 @@ const (
 	// TolDeliveryRateShare: where several streams share the bottleneck,
 	// each one's share swings from round to round and iperf3's rate comes
 	// in steps of its write size per interval (about 10% of a share of
-	// 100 Mbit/s), so one stream's medians were seen up to 28% apart. Each
-	// stream is held to this, and the sum over the streams, where the swings
-	// cancel (at most 9% apart in 12 runs), to TolDeliveryRate.
+	// 100 Mbit/s), so one stream's medians can lie far apart. Each stream
+	// is held to this, and the sum over the streams, where the swings
+	// cancel, to TolDeliveryRate.
 	TolDeliveryRateShare = 0.5
 	// MaxSkew: the largest gap between two readings that are compared.
 	MaxSkew = 100 * time.Millisecond
@@ -537,8 +537,8 @@ func secs(s float64) time.Duration { return time.Duration(s * float64(time.Secon
 // the RTT is tens of µs and its deviation is set by when the CPUs get to
 // run the two ends: a round's first ACK, the one the RTT callback (and so
 // an eBPF sample) comes with, is often the one that waited for a CPU, and
-// on a loaded machine the median sampled rttvar was measured 60 times
-// (500 µs) above what timers read. The member itself is checked exactly
+// on a loaded machine the sampled median lies far above what timers read.
+// The member itself is checked exactly
 // against getsockopt(TCP_INFO) by the backends' tests, and against iperf3
 // and netlink where a bottleneck sets the RTT.
 func rttvarUnshaped(c *report.Check) {
