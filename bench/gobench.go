@@ -170,8 +170,8 @@ func pipelineKind(short string) string {
 // pipelineFigures names the Pipeline checks by the lines written.
 var pipelineFigures = map[string]string{
 	"":                "Pipeline: sustained rate on one core, zero drops",
-	"samples=changes": "Pipeline, partial sample lines (the default): sustained rate on one core, zero drops",
-	"samples=full":    "Pipeline, complete lines (output.samples: full): sustained rate on one core, zero drops",
+	"samples=changes": "Pipeline, partial sample lines (output.samples: changes): sustained rate on one core, zero drops",
+	"samples=full":    "Pipeline, complete lines (output.samples: full, the default): sustained rate on one core, zero drops",
 }
 
 // pipelineInfo is the kinds of lines that are reported, not judged.

@@ -102,7 +102,7 @@ func Default() *Config {
 			RingbufSize: 8 << 20, FlushInterval: 100 * time.Millisecond},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "changes"},
+		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "full"},
 		Log:     Log{Level: "info", Format: "text"},
 		Metrics: Metrics{MaxCgroups: 1000, ByIPv4Prefix: 24, ByIPv6Prefix: 64, MaxBy: 100, MaxFlows: 100},
 	}
@@ -157,7 +157,7 @@ func (b *MetricsBy) UnmarshalText(text []byte) error {
 // Samples says what a sample line's tcp_info holds (sink.Samples).
 type Samples string
 
-func (s *Samples) UnmarshalText(text []byte) error { return oneOf(s, text, "changes", "full") }
+func (s *Samples) UnmarshalText(text []byte) error { return oneOf(s, text, "full", "changes") }
 
 // LogLevel is the least severe level logged, as logrus names it.
 type LogLevel string

@@ -51,7 +51,7 @@ func defaults() *Config {
 		},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "changes"},
+		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "full"},
 		Log:     Log{Level: "info", Format: "text"},
 		Metrics: Metrics{MaxCgroups: 1000, ByIPv4Prefix: 24, ByIPv6Prefix: 64, MaxBy: 100, MaxFlows: 100},
 	}
@@ -127,7 +127,7 @@ output:
   mode: "0640"
   follow_symlinks: true
   tcp_info: [snd_cwnd, rtt, "snd_cwnd"]
-  samples: full
+  samples: changes
 log:
   level: debug
   format: json
@@ -157,7 +157,7 @@ metrics:
 			RemotePorts: []Port{443},
 			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
 		},
-		Output: Output{Path: out, Mode: 0o640, FollowSymlinks: true, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}, Samples: "full"},
+		Output: Output{Path: out, Mode: 0o640, FollowSymlinks: true, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}, Samples: "changes"},
 		Log:    Log{Level: "debug", Format: "json"},
 		Metrics: Metrics{Listen: "127.0.0.1:9977", MaxCgroups: 50, By: "remote_prefix", ByIPv4Prefix: 16, ByIPv6Prefix: 48,
 			MaxBy: 20, PerFlow: true, MaxFlows: 10, BPFStats: true},
@@ -298,8 +298,8 @@ func TestErrors(t *testing.T) {
 		{name: "cgroup_removed by env", env: map[string]string{"FLOWD_CGROUP_REMOVED": "stop"}, want: []string{`cgroup_removed: "stop" is not one of wait, exit`, "FLOWD_CGROUP_REMOVED"}},
 		{name: "unknown log level", file: "log:\n  level: loud\n", want: []string{`log.level: "loud" is not one of trace, debug, info, warn, error`}},
 		{name: "unknown log format", file: "log:\n  format: xml\n", want: []string{`log.format: "xml" is not one of text, json`}},
-		{name: "unknown output samples", file: "output:\n  samples: some\n", want: []string{`output.samples: "some" is not one of changes, full`}},
-		{name: "output samples by env", env: map[string]string{"FLOWD_OUTPUT_SAMPLES": "all"}, want: []string{`output.samples: "all" is not one of changes, full`}},
+		{name: "unknown output samples", file: "output:\n  samples: some\n", want: []string{`output.samples: "some" is not one of full, changes`}},
+		{name: "output samples by env", env: map[string]string{"FLOWD_OUTPUT_SAMPLES": "all"}, want: []string{`output.samples: "all" is not one of full, changes`}},
 		{name: "listen without port", file: "metrics:\n  listen: localhost\n", want: []string{`metrics.listen: "localhost" is not host:port`}},
 		{name: "listen bad port", file: "metrics:\n  listen: \":http-alt\"\n", want: []string{`metrics.listen: ":http-alt" has no valid port`}},
 		{name: "listen env", env: map[string]string{"FLOWD_METRICS_LISTEN": "9100"}, want: []string{`metrics.listen: "9100" is not host:port`, "(set by FLOWD_METRICS_LISTEN)"}},
@@ -411,7 +411,7 @@ func TestYAMLRoundTrip(t *testing.T) {
 	c.Metrics.Listen = ":9100"
 	c.Log.Level = "warn"
 	c.Output.TCPInfo = []flow.Field{flow.FieldRTT, flow.FieldSndCwnd}
-	c.Output.Samples = "full"
+	c.Output.Samples = "changes"
 	c.Output.Mode = 0o640
 	c.Output.FollowSymlinks = true
 	b, err := c.YAML()

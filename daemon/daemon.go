@@ -93,7 +93,7 @@ func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error
 	}
 	samples, ok := sink.ParseSamples(string(cfg.Output.Samples))
 	if !ok {
-		return nil, cfg.Invalid("output.samples", nil, "%q is not one of changes, full", cfg.Output.Samples)
+		return nil, cfg.Invalid("output.samples", nil, "%q is not one of full, changes", cfg.Output.Samples)
 	}
 	mount, err := cgroup.Mount()
 	if err != nil {

@@ -176,13 +176,12 @@ func record(backend string, cookie uint64) flow.Record {
 }
 
 // testConfig is the default configuration with names as its backends, a
-// ring buffer of 1 MiB, complete sample lines and a port filter.
+// ring buffer of 1 MiB and a port filter.
 func testConfig(names ...config.Backend) *config.Config {
 	c := config.Default()
 	c.Backends = names
 	c.EBPF.RingbufSize = 1 << 20
 	c.Filter.LocalPorts = []config.Port{5201}
-	c.Output.Samples = "full"
 	return c
 }
 

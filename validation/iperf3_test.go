@@ -31,7 +31,7 @@ import (
 	"github.com/flowd/flowd/utils/report"
 )
 
-var outDir = flag.String("out", "", "keep each scenario's files (ebpf.jsonl, netlink.jsonl, their .full.jsonl twins, iperf3.json, report.json) in DIR/<scenario>")
+var outDir = flag.String("out", "", "keep each scenario's files (ebpf.jsonl, netlink.jsonl, their .changes.jsonl twins, iperf3.json, report.json) in DIR/<scenario>")
 
 // The sampling interval of both backends, and iperf3's reporting interval.
 const (
@@ -210,26 +210,26 @@ func runScenario(t *testing.T, sc Scenario) {
 	}
 }
 
-// loadBoth loads dir/NAME.jsonl, written with output.samples: changes (the
-// default), and checks that it reads back as the same records as
-// dir/NAME.full.jsonl, which the same backend wrote with every sample
-// complete.
+// loadBoth loads dir/NAME.jsonl, written as the daemon does by default
+// (output.samples: full), and checks that it reads back as the same
+// records as dir/NAME.changes.jsonl, which the same backend wrote with
+// partial samples (output.samples: changes).
 func loadBoth(t *testing.T, dir, name string) []flow.Record {
 	t.Helper()
 	recs, err := flows.Load(filepath.Join(dir, name+".jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	full, err := flows.Load(filepath.Join(dir, name+".full.jsonl"))
+	changes, err := flows.Load(filepath.Join(dir, name+".changes.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != len(full) {
-		t.Fatalf("%s: %d records with output.samples: changes, %d with full", name, len(recs), len(full))
+	if len(recs) != len(changes) {
+		t.Fatalf("%s: %d records with output.samples: full, %d with changes", name, len(recs), len(changes))
 	}
 	for i := range recs {
-		if !reflect.DeepEqual(recs[i], full[i]) {
-			t.Fatalf("%s: record %d reads back as\n%+v\nfrom output.samples: changes, and as\n%+v\nfrom full", name, i, recs[i], full[i])
+		if !reflect.DeepEqual(recs[i], changes[i]) {
+			t.Fatalf("%s: record %d reads back as\n%+v\nfrom output.samples: full, and as\n%+v\nfrom changes", name, i, recs[i], changes[i])
 		}
 	}
 	return recs
@@ -247,9 +247,10 @@ func (s tee) Flush() error { return errors.Join(s[0].Flush(), s[1].Flush()) }
 func (s tee) Close() error { return errors.Join(s[0].Close(), s[1].Close()) }
 
 // record runs both backends into dir/ebpf.jsonl and dir/netlink.jsonl
-// (output.samples: changes), and the same records with every sample
-// complete into dir/ebpf.full.jsonl and dir/netlink.full.jsonl; the
-// returned function stops them and flushes the files.
+// (complete lines, as the daemon writes by default), and the same records
+// with partial samples into dir/ebpf.changes.jsonl and
+// dir/netlink.changes.jsonl; the returned function stops them and flushes
+// the files.
 func record(t *testing.T, dir, cg, netns string) (stop func()) {
 	eb, err := ebpf.New(ebpf.Config{Cgroup: cg, Mode: ebpf.ModePoll, Interval: sampleInterval, FlushInterval: 50 * time.Millisecond})
 	if err != nil {
@@ -270,14 +271,14 @@ func record(t *testing.T, dir, cg, netns string) (stop func()) {
 	var rs []running
 	for _, b := range []backends.Backend{eb, nb} {
 		r := running{b: b, done: make(chan error, 1)}
-		for i, suffix := range []string{".jsonl", ".full.jsonl"} {
+		for i, suffix := range []string{".jsonl", ".changes.jsonl"} {
 			f, err := os.Create(filepath.Join(dir, b.Name()+suffix))
 			if err != nil {
 				t.Fatal(err)
 			}
 			r.f[i], r.out[i] = f, sink.NewJSONL(f)
 		}
-		r.out[0].SetSamples(sink.SamplesChanges)
+		r.out[1].SetSamples(sink.SamplesChanges)
 		go func() { r.done <- r.b.Run(ctx, r.out) }()
 		rs = append(rs, r)
 	}

@@ -41,7 +41,7 @@ const transferTime = 1500 * time.Millisecond
 
 // TestVerdictsOfRealFlows sends real TCP flows between two network
 // namespaces, each limited by what the case sets up, records them with the
-// eBPF backend, writes the records as flowd does (partial samples) and
+// eBPF backend, writes the records with partial samples (the harder input) and
 // checks that the summary's verdict names that limit.
 func TestVerdictsOfRealFlows(t *testing.T) {
 	testutil.RequireRoot(t)
