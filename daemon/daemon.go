@@ -1,7 +1,7 @@
 // Package daemon runs flowd: it checks what the configuration names on this
-// machine, starts the backends, sends their records through the metrics'
-// counters to the outputs, watches the backends' counters and shuts
-// everything down in order.
+// machine, starts the backends, names the cgroup of each of their records
+// and sends it through the metrics' counters to the outputs, watches the
+// backends' counters and shuts everything down in order.
 package daemon
 
 import (
@@ -242,7 +242,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	d.log.WithFields(fields).Info("recording flows")
 
-	err = d.run(ctx, bs, d.metrics.Sink(outs))
+	err = d.run(ctx, bs, cgroupNamer{d.names, d.metrics.Sink(outs)})
 	// The outputs write out what they hold before the backends are closed.
 	if cerr := d.closeOutputs(outs); err == nil {
 		err = cerr

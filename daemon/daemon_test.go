@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -1076,5 +1077,48 @@ func TestOutputsFanOut(t *testing.T) {
 	}
 	if err := outs.Write(&r); !errors.Is(err, sink.ErrClosed) {
 		t.Errorf("Write after Close = %v, want sink.ErrClosed", err)
+	}
+}
+
+// TestRecordsNameTheirCgroup: the daemon fills in each record's cgroup path
+// from its id before the outputs see it, and leaves it out where the id
+// names no cgroup it can find, also on a record a backend reuses.
+func TestRecordsNameTheirCgroup(t *testing.T) {
+	root := cgroupRoot(t)
+	rootID, err := cgroup.ID(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, testConfig("netlink"))
+	nl := fakeOf(h.nl)
+	known, unknown := record("netlink", 1), record("netlink", 2)
+	known.CgroupID = rootID
+	unknown.CgroupID = 1 << 62 // no cgroup has it
+	nl.before = []flow.Record{known, unknown}
+	stop := h.start(t)
+	<-nl.started
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(h.out.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `"cgroup_id":`+strconv.FormatUint(rootID, 10)+`,"cgroup":"/",`) ||
+		strings.Contains(lines[1], `"cgroup":`) {
+		t.Errorf("output:\n%s\nwant the root's path \"/\" on the first line, no cgroup key on the second", h.out.String())
+	}
+
+	var got []string
+	n := cgroupNamer{cgroup.NewNames(root, root), flow.SinkFunc(func(r *flow.Record) error {
+		got = append(got, r.Cgroup)
+		return nil
+	})}
+	r := known
+	for _, id := range []uint64{rootID, 0, rootID} {
+		r.CgroupID = id
+		if err := n.Write(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"/", "", "/"}; !slices.Equal(got, want) {
+		t.Errorf("paths of a reused record %q, want %q", got, want)
 	}
 }

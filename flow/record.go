@@ -97,7 +97,11 @@ type Record struct {
 	// before the backend tracked it (it was found running).
 	Existing bool
 	CgroupID uint64 // cgroup v2 id (inode number) of the socket's cgroup
-	Family   uint8  // 4 or 6 (the socket's family; v4-mapped addresses stay 6)
+	// Cgroup is that cgroup's path below the cgroup2 mount
+	// ("system.slice/nginx.service", "/" for the root), "" when unknown.
+	// The daemon fills it in from CgroupID; backends leave it empty.
+	Cgroup string
+	Family uint8 // 4 or 6 (the socket's family; v4-mapped addresses stay 6)
 
 	LocalAddr  netip.Addr
 	RemoteAddr netip.Addr

@@ -69,7 +69,7 @@ type lastLine struct {
 
 	cgroupID              uint64
 	localAddr, remoteAddr netip.Addr
-	ca, comm              string
+	cgroup, ca, comm      string
 	pid                   uint32
 	localPort, remotePort uint16
 	family                uint8
@@ -130,7 +130,7 @@ func (l *lastLine) remember(r *flow.Record) {
 
 // rememberHeader makes l hold r's header.
 func (l *lastLine) rememberHeader(r *flow.Record) {
-	l.cgroupID, l.family, l.ca = r.CgroupID, r.Family, r.CA
+	l.cgroupID, l.cgroup, l.family, l.ca = r.CgroupID, r.Cgroup, r.Family, r.CA
 	l.localAddr, l.localPort, l.remoteAddr, l.remotePort = r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort
 	l.state, l.pid, l.comm = r.State, r.PID, r.Comm
 }
@@ -154,7 +154,7 @@ func (l *lastLine) merge(r *flow.Record) {
 
 // sameHeader reports whether r has the header of the flow's previous line.
 func (l *lastLine) sameHeader(r *flow.Record) bool {
-	return r.CgroupID == l.cgroupID && r.Family == l.family &&
+	return r.CgroupID == l.cgroupID && r.Cgroup == l.cgroup && r.Family == l.family &&
 		r.LocalAddr == l.localAddr && r.LocalPort == l.localPort &&
 		r.RemoteAddr == l.remoteAddr && r.RemotePort == l.remotePort &&
 		r.State == l.state && r.CA == l.ca && r.PID == l.pid && r.Comm == l.comm
@@ -190,13 +190,14 @@ func (c *changes) flows(backend string) map[uint64]*lastLine {
 // the line is partial (then the mask is what it leaves out). Only samples
 // are partial, and only when the flow's previous line is known, recent
 // enough (CompleteEvery since its last complete line), had the same header
-// (addresses, ports, cgroup, state, congestion control, process) and no
-// member that r lacks: a reader carries the previous values forward, so a
-// member that went away, or a header that changed, needs a complete line
-// to say so. A close record forgets the flow. A state record's line is
-// complete but may hold few members (the ebpf backend's in poll mode hold
-// none): it updates what the flow's next sample is compared with, as a
-// Filler updates what it fills from, and does not count as a complete line.
+// (addresses, ports, cgroup id and path, state, congestion control,
+// process) and no member that r lacks: a reader carries the previous values
+// forward, so a member that went away, or a header that changed (a cgroup
+// path found since), needs a complete line to say so. A close record
+// forgets the flow. A state record's line is complete but may hold few
+// members (the ebpf backend's in poll mode hold none): it updates what the
+// flow's next sample is compared with, as a Filler updates what it fills
+// from, and does not count as a complete line.
 func (c *changes) unchanged(r *flow.Record) (omit flow.Mask, partial bool) {
 	now := r.Time.UnixNano()
 	if c.backends == nil {
@@ -318,7 +319,7 @@ func (f *Filler) Fill(r *flow.Record, partial bool) bool {
 	case partial && last == nil:
 		return false
 	case partial:
-		r.CgroupID, r.Family, r.CA = last.CgroupID, last.Family, last.CA
+		r.CgroupID, r.Cgroup, r.Family, r.CA = last.CgroupID, last.Cgroup, last.Family, last.CA
 		r.LocalAddr, r.LocalPort = last.LocalAddr, last.LocalPort
 		r.RemoteAddr, r.RemotePort = last.RemoteAddr, last.RemotePort
 		r.State, r.OldState = last.State, 0 // a sample has no old state

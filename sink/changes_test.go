@@ -117,6 +117,10 @@ func TestSamplesChangesLines(t *testing.T) {
 		{at(6*time.Millisecond+CompleteEvery+1, func(r *flow.Record) { r.CA = "bbr" }), true, `{}`},
 		{at(time.Second, nil), false, ""}, // the clock went back, and the CA is open's again
 		{at(time.Second, nil), true, `{}`},
+		{at(1100*time.Millisecond, func(r *flow.Record) { r.Cgroup = "" }), false, ""}, // a path not known (yet)
+		{at(1200*time.Millisecond, func(r *flow.Record) { r.Cgroup = "" }), true, `{}`},
+		{at(1300*time.Millisecond, nil), false, ""}, // found: complete, to say so
+		{at(1400*time.Millisecond, nil), true, `{}`},
 		{state, false, ""},
 		// A sample after a state record: partial, and it reads back
 		// without the state record's old_state.
@@ -236,9 +240,11 @@ func TestSamplesChangesRoundTrip(t *testing.T) {
 			}
 		case n < 67:
 			r.CA = []string{"cubic", "bbr", "reno"}[rng.IntN(3)]
-		case n < 70:
+		case n < 68:
+			r.Cgroup = []string{"", "/", "system.slice/nginx.service"}[rng.IntN(3)]
+		case n < 71:
 			r.Event, r.OldState, r.State = flow.EventState, r.State, flow.State(1+rng.IntN(11))
-		case n < 72:
+		case n < 73:
 			r.Event = flow.EventClose
 		}
 		// Half the state records hold no members, or a few, as the ebpf

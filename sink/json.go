@@ -21,16 +21,17 @@ import (
 // returns the extended buffer. Keys come in a fixed order:
 //
 //	{"time":"2026-11-22T00:41:02.123456789Z","backend":"ebpf","event":"sample",
-//	 "cookie":123,"cgroup_id":456,"family":4,"laddr":"127.0.0.1","lport":5201,
-//	 "raddr":"127.0.0.1","rport":40000,"state":"ESTABLISHED","old_state":"SYN_SENT",
-//	 "ca":"cubic","pid":789,"comm":"curl","tcp_info":{"state":1,"ca_state":0,...}}
+//	 "cookie":123,"cgroup_id":456,"cgroup":"system.slice/nginx.service","family":4,
+//	 "laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,
+//	 "state":"ESTABLISHED","old_state":"SYN_SENT","ca":"cubic","pid":789,"comm":"curl",
+//	 "tcp_info":{"state":1,"ca_state":0,...}}
 //
 // time is RFC 3339 in UTC with exactly nine fractional digits; "existing":true
 // follows the cookie on open records of flows found running (Existing);
 // old_state is there only on state events and on close records that have
-// one (OldState, from the ebpf backend), ca, pid and comm only when they
-// are known; tcp_info holds the present members only, in Field order, and
-// is left out of a record that has none (a state record of the ebpf
+// one (OldState, from the ebpf backend), cgroup, ca, pid and comm only when
+// they are known; tcp_info holds the present members only, in Field order,
+// and is left out of a record that has none (a state record of the ebpf
 // backend in poll mode). It does not allocate when dst has room (about
 // 4 KiB beyond its length is always enough).
 //
@@ -100,6 +101,10 @@ func (e *Encoder) appendRecord(dst []byte, r *flow.Record, omit *flow.Mask) []by
 	}
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = appendUint(dst, r.CgroupID)
+	if r.Cgroup != "" {
+		dst = append(dst, `,"cgroup":`...)
+		dst = appendString(dst, r.Cgroup)
+	}
 	dst = append(dst, `,"family":`...)
 	dst = appendUint(dst, uint64(r.Family))
 	dst = append(dst, `,"laddr":`...)
@@ -516,6 +521,7 @@ type wireRecord struct {
 	Cookie   uint64                     `json:"cookie"`
 	Existing bool                       `json:"existing"`
 	CgroupID uint64                     `json:"cgroup_id"`
+	Cgroup   string                     `json:"cgroup"`
 	Family   uint8                      `json:"family"`
 	LAddr    string                     `json:"laddr"`
 	LPort    uint16                     `json:"lport"`
@@ -571,6 +577,7 @@ func ParseLine(line []byte, r *flow.Record) (partial bool, err error) {
 	}
 	r.Cookie = w.Cookie
 	r.CgroupID = w.CgroupID
+	r.Cgroup = w.Cgroup
 	r.Family = w.Family
 	if r.LocalAddr, err = parseAddr("laddr", w.LAddr); err != nil {
 		return false, err

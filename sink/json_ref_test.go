@@ -28,6 +28,10 @@ func refAppendJSON(dst []byte, r *flow.Record) []byte {
 	}
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = strconv.AppendUint(dst, r.CgroupID, 10)
+	if r.Cgroup != "" {
+		dst = append(dst, `,"cgroup":`...)
+		dst = refString(dst, r.Cgroup)
+	}
 	dst = append(dst, `,"family":`...)
 	dst = strconv.AppendUint(dst, uint64(r.Family), 10)
 	dst = append(dst, `,"laddr":`...)
@@ -141,6 +145,9 @@ func randomRecord(rng *rand.Rand) *flow.Record {
 	}
 	r.LocalAddr = randomAddr(rng)
 	r.RemoteAddr = randomAddr(rng)
+	if rng.IntN(4) != 0 {
+		r.Cgroup = []string{"/", "system.slice/nginx.service", "user.slice/user-0.slice/a \"b\"\\c", "x\ny\xff\u2028"}[rng.IntN(4)]
+	}
 	if rng.IntN(4) != 0 {
 		r.CA = []string{"cubic", "bbr", "reno", "a\"\\\b\f\u2028\xff✓", "x\x00y"}[rng.IntN(5)]
 	}

@@ -22,6 +22,7 @@ func sample() *flow.Record {
 		Event:      flow.EventState,
 		Cookie:     123,
 		CgroupID:   456,
+		Cgroup:     "system.slice/nginx.service",
 		Family:     4,
 		LocalAddr:  netip.MustParseAddr("127.0.0.1"),
 		RemoteAddr: netip.MustParseAddr("127.0.0.1"),
@@ -49,6 +50,7 @@ func TestAppendJSONGolden(t *testing.T) {
 		Event:      flow.EventState,
 		Cookie:     123,
 		CgroupID:   456,
+		Cgroup:     "system.slice/nginx.service",
 		Family:     4,
 		LocalAddr:  netip.MustParseAddr("127.0.0.1"),
 		RemoteAddr: netip.MustParseAddr("127.0.0.1"),
@@ -63,7 +65,7 @@ func TestAppendJSONGolden(t *testing.T) {
 	r.Info.Set(flow.FieldSndCwnd, 10)
 	r.Info.Set(flow.FieldReceivedCEBytes, 18446744073709551615)
 	const want = `{"time":"2026-11-22T00:41:02.123456789Z","backend":"ebpf","event":"state","cookie":123,"cgroup_id":456,` +
-		`"family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"ESTABLISHED",` +
+		`"cgroup":"system.slice/nginx.service","family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"ESTABLISHED",` +
 		`"old_state":"SYN_SENT","ca":"cubic","tcp_info":{"state":1,"ca_state":0,"snd_cwnd":10,"received_ce_bytes":18446744073709551615}}`
 	if got := string(AppendJSON(nil, r)); got != want {
 		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, want)
@@ -75,7 +77,7 @@ func TestAppendJSONGolden(t *testing.T) {
 	r.OldState, r.State = flow.StateEstablished, flow.StateFinWait1
 	r.PID, r.Comm = 4711, "curl"
 	const wantState = `{"time":"2026-11-22T00:41:02.123456789Z","backend":"ebpf","event":"state","cookie":123,"cgroup_id":456,` +
-		`"family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"FIN_WAIT1",` +
+		`"cgroup":"system.slice/nginx.service","family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"FIN_WAIT1",` +
 		`"old_state":"ESTABLISHED","ca":"cubic","pid":4711,"comm":"curl"}`
 	if got := string(AppendJSON(nil, r)); got != wantState {
 		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, wantState)
@@ -86,7 +88,7 @@ func TestAppendJSONGolden(t *testing.T) {
 	r.Event, r.OldState, r.State = flow.EventClose, flow.StateLastAck, flow.StateClose
 	r.Info.Set(flow.FieldSndCwnd, 10)
 	const wantClose = `{"time":"2026-11-22T00:41:02.123456789Z","backend":"ebpf","event":"close","cookie":123,"cgroup_id":456,` +
-		`"family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"CLOSE",` +
+		`"cgroup":"system.slice/nginx.service","family":4,"laddr":"127.0.0.1","lport":5201,"raddr":"127.0.0.1","rport":40000,"state":"CLOSE",` +
 		`"old_state":"LAST_ACK","ca":"cubic","pid":4711,"comm":"curl","tcp_info":{"snd_cwnd":10}}`
 	if got := string(AppendJSON(nil, r)); got != wantClose {
 		t.Errorf("AppendJSON =\n%s\nwant\n%s", got, wantClose)
@@ -134,7 +136,7 @@ func TestAppendJSONKeyOrder(t *testing.T) {
 	if !json.Valid(b) {
 		t.Fatalf("invalid JSON: %s", b)
 	}
-	want := []string{"time", "backend", "event", "cookie", "cgroup_id", "family", "laddr", "lport", "raddr", "rport",
+	want := []string{"time", "backend", "event", "cookie", "cgroup_id", "cgroup", "family", "laddr", "lport", "raddr", "rport",
 		"state", "old_state", "ca", "pid", "comm", "tcp_info"}
 	for f := range flow.NumFields {
 		want = append(want, f.Name())

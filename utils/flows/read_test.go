@@ -19,8 +19,9 @@ import (
 	"github.com/flowd/flowd/sink"
 )
 
-// testRecords returns two interleaved flows of a few samples each, the
-// second one closing.
+// testRecords returns two interleaved flows of a few samples each in
+// cgroup 77, the second one closing, and named by its cgroup's path from
+// its third record on (as the daemon names a cgroup it found late).
 func testRecords() []*flow.Record {
 	var recs []*flow.Record
 	for i := range uint64(6) {
@@ -36,6 +37,9 @@ func testRecords() []*flow.Record {
 				flow.FieldBytesAcked: 1 + i*1000*cookie, flow.FieldSndCwnd: 10, flow.FieldRTT: 500 + i%2,
 			})
 			r.LocalPort += uint16(cookie)
+			if cookie == 2 && i > 1 {
+				r.Cgroup = "flowd-test.slice/web.service/workers"
+			}
 			recs = append(recs, r)
 		}
 	}
@@ -245,6 +249,8 @@ func TestSelection(t *testing.T) {
 		{"other prefix", []string{"--addr", "192.168.0.0/16"}, map[uint64]int{}},
 		{"cgroup id", []string{"--cgroup", "77"}, map[uint64]int{1: 6, 2: 6}},
 		{"other cgroup id", []string{"--cgroup", "78"}, map[uint64]int{}},
+		{"cgroup path", []string{"--cgroup", "flowd-test.slice/web.service"}, map[uint64]int{2: 4}},
+		{"other cgroup path", []string{"--cgroup", "flowd-test.slice/web"}, map[uint64]int{}},
 		{"and across kinds", []string{"--cookie", "1", "--port", "40002"}, map[uint64]int{}},
 		{"relative window", []string{"--since", "150ms", "--until", "300ms"}, map[uint64]int{1: 2, 2: 2}},
 		{"absolute window", []string{"--since", t0.Add(400 * time.Millisecond).Format(time.RFC3339Nano)}, map[uint64]int{1: 2, 2: 2}},

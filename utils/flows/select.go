@@ -132,11 +132,6 @@ func (m *CgroupMatch) matches(id uint64, p string) bool {
 	return p == m.Path || strings.HasPrefix(p, m.Path+"/")
 }
 
-// cgroupPath returns the cgroup path a record carries. flowd's records
-// name their cgroup by id only (cgroup_id); a path key is to come, and this
-// is where it is read.
-func cgroupPath(*flow.Record) string { return "" }
-
 // Match reports whether s selects r. A relative time bound is fixed at the
 // first record Match sees.
 func (s *Selection) Match(r *flow.Record) bool {
@@ -160,8 +155,7 @@ func (s *Selection) Match(r *flow.Record) bool {
 		return false
 	}
 	if len(s.Cgroups) > 0 {
-		path := cgroupPath(r)
-		if !slices.ContainsFunc(s.Cgroups, func(m CgroupMatch) bool { return m.matches(r.CgroupID, path) }) {
+		if !slices.ContainsFunc(s.Cgroups, func(m CgroupMatch) bool { return m.matches(r.CgroupID, r.Cgroup) }) {
 			return false
 		}
 	}

@@ -161,7 +161,10 @@ func (z *Summarizer) Add(r *flow.Record) {
 	if !f.haveHeader && r.Family != 0 {
 		f.haveHeader = true
 		tu := TupleOf(r)
-		f.local, f.remote, f.cgroupID, f.cgroup, f.ca = tu.Local, tu.Remote, r.CgroupID, cgroupPath(r), r.CA
+		f.local, f.remote, f.cgroupID, f.ca = tu.Local, tu.Remote, r.CgroupID, r.CA
+	}
+	if f.cgroup == "" {
+		f.cgroup = r.Cgroup // the first records in a new cgroup may lack it
 	}
 	f.start, f.end = min(f.start, t), max(f.end, t)
 	f.records++

@@ -138,6 +138,9 @@ func TestSummary(t *testing.T) {
 	for i := uint64(1); i <= 100; i++ {
 		recs = append(recs, rec("netlink", flow.EventSample, 9, time.Duration(i)*20*time.Millisecond,
 			info(1+i*25000, 1+i*25000+i*250, i*250, i/10, 1000*i, 900)))
+		if i >= 3 { // the daemon found the cgroup's path late
+			recs[len(recs)-1].Cgroup = "system.slice/iperf3.service"
+		}
 	}
 	// A record of another backend's view is another flow.
 	recs = append(recs, rec("ebpf", flow.EventOpen, 9, time.Second, nil))
@@ -149,8 +152,9 @@ func TestSummary(t *testing.T) {
 	if s.Backend != "netlink" || s.Cookie != 9 || s.Records != 101 || s.Closed {
 		t.Errorf("summary %+v", s)
 	}
-	if s.Local.String() != "10.0.0.1:40000" || s.Remote.String() != "10.0.0.2:5201" || s.CgroupID != 77 || s.CA != "cubic" {
-		t.Errorf("header %s %s %d %s", s.Local, s.Remote, s.CgroupID, s.CA)
+	if s.Local.String() != "10.0.0.1:40000" || s.Remote.String() != "10.0.0.2:5201" || s.CgroupID != 77 || s.CA != "cubic" ||
+		s.Cgroup != "system.slice/iperf3.service" {
+		t.Errorf("header %s %s %d %q %s", s.Local, s.Remote, s.CgroupID, s.Cgroup, s.CA)
 	}
 	near(t, "duration", s.Duration, 2)
 	if s.BytesAcked != 2_500_000 || s.BytesReceived != 0 || s.Retransmits != 10 {
