@@ -71,6 +71,7 @@ type Output struct {
 	FollowSymlinks bool         `yaml:"follow_symlinks"` // else a symbolic link at path is refused
 	TCPInfo        []flow.Field `yaml:"tcp_info,flow"`   // the members written; none = every member
 	Samples        Samples      `yaml:"samples"`
+	Events         []flow.Event `yaml:"events,flow"` // the events written; at least one
 }
 
 // Log configures flowd's own log, on standard error.
@@ -102,7 +103,13 @@ func Default() *Config {
 			RingbufSize: 8 << 20, FlushInterval: 100 * time.Millisecond},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "full"},
+		Output: Output{
+			Path:    "-",
+			Mode:    0o600,
+			TCPInfo: []flow.Field{},
+			Samples: "full",
+			Events:  []flow.Event{flow.EventOpen, flow.EventSample, flow.EventState, flow.EventClose},
+		},
 		Log:     Log{Level: "info", Format: "text"},
 		Metrics: Metrics{MaxCgroups: 1000, ByIPv4Prefix: 24, ByIPv6Prefix: 64, MaxBy: 100, MaxFlows: 100},
 	}
@@ -295,6 +302,9 @@ func (c *Config) Validate() error {
 	}
 	if m := c.Output.Mode; m&0o200 == 0 {
 		return c.Invalid("output.mode", nil, "%q does not let flowd write a file it creates (the owner needs w, e.g. 0600)", m)
+	}
+	if len(c.Output.Events) == 0 {
+		return c.Invalid("output.events", nil, "empty list: name one or more of open, sample, state, close")
 	}
 	return c.validateMetrics()
 }

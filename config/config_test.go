@@ -51,7 +51,8 @@ func defaults() *Config {
 		},
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
-		Output:  Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "full"},
+		Output: Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "full",
+			Events: []flow.Event{flow.EventOpen, flow.EventSample, flow.EventState, flow.EventClose}},
 		Log:     Log{Level: "info", Format: "text"},
 		Metrics: Metrics{MaxCgroups: 1000, ByIPv4Prefix: 24, ByIPv6Prefix: 64, MaxBy: 100, MaxFlows: 100},
 	}
@@ -128,6 +129,7 @@ output:
   follow_symlinks: true
   tcp_info: [snd_cwnd, rtt, "snd_cwnd"]
   samples: changes
+  events: [close, open, close]
 log:
   level: debug
   format: json
@@ -157,8 +159,9 @@ metrics:
 			RemotePorts: []Port{443},
 			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
 		},
-		Output: Output{Path: out, Mode: 0o640, FollowSymlinks: true, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT}, Samples: "changes"},
-		Log:    Log{Level: "debug", Format: "json"},
+		Output: Output{Path: out, Mode: 0o640, FollowSymlinks: true, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT},
+			Samples: "changes", Events: []flow.Event{flow.EventClose, flow.EventOpen}},
+		Log: Log{Level: "debug", Format: "json"},
 		Metrics: Metrics{Listen: "127.0.0.1:9977", MaxCgroups: 50, By: "remote_prefix", ByIPv4Prefix: 16, ByIPv6Prefix: 48,
 			MaxBy: 20, PerFlow: true, MaxFlows: 10, BPFStats: true},
 	}
@@ -300,6 +303,9 @@ func TestErrors(t *testing.T) {
 		{name: "unknown log format", file: "log:\n  format: xml\n", want: []string{`log.format: "xml" is not one of text, json`}},
 		{name: "unknown output samples", file: "output:\n  samples: some\n", want: []string{`output.samples: "some" is not one of full, changes`}},
 		{name: "output samples by env", env: map[string]string{"FLOWD_OUTPUT_SAMPLES": "all"}, want: []string{`output.samples: "all" is not one of full, changes`}},
+		{name: "unknown event", file: "output:\n  events: [open, opne]\n", want: []string{`output.events: "opne" is not one of open, sample, state, close`}},
+		{name: "no event", file: "output:\n  events: []\n", want: []string{`output.events: empty list`}},
+		{name: "events by env", env: map[string]string{"FLOWD_OUTPUT_EVENTS": "open,sample,shut"}, want: []string{`output.events: "shut" is not one of`, "(set by FLOWD_OUTPUT_EVENTS)"}},
 		{name: "listen without port", file: "metrics:\n  listen: localhost\n", want: []string{`metrics.listen: "localhost" is not host:port`}},
 		{name: "listen bad port", file: "metrics:\n  listen: \":http-alt\"\n", want: []string{`metrics.listen: ":http-alt" has no valid port`}},
 		{name: "listen env", env: map[string]string{"FLOWD_METRICS_LISTEN": "9100"}, want: []string{`metrics.listen: "9100" is not host:port`, "(set by FLOWD_METRICS_LISTEN)"}},

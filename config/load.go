@@ -140,6 +140,7 @@ func Load(path string, opts ...Option) (*Config, error) {
 	c.Filter.RemotePorts = unique(c.Filter.RemotePorts)
 	c.Filter.RemoteCIDRs = unique(c.Filter.RemoteCIDRs)
 	c.Output.TCPInfo = unique(c.Output.TCPInfo)
+	c.Output.Events = unique(c.Output.Events)
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

@@ -38,6 +38,7 @@ const (
 	logKeyCgroup     = "cgroup"
 	logKeyOutput     = "output"
 	logKeyTCPInfo    = "tcp_info"
+	logKeyEvents     = "events"
 	logKeyListen     = "listen"
 	logKeyDrops      = "drops"
 	logKeyDropsTotal = "drops_total"
@@ -240,6 +241,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 		fields[logKeyTCPInfo] = list // only these members are written
 	}
+	if events := d.cfg.Output.Events; len(events) < len(config.Default().Output.Events) {
+		list := make([]string, len(events))
+		for i, e := range events {
+			list[i] = e.String()
+		}
+		fields[logKeyEvents] = list // only these records are written
+	}
 	d.log.WithFields(fields).Info("recording flows")
 
 	err = d.run(ctx, bs, cgroupNamer{d.names, d.metrics.Sink(outs)})
@@ -400,6 +408,8 @@ func (d *Daemon) openOutputs() (outputs, error) {
 		}
 	}
 	records.SetSamples(d.samples)
+	// Only the file leaves events out: the metrics count every record.
+	records.SetEvents(c.Events...)
 	outs := outputs{records}
 	if d.tcp != nil {
 		outs = append(outs, d.tcp)

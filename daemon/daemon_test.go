@@ -311,6 +311,24 @@ func (h *harness) lines(t *testing.T) []flow.Record {
 	return rs
 }
 
+// recordsCounted returns the sum of d's flowd_records_total.
+func recordsCounted(t testing.TB, d *Daemon) float64 {
+	t.Helper()
+	mfs, err := d.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counted float64
+	for _, mf := range mfs {
+		if mf.GetName() == "flowd_records_total" {
+			for _, m := range mf.GetMetric() {
+				counted += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return counted
+}
+
 func (h *harness) warnings() []*logrus.Entry {
 	var ws []*logrus.Entry
 	for _, e := range h.hook.AllEntries() {
@@ -359,19 +377,7 @@ func TestRecordsReachOutput(t *testing.T) {
 		!slices.Equal(h.ncfg.Filter.LocalPorts, []uint16{5201}) || h.ncfg.Log == nil {
 		t.Errorf("netlink.Config = %+v", h.ncfg)
 	}
-	mfs, err := h.d.Metrics().Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var counted float64
-	for _, mf := range mfs {
-		if mf.GetName() == "flowd_records_total" {
-			for _, m := range mf.GetMetric() {
-				counted += m.GetCounter().GetValue()
-			}
-		}
-	}
-	if counted != 3 {
+	if counted := recordsCounted(t, h.d); counted != 3 {
 		t.Errorf("flowd_records_total sums to %v, want 3", counted)
 	}
 }
@@ -402,6 +408,45 @@ func TestOutputMembers(t *testing.T) {
 	}
 	if !logged {
 		t.Error(`"recording flows" does not name the members written`)
+	}
+}
+
+// TestOutputEvents: output.events decides the records written to the
+// file; the metrics count every record.
+func TestOutputEvents(t *testing.T) {
+	cfg := testConfig("netlink")
+	cfg.Output.Events = []flow.Event{flow.EventOpen, flow.EventClose}
+	h := newHarness(t, cfg)
+	nl := fakeOf(h.nl)
+	for i, ev := range []flow.Event{flow.EventOpen, flow.EventSample, flow.EventState, flow.EventSample, flow.EventClose} {
+		r := record("netlink", 1)
+		r.Event, r.Time = ev, r.Time.Add(time.Duration(i)*time.Millisecond)
+		nl.before = append(nl.before, r)
+	}
+	stop := h.start(t)
+	<-nl.started
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	var written []flow.Event
+	for _, r := range h.lines(t) {
+		written = append(written, r.Event)
+	}
+	if want := []flow.Event{flow.EventOpen, flow.EventClose}; !slices.Equal(written, want) {
+		t.Errorf("written %v, want %v", written, want)
+	}
+	if counted := recordsCounted(t, h.d); counted != 5 {
+		t.Errorf("flowd_records_total sums to %v, want every record, 5", counted)
+	}
+	logged := false
+	for _, e := range h.hook.AllEntries() {
+		if e.Message == "recording flows" {
+			events, _ := e.Data["events"].([]string)
+			logged = slices.Equal(events, []string{"open", "close"})
+		}
+	}
+	if !logged {
+		t.Error(`"recording flows" does not name the events written`)
 	}
 }
 
@@ -1120,5 +1165,27 @@ func TestRecordsNameTheirCgroup(t *testing.T) {
 	}
 	if want := []string{"/", "", "/"}; !slices.Equal(got, want) {
 		t.Errorf("paths of a reused record %q, want %q", got, want)
+	}
+}
+
+// BenchmarkCgroupNamer is what naming the cgroup costs a record whose
+// cgroup is known.
+func BenchmarkCgroupNamer(b *testing.B) {
+	root, err := cgroup.Mount()
+	if err != nil {
+		b.Skip(err)
+	}
+	id, err := cgroup.ID(root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := cgroupNamer{cgroup.NewNames(root, root), flow.SinkFunc(func(*flow.Record) error { return nil })}
+	r := record("ebpf", 1)
+	r.CgroupID = id
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := n.Write(&r); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

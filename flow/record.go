@@ -6,7 +6,9 @@
 package flow
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -38,6 +40,24 @@ func ParseEvent(s string) (Event, bool) {
 		}
 	}
 	return 0, false
+}
+
+// MarshalText returns the event's name.
+func (e Event) MarshalText() ([]byte, error) {
+	if _, ok := ParseEvent(e.String()); !ok {
+		return nil, fmt.Errorf("%d is not an event", e)
+	}
+	return []byte(e.String()), nil
+}
+
+// UnmarshalText reads an event's name.
+func (e *Event) UnmarshalText(text []byte) error {
+	v, ok := ParseEvent(string(text))
+	if !ok {
+		return fmt.Errorf("%q is not one of %s", text, strings.Join(eventNames[1:], ", "))
+	}
+	*e = v
+	return nil
 }
 
 // State is a TCP state as numbered by the kernel (include/net/tcp_states.h).

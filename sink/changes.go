@@ -272,6 +272,9 @@ func (c *changes) unchanged(r *flow.Record) (omit flow.Mask, partial bool) {
 	return omit, partial
 }
 
+// closed forgets the flow r closes.
+func (c *changes) closed(r *flow.Record) { delete(c.flows(r.Backend), r.Cookie) }
+
 // forget drops the flows not seen for forgetAfter before now: flows whose
 // close record never came (lost in a full ring buffer, or flowd stopped
 // watching them).

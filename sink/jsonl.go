@@ -73,6 +73,8 @@ type JSONL struct {
 	err     error     // the last write error, while writes fail
 	retryAt time.Time // while writes fail: when to write again
 	untold  int       // records dropped and not yet told to faults
+	// omitEvents has bit 1<<e set for each event e not written (SetEvents).
+	omitEvents uint64
 }
 
 var _ flow.Sink = (*JSONL)(nil)
@@ -143,14 +145,37 @@ func (j *JSONL) SetSamples(s Samples) {
 	j.changes.reset()
 }
 
-// Write appends r as one line. It does not keep r. Records are encoded
-// straight into the buffer that is written out. It fails only after
-// Close.
+// SetEvents makes the JSONL write only the records of the listed events;
+// with none listed it writes every record, as NewJSONL's does. Under
+// SamplesChanges a line left out is not a flow's previous line: the next
+// sample after a state record left out is complete, as its state changed.
+// Call it before the first Write.
+func (j *JSONL) SetEvents(events ...flow.Event) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.omitEvents = 0
+	if len(events) > 0 {
+		j.omitEvents = 1<<flow.EventOpen | 1<<flow.EventSample | 1<<flow.EventState | 1<<flow.EventClose
+		for _, e := range events {
+			j.omitEvents &^= 1 << (e % 64)
+		}
+	}
+}
+
+// Write appends r as one line, unless SetEvents left its event out. It
+// does not keep r. Records are encoded straight into the buffer that is
+// written out. It fails only after Close.
 func (j *JSONL) Write(r *flow.Record) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
 		return ErrClosed
+	}
+	if j.omitEvents&(1<<(r.Event%64)) != 0 { // not a record lost
+		if r.Event == flow.EventClose && j.samples == SamplesChanges {
+			j.changes.closed(r) // the flow is over, written or not
+		}
+		return nil
 	}
 	if len(j.buf) >= bufferSize {
 		// Writes fail: unless a retry is due and succeeds, r is dropped,

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -112,6 +113,77 @@ func TestJSONLMembers(t *testing.T) {
 			}
 		case ok:
 			t.Errorf("%s written, not listed", f)
+		}
+	}
+}
+
+// TestJSONLEvents: SetEvents leaves the other events' records out; with
+// partial samples, a flow whose open, state or close record is left out
+// still reads back as it was written.
+func TestJSONLEvents(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
+	series := func(cookie uint64) []*flow.Record {
+		var rs []*flow.Record
+		for i, ev := range []flow.Event{flow.EventOpen, flow.EventSample, flow.EventSample, flow.EventState,
+			flow.EventSample, flow.EventSample, flow.EventClose} {
+			r := sample()
+			r.Time, r.Event, r.Cookie, r.OldState = t0.Add(time.Duration(i)*time.Millisecond), ev, cookie, 0
+			if i >= 3 { // from the state record on
+				r.State = flow.StateCloseWait
+			}
+			if ev == flow.EventState {
+				r.OldState = flow.StateEstablished
+			}
+			r.Info.Set(flow.FieldBytesAcked, uint64(i))
+			rs = append(rs, r)
+		}
+		return rs
+	}
+	// A sample of the same cookie after the close record, with the header
+	// of the flow's last line: complete only if the close record made the
+	// output forget the flow, written or not.
+	recs := series(7)
+	again := *recs[5]
+	again.Time = again.Time.Add(time.Second)
+	recs = append(recs, &again)
+	for _, tc := range []struct {
+		events  []flow.Event
+		samples Samples
+		lines   []string // event and partial, line by line
+	}{
+		{nil, SamplesFull, []string{"open", "sample", "sample", "state", "sample", "sample", "close", "sample"}},
+		{[]flow.Event{flow.EventOpen, flow.EventClose}, SamplesFull, []string{"open", "close"}},
+		{[]flow.Event{flow.EventSample}, SamplesChanges, []string{"sample", "sample partial", "sample", "sample partial", "sample"}},
+		{[]flow.Event{flow.EventSample, flow.EventState}, SamplesChanges, []string{"sample", "sample partial", "state", "sample partial", "sample partial", "sample"}},
+	} {
+		var out bytes.Buffer
+		j := NewJSONL(&out)
+		j.SetSamples(tc.samples)
+		j.SetEvents(tc.events...)
+		var want []*flow.Record
+		for _, r := range recs {
+			if err := j.Write(r); err != nil {
+				t.Fatal(err)
+			}
+			if len(tc.events) == 0 || slices.Contains(tc.events, r.Event) {
+				want = append(want, r)
+			}
+		}
+		if err := j.Close(); err != nil {
+			t.Fatal(err)
+		}
+		got, partial := readBack(t, out.Bytes())
+		sameRecords(t, got, want)
+		var lines []string
+		for i, r := range got {
+			l := r.Event.String()
+			if partial[i] {
+				l += " partial"
+			}
+			lines = append(lines, l)
+		}
+		if !slices.Equal(lines, tc.lines) {
+			t.Errorf("events %v, samples %s: lines %q, want %q", tc.events, tc.samples, lines, tc.lines)
 		}
 	}
 }
