@@ -85,19 +85,23 @@ func unescapeOctal(s string) string {
 }
 
 // Resolve turns the configured cgroup into an absolute directory on the
-// cgroup2 file system. An empty path means the root of the hierarchy.
+// cgroup2 file system. An empty path means the root of the hierarchy; a
+// relative one is relative to it, not to the working directory
+// ("system.slice/nginx.service", as systemd and /proc/PID/cgroup name
+// cgroups).
 func Resolve(path string) (string, error) {
-	if path == "" {
-		return Mount()
+	if path == "" || !filepath.IsAbs(path) {
+		mount, err := Mount()
+		if err != nil {
+			return "", err
+		}
+		path = filepath.Join(mount, path)
 	}
-	abs, err := filepath.Abs(path)
-	if err != nil {
+	path = filepath.Clean(path)
+	if err := Check(path); err != nil {
 		return "", err
 	}
-	if err := Check(abs); err != nil {
-		return "", err
-	}
-	return abs, nil
+	return path, nil
 }
 
 // Check returns an error unless path is a directory on a cgroup2 file system.
