@@ -242,14 +242,14 @@ func TestErrors(t *testing.T) {
 		want []string          // substrings of the error
 	}{
 		{name: "unknown top-level key", file: "bogus: 1\n", want: []string{"bogus: unknown key"}},
-		{name: "unknown nested key", file: "ebpf:\n  mode: poll\n  moed: poll\n", want: []string{"ebpf.moed: unknown key"}},
-		{name: "unknown key in a section that has none", file: "filter:\n  ports: [1]\n", want: []string{"filter.ports: unknown key"}},
-		{name: "key in wrong case", file: "Backends: [ebpf]\n", want: []string{"Backends: unknown key"}},
+		{name: "unknown nested key", file: "ebpf:\n  mode: poll\n  moed: poll\n", want: []string{"ebpf.moed: unknown key (did you mean ebpf.mode?)"}},
+		{name: "unknown key in a section that has none", file: "filter:\n  ports: [1]\n", want: []string{"filter.ports: unknown key (did you mean filter.local_ports or filter.remote_ports?)"}},
+		{name: "key in wrong case", file: "Backends: [ebpf]\n", want: []string{"Backends: unknown key (did you mean backends?)"}},
 		{name: "dotted key", file: "ebpf.mode: poll\n", want: []string{"ebpf.mode: unknown key"}},
 		{name: "section not a mapping", file: "ebpf: fast\n", want: []string{"ebpf:", `"fast" is not a mapping`}},
 		{name: "not YAML", file: "backends: [ebpf\n", want: []string{"parsing config file"}},
 		{name: "top level not a mapping", file: "- a\n- b\n", want: []string{"does not hold a mapping"}},
-		{name: "unknown env var", env: map[string]string{"FLOWD_EBPF_MOOD": "poll"}, want: []string{"FLOWD_EBPF_MOOD", "sets no config key"}},
+		{name: "unknown env var", env: map[string]string{"FLOWD_EBPF_MOOD": "poll"}, want: []string{"FLOWD_EBPF_MOOD", "sets no config key (did you mean FLOWD_EBPF_MODE?)"}},
 
 		{name: "unknown backend", file: "backends: [ebpf, bpf]\n", want: []string{"backends:", `"bpf" is not one of auto, ebpf, netlink`}},
 		{name: "unknown backend env", env: map[string]string{"FLOWD_BACKENDS": "ebpf,nl"}, want: []string{"backends:", `"nl"`, "FLOWD_BACKENDS"}},
@@ -363,6 +363,45 @@ func TestErrors(t *testing.T) {
 				t.Errorf("error %q is more than one line", err)
 			}
 		})
+	}
+}
+
+// TestDidYouMean: an unknown key or variable is reported with the keys it
+// probably meant: the same name in another section, else those at most two
+// edits away; none when nothing is near.
+func TestDidYouMean(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		env  string
+		want string
+	}{
+		{file: "ebpf:\n  moed: poll\n", want: "ebpf.moed: unknown key (did you mean ebpf.mode?)"},
+		{file: "interval: 1s\n", want: "interval: unknown key (did you mean ebpf.interval or netlink.interval?)"},
+		{file: "netlink:\n  mode: poll\n", want: "netlink.mode: unknown key (did you mean ebpf.mode or output.mode?)"},
+		{file: "ebfp:\n  mode: poll\n", want: "ebfp: unknown key (did you mean ebpf?)"},
+		{file: "output:\n  event: [open]\n", want: "output.event: unknown key (did you mean output.events?)"},
+		{file: "zzz: 1\n", want: "zzz: unknown key"},
+		{file: "filter:\n  cidrs: []\n", want: "filter.cidrs: unknown key (did you mean filter.remote_cidrs?)"},
+		{file: "ebpf:\n  bufsize: 4096\n", want: "ebpf.bufsize: unknown key"},
+		{env: "FLOWD_EBPF_MOED", want: `environment variable FLOWD_EBPF_MOED="x" sets no config key (did you mean FLOWD_EBPF_MODE?)`},
+		{env: "FLOWD_INTERVAL", want: `environment variable FLOWD_INTERVAL="x" sets no config key (did you mean FLOWD_EBPF_INTERVAL or FLOWD_NETLINK_INTERVAL?)`},
+		{env: "FLOWD_EBPF_RINGBUFSIZE", want: `environment variable FLOWD_EBPF_RINGBUFSIZE="x" sets no config key (did you mean FLOWD_EBPF_RINGBUF_SIZE?)`},
+		{env: "FLOWD_CGROUPS", want: `environment variable FLOWD_CGROUPS="x" sets no config key (did you mean FLOWD_CGROUP or FLOWD_METRICS_MAX_CGROUPS?)`},
+		{env: "FLOWD_XYZ", want: `environment variable FLOWD_XYZ="x" sets no config key`},
+	} {
+		path := ""
+		if tc.file != "" {
+			path = writeConfig(t, tc.file)
+		}
+		if tc.env != "" {
+			t.Setenv(tc.env, "x")
+		}
+		if _, err := Load(path); err == nil || err.Error() != tc.want {
+			t.Errorf("%q%s: %v, want %s", tc.file, tc.env, err, tc.want)
+		}
+		if tc.env != "" {
+			os.Unsetenv(tc.env)
+		}
 	}
 }
 

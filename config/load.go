@@ -275,7 +275,9 @@ func checkFile(m map[string]any, t reflect.Type, prefix string) error {
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		ft, ok := fields[k]
 		if !ok {
-			return &Error{Key: prefix + k, Msg: "unknown key"}
+			leaf := strings.ToLower(k)
+			near := nearKeys(prefix+k, leaf, append(sections(), Keys()...), func(key string) string { return key })
+			return &Error{Key: prefix + k, Msg: "unknown key" + DidYouMean(near)}
 		}
 		switch sub := m[k].(type) {
 		case nil:
@@ -298,7 +300,8 @@ func checkEnv(environ []string) error {
 	for _, kv := range environ {
 		name, val, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(name, EnvPrefix+"_") && !slices.ContainsFunc(keys, func(k string) bool { return EnvVar(k) == name }) {
-			return &Error{Msg: fmt.Sprintf("environment variable %s=%q sets no config key", name, val)}
+			near := nearKeys(name, strings.ToLower(strings.TrimPrefix(name, EnvPrefix+"_")), keys, EnvVar)
+			return &Error{Msg: fmt.Sprintf("environment variable %s=%q sets no config key%s", name, val, DidYouMean(near))}
 		}
 	}
 	return nil
