@@ -14,32 +14,41 @@ import (
 )
 
 func newFillCmd() *cobra.Command {
-	return &cobra.Command{
+	var strict bool
+	cmd := &cobra.Command{
 		Use:   "fill [FILE...]",
 		Short: "Print records with every partial sample completed (output.samples: changes to full)",
 		Long: "fill reads flowd's JSON Lines (the FILEs in order, or standard input when there is none\n" +
-			"or a FILE is -) and prints every record as a complete line: a partial sample gets the\n" +
-			"keys and tcp_info members it left out from the previous line of its flow. Give the\n" +
-			"files of one output oldest first (rotated ones before the current one). A partial\n" +
-			"sample whose flow has no earlier line (input that starts in the middle of an output)\n" +
-			"is printed as it is, with a warning on standard error.",
+			"or a FILE is -) and prints every record as a complete line, as it reads: a partial sample\n" +
+			"gets the keys and tcp_info members it left out from the previous line of its flow. Give\n" +
+			"the files of one output oldest first (rotated ones before the current one). A partial\n" +
+			"sample whose flow has no earlier line (input that starts in the middle of an output) is\n" +
+			"printed as it is, with a warning on standard error. A line that is not a flowd record is\n" +
+			"reported on standard error with its file and line number and left out; fill goes on\n" +
+			"(--strict: stops there) and exits with status 1.",
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				args = []string{"-"}
 			}
-			f := filler{out: bufio.NewWriterSize(cmd.OutOrStdout(), 1<<16), warn: cmd.ErrOrStderr(), warned: map[flowID]bool{}}
+			f := filler{out: bufio.NewWriterSize(cmd.OutOrStdout(), 1<<16), warn: cmd.ErrOrStderr(), strict: strict, warned: map[flowID]bool{}}
+			var err error
 			for _, name := range args {
-				if err := f.file(cmd, name); err != nil {
-					return err
+				if err = f.file(cmd, name); err != nil {
+					break
 				}
 			}
-			if err := f.out.Flush(); err != nil {
-				return &runtimeError{fmt.Errorf("writing records: %w", err)}
+			if ferr := f.out.Flush(); ferr != nil && err == nil {
+				err = &runtimeError{fmt.Errorf("writing records: %w", ferr)}
 			}
-			return nil
+			if err == nil && f.bad > 0 {
+				err = &runtimeError{fmt.Errorf("%d of %d lines were not flowd records (left out)", f.bad, f.lines)}
+			}
+			return err
 		},
 	}
+	cmd.Flags().BoolVar(&strict, "strict", false, "stop at the first line that is not a flowd record")
+	return cmd
 }
 
 type flowID struct {
@@ -53,7 +62,10 @@ type filler struct {
 	enc    sink.Encoder
 	out    *bufio.Writer
 	warn   io.Writer
+	strict bool            // stop at the first bad line
 	warned map[flowID]bool // flows a warning was given for
+	lines  int             // lines read, empty ones aside
+	bad    int             // lines that were not records
 	line   []byte
 }
 
@@ -72,9 +84,14 @@ func (f *filler) file(cmd *cobra.Command, name string) error {
 	for n := 1; ; n++ {
 		line, err := r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
-			return &runtimeError{fmt.Errorf("%s:%d: line longer than %d bytes", label, n, r.Size())}
-		}
-		if len(line) > 0 {
+			for errors.Is(err, bufio.ErrBufferFull) { // skip the rest of it
+				_, err = r.ReadSlice('\n')
+			}
+			f.lines++
+			if berr := f.badLine(label, n, fmt.Errorf("line longer than %d bytes", r.Size())); berr != nil {
+				return berr
+			}
+		} else if len(line) > 0 {
 			if err := f.record(line, label, n); err != nil {
 				return err
 			}
@@ -94,14 +111,29 @@ func (f *filler) file(cmd *cobra.Command, name string) error {
 	}
 }
 
+// badLine reports a line that is not a record, after the records before
+// it, and counts it; under --strict it is the error that stops fill.
+func (f *filler) badLine(label string, n int, err error) error {
+	f.bad++
+	if f.strict {
+		return &runtimeError{fmt.Errorf("%s:%d: %w", label, n, err)}
+	}
+	if ferr := f.out.Flush(); ferr != nil {
+		return &runtimeError{fmt.Errorf("writing records: %w", ferr)}
+	}
+	fmt.Fprintf(f.warn, "flowd fill: %s:%d: %v\n", label, n, err)
+	return nil
+}
+
 func (f *filler) record(line []byte, label string, n int) error {
 	if len(line) == 1 && line[0] == '\n' {
 		return nil
 	}
+	f.lines++
 	var r flow.Record
 	partial, err := sink.ParseLine(line, &r)
 	if err != nil {
-		return &runtimeError{fmt.Errorf("%s:%d: %w", label, n, err)}
+		return f.badLine(label, n, err)
 	}
 	if !f.f.Fill(&r, partial) {
 		if id := (flowID{r.Backend, r.Cookie}); !f.warned[id] {

@@ -452,12 +452,29 @@ func TestFill(t *testing.T) {
 		t.Errorf("fill of the second file alone printed %d lines, want %d", got, want)
 	}
 
+	// Bad lines in the middle: each is reported with its file and line and
+	// left out, the good lines around them are printed, and the exit
+	// status is 1; --strict stops at the first, after the lines before it.
 	bad := filepath.Join(dir, "bad.jsonl")
-	if err := os.WriteFile(bad, []byte(lines[0]+"{\"time\":1}\n"), 0o644); err != nil {
+	long := "{\"time\":\"" + strings.Repeat("x", 70<<10) + "\"}\n"
+	input := strings.Join(lines[:3], "") + "{\"time\":1}\n" + strings.Join(lines[3:9], "") + long + strings.Join(lines[9:], "")
+	if err := os.WriteFile(bad, []byte(input), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r = flowd(t, env(), "fill", bad)
-	if r.code != 1 || !strings.Contains(r.stderr, "bad.jsonl:2: ") {
-		t.Errorf("fill of a bad line: exit %d, stderr %q; want 1 and the file and line", r.code, r.stderr)
+	fullLines := strings.SplitAfter(full.String(), "\n")
+	if r.code != 1 || r.stdout != full.String() {
+		t.Errorf("fill with bad lines: exit %d, %d lines printed; want 1 and every good line:\n%s", r.code, strings.Count(r.stdout, "\n"), r.stdout)
+	}
+	errLines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if len(errLines) != 3 || !strings.HasPrefix(errLines[0], "flowd fill: "+bad+":4: decoding record") ||
+		!strings.HasPrefix(errLines[1], "flowd fill: "+bad+":11: line longer than") ||
+		errLines[2] != fmt.Sprintf("flowd: 2 of %d lines were not flowd records (left out)", len(lines)-1+2) {
+		t.Errorf("fill with bad lines: stderr\n%s\nwant lines 4 and 11 reported, then the count", r.stderr)
+	}
+	r = flowd(t, env(), "fill", "--strict", bad)
+	if r.code != 1 || r.stdout != strings.Join(fullLines[:3], "") || !strings.HasPrefix(r.stderr, "flowd: "+bad+":4: decoding record") ||
+		strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("fill --strict: exit %d, stdout\n%s\nstderr %q; want 1, the first 3 lines, line 4 reported", r.code, r.stdout, r.stderr)
 	}
 }
