@@ -8,6 +8,8 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 COMMIT    ?= $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || c=$$c-dirty; } && echo $$c)
 LDFLAGS   := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 CONFIG    ?= configs/flowd.yaml
+FLAGS     ?=
+BIN       ?= flowd
 TESTFLAGS ?=
 BENCHFLAGS ?=
 # Debian packages the tests and `make generate` need.
@@ -22,7 +24,7 @@ help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build ./flowd and the tools in utils/ (no clang needed: the BPF object is committed)
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o flowd ./cmd/flowd
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/flowd
 	$(GO) build -o /dev/null ./utils/...
 
 generate: ## rebuild the BPF object and its Go bindings with bpf2go and clang-19
@@ -55,8 +57,12 @@ test-binary: ## build ./test, the iperf3 validation (sudo ./test -test.v; -test.
 bench: test-deps ## run the benchmark suite as root (~10 min on 2 CPUs): rewrites BENCHMARKS.md and bench/results.json (BENCHFLAGS=-quick: smoke run)
 	$(GO) run ./bench -go $(GO) -md BENCHMARKS.md -json bench/results.json $(BENCHFLAGS)
 
-run: build ## run the daemon with the default config (needs root)
-	./flowd run --config $(CONFIG)
+# Only records go to standard output (make run | jq .): the build is quiet
+# and reports on standard error. make -C and sub-makes print "Entering
+# directory" there themselves before reading this file: -s stops that.
+run: ## build and run the daemon as root with CONFIG and FLAGS: make run FLAGS='--port 443' | jq .
+	@$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/flowd >&2
+	@$(abspath $(BIN)) run --config $(CONFIG) $(FLAGS)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -29,7 +29,7 @@ import (
 // Config is flowd's configuration.
 type Config struct {
 	Backends      []Backend     `yaml:"backends,flow"`  // no duplicates; auto stands alone
-	Cgroup        string        `yaml:"cgroup"`         // cgroup2 directory; "" = the root of the hierarchy
+	Cgroup        string        `yaml:"cgroup"`         // cgroup2 directory, relative to the mount or absolute; "" = the root
 	CgroupRemoved CgroupRemoved `yaml:"cgroup_removed"` // what the backends do when the cgroup is removed
 	EBPF          EBPF          `yaml:"ebpf"`
 	Netlink       Netlink       `yaml:"netlink"`

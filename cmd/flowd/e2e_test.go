@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/flowd/flowd/cgroup"
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
+	"github.com/flowd/flowd/sink"
 	"github.com/flowd/flowd/utils/flows"
 )
 
@@ -35,8 +37,8 @@ type runningDaemon struct {
 }
 
 // startDaemon runs flowd with config (YAML; a metrics address is added)
-// and waits until it records.
-func startDaemon(t *testing.T, config string) *runningDaemon {
+// and flags, and waits until it records.
+func startDaemon(t *testing.T, config string, flags ...string) *runningDaemon {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -45,7 +47,7 @@ func startDaemon(t *testing.T, config string) *runningDaemon {
 	d := &runningDaemon{metrics: ln.Addr().String(), stderr: &lockedBuffer{}, exited: make(chan error, 1)}
 	ln.Close()
 	path := writeConfig(t, config+fmt.Sprintf("metrics:\n  listen: %q\n", d.metrics))
-	d.cmd = exec.Command(flowdBin, "run", "--config", path)
+	d.cmd = exec.Command(flowdBin, append([]string{"run", "--config", path}, flags...)...)
 	d.cmd.Env = env()
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
@@ -311,6 +313,198 @@ func TestDaemonReopensOnSIGHUP(t *testing.T) {
 		if !seen[f.has] || seen[f.lacks] {
 			t.Errorf("%s: records of cookie %d: %v, of cookie %d: %v; want true, false", f.path, f.has, seen[f.has], f.lacks, seen[f.lacks])
 		}
+	}
+}
+
+// TestDaemonEverydayRun runs flowd as a person would, with flags only: a
+// cgroup relative to the cgroup2 mount, both backends, a port, an
+// interval and an output file. A flow on that port in a cgroup made after
+// flowd started gets records that name the cgroup by path, every line
+// stands alone (jq selects the flow's samples by port and reads their
+// rtt), and a flow on another port is not recorded.
+func TestDaemonEverydayRun(t *testing.T) {
+	testutil.RequireRoot(t)
+	mount := requireCgroup2(t)
+	cg := testutil.TempCgroup(t)
+	rel, err := filepath.Rel(mount, cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "records.jsonl")
+	ln := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	other := testutil.Listen(t, cg, "tcp4", "127.0.0.1:0")
+	d := startDaemon(t, "", "--cgroup", rel, "--backend", "ebpf,netlink", "--interval", "50ms",
+		"--port", strconv.Itoa(int(testutil.Port(ln.Addr()))), "--output", out)
+
+	late := filepath.Join(cg, "late.service")
+	if err := os.Mkdir(late, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := testutil.Dial(t, late, ln)
+	cookie := testutil.Cookie(t, p.Client)
+	port := testutil.Port(p.Client.LocalAddr())
+	q := testutil.Dial(t, late, other)
+	otherCookie := testutil.Cookie(t, q.Client)
+	for range 6 {
+		p.Send(t, 1<<20)
+		q.Send(t, 1<<20)
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.Client.Close()
+	p.Server.Close()
+	q.Client.Close()
+	q.Server.Close()
+	time.Sleep(200 * time.Millisecond) // the close records in the ring buffer and the last dump
+	d.stop(t)
+
+	recs, err := flows.Load(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPath := rel + "/late.service"
+	named := map[string]int{}
+	for _, r := range recs {
+		switch {
+		case r.Cookie == otherCookie:
+			t.Fatalf("a record of the flow on another port: %+v", r)
+		case r.Cookie != cookie:
+			continue
+		case r.Cgroup != "" && r.Cgroup != wantPath:
+			t.Errorf("%s %s record names cgroup %q, want %q", r.Backend, r.Event, r.Cgroup, wantPath)
+		case r.Cgroup != "":
+			named[r.Backend+"/"+r.Event.String()]++
+		}
+	}
+	for _, want := range []string{"ebpf/sample", "ebpf/close", "netlink/sample", "netlink/close"} {
+		if named[want] == 0 {
+			t.Errorf("no %s record of the flow names its cgroup; named: %v", want, named)
+		}
+	}
+
+	// Every sample line stands alone: selected by port, it has the rtt.
+	var samples, rtts []string
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		var m struct {
+			Event   string
+			Lport   uint16
+			TCPInfo map[string]json.Number `json:"tcp_info"`
+		}
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.Event == "sample" && m.Lport == port {
+			samples = append(samples, line)
+			if rtt, ok := m.TCPInfo["rtt"]; ok {
+				rtts = append(rtts, rtt.String())
+			}
+		}
+	}
+	if len(samples) < 2 || len(rtts) != len(samples) {
+		t.Errorf("%d samples of local port %d, %d of them with an rtt; want several, all", len(samples), port, len(rtts))
+	}
+	jq, err := exec.LookPath("jq")
+	if err != nil {
+		t.Logf("no jq: checked the selection in Go only")
+		return
+	}
+	sel := exec.Command(jq, "-r", fmt.Sprintf(`select(.event=="sample" and .lport==%d)|.tcp_info.rtt`, port), out)
+	got, err := sel.Output()
+	if err != nil {
+		t.Fatalf("jq: %v", err)
+	}
+	if want := strings.Join(rtts, "\n") + "\n"; string(got) != want {
+		t.Errorf("jq selected\n%s\nwant the rtt of every sample\n%s", got, want)
+	}
+}
+
+// TestMakeRun: make run writes only records to standard output, so that
+// `make run | jq .` works at a shell, and `make -s run | jq .` from within
+// another make (which prints "Entering directory" lines itself, as with
+// -C); the build and make report on standard error.
+func TestMakeRun(t *testing.T) {
+	mk, err := exec.LookPath("make")
+	if err != nil {
+		t.Skip("skipping: no make")
+	}
+	mount := requireCgroup2(t)
+	bin := filepath.Join(t.TempDir(), "flowd")
+	// shell is the test's environment without what a make above it set.
+	var shell []string
+	for _, kv := range env() {
+		if name, _, _ := strings.Cut(kv, "="); name != "MAKEFLAGS" && name != "MFLAGS" && name != "MAKELEVEL" {
+			shell = append(shell, kv)
+		}
+	}
+	run := func(environ []string, flags string, makeFlags ...string) *exec.Cmd {
+		cmd := exec.Command(mk, append(makeFlags, "run", "BIN="+bin, "FLAGS="+flags)...)
+		cmd.Dir, cmd.Env = "../..", environ
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // make and flowd, signalled together
+		return cmd
+	}
+
+	// flowd stops at once, after the build: nothing on standard output.
+	for _, cmd := range []*exec.Cmd{
+		run(shell, "--cgroup flowd-no-such.slice"),
+		run(append(shell, "MAKELEVEL=1"), "--cgroup flowd-no-such.slice", "-s"),
+	} {
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err == nil || stdout.String() != "" || !strings.Contains(stderr.String(), `flowd: cgroup: "flowd-no-such.slice" is not usable`) {
+			t.Fatalf("%v with a missing cgroup: %v; stdout %q; stderr:\n%s", cmd.Args, err, stdout.String(), stderr.String())
+		}
+	}
+	if os.Geteuid() != 0 {
+		return
+	}
+
+	// As root, a real run: standard output holds records and nothing else.
+	cg := testutil.TempCgroup(t)
+	rel, err := filepath.Rel(mount, cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := run(shell, "--cgroup "+rel+" --backend netlink --interval 50ms --events open,close")
+	records, logs := &lockedBuffer{}, &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = records, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+			t.Errorf("make run did not stop on SIGTERM:\n%s", logs.String())
+		}
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			stop()
+		}
+	})
+	testutil.WaitFor(t, "flowd to record", 60*time.Second, func() bool { return strings.Contains(logs.String(), "recording flows") })
+	cookie := oneFlow(t, cg)
+	testutil.WaitFor(t, "the close record on standard output", 5*time.Second, func() bool {
+		return strings.Contains(records.String(), fmt.Sprintf(`"event":"close","cookie":%d,`, cookie))
+	})
+	stop()
+	out := records.String()
+	for line := range strings.Lines(out) {
+		var r flow.Record
+		if err := sink.ParseJSON([]byte(line), &r); err != nil {
+			t.Errorf("standard output holds %q, not a record: %v", line, err)
+		}
+	}
+	if n := strings.Count(out, "\n"); n < 2 {
+		t.Errorf("%d records on standard output, want the flow's open and close at least:\n%s", n, out)
 	}
 }
 

@@ -2,7 +2,10 @@
 // sockops program or from netlink inet_diag dumps, as JSON Lines.
 //
 //	flowd run --config /etc/flowd/flowd.yaml
+//	flowd run --cgroup system.slice/nginx.service --port 443
 //	flowd config --config /etc/flowd/flowd.yaml
+//	flowd fill records.jsonl
+//	flowd flows records.jsonl
 //	flowd version
 //
 // Exit status: 0 after SIGINT or SIGTERM, 1 when flowd fails at run time,
@@ -23,6 +26,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/flowd/flowd/config"
 	"github.com/flowd/flowd/daemon"
@@ -82,51 +86,77 @@ func oneLine(s string) string {
 	return strings.Join(parts, "; ")
 }
 
-// options holds the flags shared by the commands.
-type options struct {
-	configPath string
-	logLevel   string
-}
-
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
-	o := &options{}
 	root := &cobra.Command{
 		Use:           "flowd",
 		Short:         "Record per-TCP-flow tcp_info over time",
 		Long:          "flowd records the tcp_info of every TCP flow over time, from an eBPF sockops\nprogram or from netlink inet_diag dumps, and writes it as JSON Lines.",
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args:          cobra.NoArgs,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unknown command %q%s", args[0], config.DidYouMean(cmd.SuggestionsFor(args[0])))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SetOut(cmd.ErrOrStderr())
 			_ = cmd.Usage()
-			return errors.New("missing command: run, config, fill or version")
+			return errors.New("missing command: run, config, fill, flows or version")
 		},
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.SuggestionsMinimumDistance = 2
+	root.SetFlagErrorFunc(flagError)
 	root.CompletionOptions.DisableDefaultCmd = true
-
-	pf := root.PersistentFlags()
-	pf.StringVarP(&o.configPath, "config", "c", "", "YAML config `file` (default: built-in defaults and FLOWD_* variables)")
-	pf.StringVar(&o.logLevel, "log-level", "", "override log.level: trace, debug, info, warn or error")
-
-	root.AddCommand(newRunCmd(o), newConfigCmd(o), newFillCmd(), newFlowsCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newConfigCmd(), newFillCmd(), newFlowsCmd(), newVersionCmd())
 	return root
 }
 
-// load reads and validates the configuration.
-func (o *options) load(cmd *cobra.Command) (*config.Config, error) {
-	return config.Load(o.configPath, config.WithFlag("log.level", cmd.Flags().Lookup("log-level")))
+// flagError adds to an unknown flag's error the flags of the command it
+// probably meant, or the commands that take it.
+func flagError(cmd *cobra.Command, err error) error {
+	name, ok := strings.CutPrefix(err.Error(), "unknown flag: --")
+	if !ok {
+		return err
+	}
+	var names []string
+	cmd.Flags().VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	if near := config.Near(name, names); len(near) > 0 {
+		for i := range near {
+			near[i] = "--" + near[i]
+		}
+		return fmt.Errorf("%w%s", err, config.DidYouMean(near))
+	}
+	var takers []string
+	for _, c := range cmd.Root().Commands() {
+		if c != cmd && c.Flags().Lookup(name) != nil {
+			takers = append(takers, c.CommandPath())
+		}
+	}
+	if len(takers) > 0 {
+		return fmt.Errorf("%w: %s does not take it (%s do)", err, cmd.CommandPath(), strings.Join(takers, " and "))
+	}
+	return err
 }
 
-func newRunCmd(o *options) *cobra.Command {
-	return &cobra.Command{
-		Use:   "run",
+func newRunCmd() *cobra.Command {
+	var cf *configFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags]",
 		Short: "Record flows until SIGINT or SIGTERM; SIGHUP reopens the output file",
-		Args:  cobra.NoArgs,
+		Long: "run records flows as the configuration says: the built-in defaults, overridden by the\n" +
+			"--config file, then by FLOWD_* variables, then by the flags below. Records go to\n" +
+			"output.path (standard output by default), flowd's own log to standard error.",
+		Example: "  flowd run --cgroup system.slice/nginx.service --port 443 -o /var/log/flowd/records.jsonl\n" +
+			"  flowd run -c /etc/flowd/flowd.yaml --backend netlink --interval 500ms\n" +
+			"  flowd run --port 5201 | jq 'select(.event == \"sample\") | .tcp_info.rtt'",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := o.load(cmd)
+			cfg, err := cf.load(cmd)
 			if err != nil {
 				return err
 			}
@@ -152,6 +182,8 @@ func newRunCmd(o *options) *cobra.Command {
 			return nil
 		},
 	}
+	cf = addConfigFlags(cmd)
+	return cmd
 }
 
 // reopenOnSIGHUP reopens the daemon's output file on every SIGHUP (log
@@ -186,13 +218,16 @@ func reopenOnSIGHUP(ctx context.Context, d *daemon.Daemon, log logrus.FieldLogge
 	}
 }
 
-func newConfigCmd(o *options) *cobra.Command {
-	return &cobra.Command{
-		Use:   "config",
+func newConfigCmd() *cobra.Command {
+	var cf *configFlags
+	cmd := &cobra.Command{
+		Use:   "config [flags]",
 		Short: "Print the configuration in effect (validated; run checks the machine) as YAML",
-		Args:  cobra.NoArgs,
+		Long: "config prints the configuration run would use with the same file, variables and flags,\n" +
+			"validated, as a config file that sets every key.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := o.load(cmd)
+			cfg, err := cf.load(cmd)
 			if err != nil {
 				return err
 			}
@@ -206,6 +241,8 @@ func newConfigCmd(o *options) *cobra.Command {
 			return nil
 		},
 	}
+	cf = addConfigFlags(cmd)
+	return cmd
 }
 
 func newVersionCmd() *cobra.Command {

@@ -182,7 +182,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestUnknownCommand(t *testing.T) {
 	r := flowd(t, env(), "rnu")
-	if r.code != 2 || !strings.Contains(r.stderr, `unknown command "rnu"`) {
+	if r.code != 2 || r.stderr != "flowd: unknown command \"rnu\" (did you mean run?)\n" {
 		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
 	}
 	r = flowd(t, env())
@@ -190,8 +190,111 @@ func TestUnknownCommand(t *testing.T) {
 		t.Errorf("no command: exit %d, stderr %q", r.code, r.stderr)
 	}
 	r = flowd(t, env(), "--help")
-	if r.code != 0 || !strings.Contains(r.stdout, "run") || !strings.Contains(r.stdout, "--config") {
+	if r.code != 0 || !strings.Contains(r.stdout, "run") || !strings.Contains(r.stdout, "--version") {
 		t.Errorf("--help: exit %d, stdout %q", r.code, r.stdout)
+	}
+	r = flowd(t, env(), "run", "--help")
+	for _, flag := range []string{"--config", "--cgroup", "--backend", "--interval", "--port", "--output", "--tcp-info", "--events", "--log-level"} {
+		if r.code != 0 || !strings.Contains(r.stdout, flag) {
+			t.Errorf("run --help: exit %d, no %s in\n%s", r.code, flag, r.stdout)
+		}
+	}
+}
+
+// TestDidYouMean: a mistyped command, flag, key or variable is an error
+// (exit status 2, one line) that names what was probably meant; a flag of
+// another command names the commands that take it.
+func TestDidYouMean(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{args: []string{"runn"}, want: `unknown command "runn" (did you mean run?)`},
+		{args: []string{"flow", "x.jsonl"}, want: `unknown command "flow" (did you mean flows?)`},
+		{args: []string{"confg"}, want: `unknown command "confg" (did you mean config?)`},
+		{args: []string{"frobnicate"}, want: `unknown command "frobnicate"`},
+		{args: []string{"run", "--cgrup", "x"}, want: "unknown flag: --cgrup (did you mean --cgroup?)"},
+		{args: []string{"config", "--intervall", "1s"}, want: "unknown flag: --intervall (did you mean --interval?)"},
+		{args: []string{"version", "--config", "x"}, want: "unknown flag: --config: flowd version does not take it (flowd config and flowd run do)"},
+		{args: []string{"fill", "--config", "x"}, want: "unknown flag: --config: flowd fill does not take it (flowd config and flowd run do)"},
+		{args: []string{"flows", "--strict"}, want: "unknown flag: --strict: flowd flows does not take it (flowd fill do)"},
+		{args: []string{"config", "--config", writeConfig(t, "ebpf:\n  moed: poll\n")}, want: "ebpf.moed: unknown key (did you mean ebpf.mode?)"},
+		{env: []string{"FLOWD_EBPF_MOED=poll"}, args: []string{"config"}, want: `environment variable FLOWD_EBPF_MOED="poll" sets no config key (did you mean FLOWD_EBPF_MODE?)`},
+	} {
+		r := flowd(t, env(tc.env...), tc.args...)
+		if r.code != 2 || r.stderr != "flowd: "+tc.want+"\n" || r.stdout != "" {
+			t.Errorf("flowd %v: exit %d, stderr %q, stdout %q; want 2 and %q", tc.args, r.code, r.stderr, r.stdout, tc.want)
+		}
+	}
+}
+
+// TestKeyFlags: the flags of run and config set their keys, above the
+// environment, above the file; their errors name the flag.
+func TestKeyFlags(t *testing.T) {
+	file := writeConfig(t, "cgroup: from-file\nnetlink:\n  interval: 3s\nfilter:\n  local_ports: [22]\noutput:\n  path: file.jsonl\n")
+	r := flowd(t, env("FLOWD_NETLINK_INTERVAL=2s", "FLOWD_OUTPUT_PATH=env.jsonl", "FLOWD_BACKENDS=netlink"), "config", "-c", file,
+		"--cgroup", "system.slice/nginx.service", "--backend", "ebpf", "-b", "netlink", "--interval", "250ms",
+		"--port", "80,443", "-p", "8080", "-o", "flag.jsonl", "--tcp-info", "rtt", "--tcp-info", "snd_cwnd",
+		"--events", "open,close", "--log-level", "debug")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{
+		"backends: [ebpf, netlink]\n", "cgroup: system.slice/nginx.service\n",
+		"ebpf:\n  mode: poll\n  interval: 250ms\n", "netlink:\n  interval: 250ms\n",
+		"local_ports: [80, 443, 8080]\n", "remote_ports: [80, 443, 8080]\n", "path: flag.jsonl\n",
+		"tcp_info: [rtt, snd_cwnd]\n", "events: [open, close]\n", "level: debug\n",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("flags: config lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	// Without the flags: the environment above the file, the file above
+	// the defaults.
+	r = flowd(t, env("FLOWD_NETLINK_INTERVAL=2s", "FLOWD_OUTPUT_PATH=env.jsonl"), "config", "-c", file)
+	for _, want := range []string{"cgroup: from-file\n", "netlink:\n  interval: 2s\n", "local_ports: [22]\n", "path: env.jsonl\n", "ebpf:\n  mode: poll\n  interval: 1s\n"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("no flags: config lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--interval", "1x"}, `ebpf.interval: "1x" is not a duration (use a unit, e.g. 500ms, 2s) (set by --interval)`},
+		{[]string{"-i", "0s"}, "netlink.interval: 0s is shorter than 10ms (set by --interval)"},
+		{[]string{"--port", "80", "--port", "70000"}, "filter.local_ports: 70000 is out of range 1..65535 (set by --port)"},
+		{[]string{"--backend", "pcap"}, `backends: "pcap" is not one of auto, ebpf, netlink (set by --backend)`},
+		{[]string{"-o", ""}, `output.path: "" is not a path (use "-" for standard output) (set by --output)`},
+		{[]string{"--events", "opne"}, `output.events: "opne" is not one of open, sample, state, close (set by --events)`},
+		{[]string{"--config="}, "--config: empty file name (leave the flag out to use the defaults and FLOWD_* variables alone)"},
+	} {
+		for _, cmd := range []string{"config", "run"} {
+			r := flowd(t, env(), append([]string{cmd}, tc.args...)...)
+			if r.code != 2 || r.stderr != "flowd: "+tc.want+"\n" || r.stdout != "" {
+				t.Errorf("flowd %s %v: exit %d, stderr %q; want 2 and %q", cmd, tc.args, r.code, r.stderr, tc.want)
+			}
+		}
+	}
+}
+
+// TestRelativeCgroup: a relative cgroup is relative to the cgroup2 mount,
+// whatever the working directory.
+func TestRelativeCgroup(t *testing.T) {
+	mount := requireCgroup2(t)
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "system.slice"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(flowdBin, "run", "--cgroup", "system.slice/flowd-no-such.service")
+	cmd.Dir, cmd.Env = dir, env()
+	out, err := cmd.CombinedOutput()
+	want := fmt.Sprintf("flowd: cgroup: %q is not usable (set by --cgroup): %s does not exist\n",
+		"system.slice/flowd-no-such.service", filepath.Join(mount, "system.slice/flowd-no-such.service"))
+	if cmd.ProcessState.ExitCode() != 2 || string(out) != want {
+		t.Errorf("exit %d (%v), output %q; want 2 and %q", cmd.ProcessState.ExitCode(), err, out, want)
 	}
 }
 
@@ -249,6 +352,11 @@ func TestVersion(t *testing.T) {
 	}
 	if !strings.HasPrefix(r.stdout, "flowd "+testVersion+" (commit ") || !strings.Contains(r.stdout, "go1.") {
 		t.Errorf("version output %q", r.stdout)
+	}
+	for _, flag := range []string{"--version", "-v"} {
+		if f := flowd(t, env(), flag); f.code != 0 || f.stdout != r.stdout || f.stderr != "" {
+			t.Errorf("flowd %s: exit %d, stdout %q, stderr %q; want what flowd version prints", flag, f.code, f.stdout, f.stderr)
+		}
 	}
 
 	// Built without the VCS stamp, flowd shows the commit the build gave it
