@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,10 +28,10 @@ type limitCase struct {
 	want Verdict
 	// shape, when set, puts a tbf on the sender's side of the link.
 	shape                 func(tb testing.TB, l *testutil.Link)
-	rcvbuf, sndbuf        int    // SO_RCVBUF on the receiver, SO_SNDBUF on the sender (0: autotuned)
-	cc                    string // the sender's congestion control ("": cubic)
-	slowWrites            bool   // the application writes 1 kB every 20 ms instead of all it can
-	busyReturn            bool   // B sends A a bulk flow through a 10 Mbit/s tbf with a 64 kB queue meanwhile
+	rcvbuf, sndbuf        int  // SO_RCVBUF on the receiver, SO_SNDBUF on the sender (0: autotuned)
+	paced                 bool // the sender paces its data (the kernel's own pacing, as bbr's)
+	slowWrites            bool // the application writes 1 kB every 20 ms instead of all it can
+	busyReturn            bool // B sends A a bulk flow through a 10 Mbit/s tbf with a 64 kB queue meanwhile
 	cookie                uint64
 	local, remote         string
 	sentBytes, recvdBytes int64
@@ -41,20 +42,21 @@ const transferTime = 1500 * time.Millisecond
 
 // TestVerdictsOfRealFlows sends real TCP flows between two network
 // namespaces, each limited by what the case sets up, records them with the
-// eBPF backend, writes the records with partial samples (the harder input) and
-// checks that the summary's verdict names that limit.
+// eBPF backend, writes the records with partial samples (the harder input)
+// and checks that the summary's verdict names that limit.
 func TestVerdictsOfRealFlows(t *testing.T) {
 	testutil.RequireRoot(t)
 	cases := []*limitCase{
 		{name: "small receive buffer", want: VerdictReceiveWindow, rcvbuf: 8 << 10},
-		// The kernel counts sndbuf_limited when the last queued data
-		// leaves while the writer waits for buffer space. Unpaced data
-		// leaves as it is written, and a writer held back by its buffer is
-		// counted application-limited; bbr paces, so its data waits in
-		// the socket. The acknowledgments come back through a queue that a
-		// flow in the other direction keeps full: a round trip of about
-		// 10 ms, which a 128 kB buffer cannot fill.
-		{name: "small send buffer", want: VerdictSendBuffer, sndbuf: 64 << 10, cc: "bbr", busyReturn: true},
+		// The kernel counts sndbuf_limited from when data sent while the
+		// writer waits for buffer space empties the write queue, if the
+		// flow is not cwnd-limited: the data must wait in the socket
+		// (paced), and cwnd stay above twice the packets out, which cubic
+		// grows it to and keeps (bbr's cwnd hovers there; docs/flows.md).
+		// The acknowledgments come back through a queue that a flow in the
+		// other direction keeps full: a round trip of about 10 ms, which a
+		// 128 kB buffer cannot fill.
+		{name: "small send buffer", want: VerdictSendBuffer, sndbuf: 64 << 10, paced: true, busyReturn: true},
 		// 20 Mbit/s with a 30 kB queue: cubic fills it and loses.
 		{name: "tbf bottleneck", want: VerdictCongestion, shape: func(tb testing.TB, l *testutil.Link) {
 			l.Shape(tb, l.A, 20e6/8, 16<<10, 30<<10)
@@ -131,18 +133,19 @@ func limitsString(l *Limits) string {
 	return strings.Join(parts, ", ") + ", app-limited samples " + Percent(l.AppLimitedSamples)
 }
 
-// socketOptions returns a Control function that sets the congestion
-// control and, when size > 0, a socket buffer.
-func socketOptions(cc string, opt, size int) func(network, address string, c syscall.RawConn) error {
-	if cc == "" {
-		cc = "cubic"
-	}
+// socketOptions returns a Control function that sets cubic and, when
+// size > 0, a socket buffer. paced turns on the kernel's own pacing: any
+// SO_MAX_PACING_RATE does, and this one is far above the flows' rates.
+func socketOptions(opt, size int, paced bool) func(network, address string, c syscall.RawConn) error {
 	return func(network, address string, c syscall.RawConn) error {
 		var err error
 		if cerr := c.Control(func(fd uintptr) {
-			err = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, cc)
+			err = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "cubic")
 			if err == nil && size > 0 {
 				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, size)
+			}
+			if err == nil && paced {
+				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, 1<<30)
 			}
 		}); cerr != nil {
 			return cerr
@@ -167,7 +170,7 @@ func (c *limitCase) run(t *testing.T, cg string) {
 	var ln net.Listener
 	l.B.Do(t, func() {
 		testutil.InCgroup(t, cg, func() {
-			lc := net.ListenConfig{Control: socketOptions("", unix.SO_RCVBUF, c.rcvbuf)}
+			lc := net.ListenConfig{Control: socketOptions(unix.SO_RCVBUF, c.rcvbuf, false)}
 			var err error
 			if ln, err = lc.Listen(context.Background(), "tcp4", net.JoinHostPort(l.AddrB.String(), "0")); err != nil {
 				t.Fatal(err)
@@ -189,7 +192,7 @@ func (c *limitCase) run(t *testing.T, cg string) {
 	var conn net.Conn
 	l.A.Do(t, func() {
 		testutil.InCgroup(t, cg, func() {
-			d := net.Dialer{Control: socketOptions(c.cc, unix.SO_SNDBUF, c.sndbuf), Timeout: 5 * time.Second}
+			d := net.Dialer{Control: socketOptions(unix.SO_SNDBUF, c.sndbuf, c.paced), Timeout: 5 * time.Second}
 			var err error
 			if conn, err = d.Dial("tcp4", ln.Addr().String()); err != nil {
 				t.Fatal(err)
@@ -198,21 +201,13 @@ func (c *limitCase) run(t *testing.T, cg string) {
 	})
 	c.cookie = testutil.Cookie(t, conn)
 	c.local, c.remote = conn.LocalAddr().String(), conn.RemoteAddr().String()
-	buf := make([]byte, 64<<10)
-	chunk := len(buf)
+	chunk, pause := 64<<10, time.Duration(0)
 	if c.slowWrites {
-		chunk = 1 << 10
+		chunk, pause = 1<<10, 20*time.Millisecond
 	}
-	for end := time.Now().Add(transferTime); time.Now().Before(end); {
-		_ = conn.SetWriteDeadline(end)
-		n, err := conn.Write(buf[:chunk])
-		c.sentBytes += int64(n)
-		if err != nil && !os.IsTimeout(err) {
-			t.Fatalf("%s: write: %v", c.name, err)
-		}
-		if c.slowWrites {
-			time.Sleep(20 * time.Millisecond)
-		}
+	var err error
+	if c.sentBytes, err = send(conn, chunk, pause); err != nil {
+		t.Fatalf("%s: write: %v", c.name, err)
 	}
 	conn.Close()
 	select {
@@ -223,6 +218,56 @@ func (c *limitCase) run(t *testing.T, cg string) {
 	if c.recvdBytes != c.sentBytes {
 		t.Fatalf("%s: sent %d bytes, received %d", c.name, c.sentBytes, c.recvdBytes)
 	}
+}
+
+// send writes chunk bytes at a time to conn, pausing after each write,
+// until transferTime has passed, and returns how many it wrote. It writes
+// from an OS thread of its own at the highest priority, with writes that
+// block in the kernel, which wakes the writer itself when buffer space
+// frees: on a loaded host a writer kept off the CPU would make any flow
+// application-limited.
+func send(conn net.Conn, chunk int, pause time.Duration) (sent int64, err error) {
+	raw, err := conn.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Never unlocked: the thread ends with the goroutine, and its
+		// priority with it.
+		runtime.LockOSThread()
+		if err = unix.Setpriority(unix.PRIO_PROCESS, 0, -20); err != nil {
+			return
+		}
+		buf := make([]byte, chunk)
+		cerr := raw.Control(func(fd uintptr) {
+			// Blocking writes that give up now and then, to see the time.
+			if err = unix.SetNonblock(int(fd), false); err != nil {
+				return
+			}
+			tv := unix.NsecToTimeval(int64(50 * time.Millisecond))
+			if err = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+				return
+			}
+			for end := time.Now().Add(transferTime); time.Now().Before(end); {
+				n, werr := unix.Write(int(fd), buf)
+				if n > 0 {
+					sent += int64(n)
+				}
+				if werr != nil && werr != unix.EAGAIN && werr != unix.EINTR {
+					err = werr
+					return
+				}
+				time.Sleep(pause)
+			}
+		})
+		if err == nil {
+			err = cerr
+		}
+	}()
+	<-done
+	return sent, err
 }
 
 // backgroundFlow sends from B to A, outside the test's cgroup, until stop
