@@ -14,7 +14,7 @@ import (
 	"github.com/flowd/flowd/backends/netlink"
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
-	"github.com/flowd/flowd/otlp"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -56,7 +56,7 @@ func TestBackendRecordsArrive(t *testing.T) {
 			defer file.Close()
 			lines := sink.NewJSONL(file)
 			lines.SetSamples(sink.SamplesFull)
-			e := newExporter(t, baseConfig(col.GRPC, otlp.ProtocolGRPC), nil)
+			e := newExporter(t, baseConfig(col.GRPC, otlpconfig.ProtocolGRPC), nil)
 			both := flow.SinkFunc(func(r *flow.Record) error { return errors.Join(lines.Write(r), e.Write(r)) })
 
 			ctx, cancel := context.WithCancel(context.Background())

@@ -17,6 +17,7 @@ import (
 	"github.com/flowd/flowd/backends/ebpf"
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 // BenchmarkEncode is the cost of encoding one record into a batch.
@@ -53,13 +54,13 @@ func BenchmarkEncode(b *testing.B) {
 //	drops, lost              records dropped, and neither exported nor dropped (both must be 0)
 func BenchmarkExport(b *testing.B) {
 	col := testutil.StartOTelCollector(b, testutil.OTelCollectorOptions{Discard: true})
-	for _, p := range []Protocol{ProtocolGRPC, ProtocolHTTP} {
+	for _, p := range []otlpconfig.Protocol{otlpconfig.ProtocolGRPC, otlpconfig.ProtocolHTTP} {
 		b.Run(strings.ReplaceAll(string(p), "/", "-"), func(b *testing.B) {
-			for _, c := range []Compression{CompressionNone, CompressionGzip} {
+			for _, c := range []otlpconfig.Compression{otlpconfig.CompressionNone, otlpconfig.CompressionGzip} {
 				b.Run(string(c), func(b *testing.B) {
-					cfg := Default()
+					cfg := otlpconfig.Default()
 					cfg.Endpoint, cfg.Protocol, cfg.Compression = col.GRPC, p, c
-					if p == ProtocolHTTP {
+					if p == otlpconfig.ProtocolHTTP {
 						cfg.Endpoint = col.HTTP
 					}
 					benchExport(b, col, cfg, 0)
@@ -78,7 +79,7 @@ func BenchmarkSustained(b *testing.B) {
 	col := testutil.StartOTelCollector(b, testutil.OTelCollectorOptions{Discard: true})
 	for _, rate := range []int{100_000, 200_000, 400_000} {
 		b.Run(fmt.Sprintf("rate=%dk", rate/1000), func(b *testing.B) {
-			cfg := Default()
+			cfg := otlpconfig.Default()
 			cfg.Endpoint = col.GRPC
 			benchExport(b, col, cfg, rate)
 		})
@@ -88,7 +89,7 @@ func BenchmarkSustained(b *testing.B) {
 // benchExport writes b.N records to an exporter of cfg, at rate records/s
 // (0 = as fast as the exporter takes them without dropping), closes it and
 // reports.
-func benchExport(b *testing.B, col *testutil.OTelCollector, cfg Config, rate int) {
+func benchExport(b *testing.B, col *testutil.OTelCollector, cfg otlpconfig.Config, rate int) {
 	log, _ := logtest.NewNullLogger()
 	e, err := New(cfg, Options{Resource: Resource{HostName: "bench-host", Version: "v1.2.3"}, Log: log})
 	if err != nil {
@@ -167,7 +168,7 @@ func BenchmarkIdle(b *testing.B) {
 	for _, exporter := range []bool{false, true} {
 		b.Run(map[bool]string{false: "none", true: "exporter"}[exporter], func(b *testing.B) {
 			if exporter {
-				cfg := Default()
+				cfg := otlpconfig.Default()
 				cfg.Endpoint = testutil.FreeLoopbackAddr(b) // never reached: nothing is sent
 				log, _ := logtest.NewNullLogger()
 				e, err := New(cfg, Options{Log: log})

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/otlp"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 // testRecords returns n records of every kind: both families, every
@@ -268,8 +270,8 @@ func compareRecords(t *testing.T, got, want []flow.Record, duplicatesAllowed boo
 // protocol, with retries that come quickly, and a shutdown deadline that
 // a loaded machine (or -race) does not reach: Close returns as soon as the
 // queue is sent.
-func baseConfig(endpoint string, protocol otlp.Protocol) otlp.Config {
-	cfg := otlp.Default()
+func baseConfig(endpoint string, protocol otlpconfig.Protocol) otlpconfig.Config {
+	cfg := otlpconfig.Default()
 	cfg.Endpoint = endpoint
 	cfg.Protocol = protocol
 	cfg.ExportInterval = 50 * time.Millisecond
@@ -279,14 +281,14 @@ func baseConfig(endpoint string, protocol otlp.Protocol) otlp.Config {
 	return cfg
 }
 
-func endpoint(col *testutil.OTelCollector, p otlp.Protocol) string {
-	if p == otlp.ProtocolHTTP {
+func endpoint(col *testutil.OTelCollector, p otlpconfig.Protocol) string {
+	if p == otlpconfig.ProtocolHTTP {
 		return col.HTTP
 	}
 	return col.GRPC
 }
 
-func newExporter(t *testing.T, cfg otlp.Config, log logrus.FieldLogger) *otlp.Exporter {
+func newExporter(t *testing.T, cfg otlpconfig.Config, log logrus.FieldLogger) *otlp.Exporter {
 	t.Helper()
 	if log == nil {
 		l, _ := logtest.NewNullLogger()
@@ -329,8 +331,8 @@ func TestCollectorReceivesRecords(t *testing.T) {
 	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
 	records := testRecords(3000)
 	var sent []flow.Record
-	for _, p := range []otlp.Protocol{otlp.ProtocolGRPC, otlp.ProtocolHTTP} {
-		for _, c := range []otlp.Compression{otlp.CompressionNone, otlp.CompressionGzip} {
+	for _, p := range []otlpconfig.Protocol{otlpconfig.ProtocolGRPC, otlpconfig.ProtocolHTTP} {
+		for _, c := range []otlpconfig.Compression{otlpconfig.CompressionNone, otlpconfig.CompressionGzip} {
 			// each combination sends records of its own backend
 			batch := slices.Clone(records)
 			for i := range batch {
@@ -368,7 +370,7 @@ func TestCollectorReceivesRecords(t *testing.T) {
 // arrives (some maybe twice, as OTLP's at-least-once delivery allows,
 // when the collector died between writing a request and answering it).
 func TestCollectorRestart(t *testing.T) {
-	for _, p := range []otlp.Protocol{otlp.ProtocolGRPC, otlp.ProtocolHTTP} {
+	for _, p := range []otlpconfig.Protocol{otlpconfig.ProtocolGRPC, otlpconfig.ProtocolHTTP} {
 		t.Run(strings.ReplaceAll(string(p), "/", "-"), func(t *testing.T) {
 			col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
 			cfg := baseConfig(endpoint(col, p), p)
@@ -404,7 +406,7 @@ func TestCollectorRestart(t *testing.T) {
 // the queue holds: what is lost is exactly what the drop counter says.
 func TestQueueOverflow(t *testing.T) {
 	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
-	cfg := baseConfig(col.GRPC, otlp.ProtocolGRPC)
+	cfg := baseConfig(col.GRPC, otlpconfig.ProtocolGRPC)
 	cfg.BatchSize, cfg.QueueSize = 100, 1000
 	log, hook := logtest.NewNullLogger()
 	e := newExporter(t, cfg, log)
@@ -450,7 +452,7 @@ func TestQueueOverflow(t *testing.T) {
 // the problem is logged once per interval, and Close gives up at its
 // deadline with everything counted.
 func TestCollectorNeverUp(t *testing.T) {
-	for _, p := range []otlp.Protocol{otlp.ProtocolGRPC, otlp.ProtocolHTTP} {
+	for _, p := range []otlpconfig.Protocol{otlpconfig.ProtocolGRPC, otlpconfig.ProtocolHTTP} {
 		t.Run(strings.ReplaceAll(string(p), "/", "-"), func(t *testing.T) {
 			cfg := baseConfig(testutil.FreeLoopbackAddr(t), p)
 			cfg.BatchSize, cfg.QueueSize = 100, 1000
@@ -502,5 +504,23 @@ func TestCollectorNeverUp(t *testing.T) {
 				t.Errorf("the last warning does not count every record dropped: %v", last)
 			}
 		})
+	}
+}
+
+// TestNewRejectsInvalid checks that New validates and does not start an
+// exporter without an endpoint.
+func TestNewRejectsInvalid(t *testing.T) {
+	c := otlpconfig.Default()
+	if _, err := otlp.New(c, otlp.Options{}); err == nil || !strings.Contains(err.Error(), "output.otlp.endpoint") {
+		t.Errorf("New without an endpoint: %v", err)
+	}
+	c.Endpoint, c.Protocol = "127.0.0.1:4317", "udp"
+	if _, err := otlp.New(c, otlp.Options{}); err == nil || !strings.Contains(err.Error(), "output.otlp.protocol") {
+		t.Errorf("New with a bad protocol: %v", err)
+	}
+	c.Protocol, c.TLS = otlpconfig.ProtocolGRPC, otlpconfig.TLS{Enabled: true, CAFile: filepath.Join(t.TempDir(), "missing.pem")}
+	var ce *otlpconfig.Error
+	if _, err := otlp.New(c, otlp.Options{}); !errors.As(err, &ce) || ce.Key != "output.otlp.tls.ca_file" {
+		t.Errorf("New with a missing CA file: %v", err)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/flowd/flowd/flow"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 // ErrClosed is returned by Write after Close.
@@ -87,7 +88,7 @@ const maxSpareBatches = 4
 // Exporter sends records to an OTLP receiver. Its methods are safe for
 // concurrent use.
 type Exporter struct {
-	cfg       Config
+	cfg       otlpconfig.Config
 	log       logrus.FieldLogger
 	logEvery  time.Duration
 	enc       *encoder
@@ -124,12 +125,12 @@ var _ flow.Sink = (*Exporter)(nil)
 
 // New validates cfg and starts an exporter. It does not wait for the
 // receiver: one that is not up yet is retried like any transient failure.
-func New(cfg Config, opts Options) (*Exporter, error) {
+func New(cfg otlpconfig.Config, opts Options) (*Exporter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if !cfg.Enabled() {
-		return nil, invalid("endpoint", nil, `"" turns the export off: there is nothing to start`)
+		return nil, otlpconfig.Invalid("endpoint", nil, `"" turns the export off: there is nothing to start`)
 	}
 	t, err := newTransport(&cfg)
 	if err != nil {
@@ -265,7 +266,7 @@ func (e *Exporter) Close() error {
 // until Close.
 func (e *Exporter) send() {
 	var zip *gzip.Writer // for http/protobuf with gzip
-	if e.cfg.Protocol == ProtocolHTTP && e.cfg.Compression == CompressionGzip {
+	if e.cfg.Protocol == otlpconfig.ProtocolHTTP && e.cfg.Compression == otlpconfig.CompressionGzip {
 		zip = gzip.NewWriter(nil)
 	}
 	tick := time.NewTicker(e.cfg.ExportInterval)

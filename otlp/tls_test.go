@@ -20,7 +20,7 @@ import (
 
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
-	"github.com/flowd/flowd/otlp"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 // testCA is a certificate authority made for one test.
@@ -109,14 +109,14 @@ func TestTLS(t *testing.T) {
 
 	records := testRecords(500)
 	var sent []flow.Record
-	for _, p := range []otlp.Protocol{otlp.ProtocolGRPC, otlp.ProtocolHTTP} {
+	for _, p := range []otlpconfig.Protocol{otlpconfig.ProtocolGRPC, otlpconfig.ProtocolHTTP} {
 		name := strings.ReplaceAll(string(p), "/", "-")
 		t.Run(name, func(t *testing.T) {
 			cfg := baseConfig(endpoint(col, p), p)
-			cfg.TLS = otlp.TLS{Enabled: true, CAFile: ca.File, CertFile: clientCert, KeyFile: clientKey}
+			cfg.TLS = otlpconfig.TLS{Enabled: true, CAFile: ca.File, CertFile: clientCert, KeyFile: clientKey}
 			e := newExporter(t, cfg, nil)
 			batch := records[:250]
-			if p == otlp.ProtocolHTTP {
+			if p == otlpconfig.ProtocolHTTP {
 				batch = records[250:]
 			}
 			write(t, e, batch)
@@ -130,12 +130,12 @@ func TestTLS(t *testing.T) {
 		})
 		for _, bad := range []struct {
 			name string
-			tls  otlp.TLS
+			tls  otlpconfig.TLS
 			want string // in the error logged
 		}{
-			{"unknown CA", otlp.TLS{Enabled: true, CAFile: other.File, CertFile: clientCert, KeyFile: clientKey}, "certificate"},
-			{"no client certificate", otlp.TLS{Enabled: true, CAFile: ca.File}, ""},
-			{"plain text", otlp.TLS{}, ""},
+			{"unknown CA", otlpconfig.TLS{Enabled: true, CAFile: other.File, CertFile: clientCert, KeyFile: clientKey}, "certificate"},
+			{"no client certificate", otlpconfig.TLS{Enabled: true, CAFile: ca.File}, ""},
+			{"plain text", otlpconfig.TLS{}, ""},
 		} {
 			t.Run(name+"/"+bad.name, func(t *testing.T) {
 				cfg := baseConfig(endpoint(col, p), p)

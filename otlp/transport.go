@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 // A transport sends one encoded ExportLogsServiceRequest and returns
@@ -100,12 +102,12 @@ const (
 )
 
 // newTransport returns the transport cfg configures.
-func newTransport(cfg *Config) (transport, error) {
-	tlsConfig, err := cfg.TLS.config()
+func newTransport(cfg *otlpconfig.Config) (transport, error) {
+	tlsConfig, err := cfg.TLS.Load()
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Protocol == ProtocolHTTP {
+	if cfg.Protocol == otlpconfig.ProtocolHTTP {
 		return newHTTP(cfg, tlsConfig), nil
 	}
 	return newGRPC(cfg, tlsConfig)
@@ -119,7 +121,7 @@ type grpcTransport struct {
 	opts []grpc.CallOption
 }
 
-func newGRPC(cfg *Config, tlsConfig *tls.Config) (*grpcTransport, error) {
+func newGRPC(cfg *otlpconfig.Config, tlsConfig *tls.Config) (*grpcTransport, error) {
 	creds := insecure.NewCredentials()
 	if tlsConfig != nil {
 		creds = credentials.NewTLS(tlsConfig)
@@ -144,7 +146,7 @@ func newGRPC(cfg *Config, tlsConfig *tls.Config) (*grpcTransport, error) {
 	for name, value := range cfg.Headers {
 		t.md.Set(strings.ToLower(name), value)
 	}
-	if cfg.Compression == CompressionGzip {
+	if cfg.Compression == otlpconfig.CompressionGzip {
 		t.opts = append(t.opts, grpc.UseCompressor("gzip"))
 	}
 	return t, nil
@@ -211,7 +213,7 @@ type httpTransport struct {
 	header http.Header
 }
 
-func newHTTP(cfg *Config, tlsConfig *tls.Config) *httpTransport {
+func newHTTP(cfg *otlpconfig.Config, tlsConfig *tls.Config) *httpTransport {
 	scheme := "http"
 	if tlsConfig != nil {
 		scheme = "https"
@@ -232,7 +234,7 @@ func newHTTP(cfg *Config, tlsConfig *tls.Config) *httpTransport {
 	}
 	t.header.Set("Content-Type", "application/x-protobuf")
 	t.header.Set("User-Agent", userAgent)
-	if cfg.Compression == CompressionGzip {
+	if cfg.Compression == otlpconfig.CompressionGzip {
 		t.header.Set("Content-Encoding", "gzip")
 	}
 	return t

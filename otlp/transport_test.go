@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flowd/flowd/flow"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 func TestGRPCErrorClassification(t *testing.T) {
@@ -134,9 +135,9 @@ func TestHTTPResponses(t *testing.T) {
 			}))
 			defer srv.Close()
 
-			cfg := Default()
+			cfg := otlpconfig.Default()
 			cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
-			cfg.Protocol = ProtocolHTTP
+			cfg.Protocol = otlpconfig.ProtocolHTTP
 			cfg.Headers = map[string]string{"Authorization": "Bearer t"}
 			cfg.ExportInterval = 10 * time.Millisecond
 			cfg.Retry.InitialInterval, cfg.Retry.MaxInterval = 20*time.Millisecond, 40*time.Millisecond

@@ -1,4 +1,4 @@
-package otlp
+package otlpconfig
 
 import (
 	"errors"
@@ -50,47 +50,78 @@ func TestValidate(t *testing.T) {
 		{"retry.initial_interval", func(c *Config) { c.Retry.InitialInterval = 0 }, "output.otlp.retry.initial_interval", "0s"},
 		{"retry.max_interval", func(c *Config) { c.Retry.MaxInterval = 500 * time.Millisecond }, "output.otlp.retry.max_interval", "500ms"},
 		{"retry.max_elapsed_time", func(c *Config) { c.Retry.MaxElapsedTime = 0 }, "output.otlp.retry.max_elapsed_time", "0s"},
+		{"metrics_http_path", func(c *Config) { c.MetricsHTTPPath = "/v1/metrics?x" }, "output.otlp.metrics_http_path", `"/v1/metrics?x"`},
+		{"no metrics", func(c *Config) { c.MetricsInterval = 0 }, "", ""},
+		{"metrics_interval too short", func(c *Config) { c.MetricsInterval = 100 * time.Millisecond }, "output.otlp.metrics_interval", "100ms"},
+		{"metrics_interval negative", func(c *Config) { c.MetricsInterval = -time.Second }, "output.otlp.metrics_interval", "-1s"},
 		{"CA file without TLS", func(c *Config) { c.TLS.CAFile = notPEM }, "output.otlp.tls.ca_file", notPEM},
-		{"missing CA file", func(c *Config) { c.TLS = TLS{Enabled: true, CAFile: missing} }, "output.otlp.tls.ca_file", missing},
-		{"CA file not PEM", func(c *Config) { c.TLS = TLS{Enabled: true, CAFile: notPEM} }, "output.otlp.tls.ca_file", notPEM},
 		{"cert without key", func(c *Config) { c.TLS = TLS{Enabled: true, CertFile: notPEM} }, "output.otlp.tls.key_file", `""`},
 		{"key without cert", func(c *Config) { c.TLS = TLS{Enabled: true, KeyFile: notPEM} }, "output.otlp.tls.cert_file", `""`},
-		{"bad key pair", func(c *Config) { c.TLS = TLS{Enabled: true, CertFile: notPEM, KeyFile: notPEM} }, "output.otlp.tls.cert_file", notPEM},
 		{"TLS with system roots", func(c *Config) { c.TLS = TLS{Enabled: true} }, "", ""},
+		// Values only: the files are read by Load.
+		{"missing CA file", func(c *Config) { c.TLS = TLS{Enabled: true, CAFile: missing} }, "", ""},
+		{"CA file not PEM", func(c *Config) { c.TLS = TLS{Enabled: true, CAFile: notPEM} }, "", ""},
+		{"missing key pair", func(c *Config) { c.TLS = TLS{Enabled: true, CertFile: missing, KeyFile: missing} }, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()
 			tc.change(&c)
-			err := c.Validate()
-			if tc.key == "" {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			var e *Error
-			if !errors.As(err, &e) {
-				t.Fatalf("got %v, want an *Error for %s", err, tc.key)
-			}
-			if e.Key != tc.key || !strings.Contains(err.Error(), tc.value) || !strings.HasPrefix(err.Error(), tc.key+": ") {
-				t.Errorf("got %q (key %s), want an error of %s quoting %s", err, e.Key, tc.key, tc.value)
-			}
-			t.Log(err)
+			checkError(t, c.Validate(), tc.key, tc.value)
 		})
 	}
 }
 
-// TestNewRejectsInvalid checks that New validates and does not start an
-// exporter without an endpoint.
-func TestNewRejectsInvalid(t *testing.T) {
-	c := Default()
-	if _, err := New(c, Options{}); err == nil || !strings.Contains(err.Error(), "output.otlp.endpoint") {
-		t.Errorf("New without an endpoint: %v", err)
+// TestLoadTLS checks that Load reads the files and names the key of the
+// one at fault.
+func TestLoadTLS(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	c.Endpoint, c.Protocol = "127.0.0.1:4317", "udp"
-	if _, err := New(c, Options{}); err == nil || !strings.Contains(err.Error(), "output.otlp.protocol") {
-		t.Errorf("New with a bad protocol: %v", err)
+	missing := filepath.Join(dir, "missing.pem")
+	for _, tc := range []struct {
+		name  string
+		tls   TLS
+		key   string // "" = valid
+		value string
+	}{
+		{"off", TLS{}, "", ""},
+		{"system roots", TLS{Enabled: true}, "", ""},
+		{"missing CA file", TLS{Enabled: true, CAFile: missing}, "output.otlp.tls.ca_file", missing},
+		{"CA file not PEM", TLS{Enabled: true, CAFile: notPEM}, "output.otlp.tls.ca_file", notPEM},
+		{"bad key pair", TLS{Enabled: true, CertFile: notPEM, KeyFile: notPEM}, "output.otlp.tls.cert_file", notPEM},
+		{"missing key pair", TLS{Enabled: true, CertFile: missing, KeyFile: missing}, "output.otlp.tls.cert_file", missing},
+		{"cert without key", TLS{Enabled: true, CertFile: notPEM}, "output.otlp.tls.key_file", `""`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tc.tls.Load()
+			checkError(t, err, tc.key, tc.value)
+			if err == nil && (c != nil) != tc.tls.Enabled {
+				t.Errorf("tls.Config %v with TLS enabled %v", c, tc.tls.Enabled)
+			}
+		})
 	}
+}
+
+// checkError checks that err is nil when key is "", else an *Error of key
+// that quotes value.
+func checkError(t *testing.T, err error, key, value string) {
+	t.Helper()
+	if key == "" {
+		if err != nil {
+			t.Fatalf("unexpected error: %v", err)
+		}
+		return
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("got %v, want an *Error for %s", err, key)
+	}
+	if e.Key != key || !strings.Contains(err.Error(), value) || !strings.HasPrefix(err.Error(), key+": ") {
+		t.Errorf("got %q (key %s), want an error of %s quoting %s", err, e.Key, key, value)
+	}
+	t.Log(err)
 }
 
 // TestYAML checks the keys and the decoding of the enums and durations:
@@ -110,6 +141,8 @@ export_interval: 200ms
 concurrent_requests: 4
 shutdown_timeout: 2s
 retry: {enabled: false, initial_interval: 2s, max_interval: 4s, max_elapsed_time: 8s}
+metrics_interval: 10s
+metrics_http_path: /otlp/v1/metrics
 `
 	c := Default()
 	dec := yaml.NewDecoder(strings.NewReader(in))
@@ -123,7 +156,8 @@ retry: {enabled: false, initial_interval: 2s, max_interval: 4s, max_elapsed_time
 		TLS:         TLS{Enabled: true, CAFile: "/etc/flowd/ca.pem", CertFile: "/etc/flowd/c.pem", KeyFile: "/etc/flowd/k.pem"},
 		Compression: CompressionGzip, Timeout: 5 * time.Second, QueueSize: 1000, BatchSize: 100,
 		ExportInterval: 200 * time.Millisecond, ConcurrentRequests: 4, ShutdownTimeout: 2 * time.Second,
-		Retry: Retry{InitialInterval: 2 * time.Second, MaxInterval: 4 * time.Second, MaxElapsedTime: 8 * time.Second},
+		Retry:           Retry{InitialInterval: 2 * time.Second, MaxInterval: 4 * time.Second, MaxElapsedTime: 8 * time.Second},
+		MetricsInterval: 10 * time.Second, MetricsHTTPPath: "/otlp/v1/metrics",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("decoded\n%+v\nwant\n%+v", c, want)

@@ -1,4 +1,8 @@
-package otlp
+// Package otlpconfig is the configuration of the OTLP export, the value of
+// output.otlp: its keys, defaults and checks. It imports nothing but the
+// standard library, so that flowd's config package holds it without the
+// exporter's gRPC and protobuf dependencies.
+package otlpconfig
 
 import (
 	"crypto/tls"
@@ -13,16 +17,16 @@ import (
 	"time"
 )
 
-// KeyPrefix is the prefix of the configuration keys of the exporter, whose
-// Config is the value of output.otlp.
+// KeyPrefix is the prefix of the keys of a Config, the value of
+// output.otlp.
 const KeyPrefix = "output.otlp."
 
-// Config configures the exporter: the value of output.otlp. An empty
+// Config configures the OTLP export: the value of output.otlp. An empty
 // Endpoint turns it off.
 type Config struct {
 	Endpoint           string            `yaml:"endpoint"`            // host:port of the collector's OTLP receiver; "" = no export
 	Protocol           Protocol          `yaml:"protocol"`            // grpc or http/protobuf
-	HTTPPath           string            `yaml:"http_path"`           // the URL path of http/protobuf requests
+	HTTPPath           string            `yaml:"http_path"`           // the URL path of http/protobuf requests of records
 	Headers            map[string]string `yaml:"headers"`             // sent with every request, e.g. authorization
 	TLS                TLS               `yaml:"tls"`                 // off: plain text
 	Compression        Compression       `yaml:"compression"`         // none or gzip
@@ -33,6 +37,8 @@ type Config struct {
 	ConcurrentRequests int               `yaml:"concurrent_requests"` // 1..MaxConcurrentRequests; requests sent at once
 	ShutdownTimeout    time.Duration     `yaml:"shutdown_timeout"`    // > 0; how long Close sends what is queued
 	Retry              Retry             `yaml:"retry"`
+	MetricsInterval    time.Duration     `yaml:"metrics_interval"`  // 0 or >= MinMetricsInterval; how often the TCP metrics are pushed; 0 = never
+	MetricsHTTPPath    string            `yaml:"metrics_http_path"` // the URL path of http/protobuf requests of metrics
 }
 
 // TLS configures the connection's TLS. With it off, the ca, cert and key
@@ -107,8 +113,14 @@ const MaxBatchSize = 1024
 // request buffer of up to batch_size records.
 const MaxConcurrentRequests = 16
 
+// MinMetricsInterval is the shortest metrics_interval but 0: the TCP
+// metrics of max_cgroups cgroups are a request of up to a few megabytes.
+const MinMetricsInterval = time.Second
+
 // Default is the configuration given no keys: export off, and what
-// setting only output.otlp.endpoint gives.
+// setting only output.otlp.endpoint gives. The metrics are pushed once a
+// minute, the interval OpenTelemetry's SDKs default to
+// (OTEL_METRIC_EXPORT_INTERVAL).
 func Default() Config {
 	return Config{
 		Protocol:           ProtocolGRPC,
@@ -127,11 +139,16 @@ func Default() Config {
 			MaxInterval:     30 * time.Second,
 			MaxElapsedTime:  time.Minute,
 		},
+		MetricsInterval: time.Minute,
+		MetricsHTTPPath: "/v1/metrics",
 	}
 }
 
 // Enabled reports whether records are exported.
 func (c *Config) Enabled() bool { return c.Endpoint != "" }
+
+// MetricsEnabled reports whether the TCP metrics are pushed.
+func (c *Config) MetricsEnabled() bool { return c.Enabled() && c.MetricsInterval > 0 }
 
 // Error is a configuration error: the key (output.otlp....), what is wrong
 // with its value, quoting it, and the cause if any.
@@ -151,12 +168,14 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-func invalid(key string, cause error, format string, args ...any) *Error {
+// Invalid returns the error about key, without KeyPrefix.
+func Invalid(key string, cause error, format string, args ...any) *Error {
 	return &Error{Key: KeyPrefix + key, Msg: fmt.Sprintf(format, args...), Err: cause}
 }
 
-// Validate checks the values alone and together, and reads the TLS files,
-// so that a mistake stops flowd before it starts. The error is an *Error.
+// Validate checks the values alone and together; the error is an *Error.
+// Whether the TLS files can be read is found out when the exporter starts
+// (TLS.Load), as flowd checks every file it names.
 func (c *Config) Validate() error {
 	if c.Endpoint != "" {
 		if err := validateEndpoint(c.Endpoint); err != nil {
@@ -164,52 +183,57 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Protocol != ProtocolGRPC && c.Protocol != ProtocolHTTP {
-		return invalid("protocol", nil, "%q is not one of %s", c.Protocol, joinQuoted([]Protocol{ProtocolGRPC, ProtocolHTTP}))
+		return Invalid("protocol", nil, "%q is not one of %s", c.Protocol, joinQuoted([]Protocol{ProtocolGRPC, ProtocolHTTP}))
 	}
-	if !strings.HasPrefix(c.HTTPPath, "/") || strings.ContainsAny(c.HTTPPath, "?# \t\r\n") {
-		return invalid("http_path", nil, "%q is not a URL path starting with /", c.HTTPPath)
+	for _, p := range []struct{ key, path string }{{"http_path", c.HTTPPath}, {"metrics_http_path", c.MetricsHTTPPath}} {
+		if !strings.HasPrefix(p.path, "/") || strings.ContainsAny(p.path, "?# \t\r\n") {
+			return Invalid(p.key, nil, "%q is not a URL path starting with /", p.path)
+		}
 	}
 	for name, value := range c.Headers {
 		if !isToken(name) {
-			return invalid("headers", nil, "%q is not a header name", name)
+			return Invalid("headers", nil, "%q is not a header name", name)
 		}
 		if strings.ContainsFunc(value, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
-			return invalid("headers", nil, "the value of %q holds a control character", name)
+			return Invalid("headers", nil, "the value of %q holds a control character", name)
 		}
 	}
-	if _, err := c.TLS.config(); err != nil {
+	if err := c.TLS.validate(); err != nil {
 		return err
 	}
 	if c.Compression != CompressionNone && c.Compression != CompressionGzip {
-		return invalid("compression", nil, "%q is not one of %s", c.Compression, joinQuoted([]Compression{CompressionNone, CompressionGzip}))
+		return Invalid("compression", nil, "%q is not one of %s", c.Compression, joinQuoted([]Compression{CompressionNone, CompressionGzip}))
 	}
 	if c.Timeout <= 0 {
-		return invalid("timeout", nil, "%s is not greater than 0", c.Timeout)
+		return Invalid("timeout", nil, "%s is not greater than 0", c.Timeout)
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
-		return invalid("batch_size", nil, "%d is not in 1..%d", c.BatchSize, MaxBatchSize)
+		return Invalid("batch_size", nil, "%d is not in 1..%d", c.BatchSize, MaxBatchSize)
 	}
 	if c.QueueSize < c.BatchSize {
-		return invalid("queue_size", nil, "%d is smaller than output.otlp.batch_size (%d)", c.QueueSize, c.BatchSize)
+		return Invalid("queue_size", nil, "%d is smaller than output.otlp.batch_size (%d)", c.QueueSize, c.BatchSize)
 	}
 	if c.ExportInterval <= 0 {
-		return invalid("export_interval", nil, "%s is not greater than 0", c.ExportInterval)
+		return Invalid("export_interval", nil, "%s is not greater than 0", c.ExportInterval)
 	}
 	if c.ConcurrentRequests < 1 || c.ConcurrentRequests > MaxConcurrentRequests {
-		return invalid("concurrent_requests", nil, "%d is not in 1..%d", c.ConcurrentRequests, MaxConcurrentRequests)
+		return Invalid("concurrent_requests", nil, "%d is not in 1..%d", c.ConcurrentRequests, MaxConcurrentRequests)
 	}
 	if c.ShutdownTimeout <= 0 {
-		return invalid("shutdown_timeout", nil, "%s is not greater than 0", c.ShutdownTimeout)
+		return Invalid("shutdown_timeout", nil, "%s is not greater than 0", c.ShutdownTimeout)
 	}
 	r := c.Retry
 	if r.InitialInterval <= 0 {
-		return invalid("retry.initial_interval", nil, "%s is not greater than 0", r.InitialInterval)
+		return Invalid("retry.initial_interval", nil, "%s is not greater than 0", r.InitialInterval)
 	}
 	if r.MaxInterval < r.InitialInterval {
-		return invalid("retry.max_interval", nil, "%s is smaller than output.otlp.retry.initial_interval (%s)", r.MaxInterval, r.InitialInterval)
+		return Invalid("retry.max_interval", nil, "%s is smaller than output.otlp.retry.initial_interval (%s)", r.MaxInterval, r.InitialInterval)
 	}
 	if r.MaxElapsedTime <= 0 {
-		return invalid("retry.max_elapsed_time", nil, "%s is not greater than 0", r.MaxElapsedTime)
+		return Invalid("retry.max_elapsed_time", nil, "%s is not greater than 0", r.MaxElapsedTime)
+	}
+	if d := c.MetricsInterval; d != 0 && d < MinMetricsInterval {
+		return Invalid("metrics_interval", nil, "%s is neither 0 (no metrics) nor at least %s", d, MinMetricsInterval)
 	}
 	return nil
 }
@@ -217,17 +241,17 @@ func (c *Config) Validate() error {
 // validateEndpoint checks that s is host:port.
 func validateEndpoint(s string) error {
 	if strings.Contains(s, "://") {
-		return invalid("endpoint", nil, "%q is not host:port: the scheme follows from output.otlp.tls.enabled, the path from output.otlp.http_path", s)
+		return Invalid("endpoint", nil, "%q is not host:port: the scheme follows from output.otlp.tls.enabled, the path from output.otlp.http_path", s)
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return invalid("endpoint", nil, "%q is not host:port (e.g. collector.example:4317, 127.0.0.1:4318)", s)
+		return Invalid("endpoint", nil, "%q is not host:port (e.g. collector.example:4317, 127.0.0.1:4318)", s)
 	}
 	if host == "" || strings.ContainsAny(host, "/?#@ ") {
-		return invalid("endpoint", nil, "%q has no valid host", s)
+		return Invalid("endpoint", nil, "%q has no valid host", s)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return invalid("endpoint", nil, "%q has no valid port number (1..65535)", s)
+		return Invalid("endpoint", nil, "%q has no valid port number (1..65535)", s)
 	}
 	return nil
 }
@@ -246,37 +270,47 @@ func isToken(s string) bool {
 	return true
 }
 
-// config returns the tls.Config of t, nil when TLS is off.
-func (t *TLS) config() (*tls.Config, error) {
+// validate checks the values of t: files only with TLS on, a client
+// certificate with its key.
+func (t *TLS) validate() error {
 	if !t.Enabled {
 		for _, f := range []struct{ key, value string }{{"tls.ca_file", t.CAFile}, {"tls.cert_file", t.CertFile}, {"tls.key_file", t.KeyFile}} {
 			if f.value != "" {
-				return nil, invalid(f.key, nil, "%q is set but output.otlp.tls.enabled is false", f.value)
+				return Invalid(f.key, nil, "%q is set but output.otlp.tls.enabled is false", f.value)
 			}
 		}
-		return nil, nil
+		return nil
+	}
+	switch {
+	case t.CertFile == "" && t.KeyFile != "":
+		return Invalid("tls.cert_file", nil, `"" but output.otlp.tls.key_file is set: give both or neither`)
+	case t.KeyFile == "" && t.CertFile != "":
+		return Invalid("tls.key_file", nil, `"" but output.otlp.tls.cert_file is set: give both or neither`)
+	}
+	return nil
+}
+
+// Load returns the tls.Config of t, nil when TLS is off, reading its
+// files. Its error is an *Error naming the file's key.
+func (t *TLS) Load() (*tls.Config, error) {
+	if err := t.validate(); err != nil || !t.Enabled {
+		return nil, err
 	}
 	c := &tls.Config{MinVersion: tls.VersionTLS12}
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
-			return nil, invalid("tls.ca_file", err, "reading %q", t.CAFile)
+			return nil, Invalid("tls.ca_file", err, "reading %q", t.CAFile)
 		}
 		c.RootCAs = x509.NewCertPool()
 		if !c.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, invalid("tls.ca_file", nil, "%q holds no PEM certificate", t.CAFile)
+			return nil, Invalid("tls.ca_file", nil, "%q holds no PEM certificate", t.CAFile)
 		}
 	}
-	switch {
-	case t.CertFile == "" && t.KeyFile == "":
-	case t.CertFile == "":
-		return nil, invalid("tls.cert_file", nil, `"" but output.otlp.tls.key_file is set: give both or neither`)
-	case t.KeyFile == "":
-		return nil, invalid("tls.key_file", nil, `"" but output.otlp.tls.cert_file is set: give both or neither`)
-	default:
+	if t.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
-			return nil, invalid("tls.cert_file", err, "loading %q with key %q", t.CertFile, t.KeyFile)
+			return nil, Invalid("tls.cert_file", err, "loading %q with key %q", t.CertFile, t.KeyFile)
 		}
 		c.Certificates = []tls.Certificate{cert}
 	}
