@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/flowd/flowd/flow"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 // Config is flowd's configuration.
@@ -66,13 +67,18 @@ type Filter struct {
 
 // Output says where records go and what they hold.
 type Output struct {
-	Path           string       `yaml:"path"`            // "-" = standard output; a file is opened for append
-	Mode           FileMode     `yaml:"mode"`            // permissions of a file flowd creates; the owner may write
-	FollowSymlinks bool         `yaml:"follow_symlinks"` // else a symbolic link at path is refused
-	TCPInfo        []flow.Field `yaml:"tcp_info,flow"`   // the members written; none = every member
-	Samples        Samples      `yaml:"samples"`
-	Events         []flow.Event `yaml:"events,flow"` // the events written; at least one
+	Path           string            `yaml:"path"`            // "-" = standard output, PathNone = no file; a file is opened for append
+	Mode           FileMode          `yaml:"mode"`            // permissions of a file flowd creates; the owner may write
+	FollowSymlinks bool              `yaml:"follow_symlinks"` // else a symbolic link at path is refused
+	TCPInfo        []flow.Field      `yaml:"tcp_info,flow"`   // the members written; none = every member
+	Samples        Samples           `yaml:"samples"`
+	Events         []flow.Event      `yaml:"events,flow"` // the events written; at least one
+	OTLP           otlpconfig.Config `yaml:"otlp"`        // records (and TCP metrics) over OTLP; off without an endpoint
 }
+
+// PathNone is the output.path of no JSON Lines file, for a flowd that
+// exports over OTLP only; a file named none is written "./none".
+const PathNone = "none"
 
 // Log configures flowd's own log, on standard error.
 type Log struct {
@@ -109,6 +115,7 @@ func Default() *Config {
 			TCPInfo: []flow.Field{},
 			Samples: "full",
 			Events:  []flow.Event{flow.EventOpen, flow.EventSample, flow.EventState, flow.EventClose},
+			OTLP:    otlpconfig.Default(),
 		},
 		Log:     Log{Level: "info", Format: "text"},
 		Metrics: Metrics{MaxCgroups: 1000, ByIPv4Prefix: 24, ByIPv6Prefix: 64, MaxBy: 100, MaxFlows: 100},
@@ -299,6 +306,12 @@ func (c *Config) Validate() error {
 
 	if c.Output.Path == "" {
 		return c.Invalid("output.path", nil, `"" is not a path (use "-" for standard output)`)
+	}
+	if c.Output.Path == PathNone && !c.Output.OTLP.Enabled() {
+		return c.Invalid("output.path", nil, `%q without output.otlp.endpoint would record nothing (a file named none is written "./none")`, PathNone)
+	}
+	if e := (*otlpconfig.Error)(nil); errors.As(c.Output.OTLP.Validate(), &e) {
+		return c.Invalid(e.Key, e.Err, "%s", e.Msg)
 	}
 	if m := c.Output.Mode; m&0o200 == 0 {
 		return c.Invalid("output.mode", nil, "%q does not let flowd write a file it creates (the owner needs w, e.g. 0600)", m)

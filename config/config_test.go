@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flowd/flowd/flow"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 func TestMain(m *testing.M) {
@@ -52,7 +53,13 @@ func defaults() *Config {
 		Netlink: Netlink{Interval: time.Second},
 		Filter:  Filter{LocalPorts: []Port{}, RemotePorts: []Port{}, RemoteCIDRs: []netip.Prefix{}},
 		Output: Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "full",
-			Events: []flow.Event{flow.EventOpen, flow.EventSample, flow.EventState, flow.EventClose}},
+			Events: []flow.Event{flow.EventOpen, flow.EventSample, flow.EventState, flow.EventClose}, OTLP: otlpconfig.Config{
+				Protocol: "grpc", HTTPPath: "/v1/logs", Headers: map[string]string{}, Compression: "none",
+				Timeout: 10 * time.Second, QueueSize: 65536, BatchSize: 512, ExportInterval: time.Second,
+				ConcurrentRequests: 2, ShutdownTimeout: 5 * time.Second,
+				Retry:           otlpconfig.Retry{Enabled: true, InitialInterval: time.Second, MaxInterval: 30 * time.Second, MaxElapsedTime: time.Minute},
+				MetricsInterval: time.Minute, MetricsHTTPPath: "/v1/metrics",
+			}},
 		Log:     Log{Level: "info", Format: "text"},
 		Metrics: Metrics{MaxCgroups: 1000, ByIPv4Prefix: 24, ByIPv6Prefix: 64, MaxBy: 100, MaxFlows: 100},
 	}
@@ -130,6 +137,22 @@ output:
   tcp_info: [snd_cwnd, rtt, "snd_cwnd"]
   samples: changes
   events: [close, open, close]
+  otlp:
+    endpoint: collector.example:4318
+    protocol: http/protobuf
+    http_path: /otlp/v1/logs
+    headers: {Authorization: "Bearer abc", X-Scope-OrgID: tenant-1}
+    tls: {enabled: true, ca_file: /etc/flowd/ca.pem, cert_file: /etc/flowd/flowd.pem, key_file: /etc/flowd/flowd.key}
+    compression: gzip
+    timeout: 3s
+    queue_size: 4096
+    batch_size: 256
+    export_interval: 500ms
+    concurrent_requests: 4
+    shutdown_timeout: 2s
+    retry: {enabled: false, initial_interval: 2s, max_interval: 4s, max_elapsed_time: 10s}
+    metrics_interval: 15s
+    metrics_http_path: /otlp/v1/metrics
 log:
   level: debug
   format: json
@@ -160,7 +183,14 @@ metrics:
 			RemoteCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")},
 		},
 		Output: Output{Path: out, Mode: 0o640, FollowSymlinks: true, TCPInfo: []flow.Field{flow.FieldSndCwnd, flow.FieldRTT},
-			Samples: "changes", Events: []flow.Event{flow.EventClose, flow.EventOpen}},
+			Samples: "changes", Events: []flow.Event{flow.EventClose, flow.EventOpen},
+			OTLP: otlpconfig.Config{Endpoint: "collector.example:4318", Protocol: "http/protobuf", HTTPPath: "/otlp/v1/logs",
+				Headers:     map[string]string{"authorization": "Bearer abc", "x-scope-orgid": "tenant-1"},
+				TLS:         otlpconfig.TLS{Enabled: true, CAFile: "/etc/flowd/ca.pem", CertFile: "/etc/flowd/flowd.pem", KeyFile: "/etc/flowd/flowd.key"},
+				Compression: "gzip", Timeout: 3 * time.Second, QueueSize: 4096, BatchSize: 256, ExportInterval: 500 * time.Millisecond,
+				ConcurrentRequests: 4, ShutdownTimeout: 2 * time.Second,
+				Retry:           otlpconfig.Retry{InitialInterval: 2 * time.Second, MaxInterval: 4 * time.Second, MaxElapsedTime: 10 * time.Second},
+				MetricsInterval: 15 * time.Second, MetricsHTTPPath: "/otlp/v1/metrics"}},
 		Log: Log{Level: "debug", Format: "json"},
 		Metrics: Metrics{Listen: "127.0.0.1:9977", MaxCgroups: 50, By: "remote_prefix", ByIPv4Prefix: 16, ByIPv6Prefix: 48,
 			MaxBy: 20, PerFlow: true, MaxFlows: 10, BPFStats: true},
@@ -185,6 +215,9 @@ func TestEnv(t *testing.T) {
 	t.Setenv("FLOWD_OUTPUT_TCP_INFO", "delivery_rate, snd_cwnd")
 	t.Setenv("FLOWD_OUTPUT_MODE", "0o644")
 	t.Setenv("FLOWD_OUTPUT_FOLLOW_SYMLINKS", "true")
+	t.Setenv("FLOWD_OUTPUT_OTLP_ENDPOINT", "collector:4317")
+	t.Setenv("FLOWD_OUTPUT_OTLP_HEADERS", "Authorization=Bearer%20abc, X-Scope-OrgID=tenant-1")
+	t.Setenv("FLOWD_OUTPUT_OTLP_TLS_ENABLED", "true")
 	for _, backendsVar := range []string{"ebpf netlink", "ebpf,netlink"} {
 		t.Setenv("FLOWD_BACKENDS", backendsVar)
 		c, err := Load(path)
@@ -195,7 +228,9 @@ func TestEnv(t *testing.T) {
 			!reflect.DeepEqual(c.Backends, []Backend{"ebpf", "netlink"}) ||
 			!reflect.DeepEqual(c.Filter.LocalPorts, []Port{80, 443, 8080}) ||
 			len(c.Filter.RemoteCIDRs) != 2 || c.Log.Level != "warn" || c.Output.Mode != 0o644 || !c.Output.FollowSymlinks ||
-			!reflect.DeepEqual(c.Output.TCPInfo, []flow.Field{flow.FieldDeliveryRate, flow.FieldSndCwnd}) {
+			!reflect.DeepEqual(c.Output.TCPInfo, []flow.Field{flow.FieldDeliveryRate, flow.FieldSndCwnd}) ||
+			c.Output.OTLP.Endpoint != "collector:4317" || !c.Output.OTLP.TLS.Enabled ||
+			!reflect.DeepEqual(c.Output.OTLP.Headers, map[string]string{"authorization": "Bearer abc", "x-scope-orgid": "tenant-1"}) {
 			t.Errorf("FLOWD_BACKENDS=%q: env did not override: %+v", backendsVar, c)
 		}
 	}
@@ -333,6 +368,25 @@ func TestErrors(t *testing.T) {
 		{name: "output mode empty", env: map[string]string{"FLOWD_OUTPUT_MODE": ""}, want: []string{`output.mode: "" is not a mode`}},
 		{name: "follow symlinks not a bool", file: "output:\n  follow_symlinks: sometimes\n", want: []string{`output.follow_symlinks: "sometimes" is not true or false`}},
 		{name: "output empty env", env: map[string]string{"FLOWD_OUTPUT_PATH": ""}, want: []string{`output.path: "" is not a path`, "FLOWD_OUTPUT_PATH"}},
+		{name: "output none without OTLP", file: "output:\n  path: none\n", want: []string{`output.path: "none" without output.otlp.endpoint would record nothing`, `"./none"`}},
+
+		{name: "otlp endpoint URL", file: "output:\n  otlp:\n    endpoint: http://collector:4318\n", want: []string{`output.otlp.endpoint: "http://collector:4318" is not host:port`}},
+		{name: "otlp endpoint env", env: map[string]string{"FLOWD_OUTPUT_OTLP_ENDPOINT": "collector"}, want: []string{`output.otlp.endpoint: "collector" is not host:port`, "(set by FLOWD_OUTPUT_OTLP_ENDPOINT)"}},
+		{name: "otlp protocol", file: "output:\n  otlp:\n    protocol: http/json\n", want: []string{`output.otlp.protocol: "http/json" is not one of grpc, http/protobuf`}},
+		{name: "otlp protocol env", env: map[string]string{"FLOWD_OUTPUT_OTLP_PROTOCOL": "http"}, want: []string{`output.otlp.protocol: "http" is not one of grpc, http/protobuf`, "FLOWD_OUTPUT_OTLP_PROTOCOL"}},
+		{name: "otlp compression", file: "output:\n  otlp:\n    compression: zstd\n", want: []string{`output.otlp.compression: "zstd" is not one of none, gzip`}},
+		{name: "otlp batch_size", file: "output:\n  otlp:\n    batch_size: 2000\n", want: []string{"output.otlp.batch_size: 2000 is not in 1..1024"}},
+		{name: "otlp queue_size", env: map[string]string{"FLOWD_OUTPUT_OTLP_QUEUE_SIZE": "10"}, want: []string{"output.otlp.queue_size: 10 is smaller than output.otlp.batch_size (512)", "FLOWD_OUTPUT_OTLP_QUEUE_SIZE"}},
+		{name: "otlp timeout", file: "output:\n  otlp:\n    timeout: 0s\n", want: []string{"output.otlp.timeout: 0s is not greater than 0"}},
+		{name: "otlp retry", file: "output:\n  otlp:\n    retry:\n      max_interval: 100ms\n", want: []string{"output.otlp.retry.max_interval: 100ms is smaller than output.otlp.retry.initial_interval (1s)"}},
+		{name: "otlp unknown retry key", file: "output:\n  otlp:\n    retry:\n      attempts: 3\n", want: []string{"output.otlp.retry.attempts: unknown key"}},
+		{name: "otlp TLS file without TLS", file: "output:\n  otlp:\n    tls:\n      ca_file: /ca.pem\n", want: []string{`output.otlp.tls.ca_file: "/ca.pem" is set but output.otlp.tls.enabled is false`}},
+		{name: "otlp metrics_interval", file: "output:\n  otlp:\n    metrics_interval: 10ms\n", want: []string{"output.otlp.metrics_interval: 10ms is neither 0 (no metrics) nor at least 1s"}},
+		{name: "otlp header name", file: "output:\n  otlp:\n    headers: {\"bad name\": x}\n", want: []string{`output.otlp.headers: "bad name" is not a header name`}},
+		{name: "otlp header names differ in case", file: "output:\n  otlp:\n    headers: {Authorization: a, authorization: b}\n", want: []string{`output.otlp.headers: "Authorization" and "authorization" are the same name`}},
+		{name: "otlp headers a list", file: "output:\n  otlp:\n    headers: [a, b]\n", want: []string{`output.otlp.headers: ["a", "b"] is not a mapping`}},
+		{name: "otlp headers env", env: map[string]string{"FLOWD_OUTPUT_OTLP_HEADERS": "authorization"}, want: []string{`output.otlp.headers: "authorization" is not name=value`, "FLOWD_OUTPUT_OTLP_HEADERS"}},
+		{name: "otlp headers env twice", env: map[string]string{"FLOWD_OUTPUT_OTLP_HEADERS": "A=1,a=2"}, want: []string{`output.otlp.headers: "a" is given twice`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -459,15 +513,16 @@ func TestYAMLRoundTrip(t *testing.T) {
 	c.Output.Samples = "changes"
 	c.Output.Mode = 0o640
 	c.Output.FollowSymlinks = true
+	c.Output.OTLP.Endpoint = "collector.example:4317"
+	c.Output.OTLP.Headers = map[string]string{"authorization": "Bearer abc"}
+	c.Output.OTLP.TLS = otlpconfig.TLS{Enabled: true, CAFile: "/etc/flowd/ca.pem"}
+	c.Output.OTLP.MetricsInterval = 0
 	b, err := c.YAML()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range Keys() {
-		_, leaf, _ := strings.Cut(k, ".")
-		if leaf == "" {
-			leaf = k
-		}
+		leaf := k[strings.LastIndex(k, ".")+1:]
 		if !strings.Contains(string(b), leaf+":") {
 			t.Errorf("printed config lacks %s:\n%s", k, b)
 		}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 // decode is Load's decode hook: it converts a value viper holds (from YAML,
@@ -21,6 +23,10 @@ func decode(from, to reflect.Value) (any, error) {
 	v, t := from.Interface(), to.Type()
 	text, scalar := scalarText(v)
 	switch {
+	case t.Kind() == reflect.Map && from.Kind() == reflect.String:
+		return toMap(text)
+	case t.Kind() == reflect.Map && from.Kind() != reflect.Map:
+		return nil, fmt.Errorf("%s is not a mapping (e.g. {name: value})", formatValue(v))
 	case from.Type() == t || t.Kind() == reflect.Map:
 		return v, nil
 	case t.Kind() == reflect.Slice:
@@ -80,6 +86,26 @@ func toList(v any, t reflect.Type) (any, error) {
 		return nil, fmt.Errorf("%s is not a list", formatValue(v))
 	}
 	return []any{v}, nil
+}
+
+// toMap reads a mapping from one string (an environment variable) written
+// as OTEL_EXPORTER_OTLP_HEADERS is: "name=value,name2=value2", with
+// %-escapes in the values. The names are lower-cased, as viper does those
+// of the file.
+func toMap(s string) (map[string]string, error) {
+	parsed, err := otlpconfig.ParseHeaders(s)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]string, len(parsed))
+	for _, name := range slices.Sorted(maps.Keys(parsed)) {
+		lower := strings.ToLower(name)
+		if _, ok := m[lower]; ok {
+			return nil, fmt.Errorf("%q is given twice (names are not case-sensitive)", lower)
+		}
+		m[lower] = parsed[name]
+	}
+	return m, nil
 }
 
 // toDuration reads a Go duration. A bare 0 is one too; other bare numbers

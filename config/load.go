@@ -287,8 +287,23 @@ func checkFile(m map[string]any, t reflect.Type, prefix string) error {
 				if err := checkFile(sub, ft, prefix+k+"."); err != nil {
 					return err
 				}
+			} else if err := checkMapKeys(sub, prefix+k); err != nil {
+				return err
 			}
 		}
+	}
+	return nil
+}
+
+// checkMapKeys rejects a mapping value whose keys differ in case only:
+// viper lower-cases them, and one would silently replace the other.
+func checkMapKeys(m map[string]any, key string) error {
+	seen := map[string]string{}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if other, ok := seen[strings.ToLower(k)]; ok {
+			return &Error{Key: key, Msg: fmt.Sprintf("%q and %q are the same name (names are not case-sensitive)", other, k)}
+		}
+		seen[strings.ToLower(k)] = k
 	}
 	return nil
 }

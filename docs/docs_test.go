@@ -78,15 +78,19 @@ func TestConfigurationKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	defaults := map[string]any{}
-	for k, v := range file {
-		if sec, ok := v.(map[string]any); ok {
-			for sk, sv := range sec {
-				defaults[k+"."+sk] = sv
+	var flatten func(prefix string, m map[string]any)
+	flatten = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			// A section holds keys; a mapping value (output.otlp.headers)
+			// is one key's.
+			if sec, ok := v.(map[string]any); ok && len(sec) > 0 {
+				flatten(prefix+k+".", sec)
+			} else {
+				defaults[prefix+k] = v
 			}
-		} else {
-			defaults[k] = v
 		}
 	}
+	flatten("", file)
 
 	documented := map[string]bool{}
 	for _, row := range tableRows(t, "docs/configuration.md", "## Keys") {
