@@ -33,7 +33,7 @@ func (d *dimension[K]) get(k K, now int64) *Series {
 	if !special && d.named >= d.max && !d.reclaim(now) {
 		return d.get(d.other, now)
 	}
-	s := &Series{Backend: d.backend, Key: d.name(k), last: now}
+	s := &Series{Backend: d.backend, Key: d.name(k), Start: now, last: now}
 	d.series[k] = s
 	if !special {
 		d.named++

@@ -115,6 +115,7 @@ type Series struct {
 
 	Backend string
 	Key     string // the cgroup path relative to the cgroup2 mount, remote port or prefix; Other or Unknown
+	Start   int64  // time of the record that made the series, ns: its counters count from 0 then
 
 	// Distributions over the sample and close records.
 	SRTT         Histogram // µs, RTTBounds
@@ -479,7 +480,32 @@ func (a *Aggregator) Close() error { return nil }
 func (a *Aggregator) Snapshot(s *Snapshot) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s.Cgroups, s.Remote, s.Flows, s.Tracked = s.Cgroups[:0], s.Remote[:0], s.Flows[:0], s.Tracked[:0]
+	a.series(s)
+	s.Flows = s.Flows[:0]
+	if a.cfg.TopFlows > 0 {
+		a.selectBusiest()
+		for _, f := range a.selected {
+			if f.gone {
+				continue // closed or forgotten since: its series goes away
+			}
+			s.Flows = append(s.Flows, f.flow())
+		}
+	}
+}
+
+// Series copies the aggregates into s as Snapshot does, but not the
+// busiest flows, whose selection it leaves alone: for an exporter that
+// pushes the aggregates on its own schedule.
+func (a *Aggregator) Series(s *Snapshot) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.series(s)
+	s.Flows = s.Flows[:0]
+}
+
+// series copies the series, tracked flows and ignored records; a.mu is held.
+func (a *Aggregator) series(s *Snapshot) {
+	s.Cgroups, s.Remote, s.Tracked = s.Cgroups[:0], s.Remote[:0], s.Tracked[:0]
 	for _, b := range a.backends {
 		s.Cgroups = b.cgroups.appendTo(s.Cgroups)
 		if b.ports != nil {
@@ -491,15 +517,6 @@ func (a *Aggregator) Snapshot(s *Snapshot) {
 		s.Tracked = append(s.Tracked, Tracked{Backend: b.name, Flows: len(b.flows)})
 	}
 	s.Ignored = a.ignored
-	if a.cfg.TopFlows > 0 {
-		a.selectBusiest()
-		for _, f := range a.selected {
-			if f.gone {
-				continue // closed or forgotten since: its series goes away
-			}
-			s.Flows = append(s.Flows, f.flow())
-		}
-	}
 }
 
 func (f *flowState) flow() Flow {

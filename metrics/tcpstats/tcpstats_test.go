@@ -325,6 +325,25 @@ func TestTopFlows(t *testing.T) {
 	}
 }
 
+// TestSeries: Series copies what Snapshot does but the busiest flows, and
+// leaves their selection alone, so that an exporter pushing on its own
+// schedule does not shorten the scrapes' intervals.
+func TestSeries(t *testing.T) {
+	a := New(Config{Names: names{1: "a"}, TopFlows: 2})
+	write(t, a, rec("ebpf", flow.EventOpen, 1, 1, 5, 0, 0, 0, 0), rec("ebpf", flow.EventSample, 1, 1, 6, 100, 0, 0, 0))
+	var s Snapshot
+	a.Series(&s)
+	if x := series(t, s.Cgroups, "ebpf", "a"); x.BytesAcked != 100 || x.Start != t0.Add(5*time.Second).UnixNano() {
+		t.Errorf("series %+v, want 100 bytes acked from the open record's time", x)
+	}
+	if len(s.Flows) != 0 || !a.selectedAt.IsZero() {
+		t.Errorf("Series selected the busiest flows: %v at %v", s.Flows, a.selectedAt)
+	}
+	if s := snapshot(a); len(s.Flows) != 1 || s.Flows[0].Bytes != 100 {
+		t.Errorf("the scrape after Series sees %+v, want the flow's 100 bytes", s.Flows)
+	}
+}
+
 // TestMaxTracked: at the limit, flows silent for StaleAfter are forgotten
 // to make room; while none is, records of new flows are ignored and counted.
 func TestMaxTracked(t *testing.T) {
