@@ -83,6 +83,19 @@ type Resource struct {
 	Version  string // service.version
 }
 
+// attributes are the resource's attributes, keys and values:
+// service.name, and host.name and service.version when known.
+func (r Resource) attributes() [][2]string {
+	attrs := [][2]string{{ResourceServiceName, ServiceName}}
+	if r.HostName != "" {
+		attrs = append(attrs, [2]string{ResourceHostName, validUTF8(r.HostName)})
+	}
+	if r.Version != "" {
+		attrs = append(attrs, [2]string{ResourceServiceVersion, validUTF8(r.Version)})
+	}
+	return attrs
+}
+
 // encoder appends records as OTLP log records, protobuf-encoded, and frames
 // a batch of them as an ExportLogsServiceRequest. Every log record shares
 // one resource and one instrumentation scope, written once per request.
@@ -115,12 +128,8 @@ var eventNameFields = func() (fields [256][]byte) {
 func newEncoder(res Resource, members []flow.Field) *encoder {
 	e := &encoder{}
 	var attrs []byte
-	attrs = appendStringKV(attrs, tagResourceAttribute, ResourceServiceName, ServiceName)
-	if res.HostName != "" {
-		attrs = appendStringKV(attrs, tagResourceAttribute, ResourceHostName, validUTF8(res.HostName))
-	}
-	if res.Version != "" {
-		attrs = appendStringKV(attrs, tagResourceAttribute, ResourceServiceVersion, validUTF8(res.Version))
+	for _, kv := range res.attributes() {
+		attrs = appendStringKV(attrs, tagResourceAttribute, kv[0], kv[1])
 	}
 	e.resource = appendString(nil, tagResource, attrs)
 

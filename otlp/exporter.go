@@ -1,12 +1,16 @@
 // Package otlp exports flowd's records to an OpenTelemetry Collector, or
-// any OTLP receiver, as OTLP log records over gRPC or HTTP/protobuf.
+// any OTLP receiver, as OTLP log records over gRPC or HTTP/protobuf, and
+// the TCP metrics of package tcpstats as OTLP metrics over the same
+// connection.
 //
 // The Exporter is a flow.Sink that never blocks the backends: Write copies
 // the record into a bounded queue and returns; senders (as many as
 // concurrent_requests) take batches from the queue, encode and send them,
 // retrying transient failures with backoff. When the queue is full, records are dropped and counted
 // (Stats), and a warning with the counts is logged at most once per
-// LogInterval, as the ring buffer's drops are.
+// LogInterval, as the ring buffer's drops are. The metrics are pushed
+// every MetricsInterval, with no queue: their values are cumulative, and
+// the next push replaces one that failed.
 package otlp
 
 import (
@@ -23,6 +27,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/flowd/flowd/flow"
+	"github.com/flowd/flowd/metrics/tcpstats"
 	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
@@ -35,18 +40,21 @@ const DefaultLogInterval = 5 * time.Second
 
 // Log field keys.
 const (
-	fieldEndpoint      = "endpoint"
-	fieldProtocol      = "protocol"
-	fieldTLS           = "tls"
-	fieldDropped       = "dropped"
-	fieldDroppedTotal  = "dropped_total"
-	fieldQueueFull     = "queue_full"
-	fieldExportFailed  = "export_failed"
-	fieldRejected      = "rejected"
-	fieldShutdown      = "shutdown"
-	fieldFailures      = "failed_requests"
-	fieldQueued        = "queued"
-	fieldRejectMessage = "reject_message"
+	fieldEndpoint        = "endpoint"
+	fieldProtocol        = "protocol"
+	fieldTLS             = "tls"
+	fieldDropped         = "dropped"
+	fieldDroppedTotal    = "dropped_total"
+	fieldQueueFull       = "queue_full"
+	fieldExportFailed    = "export_failed"
+	fieldRejected        = "rejected"
+	fieldShutdown        = "shutdown"
+	fieldFailures        = "failed_requests"
+	fieldMetricsInterval = "metrics_interval"
+	fieldMetricsFailures = "failed_metric_requests"
+	fieldMetricsLost     = "failed_metric_pushes"
+	fieldQueued          = "queued"
+	fieldRejectMessage   = "reject_message"
 )
 
 // Options are what the exporter needs besides its Config.
@@ -59,15 +67,30 @@ type Options struct {
 	// LogInterval is how often, at most, problems are logged; 0 =
 	// DefaultLogInterval.
 	LogInterval time.Duration
+	// TCP, when set, has its aggregates pushed as OTLP metrics every
+	// Config.MetricsInterval (when not 0); TCPBy is its second
+	// aggregation (tcpstats.Config.By).
+	TCP   *tcpstats.Aggregator
+	TCPBy tcpstats.By
 }
 
 // Stats are the exporter's counters since New.
 type Stats struct {
 	Exported uint64 // records the receiver accepted
 	Dropped  Drops
-	Queued   int // records held: waiting, being encoded or being sent
+	Queued   int    // records held: waiting, being encoded or being sent
+	Requests uint64 // requests of records
+	Failures uint64 // failed requests of records, retried or not
+	Metrics  MetricsStats
+}
+
+// MetricsStats count the pushes of the TCP metrics.
+type MetricsStats struct {
+	Exported uint64 // data points the receiver accepted
+	Rejected uint64 // data points of requests it accepted but rejected (partial success)
 	Requests uint64
 	Failures uint64 // failed requests, retried or not
+	Lost     uint64 // pushes given up: the next one replaces each (at Close, none does)
 }
 
 // Drops counts records lost, by why.
@@ -105,14 +128,18 @@ type Exporter struct {
 
 	wake     chan struct{} // a batch is full; one token per sender at most
 	shutdown chan struct{} // closed by Close: send what is queued, then stop
-	sent     chan struct{} // closed when every sender returned
+	sent     chan struct{} // closed when every sender and the metrics' pusher returned
 	ctx      context.Context
 	cancel   context.CancelFunc // cuts sending short at Close's deadline
+	closing  context.Context    // cancelled when Close begins: a periodic push gives way to the last
+	stopping context.CancelFunc // cancels closing
 	reported chan struct{}      // closed when the reporter returned
 
 	// The counters of Stats.
-	exported, requestCount, failures                      atomic.Uint64
+	exported                                              atomic.Uint64
+	requests, failures                                    [numSignals]atomic.Uint64
 	dropQueueFull, dropFailed, dropRejected, dropShutdown atomic.Uint64
+	exportedPoints, rejectedPoints, metricsLost           atomic.Uint64
 
 	problem    sync.Mutex // guards lastErr and lastReject, for the log
 	lastErr    error      // of the last failed request
@@ -159,13 +186,22 @@ func New(cfg otlpconfig.Config, opts Options) (*Exporter, error) {
 	}
 	e.room = e.enc.headerRoom()
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	var senders sync.WaitGroup
+	e.closing, e.stopping = context.WithCancel(e.ctx)
+	var workers sync.WaitGroup
 	for range cfg.ConcurrentRequests {
-		senders.Go(e.send)
+		workers.Go(e.send)
 	}
-	go func() { senders.Wait(); close(e.sent) }()
+	if opts.TCP != nil && cfg.MetricsInterval > 0 {
+		enc := newMetricsEncoder(opts.Resource, opts.TCPBy)
+		workers.Go(func() { e.pushMetrics(opts.TCP, enc) })
+	}
+	go func() { workers.Wait(); close(e.sent) }()
 	go e.report()
-	log.WithFields(logrus.Fields{fieldProtocol: cfg.Protocol, fieldTLS: cfg.TLS.Enabled}).Info("exporting records over OTLP")
+	fields := logrus.Fields{fieldProtocol: cfg.Protocol, fieldTLS: cfg.TLS.Enabled}
+	if opts.TCP != nil && cfg.MetricsInterval > 0 {
+		fields[fieldMetricsInterval] = cfg.MetricsInterval
+	}
+	log.WithFields(fields).Info("exporting records over OTLP")
 	return e, nil
 }
 
@@ -222,8 +258,15 @@ func (e *Exporter) Stats() Stats {
 		Exported: e.exported.Load(),
 		Dropped:  e.drops(),
 		Queued:   queued,
-		Requests: e.requestCount.Load(),
-		Failures: e.failures.Load(),
+		Requests: e.requests[signalLogs].Load(),
+		Failures: e.failures[signalLogs].Load(),
+		Metrics: MetricsStats{
+			Exported: e.exportedPoints.Load(),
+			Rejected: e.rejectedPoints.Load(),
+			Requests: e.requests[signalMetrics].Load(),
+			Failures: e.failures[signalMetrics].Load(),
+			Lost:     e.metricsLost.Load(),
+		},
 	}
 }
 
@@ -240,16 +283,18 @@ func (e *Exporter) drops() Drops {
 	}
 }
 
-// Close stops accepting records and sends what is queued, for at most
-// Config.ShutdownTimeout; what is still queued then is dropped, counted
-// and logged. It returns once the exporter's goroutines have returned.
-// Only a failure to close the connection is an error; Close is idempotent.
+// Close stops accepting records and sends what is queued, and the last
+// values of the metrics, for at most Config.ShutdownTimeout; what is still
+// queued then is dropped, counted and logged. It returns once the
+// exporter's goroutines have returned. Only a failure to close the
+// connection is an error; Close is idempotent.
 func (e *Exporter) Close() error {
 	var err error
 	e.closeOnce.Do(func() {
 		e.mu.Lock()
 		e.closed = true
 		e.mu.Unlock()
+		e.stopping()
 		close(e.shutdown)
 		deadline := time.AfterFunc(e.cfg.ShutdownTimeout, e.cancel)
 		<-e.sent
@@ -356,8 +401,7 @@ func (e *Exporter) reuse(req *request) {
 	e.mu.Unlock()
 }
 
-// exportRequest sends req, retrying as Config.Retry says, and counts the
-// outcome.
+// exportRequest sends req, a request of records, and counts the outcome.
 func (e *Exporter) exportRequest(req *request, zip *gzip.Writer) {
 	if e.ctx.Err() != nil {
 		e.dropShutdown.Add(uint64(req.records))
@@ -369,42 +413,52 @@ func (e *Exporter) exportRequest(req *request, zip *gzip.Writer) {
 			return
 		}
 	}
+	p, err := e.exportRetrying(e.ctx, signalLogs, req)
+	switch {
+	case err == nil:
+		e.accepted(req, p)
+	case e.ctx.Err() != nil: // cut short by Close's deadline
+		e.dropShutdown.Add(uint64(req.records))
+	default:
+		e.dropFailed.Add(uint64(req.records))
+	}
+}
+
+// exportRetrying sends req of sig, retrying as Config.Retry says, until
+// the receiver accepts it, fails it for good or the retries run out, or
+// ctx ends; it counts the requests and failures of sig.
+func (e *Exporter) exportRetrying(ctx context.Context, sig signal, req *request) (partial, error) {
 	retry := e.cfg.Retry
 	first := time.Now()
 	interval := retry.InitialInterval
 	for {
-		ctx, cancel := context.WithTimeout(e.ctx, e.cfg.Timeout)
-		p, err := e.transport.export(ctx, req)
+		attempt, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+		p, err := e.transport.export(attempt, sig, req)
 		cancel()
-		e.requestCount.Add(1)
+		e.requests[sig].Add(1)
 		if err == nil {
-			e.accepted(req, p)
-			return
+			return p, nil
 		}
-		if e.ctx.Err() != nil { // cut short by Close's deadline: no news
-			e.dropShutdown.Add(uint64(req.records))
-			return
+		if ctx.Err() != nil { // cut short: no news of the receiver
+			return partial{}, ctx.Err()
 		}
-		e.failures.Add(1)
+		e.failures[sig].Add(1)
 		e.setProblem(err)
 		var xe *exportError
 		if !retry.Enabled || !errors.As(err, &xe) || !xe.retryable {
-			e.fail(req, err)
-			return
+			return partial{}, err
 		}
 		wait := max(jitter(interval), xe.after)
 		if time.Since(first)+wait > retry.MaxElapsedTime {
-			e.fail(req, err)
-			return
+			return partial{}, err
 		}
 		interval = min(2*interval, retry.MaxInterval)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
-		case <-e.ctx.Done():
+		case <-ctx.Done():
 			t.Stop()
-			e.dropShutdown.Add(uint64(req.records))
-			return
+			return partial{}, ctx.Err()
 		}
 	}
 }
@@ -420,10 +474,16 @@ func (e *Exporter) accepted(req *request, p partial) {
 	e.exported.Add(uint64(req.records) - rejected)
 	if rejected > 0 {
 		e.dropRejected.Add(rejected)
-		e.problem.Lock()
-		e.lastReject = p.message
-		e.problem.Unlock()
+		e.setReject(p.message)
 	}
+}
+
+// setReject keeps the receiver's message about what it rejected, for the
+// log.
+func (e *Exporter) setReject(message string) {
+	e.problem.Lock()
+	e.lastReject = message
+	e.problem.Unlock()
 }
 
 // fail drops req's records for good.
@@ -462,7 +522,8 @@ func (e *Exporter) warn(last Stats) Stats {
 	now := e.Stats()
 	dropped := now.Dropped.Total() - last.Dropped.Total()
 	failures := now.Failures - last.Failures
-	if dropped == 0 && failures == 0 {
+	metricsFailures, metricsLost := now.Metrics.Failures-last.Metrics.Failures, now.Metrics.Lost-last.Metrics.Lost
+	if dropped == 0 && failures == 0 && metricsFailures == 0 && metricsLost == 0 {
 		return now
 	}
 	e.problem.Lock()
@@ -478,18 +539,24 @@ func (e *Exporter) warn(last Stats) Stats {
 		fieldFailures:     failures,
 		fieldQueued:       now.Queued,
 	}
-	if reject != "" && now.Dropped.Rejected > last.Dropped.Rejected {
+	if metricsFailures > 0 || metricsLost > 0 {
+		fields[fieldMetricsFailures] = metricsFailures
+		fields[fieldMetricsLost] = metricsLost
+	}
+	if reject != "" && (now.Dropped.Rejected > last.Dropped.Rejected || now.Metrics.Rejected > last.Metrics.Rejected) {
 		fields[fieldRejectMessage] = reject
 	}
 	log := e.log.WithFields(fields)
-	if failures > 0 && lastErr != nil {
+	if (failures > 0 || metricsFailures > 0) && lastErr != nil {
 		log = log.WithError(lastErr)
 	}
 	switch {
 	case dropped > 0:
 		log.Warn("records dropped: the OTLP receiver is unreachable, too slow or rejects them (see output.otlp.queue_size)")
-	default:
+	case failures > 0:
 		log.Warn("OTLP export requests failed; retrying")
+	default:
+		log.Warn("OTLP metrics pushes failed; the next push sends the values anew")
 	}
 	return now
 }

@@ -28,15 +28,29 @@ import (
 	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
-// A transport sends one encoded ExportLogsServiceRequest and returns
+// A transport sends one encoded export request of a signal and returns
 // what the receiver rejected of it (partial success). It must be safe for
 // concurrent use.
 type transport interface {
-	export(ctx context.Context, req *request) (partial, error)
+	export(ctx context.Context, sig signal, req *request) (partial, error)
 	close() error
 }
 
-// partial is a receiver's partial success: records it rejected and why.
+// signal is what a request carries: records (an ExportLogsServiceRequest)
+// or the TCP metrics (an ExportMetricsServiceRequest). Both go over one
+// connection.
+type signal int
+
+const (
+	signalLogs signal = iota
+	signalMetrics
+	numSignals
+)
+
+func (s signal) String() string { return [...]string{"logs", "metrics"}[s] }
+
+// partial is a receiver's partial success: the records or data points it
+// rejected and why.
 type partial struct {
 	rejected int64
 	message  string
@@ -96,10 +110,13 @@ func (b *requestBody) Close() error {
 func (r *request) Get(int) *[]byte { panic("otlp: request is not a buffer pool") }
 func (r *request) Put(*[]byte)     { r.release() }
 
-const (
-	grpcExportMethod = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
-	userAgent        = "flowd"
-)
+// grpcMethods are the gRPC methods of the signals.
+var grpcMethods = [numSignals]string{
+	signalLogs:    "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+	signalMetrics: "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+}
+
+const userAgent = "flowd"
 
 // newTransport returns the transport cfg configures.
 func newTransport(cfg *otlpconfig.Config) (transport, error) {
@@ -152,12 +169,12 @@ func newGRPC(cfg *otlpconfig.Config, tlsConfig *tls.Config) (*grpcTransport, err
 	return t, nil
 }
 
-func (t *grpcTransport) export(ctx context.Context, req *request) (partial, error) {
+func (t *grpcTransport) export(ctx context.Context, sig signal, req *request) (partial, error) {
 	if len(t.md) > 0 {
 		ctx = metadata.NewOutgoingContext(ctx, t.md)
 	}
 	var resp []byte
-	if err := t.conn.Invoke(ctx, grpcExportMethod, req, &resp, t.opts...); err != nil {
+	if err := t.conn.Invoke(ctx, grpcMethods[sig], req, &resp, t.opts...); err != nil {
 		return partial{}, grpcError(err)
 	}
 	return parseResponse(resp)
@@ -209,7 +226,7 @@ func (passthroughCodec) Name() string { return "proto" }
 // httpTransport sends requests as OTLP/HTTP in binary protobuf.
 type httpTransport struct {
 	client *http.Client
-	url    string
+	urls   [numSignals]string
 	header http.Header
 }
 
@@ -226,9 +243,10 @@ func newHTTP(cfg *otlpconfig.Config, tlsConfig *tls.Config) *httpTransport {
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     90 * time.Second,
 		}},
-		url:    scheme + "://" + cfg.Endpoint + cfg.HTTPPath,
 		header: http.Header{},
 	}
+	t.urls[signalLogs] = scheme + "://" + cfg.Endpoint + cfg.HTTPPath
+	t.urls[signalMetrics] = scheme + "://" + cfg.Endpoint + cfg.MetricsHTTPPath
 	for name, value := range cfg.Headers {
 		t.header.Set(name, value)
 	}
@@ -243,11 +261,11 @@ func newHTTP(cfg *otlpconfig.Config, tlsConfig *tls.Config) *httpTransport {
 // maxResponse bounds how much of a response body is read.
 const maxResponse = 64 << 10
 
-func (t *httpTransport) export(ctx context.Context, req *request) (partial, error) {
+func (t *httpTransport) export(ctx context.Context, sig signal, req *request) (partial, error) {
 	req.hold()
 	body := &requestBody{req: req}
 	body.Reset(req.body)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url, body)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, t.urls[sig], body)
 	if err != nil {
 		body.Close()
 		return partial{}, &exportError{err: err}
@@ -319,7 +337,10 @@ func statusMessage(body []byte) string {
 	return strings.ToValidUTF8(string(body[:min(len(body), most)]), "?")
 }
 
-// parseResponse reads an ExportLogsServiceResponse's partial_success.
+// parseResponse reads the partial_success of an ExportLogsServiceResponse
+// or ExportMetricsServiceResponse: both have it as field 1, and in it the
+// count rejected (log records, data points) as field 1 and the message as
+// field 2.
 func parseResponse(b []byte) (partial, error) {
 	var p partial
 	ps, err := field(b, 1, protowire.BytesType) // partial_success
@@ -333,10 +354,10 @@ func parseResponse(b []byte) (partial, error) {
 		}
 		b = b[n:]
 		switch {
-		case num == 1 && typ == protowire.VarintType: // rejected_log_records
+		case num == 1 && typ == protowire.VarintType: // rejected_log_records, rejected_data_points
 			v, n := protowire.ConsumeVarint(b)
 			if n < 0 {
-				return p, errors.New("malformed rejected_log_records in the response")
+				return p, errors.New("malformed rejected count in the response")
 			}
 			p.rejected = int64(v)
 			b = b[n:]

@@ -25,8 +25,8 @@ const collectorModule = "internal/otelcol"
 
 // OTelCollector is an OpenTelemetry Collector built from internal/otelcol,
 // receiving OTLP over gRPC and HTTP on loopback and writing every request
-// it accepts to a file as OTLP JSON, one file per start (or, to measure
-// the sender, discarding them).
+// of logs it accepts to a file as OTLP JSON, one file per start, and of
+// metrics to another (or, to measure the sender, discarding them).
 type OTelCollector struct {
 	GRPC string // host:port of the OTLP/gRPC receiver
 	HTTP string // host:port of the OTLP/HTTP receiver
@@ -38,6 +38,7 @@ type OTelCollector struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	outputs []string
+	metrics []string
 }
 
 // OTelCollectorOptions configure the collector. With CertFile and KeyFile
@@ -68,8 +69,13 @@ func StartOTelCollector(tb testing.TB, opts OTelCollectorOptions) *OTelCollector
 	return c
 }
 
-// Outputs returns the files the collector wrote, one per start, in order.
+// Outputs returns the files of logs the collector wrote, one per start, in
+// order.
 func (c *OTelCollector) Outputs() []string { return c.outputs }
+
+// MetricsOutputs returns the files of metrics the collector wrote, one per
+// start, in order.
+func (c *OTelCollector) MetricsOutputs() []string { return c.metrics }
 
 // Start starts the collector again (after Kill or Stop) on the same ports,
 // writing to a new file, and waits until both receivers accept
@@ -81,8 +87,9 @@ func (c *OTelCollector) Start() {
 		tb.Fatal("collector already running")
 	}
 	out := filepath.Join(c.dir, fmt.Sprintf("output-%d.json", len(c.outputs)+1))
+	metricsOut := filepath.Join(c.dir, fmt.Sprintf("metrics-%d.json", len(c.outputs)+1))
 	cfgPath := filepath.Join(c.dir, fmt.Sprintf("config-%d.yaml", len(c.outputs)+1))
-	if err := os.WriteFile(cfgPath, []byte(c.config(out)), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(c.config(out, metricsOut)), 0o644); err != nil {
 		tb.Fatal(err)
 	}
 	logFile, err := os.Create(filepath.Join(c.dir, fmt.Sprintf("collector-%d.log", len(c.outputs)+1)))
@@ -102,6 +109,7 @@ func (c *OTelCollector) Start() {
 	c.cmd, c.exited = cmd, make(chan struct{})
 	go func(exited chan struct{}) { cmd.Wait(); close(exited) }(c.exited)
 	c.outputs = append(c.outputs, out)
+	c.metrics = append(c.metrics, metricsOut)
 
 	deadline := time.Now().Add(30 * time.Second)
 	for _, addr := range []string{c.GRPC, c.HTTP} {
@@ -176,15 +184,16 @@ func (c *OTelCollector) stop(sig syscall.Signal) {
 	c.cmd = nil
 }
 
-// config returns the collector's configuration, writing to out.
-func (c *OTelCollector) config(out string) string {
+// config returns the collector's configuration, writing logs to out and
+// metrics to metricsOut.
+func (c *OTelCollector) config(out, metricsOut string) string {
 	tls := ""
 	if o := c.opts; o.CertFile != "" {
 		tls = fmt.Sprintf("\n        tls: {cert_file: %q, key_file: %q, client_ca_file: %q}", o.CertFile, o.KeyFile, o.ClientCAFile)
 	}
-	exporter := "file"
+	exporter, metricsExporter := "file", "file/metrics"
 	if c.opts.Discard {
-		exporter = "nop"
+		exporter, metricsExporter = "nop", "nop"
 	}
 	// With rotation the file exporter writes each request through, not
 	// into a buffer flushed on a timer, so a killed collector has
@@ -201,6 +210,10 @@ exporters:
     path: %q
     format: json
     rotation: {max_megabytes: 100000}
+  file/metrics:
+    path: %q
+    format: json
+    rotation: {max_megabytes: 100000}
   nop:
 service:
   telemetry:
@@ -208,7 +221,8 @@ service:
     metrics: {level: none}
   pipelines:
     logs: {receivers: [otlp], exporters: [%s]}
-`, c.GRPC, tls, c.HTTP, tls, out, exporter)
+    metrics: {receivers: [otlp], exporters: [%s]}
+`, c.GRPC, tls, c.HTTP, tls, out, metricsOut, exporter, metricsExporter)
 }
 
 // FreeLoopbackAddr returns 127.0.0.1:port with a port nothing listens on.

@@ -1,0 +1,259 @@
+package otlp
+
+import (
+	"compress/gzip"
+	"context"
+	"fmt"
+	"time"
+
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/flowd/flowd/metrics/tcpstats"
+	"github.com/flowd/flowd/otlp/otlpconfig"
+)
+
+// Attribute keys of the TCP metrics' data points: the label names of the
+// same metrics at flowd's Prometheus endpoint, so that a collector's
+// Prometheus exporter or remote write gives the same series.
+const (
+	MetricAttrBackend = "backend"
+	MetricAttrCgroup  = "cgroup"
+)
+
+// instrument is one OTLP metric of the series of an aggregation. Its name
+// and unit translate, by the rules OpenTelemetry's Prometheus exporters
+// follow (unit suffixes, _total for monotonic sums), to the name of the
+// same metric at flowd's Prometheus endpoint: flowd.tcp.bytes_acked in
+// By is flowd_tcp_bytes_acked_total.
+type instrument struct {
+	name, unit, description string
+	kind                    instrumentKind
+	value                   func(*tcpstats.Series) uint64
+	histogram               func(*tcpstats.Series) *tcpstats.Histogram
+	bounds                  []float64 // of the histogram, in unit
+	perUnit                 float64   // the histogram's observations per unit (µs per s)
+}
+
+type instrumentKind int
+
+const (
+	kindCounter       instrumentKind = iota // a cumulative monotonic Sum
+	kindUpDownCounter                       // a cumulative non-monotonic Sum: flows open now
+	kindHistogram                           // a cumulative explicit-bucket Histogram
+)
+
+// instruments are the TCP metrics of one aggregation, named prefix+....
+func instruments(prefix string) []instrument {
+	counter := func(name, unit, description string, v func(*tcpstats.Series) uint64) instrument {
+		return instrument{name: prefix + name, unit: unit, description: description, kind: kindCounter, value: v}
+	}
+	histogram := func(name, unit, description string, h func(*tcpstats.Series) *tcpstats.Histogram, bounds []uint64, perUnit float64) instrument {
+		in := instrument{name: prefix + name, unit: unit, description: description, kind: kindHistogram, histogram: h, perUnit: perUnit}
+		for _, b := range bounds {
+			in.bounds = append(in.bounds, float64(b)/perUnit)
+		}
+		return in
+	}
+	rtt, rate := tcpstats.RTTBounds[:], tcpstats.RateBounds[:]
+	return []instrument{
+		counter("bytes_acked", "By", "Bytes the peers acknowledged (tcpi_bytes_acked), from each flow's first record.",
+			func(s *tcpstats.Series) uint64 { return s.BytesAcked }),
+		counter("bytes_received", "By", "Bytes received (tcpi_bytes_received), from each flow's first record.",
+			func(s *tcpstats.Series) uint64 { return s.BytesReceived }),
+		counter("bytes_retransmitted", "By", "Bytes retransmitted (tcpi_bytes_retrans), from each flow's first record.",
+			func(s *tcpstats.Series) uint64 { return s.BytesRetrans }),
+		counter("segments_retransmitted", "{segment}", "Segments retransmitted (tcpi_total_retrans), from each flow's first record.",
+			func(s *tcpstats.Series) uint64 { return s.SegsRetrans }),
+		counter("flows_opened", "{flow}", "Flows opened: open records.", func(s *tcpstats.Series) uint64 { return s.Opened }),
+		counter("flows_closed", "{flow}", "Flows closed: close records.", func(s *tcpstats.Series) uint64 { return s.Closed }),
+		{name: prefix + "flows_open", unit: "{flow}", description: "Flows open now: with records and no close record yet.",
+			kind: kindUpDownCounter, value: func(s *tcpstats.Series) uint64 { return s.Open }},
+		histogram("srtt", "s", "Smoothed RTT (tcpi_rtt) of the sample and close records.",
+			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.SRTT }, rtt, 1e6),
+		histogram("min_rtt", "s", "Minimum RTT (tcpi_min_rtt) of the sample and close records.",
+			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.MinRTT }, rtt, 1e6),
+		histogram("delivery_rate", "By/s", "Delivery rate (tcpi_delivery_rate) of the sample and close records.",
+			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.DeliveryRate }, rate, 1),
+	}
+}
+
+// Names of the TCP metrics: per cgroup, per remote port or prefix
+// (tcpstats.Config.By), and the records not aggregated.
+const (
+	MetricPrefixCgroup   = "flowd.tcp."
+	MetricPrefixRemote   = "flowd.tcp.remote."
+	MetricRecordsIgnored = "flowd.tcp.records_ignored"
+)
+
+// metricsEncoder makes the ExportMetricsServiceRequest of the TCP metrics
+// with the messages generated from OTLP's .proto files: one request per
+// metrics interval, whose encoding costs nothing that matters, needs no
+// encoder of flowd's own.
+type metricsEncoder struct {
+	resource   *resourcepb.Resource
+	scope      *commonpb.InstrumentationScope
+	byLabel    string // the attribute of the Remote series: tcpstats.By
+	cgroups    []instrument
+	remotes    []instrument
+	snapshot   tcpstats.Snapshot
+	dataPoints int    // of the last request
+	start      uint64 // Unix ns: the start of the count of records ignored, which began with flowd
+}
+
+func newMetricsEncoder(res Resource, by tcpstats.By) *metricsEncoder {
+	m := &metricsEncoder{
+		resource: &resourcepb.Resource{},
+		scope:    &commonpb.InstrumentationScope{Name: ServiceName, Version: validUTF8(res.Version)},
+		byLabel:  string(by),
+		cgroups:  instruments(MetricPrefixCgroup),
+		start:    uint64(time.Now().UnixNano()),
+	}
+	for _, kv := range res.attributes() {
+		m.resource.Attributes = append(m.resource.Attributes, stringKV(kv[0], kv[1]))
+	}
+	if by != tcpstats.ByNone {
+		m.remotes = instruments(MetricPrefixRemote)
+	}
+	return m
+}
+
+func stringKV(key, value string) *commonpb.KeyValue {
+	return &commonpb.KeyValue{Key: key, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: value}}}
+}
+
+// encode reads the aggregates of agg and returns them as the protobuf
+// bytes of an ExportMetricsServiceRequest at time now, or nil when there
+// is no series yet.
+func (m *metricsEncoder) encode(agg *tcpstats.Aggregator, now time.Time) ([]byte, error) {
+	s := &m.snapshot
+	agg.Series(s)
+	m.dataPoints = 0
+	if len(s.Cgroups)+len(s.Remote) == 0 {
+		return nil, nil
+	}
+	t := uint64(now.UnixNano())
+	var metrics []*metricspb.Metric
+	metrics = m.appendSeries(metrics, m.cgroups, s.Cgroups, MetricAttrCgroup, t)
+	metrics = m.appendSeries(metrics, m.remotes, s.Remote, m.byLabel, t)
+	ignored := &metricspb.NumberDataPoint{StartTimeUnixNano: m.start, TimeUnixNano: t, Value: &metricspb.NumberDataPoint_AsInt{AsInt: int64(s.Ignored)}}
+	metrics = append(metrics, &metricspb.Metric{
+		Name: MetricRecordsIgnored, Unit: "{record}",
+		Description: fmt.Sprintf("Records of flows the TCP metrics did not follow: more than %d flows at once.", tcpstats.MaxTracked),
+		Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{IsMonotonic: true, DataPoints: []*metricspb.NumberDataPoint{ignored},
+			AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE}},
+	})
+	m.dataPoints++
+	// MetricsData has the wire format of ExportMetricsServiceRequest (both
+	// are resource_metrics = 1), without the gRPC gateway the latter's
+	// package brings along.
+	return proto.Marshal(&metricspb.MetricsData{ResourceMetrics: []*metricspb.ResourceMetrics{{
+		Resource:     m.resource,
+		ScopeMetrics: []*metricspb.ScopeMetrics{{Scope: m.scope, Metrics: metrics}},
+	}}})
+}
+
+// appendSeries appends the instruments of series, each series a data
+// point labelled by its backend and, as label, its key.
+func (m *metricsEncoder) appendSeries(dst []*metricspb.Metric, ins []instrument, series []tcpstats.Series, label string, t uint64) []*metricspb.Metric {
+	if len(series) == 0 {
+		return dst
+	}
+	attrs := make([][]*commonpb.KeyValue, len(series))
+	for i := range series {
+		attrs[i] = []*commonpb.KeyValue{stringKV(MetricAttrBackend, validUTF8(series[i].Backend)), stringKV(label, validUTF8(series[i].Key))}
+	}
+	const cumulative = metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
+	for _, in := range ins {
+		metric := &metricspb.Metric{Name: in.name, Unit: in.unit, Description: in.description}
+		switch in.kind {
+		case kindCounter, kindUpDownCounter:
+			sum := &metricspb.Sum{AggregationTemporality: cumulative, IsMonotonic: in.kind == kindCounter}
+			for i := range series {
+				x := &series[i]
+				sum.DataPoints = append(sum.DataPoints, &metricspb.NumberDataPoint{
+					Attributes: attrs[i], StartTimeUnixNano: uint64(x.Start), TimeUnixNano: t,
+					Value: &metricspb.NumberDataPoint_AsInt{AsInt: int64(in.value(x))},
+				})
+			}
+			metric.Data = &metricspb.Metric_Sum{Sum: sum}
+		case kindHistogram:
+			hist := &metricspb.Histogram{AggregationTemporality: cumulative}
+			for i := range series {
+				x := &series[i]
+				h := in.histogram(x)
+				sum := h.Sum / in.perUnit
+				hist.DataPoints = append(hist.DataPoints, &metricspb.HistogramDataPoint{
+					Attributes: attrs[i], StartTimeUnixNano: uint64(x.Start), TimeUnixNano: t,
+					Count: h.Count, Sum: &sum, ExplicitBounds: in.bounds,
+					BucketCounts: h.Counts[:len(in.bounds)+1],
+				})
+			}
+			metric.Data = &metricspb.Metric_Histogram{Histogram: hist}
+		}
+		m.dataPoints += len(series)
+		dst = append(dst, metric)
+	}
+	return dst
+}
+
+// pushMetrics is the exporter's goroutine of the TCP metrics: every
+// MetricsInterval it pushes their values, and once more at Close, when
+// the last records are in. A push that fails is retried until the next
+// one is due, which replaces it: the values are cumulative, so that a
+// lost push loses no count, only a point in time.
+func (e *Exporter) pushMetrics(agg *tcpstats.Aggregator, enc *metricsEncoder) {
+	var zip *gzip.Writer
+	if e.cfg.Protocol == otlpconfig.ProtocolHTTP && e.cfg.Compression == otlpconfig.CompressionGzip {
+		zip = gzip.NewWriter(nil)
+	}
+	tick := time.NewTicker(e.cfg.MetricsInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			ctx, cancel := context.WithTimeout(e.closing, e.cfg.MetricsInterval)
+			e.pushOnce(ctx, agg, enc, zip)
+			cancel()
+		case <-e.shutdown:
+			e.pushOnce(e.ctx, agg, enc, zip) // within Close's deadline
+			return
+		}
+	}
+}
+
+// pushOnce pushes the current values, retrying until ctx ends.
+func (e *Exporter) pushOnce(ctx context.Context, agg *tcpstats.Aggregator, enc *metricsEncoder, zip *gzip.Writer) {
+	body, err := enc.encode(agg, time.Now())
+	if err != nil {
+		e.setProblem(fmt.Errorf("encoding metrics: %w", err))
+		e.metricsLost.Add(1)
+		return
+	}
+	if body == nil {
+		return
+	}
+	req := &request{body: body, records: enc.dataPoints, done: func(*request) {}}
+	req.refs.Store(1)
+	defer req.release()
+	if zip != nil {
+		if err := gzipBody(zip, req); err != nil {
+			e.setProblem(fmt.Errorf("compressing metrics: %w", err))
+			e.metricsLost.Add(1)
+			return
+		}
+	}
+	p, err := e.exportRetrying(ctx, signalMetrics, req)
+	if err != nil {
+		e.metricsLost.Add(1)
+		return
+	}
+	rejected := uint64(max(min(p.rejected, int64(req.records)), 0))
+	e.exportedPoints.Add(uint64(req.records) - rejected)
+	if rejected > 0 {
+		e.rejectedPoints.Add(rejected)
+		e.setReject(p.message)
+	}
+}
