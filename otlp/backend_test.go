@@ -97,14 +97,14 @@ func TestBackendRecordsArrive(t *testing.T) {
 			if len(want) < 8 || events[flow.EventSample] == 0 || events[flow.EventClose] == 0 {
 				t.Fatalf("the flows made too few records to compare: %d (%v)", len(want), events)
 			}
-			got, _ := received(t, col)
+			got, _ := col.Records(t)
 			var mine []flow.Record
 			for _, r := range got {
 				if r.Backend == name {
 					mine = append(mine, r)
 				}
 			}
-			compareRecords(t, mine, want, false)
+			testutil.CompareRecords(t, mine, want, false)
 			if s := e.Stats(); s.Exported != uint64(len(want)) || s.Dropped.Total() != 0 {
 				t.Errorf("stats %+v for %d records", s, len(want))
 			}

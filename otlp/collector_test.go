@@ -1,12 +1,10 @@
 package otlp_test
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -17,9 +15,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
@@ -75,195 +70,6 @@ func testRecords(n int) []flow.Record {
 		records[i] = r
 	}
 	return records
-}
-
-// received reads the records and resources the collector wrote to all
-// its files, in the order it accepted them.
-func received(t *testing.T, col *testutil.OTelCollector) ([]flow.Record, []map[string]string) {
-	t.Helper()
-	var records []flow.Record
-	var resources []map[string]string
-	for _, path := range col.Outputs() {
-		f, err := os.Open(path)
-		if os.IsNotExist(err) {
-			continue // the file exporter creates it on its first request
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(nil, 64<<20)
-		for sc.Scan() {
-			var data logspb.LogsData
-			if err := protojson.Unmarshal(sc.Bytes(), &data); err != nil {
-				t.Fatalf("%s: %v", path, err)
-			}
-			for _, rl := range data.ResourceLogs {
-				res := map[string]string{}
-				for _, kv := range rl.Resource.GetAttributes() {
-					res[kv.Key] = kv.Value.GetStringValue()
-				}
-				resources = append(resources, res)
-				for _, sl := range rl.ScopeLogs {
-					for _, lr := range sl.LogRecords {
-						r, err := recordFromOTLP(lr)
-						if err != nil {
-							t.Fatalf("%s: %v", path, err)
-						}
-						records = append(records, r)
-					}
-				}
-			}
-		}
-		f.Close()
-		if err := sc.Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return records, resources
-}
-
-// recordFromOTLP is the inverse of the exporter's mapping, written from
-// docs/otlp.md: it rejects unknown attributes and attributes of the wrong
-// type, so that the comparison with the records sent checks the types too.
-func recordFromOTLP(lr *logspb.LogRecord) (flow.Record, error) {
-	var r flow.Record
-	r.Time = time.Unix(0, int64(lr.TimeUnixNano)).UTC()
-	name, ok := strings.CutPrefix(lr.EventName, "flowd.")
-	if r.Event, ok = flow.ParseEvent(name); !ok {
-		return r, fmt.Errorf("event name %q", lr.EventName)
-	}
-	for _, kv := range lr.Attributes {
-		var (
-			s, isStr = kv.Value.Value.(*commonpb.AnyValue_StringValue)
-			n, isInt = kv.Value.Value.(*commonpb.AnyValue_IntValue)
-			err      error
-		)
-		wantStr := func() string {
-			if !isStr {
-				err = fmt.Errorf("%s is not a string: %v", kv.Key, kv.Value)
-				return ""
-			}
-			return s.StringValue
-		}
-		wantInt := func() uint64 {
-			if !isInt {
-				err = fmt.Errorf("%s is not an int: %v", kv.Key, kv.Value)
-				return 0
-			}
-			return uint64(n.IntValue)
-		}
-		state := func() flow.State {
-			st, ok := flow.ParseState(wantStr())
-			if !ok && err == nil {
-				err = fmt.Errorf("%s: unknown state %v", kv.Key, kv.Value)
-			}
-			return st
-		}
-		switch kv.Key {
-		case "flowd.backend":
-			r.Backend = wantStr()
-		case "flowd.cookie":
-			r.Cookie = wantInt()
-		case "flowd.existing":
-			b, ok := kv.Value.Value.(*commonpb.AnyValue_BoolValue)
-			if !ok || !b.BoolValue {
-				err = fmt.Errorf("flowd.existing is not true: %v", kv.Value)
-			}
-			r.Existing = true
-		case "flowd.cgroup_id":
-			r.CgroupID = wantInt()
-		case "network.type":
-			switch wantStr() {
-			case "ipv4":
-				r.Family = 4
-			case "ipv6":
-				r.Family = 6
-			default:
-				err = fmt.Errorf("network.type %v", kv.Value)
-			}
-		case "network.local.address":
-			r.LocalAddr, err = netip.ParseAddr(wantStr())
-		case "network.local.port":
-			r.LocalPort = uint16(wantInt())
-		case "network.peer.address":
-			r.RemoteAddr, err = netip.ParseAddr(wantStr())
-		case "network.peer.port":
-			r.RemotePort = uint16(wantInt())
-		case "flowd.state":
-			r.State = state()
-		case "flowd.old_state":
-			r.OldState = state()
-		case "flowd.ca":
-			r.CA = wantStr()
-		case "process.pid":
-			r.PID = uint32(wantInt())
-		case "flowd.comm":
-			r.Comm = wantStr()
-		default:
-			member, ok := strings.CutPrefix(kv.Key, "tcp_info.")
-			f, known := flow.FieldByName(member)
-			if !ok || !known {
-				return r, fmt.Errorf("unknown attribute %s", kv.Key)
-			}
-			if r.Info.Has(f) {
-				return r, fmt.Errorf("attribute %s twice", kv.Key)
-			}
-			r.Info.Set(f, wantInt())
-		}
-		if err != nil {
-			return r, err
-		}
-	}
-	return r, nil
-}
-
-// key identifies a record among those sent.
-type key struct {
-	backend string
-	cookie  uint64
-	time    int64
-	event   flow.Event
-}
-
-func keyOf(r *flow.Record) key { return key{r.Backend, r.Cookie, r.Time.UnixNano(), r.Event} }
-
-// compareRecords checks that got holds every record of want exactly once
-// or (duplicates allowed) at least once, and nothing else. It returns the
-// number of duplicates.
-func compareRecords(t *testing.T, got, want []flow.Record, duplicatesAllowed bool) int {
-	t.Helper()
-	index := map[key]*flow.Record{}
-	for i := range want {
-		index[keyOf(&want[i])] = &want[i]
-	}
-	seen := map[key]int{}
-	dups := 0
-	for i := range got {
-		k := keyOf(&got[i])
-		w, ok := index[k]
-		if !ok {
-			t.Fatalf("received a record that was not sent: %+v", got[i])
-		}
-		if !w.Time.Equal(got[i].Time) {
-			t.Fatalf("time: got %v, sent %v", got[i].Time, w.Time)
-		}
-		g := got[i]
-		g.Time = w.Time // the same instant; time.Time's location may differ
-		if !reflect.DeepEqual(&g, w) {
-			t.Fatalf("record differs:\n got %+v\nsent %+v", g, *w)
-		}
-		if seen[k]++; seen[k] > 1 {
-			dups++
-		}
-	}
-	if dups > 0 && !duplicatesAllowed {
-		t.Errorf("%d records received twice", dups)
-	}
-	if len(seen) != len(want) {
-		t.Errorf("received %d of the %d records sent", len(seen), len(want))
-	}
-	return dups
 }
 
 // baseConfig is the configuration of an exporter to col's receiver for
@@ -355,8 +161,8 @@ func TestCollectorReceivesRecords(t *testing.T) {
 			sent = append(sent, batch...)
 		}
 	}
-	got, resources := received(t, col)
-	compareRecords(t, got, sent, false)
+	got, resources := col.Records(t)
+	testutil.CompareRecords(t, got, sent, false)
 	for _, res := range resources {
 		want := map[string]string{"service.name": "flowd", "host.name": "test-host", "service.version": "v0.0.0-test"}
 		if !reflect.DeepEqual(res, want) {
@@ -395,8 +201,8 @@ func TestCollectorRestart(t *testing.T) {
 			if s.Dropped.Total() != 0 {
 				t.Fatalf("dropped %+v with a queue of %d records", s.Dropped, cfg.QueueSize)
 			}
-			got, _ := received(t, col)
-			dups := compareRecords(t, got, records, true)
+			got, _ := col.Records(t)
+			dups := testutil.CompareRecords(t, got, records, true)
 			t.Logf("%d records, %d received twice, %d requests of which %d failed", len(records), dups, s.Requests, s.Failures)
 		})
 	}
@@ -433,10 +239,10 @@ func TestQueueOverflow(t *testing.T) {
 	}
 
 	s := e.Stats()
-	got, _ := received(t, col)
-	unique := map[key]bool{}
+	got, _ := col.Records(t)
+	unique := map[testutil.RecordKey]bool{}
 	for i := range got {
-		unique[keyOf(&got[i])] = true
+		unique[testutil.KeyOf(&got[i])] = true
 	}
 	lost := uint64(len(records) - len(unique))
 	if lost != s.Dropped.Total() || lost == 0 {

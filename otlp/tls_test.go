@@ -1,16 +1,7 @@
 package otlp_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,88 +14,15 @@ import (
 	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	File string // its certificate, PEM
-	dir  string
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, dir: t.TempDir()}
-	ca.File = ca.write(t, name+"-ca.pem", "CERTIFICATE", der)
-	return ca
-}
-
-func (ca *testCA) write(t *testing.T, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(ca.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// issue returns the files of a certificate for 127.0.0.1 (server) or a
-// client, and its key.
-func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca.write(t, name+".pem", "CERTIFICATE", der), ca.write(t, name+"-key.pem", "PRIVATE KEY", keyDER)
-}
-
 // TestTLS exports to a collector that serves TLS with a certificate of a
 // test CA and requires client certificates of it: with the CA and a
 // client certificate the records arrive; trusting another CA, or without
 // the client certificate, nothing does and the failures are logged.
 func TestTLS(t *testing.T) {
-	ca := newTestCA(t, "flowd-test")
-	serverCert, serverKey := ca.issue(t, "collector", x509.ExtKeyUsageServerAuth)
-	clientCert, clientKey := ca.issue(t, "flowd", x509.ExtKeyUsageClientAuth)
-	other := newTestCA(t, "other")
+	ca := testutil.NewTestCA(t, "flowd-test")
+	serverCert, serverKey := ca.Issue(t, "collector", x509.ExtKeyUsageServerAuth)
+	clientCert, clientKey := ca.Issue(t, "flowd", x509.ExtKeyUsageClientAuth)
+	other := testutil.NewTestCA(t, "other")
 	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: ca.File})
 
 	records := testRecords(500)
@@ -164,6 +82,6 @@ func TestTLS(t *testing.T) {
 			})
 		}
 	}
-	got, _ := received(t, col)
-	compareRecords(t, got, sent, false)
+	got, _ := col.Records(t)
+	testutil.CompareRecords(t, got, sent, false)
 }
