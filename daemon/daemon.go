@@ -28,6 +28,8 @@ import (
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/metrics"
 	"github.com/flowd/flowd/metrics/tcpstats"
+	"github.com/flowd/flowd/otlp"
+	"github.com/flowd/flowd/otlp/otlpconfig"
 	"github.com/flowd/flowd/sink"
 )
 
@@ -37,6 +39,7 @@ const (
 	logKeyBackends   = "backends"
 	logKeyCgroup     = "cgroup"
 	logKeyOutput     = "output"
+	logKeyOTLP       = "otlp"
 	logKeyTCPInfo    = "tcp_info"
 	logKeyEvents     = "events"
 	logKeyListen     = "listen"
@@ -57,12 +60,13 @@ const (
 // Daemon runs flowd as a Config describes it.
 type Daemon struct {
 	cfg     *config.Config
+	version string
 	cgroup  string       // cfg.Cgroup, resolved
 	samples sink.Samples // cfg.Output.Samples
 	log     *logrus.Logger
 	metrics *metrics.Metrics
 	names   *cgroup.Names        // the paths of the cgroups of the subtree
-	tcp     *tcpstats.Aggregator // the TCP metrics, an output; nil without metrics.listen
+	tcp     *tcpstats.Aggregator // the TCP metrics, an output; nil without metrics.listen or their push over OTLP
 
 	// What the tests replace.
 	probe         func() error // why the ebpf backend cannot run here
@@ -106,6 +110,7 @@ func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error
 	}
 	d := &Daemon{
 		cfg:           cfg,
+		version:       version,
 		cgroup:        dir,
 		samples:       samples,
 		log:           log,
@@ -118,7 +123,9 @@ func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error
 		statsInterval: statsInterval,
 		stopTimeout:   stopTimeout,
 	}
-	if cfg.Metrics.Listen != "" {
+	// The TCP metrics are computed when something reads them: the
+	// endpoint, or the push over OTLP.
+	if cfg.Metrics.Listen != "" || cfg.Output.OTLP.MetricsEnabled() {
 		d.tcp = tcpstats.New(d.tcpConfig())
 		m.RegisterTCP(d.tcp, tcpstats.By(cfg.Metrics.By))
 	}
@@ -234,6 +241,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	debug.FreeOSMemory()
 
 	fields := logrus.Fields{logKeyBackends: backendNames(bs), logKeyCgroup: d.cgroup, logKeyOutput: d.cfg.Output.Path}
+	if c := d.cfg.Output.OTLP; c.Enabled() {
+		fields[logKeyOTLP] = c.Endpoint
+	}
 	if members := d.cfg.Output.TCPInfo; len(members) > 0 {
 		list := make([]string, len(members))
 		for i, f := range members {
@@ -384,9 +394,33 @@ func (d *Daemon) runError(ctx context.Context, b backends.Backend, err error) er
 	}
 }
 
-// openOutputs opens what the records go to: the JSON Lines output and,
-// with metrics.listen, the TCP metrics.
+// openOutputs opens what the records go to: the JSON Lines output (unless
+// output.path is none), the TCP metrics when they are computed, and the
+// OTLP export with output.otlp.endpoint.
 func (d *Daemon) openOutputs() (outputs, error) {
+	var outs outputs
+	if d.cfg.Output.Path != config.PathNone {
+		records, err := d.openRecords()
+		if err != nil {
+			return nil, err
+		}
+		outs = append(outs, records)
+	}
+	if d.tcp != nil {
+		outs = append(outs, d.tcp)
+	}
+	if d.cfg.Output.OTLP.Enabled() {
+		e, err := d.openOTLP()
+		if err != nil {
+			return nil, errors.Join(err, outs.Close())
+		}
+		outs = append(outs, e)
+	}
+	return outs, nil
+}
+
+// openRecords opens the JSON Lines output.
+func (d *Daemon) openRecords() (*sink.JSONL, error) {
 	c := d.cfg.Output
 	faults := newOutputFaults(d.log.WithField(logKeyOutput, c.Path), d.metrics)
 	var records *sink.JSONL
@@ -408,13 +442,40 @@ func (d *Daemon) openOutputs() (outputs, error) {
 		}
 	}
 	records.SetSamples(d.samples)
-	// Only the file leaves events out: the metrics count every record.
+	// Only the outputs of records leave events out: the metrics count every
+	// record.
 	records.SetEvents(c.Events...)
-	outs := outputs{records}
-	if d.tcp != nil {
-		outs = append(outs, d.tcp)
+	return records, nil
+}
+
+// openOTLP starts the OTLP export of the records and, when they are
+// computed, of the TCP metrics, and has the metrics endpoint serve its
+// counters. It does not wait for the collector.
+func (d *Daemon) openOTLP() (*otlp.Exporter, error) {
+	c := d.cfg.Output
+	host, err := os.Hostname()
+	if err != nil {
+		d.log.WithError(err).Warn("host name unknown: the OTLP resource has no host.name")
 	}
-	return outs, nil
+	opts := otlp.Options{
+		Resource:    otlp.Resource{HostName: host, Version: d.version},
+		Members:     c.TCPInfo,
+		Log:         d.log,
+		LogInterval: d.statsInterval,
+	}
+	if c.OTLP.MetricsEnabled() {
+		opts.TCP, opts.TCPBy = d.tcp, tcpstats.By(d.cfg.Metrics.By)
+	}
+	e, err := otlp.New(c.OTLP, opts)
+	if ce := (*otlpconfig.Error)(nil); errors.As(err, &ce) {
+		return nil, d.cfg.Invalid(ce.Key, ce.Err, "%s", ce.Msg) // a TLS file that cannot be read
+	} else if err != nil {
+		return nil, fmt.Errorf("starting the OTLP export: %w", err)
+	}
+	if err := d.metrics.RegisterOTLP(e.Stats); err != nil {
+		return nil, errors.Join(err, e.Close())
+	}
+	return e, nil
 }
 
 // closeOutputs closes outs; Reopen has nothing to act on from then on.

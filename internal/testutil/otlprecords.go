@@ -6,12 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
+	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/flowd/flowd/flow"
@@ -209,4 +211,54 @@ func CompareRecords(t testing.TB, got, want []flow.Record, duplicatesAllowed boo
 		t.Errorf("received %d of the %d records sent", len(seen), len(want))
 	}
 	return dups
+}
+
+// Sums returns the last value the collector received of every series of
+// the integer Sums in its files of metrics, by metric name and attributes:
+// `flowd.tcp.bytes_acked{backend="ebpf",cgroup="a"}`, the attributes in
+// the order of their keys.
+func (c *OTelCollector) Sums(t testing.TB) map[string]int64 {
+	t.Helper()
+	type point struct {
+		time  uint64
+		value int64
+	}
+	last := map[string]point{}
+	for _, path := range c.MetricsOutputs() {
+		b, err := os.ReadFile(path)
+		if os.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.Lines(string(b)) {
+			var data metricspb.MetricsData
+			if err := protojson.Unmarshal([]byte(line), &data); err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			for _, rm := range data.ResourceMetrics {
+				for _, sm := range rm.ScopeMetrics {
+					for _, m := range sm.Metrics {
+						for _, dp := range m.GetSum().GetDataPoints() {
+							var attrs []string
+							for _, kv := range dp.Attributes {
+								attrs = append(attrs, fmt.Sprintf("%s=%q", kv.Key, kv.Value.GetStringValue()))
+							}
+							slices.Sort(attrs)
+							key := m.Name + "{" + strings.Join(attrs, ",") + "}"
+							if p, ok := last[key]; !ok || p.time < dp.TimeUnixNano {
+								last[key] = point{dp.TimeUnixNano, dp.GetAsInt()}
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	sums := make(map[string]int64, len(last))
+	for k, p := range last {
+		sums[k] = p.value
+	}
+	return sums
 }
