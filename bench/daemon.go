@@ -24,6 +24,7 @@ type flowdConfig struct {
 	IntervalSet     bool          // set ebpf.interval (0s is a value: a sample every RTT)
 	NetlinkInterval time.Duration // netlink.interval; 0 = default
 	Members         []string      // output.tcp_info; nil = default (every member)
+	OTLP            string        // output.otlp.endpoint; "" = no export
 }
 
 // Keys returns the non-default keys, for the report.
@@ -40,6 +41,9 @@ func (c flowdConfig) Keys() string {
 	}
 	if c.Members != nil {
 		parts = append(parts, "output.tcp_info: ["+strings.Join(c.Members, ", ")+"]")
+	}
+	if c.OTLP != "" {
+		parts = append(parts, "output.otlp.endpoint: a collector on loopback")
 	}
 	return strings.Join(parts, ", ")
 }
@@ -63,6 +67,9 @@ func (c flowdConfig) YAML(cgroupPath, output string) string {
 	fmt.Fprintf(&b, "output:\n  path: %q\n", output)
 	if c.Members != nil {
 		fmt.Fprintf(&b, "  tcp_info: [%s]\n", strings.Join(c.Members, ", "))
+	}
+	if c.OTLP != "" {
+		fmt.Fprintf(&b, "  otlp:\n    endpoint: %q\n", c.OTLP)
 	}
 	return b.String()
 }

@@ -193,6 +193,7 @@ type suite struct {
 	own   *tempCgroup // flowd's own cgroup (for its CPU time)
 	mover *mover
 	res   Results
+	otel  *collector // started by the first row that exports over OTLP
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -385,6 +386,9 @@ func (s *suite) setup(ctx context.Context) error {
 }
 
 func (s *suite) cleanup() {
+	if s.otel != nil {
+		s.otel.stop()
+	}
 	for _, cg := range []*tempCgroup{s.mon, s.own} {
 		if cg != nil {
 			if err := cg.remove(); err != nil {

@@ -14,21 +14,26 @@ type overheadCase struct {
 	cfg        flowdConfig
 	target     float64 // minimum throughput ratio; 0 = none (reported only)
 	costTarget float64 // most CPU-s/s of flowd and its programs; 0 = none
+	otlp       bool    // export to a collector on loopback (cfg.OTLP is set when the row runs)
 }
 
 func overheadCases() []overheadCase {
 	return []overheadCase{
-		{"ebpf-poll-1s", flowdConfig{Backend: "ebpf"}, 0.99, 0.005},
+		{"ebpf-poll-1s", flowdConfig{Backend: "ebpf"}, 0.99, 0.005, false},
+		// The default configuration exporting over OTLP too: at one sample
+		// per flow per second the export must cost nothing measurable, so
+		// the same targets.
+		{"ebpf-poll-1s-otlp", flowdConfig{Backend: "ebpf"}, 0.99, 0.005, true},
 		// Judged by what monitoring costs: on two vCPUs the throughput
 		// ratio cannot resolve a few percent.
-		{"ebpf-poll-0s", flowdConfig{Backend: "ebpf", Interval: 0, IntervalSet: true}, 0, 0.03},
+		{"ebpf-poll-0s", flowdConfig{Backend: "ebpf", Interval: 0, IntervalSet: true}, 0, 0.03, false},
 		// The same with the members a study of congestion control plots
 		// (docs/configuration.md, output.tcp_info): reported only, to show what the
 		// bytes of a line cost.
-		{"ebpf-poll-0s-members", flowdConfig{Backend: "ebpf", Interval: 0, IntervalSet: true, Members: ccMembers}, 0, 0},
-		{"ebpf-transition", flowdConfig{Backend: "ebpf", Mode: "transition"}, 0.99, 0},
-		{"netlink-1s", flowdConfig{Backend: "netlink"}, 0, 0},
-		{"netlink-100ms", flowdConfig{Backend: "netlink", NetlinkInterval: 100 * time.Millisecond}, 0, 0},
+		{"ebpf-poll-0s-members", flowdConfig{Backend: "ebpf", Interval: 0, IntervalSet: true, Members: ccMembers}, 0, 0, false},
+		{"ebpf-transition", flowdConfig{Backend: "ebpf", Mode: "transition"}, 0.99, 0, false},
+		{"netlink-1s", flowdConfig{Backend: "netlink"}, 0, 0, false},
+		{"netlink-100ms", flowdConfig{Backend: "netlink", NetlinkInterval: 100 * time.Millisecond}, 0, 0, false},
 	}
 }
 
@@ -47,6 +52,13 @@ const ciConfidence = 0.95
 // flowd and B with it, alternating (ABAB...). Configurations without a
 // target get opts.pairsUntargeted pairs.
 func (s *suite) overhead(ctx context.Context, c overheadCase) OverheadRow {
+	if c.otlp {
+		addr, err := s.collector(ctx)
+		if err != nil {
+			return OverheadRow{Name: c.name, Err: fmt.Sprintf("collector: %v", err)}
+		}
+		c.cfg.OTLP = addr
+	}
 	row := OverheadRow{Name: c.name, Config: c.cfg.Keys(), Target: c.target, CostTarget: c.costTarget, Command: s.command("overhead/" + c.name)}
 	pairs := s.opts.pairs
 	if c.target == 0 && c.costTarget == 0 {

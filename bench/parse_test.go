@@ -285,6 +285,8 @@ func TestFlowdConfigYAML(t *testing.T) {
 			"backends: [netlink]\ncgroup: \"/cg\"\nnetlink:\n  interval: 100ms\noutput:\n  path: \"/o.jsonl\"\n"},
 		{flowdConfig{Backend: "ebpf", Members: []string{"rtt", "snd_cwnd"}}, "backends: [ebpf], output.tcp_info: [rtt, snd_cwnd]",
 			"backends: [ebpf]\ncgroup: \"/cg\"\noutput:\n  path: \"/o.jsonl\"\n  tcp_info: [rtt, snd_cwnd]\n"},
+		{flowdConfig{Backend: "ebpf", OTLP: "127.0.0.1:4317"}, "backends: [ebpf], output.otlp.endpoint: a collector on loopback",
+			"backends: [ebpf]\ncgroup: \"/cg\"\noutput:\n  path: \"/o.jsonl\"\n  otlp:\n    endpoint: \"127.0.0.1:4317\"\n"},
 	}
 	for _, tt := range tests {
 		if got := tt.cfg.Keys(); got != tt.keys {

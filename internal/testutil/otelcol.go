@@ -251,6 +251,10 @@ func OTelCollectorBinary(tb testing.TB) string {
 	return bin
 }
 
+// BuildOTelCollector builds the test collector (cached, as
+// OTelCollectorBinary) for a program that is not a test: the benchmarks.
+func BuildOTelCollector() (string, error) { return collectorBuild() }
+
 // buildCollector builds internal/otelcol into the user's cache directory,
 // under a name made of the hash of its sources and the Go version, so that
 // a cached binary is used only for the sources it was built from.
