@@ -55,7 +55,7 @@ func defaults() *Config {
 		Output: Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "full",
 			Events: []flow.Event{flow.EventOpen, flow.EventSample, flow.EventState, flow.EventClose}, OTLP: otlpconfig.Config{
 				Protocol: "grpc", HTTPPath: "/v1/logs", Headers: map[string]string{}, Compression: "none",
-				Timeout: 10 * time.Second, QueueSize: 65536, BatchSize: 512, ExportInterval: time.Second,
+				Timeout: 10 * time.Second, QueueSize: 65536, BatchSize: 512, ExportInterval: 5 * time.Second,
 				ConcurrentRequests: 2, ShutdownTimeout: 5 * time.Second,
 				Retry:           otlpconfig.Retry{Enabled: true, InitialInterval: time.Second, MaxInterval: 30 * time.Second, MaxElapsedTime: time.Minute},
 				MetricsInterval: time.Minute, MetricsHTTPPath: "/v1/metrics",

@@ -130,7 +130,7 @@ func Default() Config {
 		Timeout:            10 * time.Second,
 		QueueSize:          65536,
 		BatchSize:          512,
-		ExportInterval:     time.Second,
+		ExportInterval:     5 * time.Second,
 		ConcurrentRequests: 2,
 		ShutdownTimeout:    5 * time.Second,
 		Retry: Retry{
