@@ -23,6 +23,7 @@ import (
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/metrics"
 	"github.com/flowd/flowd/metrics/tcpstats"
+	"github.com/flowd/flowd/otlp"
 )
 
 type discard struct{}
@@ -63,6 +64,9 @@ func served(t *testing.T) map[string]*dto.MetricFamily {
 	m.SetPrograms("ebpf", []backends.ProgramStats{{Name: "flowd_sockops"}})
 	m.SetCgroup("ebpf", true, 0)
 	m.Health().Running("ebpf")
+	if err := m.RegisterOTLP(func() otlp.Stats { return otlp.Stats{} }); err != nil {
+		t.Fatal(err)
+	}
 
 	log, _ := logtest.NewNullLogger()
 	srv, err := m.Listen("127.0.0.1:0", metrics.ServerOptions{}, log)
