@@ -310,10 +310,7 @@ func (e *Exporter) Close() error {
 // batches as they come, and the batch being filled every ExportInterval,
 // until Close.
 func (e *Exporter) send() {
-	var zip *gzip.Writer // for http/protobuf with gzip
-	if e.cfg.Protocol == otlpconfig.ProtocolHTTP && e.cfg.Compression == otlpconfig.CompressionGzip {
-		zip = gzip.NewWriter(nil)
-	}
+	zip := e.newGzip()
 	tick := time.NewTicker(e.cfg.ExportInterval)
 	defer tick.Stop()
 	for {
@@ -328,6 +325,16 @@ func (e *Exporter) send() {
 		}
 		e.sendQueued(zip)
 	}
+}
+
+// newGzip returns a gzip writer for one goroutine's request bodies when
+// flowd compresses them (http/protobuf with gzip), else nil: gRPC
+// compresses its messages itself.
+func (e *Exporter) newGzip() *gzip.Writer {
+	if e.cfg.Protocol == otlpconfig.ProtocolHTTP && e.cfg.Compression == otlpconfig.CompressionGzip {
+		return gzip.NewWriter(nil)
+	}
+	return nil
 }
 
 // seal queues the batch being filled, if it holds records.

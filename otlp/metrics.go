@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flowd/flowd/metrics/tcpstats"
-	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
 // Attribute keys of the TCP metrics' data points: the label names of the
@@ -205,10 +204,7 @@ func (m *metricsEncoder) appendSeries(dst []*metricspb.Metric, ins []instrument,
 // one is due, which replaces it: the values are cumulative, so that a
 // lost push loses no count, only a point in time.
 func (e *Exporter) pushMetrics(agg *tcpstats.Aggregator, enc *metricsEncoder) {
-	var zip *gzip.Writer
-	if e.cfg.Protocol == otlpconfig.ProtocolHTTP && e.cfg.Compression == otlpconfig.CompressionGzip {
-		zip = gzip.NewWriter(nil)
-	}
+	zip := e.newGzip()
 	tick := time.NewTicker(e.cfg.MetricsInterval)
 	defer tick.Stop()
 	for {

@@ -1,12 +1,10 @@
 package otlp_test
 
 import (
-	"bufio"
 	"fmt"
 	"math"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -20,7 +18,6 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
@@ -153,46 +150,27 @@ func lastPushed(t *testing.T, col *testutil.OTelCollector, host string) (map[str
 	namer := otlptranslator.MetricNamer{WithMetricSuffixes: true}
 	points := map[string]point{}
 	requests := 0
-	for _, path := range col.MetricsOutputs() {
-		f, err := os.Open(path)
-		if os.IsNotExist(err) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(nil, 64<<20)
-		for sc.Scan() {
-			var data metricspb.MetricsData
-			if err := protojson.Unmarshal(sc.Bytes(), &data); err != nil {
-				t.Fatalf("%s: %v", path, err)
+	for _, data := range col.MetricsData(t) {
+		for _, rm := range data.ResourceMetrics {
+			res := map[string]string{}
+			for _, kv := range rm.Resource.GetAttributes() {
+				res[kv.Key] = kv.Value.GetStringValue()
 			}
-			for _, rm := range data.ResourceMetrics {
-				res := map[string]string{}
-				for _, kv := range rm.Resource.GetAttributes() {
-					res[kv.Key] = kv.Value.GetStringValue()
+			if res["host.name"] != host {
+				continue
+			}
+			requests++
+			if res["service.name"] != "flowd" || res["service.version"] != "test" {
+				t.Errorf("resource %v", res)
+			}
+			for _, sm := range rm.ScopeMetrics {
+				if sm.Scope.GetName() != "flowd" {
+					t.Errorf("scope %v", sm.Scope)
 				}
-				if res["host.name"] != host {
-					continue
-				}
-				requests++
-				if res["service.name"] != "flowd" || res["service.version"] != "test" {
-					t.Errorf("resource %v", res)
-				}
-				for _, sm := range rm.ScopeMetrics {
-					if sm.Scope.GetName() != "flowd" {
-						t.Errorf("scope %v", sm.Scope)
-					}
-					for _, m := range sm.Metrics {
-						addPoints(t, points, &namer, m)
-					}
+				for _, m := range sm.Metrics {
+					addPoints(t, points, &namer, m)
 				}
 			}
-		}
-		f.Close()
-		if err := sc.Err(); err != nil {
-			t.Fatal(err)
 		}
 	}
 	return points, requests

@@ -213,6 +213,30 @@ func CompareRecords(t testing.TB, got, want []flow.Record, duplicatesAllowed boo
 	return dups
 }
 
+// MetricsData returns the requests of metrics the collector wrote to its
+// files, in the order it accepted them.
+func (c *OTelCollector) MetricsData(t testing.TB) []*metricspb.MetricsData {
+	t.Helper()
+	var requests []*metricspb.MetricsData
+	for _, path := range c.MetricsOutputs() {
+		b, err := os.ReadFile(path)
+		if os.IsNotExist(err) {
+			continue // the file exporter creates it on its first request
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.Lines(string(b)) {
+			data := &metricspb.MetricsData{}
+			if err := protojson.Unmarshal([]byte(line), data); err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			requests = append(requests, data)
+		}
+	}
+	return requests
+}
+
 // Sums returns the last value the collector received of every series of
 // the integer Sums in its files of metrics, by metric name and attributes:
 // `flowd.tcp.bytes_acked{backend="ebpf",cgroup="a"}`, the attributes in
@@ -224,32 +248,19 @@ func (c *OTelCollector) Sums(t testing.TB) map[string]int64 {
 		value int64
 	}
 	last := map[string]point{}
-	for _, path := range c.MetricsOutputs() {
-		b, err := os.ReadFile(path)
-		if os.IsNotExist(err) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for line := range strings.Lines(string(b)) {
-			var data metricspb.MetricsData
-			if err := protojson.Unmarshal([]byte(line), &data); err != nil {
-				t.Fatalf("%s: %v", path, err)
-			}
-			for _, rm := range data.ResourceMetrics {
-				for _, sm := range rm.ScopeMetrics {
-					for _, m := range sm.Metrics {
-						for _, dp := range m.GetSum().GetDataPoints() {
-							var attrs []string
-							for _, kv := range dp.Attributes {
-								attrs = append(attrs, fmt.Sprintf("%s=%q", kv.Key, kv.Value.GetStringValue()))
-							}
-							slices.Sort(attrs)
-							key := m.Name + "{" + strings.Join(attrs, ",") + "}"
-							if p, ok := last[key]; !ok || p.time < dp.TimeUnixNano {
-								last[key] = point{dp.TimeUnixNano, dp.GetAsInt()}
-							}
+	for _, data := range c.MetricsData(t) {
+		for _, rm := range data.ResourceMetrics {
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					for _, dp := range m.GetSum().GetDataPoints() {
+						var attrs []string
+						for _, kv := range dp.Attributes {
+							attrs = append(attrs, fmt.Sprintf("%s=%q", kv.Key, kv.Value.GetStringValue()))
+						}
+						slices.Sort(attrs)
+						key := m.Name + "{" + strings.Join(attrs, ",") + "}"
+						if p, ok := last[key]; !ok || p.time < dp.TimeUnixNano {
+							last[key] = point{dp.TimeUnixNano, dp.GetAsInt()}
 						}
 					}
 				}
