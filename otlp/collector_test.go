@@ -34,6 +34,7 @@ func testRecords(n int) []flow.Record {
 			Event:      flow.Event(i%4 + 1),
 			Cookie:     uint64(1000 + i%97),
 			CgroupID:   uint64(5000 + i%3),
+			Cgroup:     []string{"system.slice/a.service", "", "user.slice/ü"}[i%3],
 			Family:     4,
 			LocalAddr:  netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}),
 			RemoteAddr: netip.MustParseAddr("192.0.2.1"),

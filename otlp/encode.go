@@ -50,6 +50,7 @@ const (
 	AttrCookie       = "flowd.cookie"
 	AttrExisting     = "flowd.existing" // true on the open record of a flow found running; else absent
 	AttrCgroupID     = "flowd.cgroup_id"
+	AttrCgroup       = "flowd.cgroup" // its path below the cgroup2 mount, when known
 	AttrNetworkType  = "network.type" // "ipv4" or "ipv6", from family 4 or 6
 	AttrLocalAddress = "network.local.address"
 	AttrLocalPort    = "network.local.port"
@@ -177,8 +178,13 @@ func newMemberKey(key string) memberKey {
 // a window of a key store and the longest varint for every member.
 const membersRoom = int(flow.NumFields) * (keyWidth + maxVarintLen)
 
-// maxRecordLen bounds the bytes of one encoded record (TestLongestRecord).
-const maxRecordLen = 3072
+// maxRecordLen bounds the bytes of one encoded record whose cgroup path
+// is at most maxCgroupLen bytes (TestLongestRecord); a longer path, rare
+// even in Kubernetes' deep hierarchies, makes a longer record.
+const maxRecordLen = 3584
+
+// maxCgroupLen is the longest cgroup path maxRecordLen allows for.
+const maxCgroupLen = 512
 
 // maxVarintLen is the length of the longest varint.
 const maxVarintLen = 10
@@ -202,6 +208,9 @@ func (e *encoder) appendRecord(dst []byte, r *flow.Record) []byte {
 		dst = appendTrueKV(dst, AttrExisting)
 	}
 	dst = appendIntKV(dst, AttrCgroupID, r.CgroupID)
+	if r.Cgroup != "" {
+		dst = appendStringKV(dst, tagAttribute, AttrCgroup, validUTF8(r.Cgroup))
+	}
 	switch r.Family {
 	case 4:
 		dst = appendStringKV(dst, tagAttribute, AttrNetworkType, "ipv4")

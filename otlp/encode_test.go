@@ -21,7 +21,7 @@ import (
 func realisticRecord() flow.Record {
 	r := flow.Record{
 		Time: time.Unix(1_795_000_000, 123_456_789), Backend: "ebpf", Event: flow.EventSample,
-		Cookie: 5601, CgroupID: 18360, Family: 4,
+		Cookie: 5601, CgroupID: 18360, Cgroup: "system.slice/iperf3.service", Family: 4,
 		LocalAddr: netip.MustParseAddr("10.1.2.3"), RemoteAddr: netip.MustParseAddr("10.9.8.7"),
 		LocalPort: 60112, RemotePort: 5201, State: flow.StateEstablished, CA: "cubic",
 	}
@@ -85,6 +85,9 @@ func reference(res Resource, members []flow.Field, records []flow.Record) *logsp
 			attrs = append(attrs, yes("flowd.existing"))
 		}
 		attrs = append(attrs, num("flowd.cgroup_id", r.CgroupID))
+		if r.Cgroup != "" {
+			attrs = append(attrs, str("flowd.cgroup", r.Cgroup))
+		}
 		switch r.Family {
 		case 4:
 			attrs = append(attrs, str("network.type", "ipv4"))
@@ -223,6 +226,7 @@ func TestLongestRecord(t *testing.T) {
 	r.Backend, r.CA = "netlink", "abcdefghijklmno"
 	r.PID, r.Comm = math.MaxUint32, "abcdefghijklmno"
 	r.Cookie, r.CgroupID = math.MaxUint64, math.MaxUint64
+	r.Cgroup = strings.Repeat("a", maxCgroupLen)
 	for f := range flow.NumFields {
 		r.Info.Set(f, math.MaxUint64)
 	}
@@ -238,6 +242,9 @@ func FuzzEncode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, cookie, present uint64, family uint8, laddr, raddr []byte, event uint8, ca string, value uint64) {
 		r := flow.Record{Time: time.Unix(0, int64(cookie>>1)), Backend: "ebpf", Event: flow.Event(event%5 + 1),
 			Cookie: cookie, Existing: present&1 != 0, Family: family, CA: ca, State: flow.State(event), OldState: flow.State(event / 2)}
+		if present&4 != 0 {
+			r.Cgroup = ca
+		}
 		if present&2 != 0 {
 			r.PID, r.Comm = uint32(value), ca
 		}

@@ -117,6 +117,8 @@ func recordFromOTLP(lr *logspb.LogRecord) (flow.Record, error) {
 			r.Existing = true
 		case "flowd.cgroup_id":
 			r.CgroupID = wantInt()
+		case "flowd.cgroup":
+			r.Cgroup = wantStr()
 		case "network.type":
 			switch wantStr() {
 			case "ipv4":

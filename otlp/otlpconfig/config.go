@@ -105,7 +105,8 @@ func joinQuoted[T ~string](items []T) string {
 }
 
 // MaxBatchSize is the largest batch_size: a batch of the longest records
-// stays below the 4 MiB an OTLP receiver accepts in one request by
+// (cgroup paths of up to 512 bytes) stays below the 4 MiB an OTLP
+// receiver accepts in one request by
 // default (the collector's max_recv_msg_size_mib).
 const MaxBatchSize = 1024
 
