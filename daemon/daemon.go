@@ -442,8 +442,8 @@ func (d *Daemon) openRecords() (*sink.JSONL, error) {
 		}
 	}
 	records.SetSamples(d.samples)
-	// Only the outputs of records leave events out: the metrics count every
-	// record.
+	// Only the outputs of records (this and the OTLP export) leave events
+	// out: the metrics count every record.
 	records.SetEvents(c.Events...)
 	return records, nil
 }
@@ -460,6 +460,7 @@ func (d *Daemon) openOTLP() (*otlp.Exporter, error) {
 	opts := otlp.Options{
 		Resource:    otlp.Resource{HostName: host, Version: d.version},
 		Members:     c.TCPInfo,
+		Events:      c.Events,
 		Log:         d.log,
 		LogInterval: d.statsInterval,
 	}

@@ -314,6 +314,32 @@ func TestCollectorNeverUp(t *testing.T) {
 	}
 }
 
+// TestEvents: with Options.Events, only the records of those events are
+// exported.
+func TestEvents(t *testing.T) {
+	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+	e, err := otlp.New(baseConfig(col.GRPC, otlpconfig.ProtocolGRPC), otlp.Options{Events: []flow.Event{flow.EventClose, flow.EventOpen}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := testRecords(200)
+	write(t, e, records)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var want []flow.Record
+	for _, r := range records {
+		if r.Event == flow.EventOpen || r.Event == flow.EventClose {
+			want = append(want, r)
+		}
+	}
+	got, _ := col.Records(t)
+	testutil.CompareRecords(t, got, want, false)
+	if s := e.Stats(); s.Exported != uint64(len(want)) || s.Dropped.Total() != 0 {
+		t.Errorf("stats %+v: want the %d open and close records exported, none dropped", s, len(want))
+	}
+}
+
 // TestNewRejectsInvalid checks that New validates and does not start an
 // exporter without an endpoint.
 func TestNewRejectsInvalid(t *testing.T) {

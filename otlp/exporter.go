@@ -63,7 +63,10 @@ type Options struct {
 	// Members are the tcp_info members exported (output.tcp_info); none =
 	// every member a record has.
 	Members []flow.Field
-	Log     logrus.FieldLogger // nil: nothing is logged
+	// Events are the events whose records are exported (output.events);
+	// none = every event.
+	Events []flow.Event
+	Log    logrus.FieldLogger // nil: nothing is logged
 	// LogInterval is how often, at most, problems are logged; 0 =
 	// DefaultLogInterval.
 	LogInterval time.Duration
@@ -115,6 +118,7 @@ type Exporter struct {
 	log       logrus.FieldLogger
 	logEvery  time.Duration
 	enc       *encoder
+	omit      uint64 // bit e set: records of event e are not exported
 	transport transport
 	room      int // header room of a request buffer
 
@@ -184,6 +188,12 @@ func New(cfg otlpconfig.Config, opts Options) (*Exporter, error) {
 	if e.logEvery <= 0 {
 		e.logEvery = DefaultLogInterval
 	}
+	if len(opts.Events) > 0 {
+		e.omit = ^uint64(0)
+		for _, ev := range opts.Events {
+			e.omit &^= 1 << (ev % 64)
+		}
+	}
 	e.room = e.enc.headerRoom()
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.closing, e.stopping = context.WithCancel(e.ctx)
@@ -205,10 +215,14 @@ func New(cfg otlpconfig.Config, opts Options) (*Exporter, error) {
 	return e, nil
 }
 
-// Write queues a copy of r. When the queue is full it drops r, counts it
-// and returns nil: a full queue is the receiver's problem, reported by
-// Stats and the log, not the backend's.
+// Write queues a copy of r, unless Options.Events leave its event out.
+// When the queue is full it drops r, counts it and returns nil: a full
+// queue is the receiver's problem, reported by Stats and the log, not the
+// backend's.
 func (e *Exporter) Write(r *flow.Record) error {
+	if e.omit&(1<<(r.Event%64)) != 0 {
+		return nil
+	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
