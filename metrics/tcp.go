@@ -176,41 +176,28 @@ type seriesFamily struct {
 	perBase   float64  // the histogram's unit per base unit (µs: 1e6)
 }
 
-// seriesFamilies are the metrics of one aggregation, named prefix+...,
-// labelled by label and backend; what names what label is in the help.
+// seriesFamilies are the metrics of one aggregation (tcpstats.Instruments),
+// named prefix+..., labelled by label and backend; what names what label is
+// in the help.
 func seriesFamilies(prefix, label, what string, remote bool) []textFamily {
 	per := " (per " + what + " and backend)."
-	value := func(name, typ, help string, v func(*tcpstats.Series) uint64) textFamily {
-		return &seriesFamily{familyHeader: familyHeader{prefix + name, help + per, typ}, label: label, remote: remote, value: v}
-	}
-	histogram := func(name, help string, h func(*tcpstats.Series) *tcpstats.Histogram, bounds []uint64, perBase float64) textFamily {
-		les := make([]string, len(bounds))
-		for i, b := range bounds {
-			les[i] = string(appendFloat(nil, float64(b)/perBase))
+	families := make([]textFamily, 0, len(tcpstats.Instruments))
+	for _, in := range tcpstats.Instruments {
+		f := &seriesFamily{familyHeader: familyHeader{prefix + in.Prometheus, in.Help + per, promType[in.Kind]},
+			label: label, remote: remote, value: in.Value, histogram: in.Histogram, perBase: in.PerUnit}
+		for _, b := range in.Bounds {
+			f.les = append(f.les, string(appendFloat(nil, float64(b)/in.PerUnit)))
 		}
-		return &seriesFamily{familyHeader: familyHeader{prefix + name, help + per, "histogram"}, label: label, remote: remote,
-			histogram: h, les: les, perBase: perBase}
+		families = append(families, f)
 	}
-	rtt, rate := tcpstats.RTTBounds[:], tcpstats.RateBounds[:]
-	return []textFamily{
-		value("bytes_acked_total", "counter", "Bytes the peers acknowledged (tcpi_bytes_acked), from each flow's first record",
-			func(s *tcpstats.Series) uint64 { return s.BytesAcked }),
-		value("bytes_received_total", "counter", "Bytes received (tcpi_bytes_received), from each flow's first record",
-			func(s *tcpstats.Series) uint64 { return s.BytesReceived }),
-		value("bytes_retransmitted_total", "counter", "Bytes retransmitted (tcpi_bytes_retrans), from each flow's first record",
-			func(s *tcpstats.Series) uint64 { return s.BytesRetrans }),
-		value("segments_retransmitted_total", "counter", "Segments retransmitted (tcpi_total_retrans), from each flow's first record",
-			func(s *tcpstats.Series) uint64 { return s.SegsRetrans }),
-		value("flows_opened_total", "counter", "Flows opened: open records", func(s *tcpstats.Series) uint64 { return s.Opened }),
-		value("flows_closed_total", "counter", "Flows closed: close records", func(s *tcpstats.Series) uint64 { return s.Closed }),
-		value("flows_open", "gauge", "Flows open now: with records and no close record yet", func(s *tcpstats.Series) uint64 { return s.Open }),
-		histogram("srtt_seconds", "Smoothed RTT (tcpi_rtt) of the sample and close records",
-			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.SRTT }, rtt, 1e6),
-		histogram("min_rtt_seconds", "Minimum RTT (tcpi_min_rtt) of the sample and close records",
-			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.MinRTT }, rtt, 1e6),
-		histogram("delivery_rate_bytes_per_second", "Delivery rate (tcpi_delivery_rate) of the sample and close records",
-			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.DeliveryRate }, rate, 1),
-	}
+	return families
+}
+
+// promType is the TYPE of each kind of instrument.
+var promType = map[tcpstats.Kind]string{
+	tcpstats.KindCounter:   "counter",
+	tcpstats.KindGauge:     "gauge",
+	tcpstats.KindHistogram: "histogram",
 }
 
 func (f *seriesFamily) header() familyHeader { return f.familyHeader }

@@ -22,61 +22,28 @@ const (
 	MetricAttrCgroup  = "cgroup"
 )
 
-// instrument is one OTLP metric of the series of an aggregation. Its name
-// and unit translate, by the rules OpenTelemetry's Prometheus exporters
-// follow (unit suffixes, _total for monotonic sums), to the name of the
-// same metric at flowd's Prometheus endpoint: flowd.tcp.bytes_acked in
-// By is flowd_tcp_bytes_acked_total.
+// instrument is one OTLP metric of the series of an aggregation
+// (tcpstats.Instruments). Its name and unit translate, by the rules
+// OpenTelemetry's Prometheus exporters follow (unit suffixes, _total for
+// monotonic sums), to the name of the same metric at flowd's Prometheus
+// endpoint: flowd.tcp.bytes_acked in By is flowd_tcp_bytes_acked_total.
 type instrument struct {
-	name, unit, description string
-	kind                    instrumentKind
-	value                   func(*tcpstats.Series) uint64
-	histogram               func(*tcpstats.Series) *tcpstats.Histogram
-	bounds                  []float64 // of the histogram, in unit
-	perUnit                 float64   // the histogram's observations per unit (µs per s)
+	tcpstats.Instrument
+	name   string    // prefix + OTLP
+	bounds []float64 // of the histogram, in Unit
 }
-
-type instrumentKind int
-
-const (
-	kindCounter       instrumentKind = iota // a cumulative monotonic Sum
-	kindUpDownCounter                       // a cumulative non-monotonic Sum: flows open now
-	kindHistogram                           // a cumulative explicit-bucket Histogram
-)
 
 // instruments are the TCP metrics of one aggregation, named prefix+....
 func instruments(prefix string) []instrument {
-	counter := func(name, unit, description string, v func(*tcpstats.Series) uint64) instrument {
-		return instrument{name: prefix + name, unit: unit, description: description, kind: kindCounter, value: v}
-	}
-	histogram := func(name, unit, description string, h func(*tcpstats.Series) *tcpstats.Histogram, bounds []uint64, perUnit float64) instrument {
-		in := instrument{name: prefix + name, unit: unit, description: description, kind: kindHistogram, histogram: h, perUnit: perUnit}
-		for _, b := range bounds {
-			in.bounds = append(in.bounds, float64(b)/perUnit)
+	out := make([]instrument, 0, len(tcpstats.Instruments))
+	for _, in := range tcpstats.Instruments {
+		o := instrument{Instrument: in, name: prefix + in.OTLP}
+		for _, b := range in.Bounds {
+			o.bounds = append(o.bounds, float64(b)/in.PerUnit)
 		}
-		return in
+		out = append(out, o)
 	}
-	rtt, rate := tcpstats.RTTBounds[:], tcpstats.RateBounds[:]
-	return []instrument{
-		counter("bytes_acked", "By", "Bytes the peers acknowledged (tcpi_bytes_acked), from each flow's first record.",
-			func(s *tcpstats.Series) uint64 { return s.BytesAcked }),
-		counter("bytes_received", "By", "Bytes received (tcpi_bytes_received), from each flow's first record.",
-			func(s *tcpstats.Series) uint64 { return s.BytesReceived }),
-		counter("bytes_retransmitted", "By", "Bytes retransmitted (tcpi_bytes_retrans), from each flow's first record.",
-			func(s *tcpstats.Series) uint64 { return s.BytesRetrans }),
-		counter("segments_retransmitted", "{segment}", "Segments retransmitted (tcpi_total_retrans), from each flow's first record.",
-			func(s *tcpstats.Series) uint64 { return s.SegsRetrans }),
-		counter("flows_opened", "{flow}", "Flows opened: open records.", func(s *tcpstats.Series) uint64 { return s.Opened }),
-		counter("flows_closed", "{flow}", "Flows closed: close records.", func(s *tcpstats.Series) uint64 { return s.Closed }),
-		{name: prefix + "flows_open", unit: "{flow}", description: "Flows open now: with records and no close record yet.",
-			kind: kindUpDownCounter, value: func(s *tcpstats.Series) uint64 { return s.Open }},
-		histogram("srtt", "s", "Smoothed RTT (tcpi_rtt) of the sample and close records.",
-			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.SRTT }, rtt, 1e6),
-		histogram("min_rtt", "s", "Minimum RTT (tcpi_min_rtt) of the sample and close records.",
-			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.MinRTT }, rtt, 1e6),
-		histogram("delivery_rate", "By/s", "Delivery rate (tcpi_delivery_rate) of the sample and close records.",
-			func(s *tcpstats.Series) *tcpstats.Histogram { return &s.DeliveryRate }, rate, 1),
-	}
+	return out
 }
 
 // Names of the TCP metrics: per cgroup, per remote port or prefix
@@ -166,24 +133,24 @@ func (m *metricsEncoder) appendSeries(dst []*metricspb.Metric, ins []instrument,
 	}
 	const cumulative = metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
 	for _, in := range ins {
-		metric := &metricspb.Metric{Name: in.name, Unit: in.unit, Description: in.description}
-		switch in.kind {
-		case kindCounter, kindUpDownCounter:
-			sum := &metricspb.Sum{AggregationTemporality: cumulative, IsMonotonic: in.kind == kindCounter}
+		metric := &metricspb.Metric{Name: in.name, Unit: in.Unit, Description: in.Help + "."}
+		switch in.Kind {
+		case tcpstats.KindCounter, tcpstats.KindGauge:
+			sum := &metricspb.Sum{AggregationTemporality: cumulative, IsMonotonic: in.Kind == tcpstats.KindCounter}
 			for i := range series {
 				x := &series[i]
 				sum.DataPoints = append(sum.DataPoints, &metricspb.NumberDataPoint{
 					Attributes: attrs[i], StartTimeUnixNano: uint64(x.Start), TimeUnixNano: t,
-					Value: &metricspb.NumberDataPoint_AsInt{AsInt: int64(in.value(x))},
+					Value: &metricspb.NumberDataPoint_AsInt{AsInt: int64(in.Value(x))},
 				})
 			}
 			metric.Data = &metricspb.Metric_Sum{Sum: sum}
-		case kindHistogram:
+		case tcpstats.KindHistogram:
 			hist := &metricspb.Histogram{AggregationTemporality: cumulative}
 			for i := range series {
 				x := &series[i]
-				h := in.histogram(x)
-				sum := h.Sum / in.perUnit
+				h := in.Histogram(x)
+				sum := h.Sum / in.PerUnit
 				hist.DataPoints = append(hist.DataPoints, &metricspb.HistogramDataPoint{
 					Attributes: attrs[i], StartTimeUnixNano: uint64(x.Start), TimeUnixNano: t,
 					Count: h.Count, Sum: &sum, ExplicitBounds: in.bounds,
