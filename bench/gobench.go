@@ -61,9 +61,15 @@ func (s *suite) goBench(ctx context.Context) *GoBench {
 		}
 	}
 	g.Command = strings.Join(commands, " && ")
-	g.Checks = append(benchChecks(lines[0], commands[0]), otlpChecks(lines[1], commands[1])...)
-	g.Checks = append(g.Checks, metricsChecks(lines[2], commands[2])...)
+	g.Checks = goBenchChecks(g.Lines, g.Command)
 	return g
+}
+
+// goBenchChecks are section 2's checks of every package's lines: each
+// check picks the benchmarks it judges by name.
+func goBenchChecks(lines []BenchLine, command string) []BenchCheck {
+	checks := append(benchChecks(lines, command), otlpChecks(lines, command)...)
+	return append(checks, metricsChecks(lines, command)...)
 }
 
 // parseBenchOutput returns the result lines of go test -bench output:

@@ -209,7 +209,7 @@ func summarySection(res *Results) *section {
 		}
 	}
 	if res.GoBench != nil {
-		for _, c := range append(benchChecks(res.GoBench.Lines, res.GoBench.Command), metricsChecks(res.GoBench.Lines, res.GoBench.Command)...) {
+		for _, c := range goBenchChecks(res.GoBench.Lines, res.GoBench.Command) {
 			if !c.Info {
 				add("2", c.Figure, c.Value, c.Target, pendingCell(c.Pass))
 			}
@@ -333,7 +333,7 @@ func goBenchSection(res *Results) *section {
 		command: g.Command,
 	}
 	t := table{header: []string{"figure", "value", "target", "result"}}
-	for _, c := range append(benchChecks(g.Lines, g.Command), metricsChecks(g.Lines, g.Command)...) {
+	for _, c := range goBenchChecks(g.Lines, g.Command) {
 		t.rows = append(t.rows, []string{c.Figure, c.Value, c.Target, checkCell(c)})
 	}
 	s.tables = []table{t}
