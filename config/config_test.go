@@ -55,7 +55,7 @@ func defaults() *Config {
 		Output: Output{Path: "-", Mode: 0o600, TCPInfo: []flow.Field{}, Samples: "full",
 			Events: []flow.Event{flow.EventOpen, flow.EventSample, flow.EventState, flow.EventClose}, OTLP: otlpconfig.Config{
 				Protocol: "grpc", HTTPPath: "/v1/logs", Headers: map[string]string{}, Compression: "none",
-				Timeout: 10 * time.Second, QueueSize: 65536, BatchSize: 512, ExportInterval: 5 * time.Second,
+				Timeout: 10 * time.Second, QueueSize: 65536, BatchSize: 1024, ExportInterval: 5 * time.Second,
 				ConcurrentRequests: 2, ShutdownTimeout: 5 * time.Second,
 				Retry:           otlpconfig.Retry{Enabled: true, InitialInterval: time.Second, MaxInterval: 30 * time.Second, MaxElapsedTime: time.Minute},
 				MetricsInterval: time.Minute, MetricsHTTPPath: "/v1/metrics",
@@ -376,7 +376,7 @@ func TestErrors(t *testing.T) {
 		{name: "otlp protocol env", env: map[string]string{"FLOWD_OUTPUT_OTLP_PROTOCOL": "http"}, want: []string{`output.otlp.protocol: "http" is not one of grpc, http/protobuf`, "FLOWD_OUTPUT_OTLP_PROTOCOL"}},
 		{name: "otlp compression", file: "output:\n  otlp:\n    compression: zstd\n", want: []string{`output.otlp.compression: "zstd" is not one of none, gzip`}},
 		{name: "otlp batch_size", file: "output:\n  otlp:\n    batch_size: 2000\n", want: []string{"output.otlp.batch_size: 2000 is not in 1..1024"}},
-		{name: "otlp queue_size", env: map[string]string{"FLOWD_OUTPUT_OTLP_QUEUE_SIZE": "10"}, want: []string{"output.otlp.queue_size: 10 is smaller than output.otlp.batch_size (512)", "FLOWD_OUTPUT_OTLP_QUEUE_SIZE"}},
+		{name: "otlp queue_size", env: map[string]string{"FLOWD_OUTPUT_OTLP_QUEUE_SIZE": "10"}, want: []string{"output.otlp.queue_size: 10 is smaller than output.otlp.batch_size (1024)", "FLOWD_OUTPUT_OTLP_QUEUE_SIZE"}},
 		{name: "otlp timeout", file: "output:\n  otlp:\n    timeout: 0s\n", want: []string{"output.otlp.timeout: 0s is not greater than 0"}},
 		{name: "otlp retry", file: "output:\n  otlp:\n    retry:\n      max_interval: 100ms\n", want: []string{"output.otlp.retry.max_interval: 100ms is smaller than output.otlp.retry.initial_interval (1s)"}},
 		{name: "otlp unknown retry key", file: "output:\n  otlp:\n    retry:\n      attempts: 3\n", want: []string{"output.otlp.retry.attempts: unknown key"}},

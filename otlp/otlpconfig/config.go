@@ -130,7 +130,7 @@ func Default() Config {
 		Compression:        CompressionNone,
 		Timeout:            10 * time.Second,
 		QueueSize:          65536,
-		BatchSize:          512,
+		BatchSize:          1024,
 		ExportInterval:     5 * time.Second,
 		ConcurrentRequests: 2,
 		ShutdownTimeout:    5 * time.Second,
