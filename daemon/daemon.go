@@ -262,10 +262,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 	err = d.run(ctx, bs, cgroupNamer{d.names, d.metrics.Sink(outs)})
 	// The outputs write out what they hold before the backends are closed.
-	if cerr := d.closeOutputs(outs); err == nil {
-		err = cerr
-	}
-	return err
+	return errors.Join(err, d.closeOutputs(outs))
 }
 
 // listenError is the error of a metrics.listen that could not be bound: a

@@ -207,6 +207,22 @@ func TestOutputFailsToTheEnd(t *testing.T) {
 	}
 }
 
+// TestOutputFailsWithBackend: when a backend fails too, Run's error names
+// both the backend's failure and what the output could not write.
+func TestOutputFailsWithBackend(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	h.d.out = failWriter{}
+	nl := fakeOf(h.nl)
+	nl.before = []flow.Record{record("netlink", 1), record("netlink", 2)}
+	nl.flush = true
+	nl.exit, nl.runErr = true, errors.New("inet_diag dump: EINVAL")
+	err := h.d.Run(context.Background()) // no cancel: the failure ends it
+	if err == nil || !strings.Contains(err.Error(), "netlink backend: inet_diag dump: EINVAL") ||
+		!errors.Is(err, io.ErrShortWrite) || !strings.Contains(err.Error(), "2 records not written") {
+		t.Errorf("Run = %v, want the backend's error and 2 records not written", err)
+	}
+}
+
 // TestOutputFaultsRateLimited: a fault is logged when it begins, then at
 // most once per faultLogInterval with the records lost since the last
 // line, and when it ends with all it lost; every record lost is counted
