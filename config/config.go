@@ -49,12 +49,12 @@ type EBPF struct {
 	IdleInterval  time.Duration `yaml:"idle_interval"`  // >= 0; 0 = no samples of flows that did not move
 	MaxFlows      int           `yaml:"max_flows"`      // flows tracked at once, 1..ebpfMaxFlows
 	RingbufSize   int           `yaml:"ringbuf_size"`   // bytes; a power of two, at least a page
-	FlushInterval time.Duration `yaml:"flush_interval"` // > 0
+	FlushInterval time.Duration `yaml:"flush_interval"` // >= minFlushInterval
 }
 
 // Netlink configures the inet_diag backend.
 type Netlink struct {
-	Interval time.Duration `yaml:"interval"` // > 0
+	Interval time.Duration `yaml:"interval"` // >= minNetlinkInterval
 	Netns    string        `yaml:"netns"`    // network namespace file; "" = flowd's own and the cgroup's processes'
 }
 
