@@ -96,9 +96,9 @@ func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error
 	if err := checkNetns(cfg); err != nil {
 		return nil, err
 	}
-	samples, ok := sink.ParseSamples(string(cfg.Output.Samples))
-	if !ok {
-		return nil, cfg.Invalid("output.samples", nil, "%q is not one of full, changes", cfg.Output.Samples)
+	samples := sink.SamplesFull
+	if cfg.Output.Samples == "changes" {
+		samples = sink.SamplesChanges
 	}
 	mount, err := cgroup.Mount()
 	if err != nil {
@@ -173,9 +173,6 @@ func checkNetns(cfg *config.Config) error {
 	}
 	return nil
 }
-
-// Metrics returns the daemon's metrics.
-func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
 
 // NewLogger returns a logger for flowd's own log as c configures it.
 func NewLogger(c config.Log, w io.Writer) (*logrus.Logger, error) {

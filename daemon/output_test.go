@@ -63,7 +63,7 @@ func (b *streamBackend) Run(ctx context.Context, s flow.Sink) error {
 // counter returns the value of the daemon's counter name (no labels).
 func counter(t *testing.T, d *Daemon, name string) float64 {
 	t.Helper()
-	mfs, err := d.Metrics().Registry().Gather()
+	mfs, err := d.metrics.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

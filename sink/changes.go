@@ -32,16 +32,6 @@ func (s Samples) String() string {
 	return "unknown"
 }
 
-// ParseSamples is the inverse of String.
-func ParseSamples(s string) (Samples, bool) {
-	for _, v := range []Samples{SamplesFull, SamplesChanges} {
-		if v.String() == s {
-			return v, true
-		}
-	}
-	return 0, false
-}
-
 const (
 	// CompleteEvery is how long at most a flow's samples go on being
 	// partial: its first sample this long after its last complete line is
