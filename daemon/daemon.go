@@ -233,8 +233,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	defer func() { err = errors.Join(err, d.closeBackends(bs)) }()
 	// Loading the BPF object (the kernel's BTF decoded for CO-RE) leaves
-	// ~5 MB of garbage that a daemon at rest would otherwise keep for a
-	// long time: return it to the system once, now.
+	// garbage that a daemon at rest would keep for a long time: return it
+	// to the system once, now (docs/performance.md, "Memory").
 	debug.FreeOSMemory()
 
 	fields := logrus.Fields{logKeyBackends: backendNames(bs), logKeyCgroup: d.cgroup, logKeyOutput: d.cfg.Output.Path}
