@@ -49,12 +49,12 @@ type EBPF struct {
 	IdleInterval  time.Duration `yaml:"idle_interval"`  // >= 0; 0 = no samples of flows that did not move
 	MaxFlows      int           `yaml:"max_flows"`      // flows tracked at once, 1..ebpfMaxFlows
 	RingbufSize   int           `yaml:"ringbuf_size"`   // bytes; a power of two, at least a page
-	FlushInterval time.Duration `yaml:"flush_interval"` // > 0
+	FlushInterval time.Duration `yaml:"flush_interval"` // >= minFlushInterval
 }
 
 // Netlink configures the inet_diag backend.
 type Netlink struct {
-	Interval time.Duration `yaml:"interval"` // > 0
+	Interval time.Duration `yaml:"interval"` // >= minNetlinkInterval
 	Netns    string        `yaml:"netns"`    // network namespace file; "" = flowd's own and the cgroup's processes'
 }
 
@@ -68,7 +68,7 @@ type Filter struct {
 // Output says where records go and what they hold.
 type Output struct {
 	Path           string            `yaml:"path"`            // "-" = standard output, PathNone = no file; a file is opened for append
-	Mode           FileMode          `yaml:"mode"`            // permissions of a file flowd creates; the owner may write
+	Mode           FileMode          `yaml:"mode"`            // permissions of a file flowd creates; the owner may read and write
 	FollowSymlinks bool              `yaml:"follow_symlinks"` // else a symbolic link at path is refused
 	TCPInfo        []flow.Field      `yaml:"tcp_info,flow"`   // the members written; none = every member
 	Samples        Samples           `yaml:"samples"`
@@ -313,8 +313,11 @@ func (c *Config) Validate() error {
 	if e := (*otlpconfig.Error)(nil); errors.As(c.Output.OTLP.Validate(), &e) {
 		return c.Invalid(e.Key, e.Err, "%s", e.Msg)
 	}
-	if m := c.Output.Mode; m&0o200 == 0 {
-		return c.Invalid("output.mode", nil, "%q does not let flowd write a file it creates (the owner needs w, e.g. 0600)", m)
+	// The owner reads too: at the next start or reopen, flowd reads the
+	// file's end to remove a partial last line, and as a service it has
+	// no CAP_DAC_OVERRIDE to read a file whose mode refuses it.
+	if m := c.Output.Mode; m&0o600 != 0o600 {
+		return c.Invalid("output.mode", nil, "%q does not let flowd read and write a file it creates (the owner needs rw, e.g. 0600)", m)
 	}
 	if len(c.Output.Events) == 0 {
 		return c.Invalid("output.events", nil, "empty list: name one or more of open, sample, state, close")

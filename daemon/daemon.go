@@ -96,9 +96,9 @@ func New(cfg *config.Config, log *logrus.Logger, version string) (*Daemon, error
 	if err := checkNetns(cfg); err != nil {
 		return nil, err
 	}
-	samples, ok := sink.ParseSamples(string(cfg.Output.Samples))
-	if !ok {
-		return nil, cfg.Invalid("output.samples", nil, "%q is not one of full, changes", cfg.Output.Samples)
+	samples := sink.SamplesFull
+	if cfg.Output.Samples == "changes" {
+		samples = sink.SamplesChanges
 	}
 	mount, err := cgroup.Mount()
 	if err != nil {
@@ -174,9 +174,6 @@ func checkNetns(cfg *config.Config) error {
 	return nil
 }
 
-// Metrics returns the daemon's metrics.
-func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
-
 // NewLogger returns a logger for flowd's own log as c configures it.
 func NewLogger(c config.Log, w io.Writer) (*logrus.Logger, error) {
 	level, err := logrus.ParseLevel(string(c.Level))
@@ -236,8 +233,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	defer func() { err = errors.Join(err, d.closeBackends(bs)) }()
 	// Loading the BPF object (the kernel's BTF decoded for CO-RE) leaves
-	// ~5 MB of garbage that a daemon at rest would otherwise keep for a
-	// long time: return it to the system once, now.
+	// garbage that a daemon at rest would keep for a long time: return it
+	// to the system once, now (docs/performance.md, "Memory").
 	debug.FreeOSMemory()
 
 	fields := logrus.Fields{logKeyBackends: backendNames(bs), logKeyCgroup: d.cgroup, logKeyOutput: d.cfg.Output.Path}
@@ -262,10 +259,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 	err = d.run(ctx, bs, cgroupNamer{d.names, d.metrics.Sink(outs)})
 	// The outputs write out what they hold before the backends are closed.
-	if cerr := d.closeOutputs(outs); err == nil {
-		err = cerr
-	}
-	return err
+	return errors.Join(err, d.closeOutputs(outs))
 }
 
 // listenError is the error of a metrics.listen that could not be bound: a

@@ -314,7 +314,7 @@ func (h *harness) lines(t *testing.T) []flow.Record {
 // recordsCounted returns the sum of d's flowd_records_total.
 func recordsCounted(t testing.TB, d *Daemon) float64 {
 	t.Helper()
-	mfs, err := d.Metrics().Registry().Gather()
+	mfs, err := d.metrics.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -603,7 +603,7 @@ func TestDropsLoggedAndCounted(t *testing.T) {
 	h.d.statsInterval = 5 * time.Millisecond
 	e := h.ebpf.(*dropFake)
 	dropsMetric := func() float64 {
-		mfs, _ := h.d.Metrics().Registry().Gather()
+		mfs, _ := h.d.metrics.Registry().Gather()
 		for _, mf := range mfs {
 			if mf.GetName() == "flowd_ringbuf_drops_total" {
 				for _, m := range mf.GetMetric() {
@@ -661,7 +661,7 @@ func TestFlowsMetric(t *testing.T) {
 	}
 	const want = "# HELP flowd_flows Flows a backend tracks now (ebpf: opened and not closed in its records).\n" +
 		"# TYPE flowd_flows gauge\nflowd_flows{backend=\"netlink\"} 42\n"
-	if err := testutil.GatherAndCompare(h.d.Metrics().Registry(), strings.NewReader(want), "flowd_flows"); err != nil {
+	if err := testutil.GatherAndCompare(h.d.metrics.Registry(), strings.NewReader(want), "flowd_flows"); err != nil {
 		t.Error(err)
 	}
 }
@@ -693,7 +693,7 @@ func TestCgroupMetrics(t *testing.T) {
 		"# TYPE flowd_cgroup_attached gauge\nflowd_cgroup_attached{backend=\"netlink\"} 0\n" +
 		"# HELP flowd_cgroup_removals_total Times the backend found the configured cgroup removed (or replaced by a new one at the same path).\n" +
 		"# TYPE flowd_cgroup_removals_total counter\nflowd_cgroup_removals_total{backend=\"netlink\"} 2\n"
-	if err := testutil.GatherAndCompare(h.d.Metrics().Registry(), strings.NewReader(want), "flowd_cgroup_attached", "flowd_cgroup_removals_total"); err != nil {
+	if err := testutil.GatherAndCompare(h.d.metrics.Registry(), strings.NewReader(want), "flowd_cgroup_attached", "flowd_cgroup_removals_total"); err != nil {
 		t.Error(err)
 	}
 }

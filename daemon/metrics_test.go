@@ -300,7 +300,7 @@ func TestBackendCounters(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	reg := h.d.Metrics().Registry()
+	reg := h.d.metrics.Registry()
 	const want = `
 # HELP flowd_flows Flows a backend tracks now (ebpf: opened and not closed in its records).
 # TYPE flowd_flows gauge

@@ -63,7 +63,7 @@ func (b *streamBackend) Run(ctx context.Context, s flow.Sink) error {
 // counter returns the value of the daemon's counter name (no labels).
 func counter(t *testing.T, d *Daemon, name string) float64 {
 	t.Helper()
-	mfs, err := d.Metrics().Registry().Gather()
+	mfs, err := d.metrics.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +204,22 @@ func TestOutputFailsToTheEnd(t *testing.T) {
 	}
 	if nl.closes != 1 {
 		t.Error("backend not closed")
+	}
+}
+
+// TestOutputFailsWithBackend: when a backend fails too, Run's error names
+// both the backend's failure and what the output could not write.
+func TestOutputFailsWithBackend(t *testing.T) {
+	h := newHarness(t, testConfig("netlink"))
+	h.d.out = failWriter{}
+	nl := fakeOf(h.nl)
+	nl.before = []flow.Record{record("netlink", 1), record("netlink", 2)}
+	nl.flush = true
+	nl.exit, nl.runErr = true, errors.New("inet_diag dump: EINVAL")
+	err := h.d.Run(context.Background()) // no cancel: the failure ends it
+	if err == nil || !strings.Contains(err.Error(), "netlink backend: inet_diag dump: EINVAL") ||
+		!errors.Is(err, io.ErrShortWrite) || !strings.Contains(err.Error(), "2 records not written") {
+		t.Errorf("Run = %v, want the backend's error and 2 records not written", err)
 	}
 }
 

@@ -32,16 +32,6 @@ func (s Samples) String() string {
 	return "unknown"
 }
 
-// ParseSamples is the inverse of String.
-func ParseSamples(s string) (Samples, bool) {
-	for _, v := range []Samples{SamplesFull, SamplesChanges} {
-		if v.String() == s {
-			return v, true
-		}
-	}
-	return 0, false
-}
-
 const (
 	// CompleteEvery is how long at most a flow's samples go on being
 	// partial: its first sample this long after its last complete line is
@@ -227,8 +217,9 @@ func (c *changes) unchanged(r *flow.Record) (omit flow.Mask, partial bool) {
 		// Every member is compared, present or not, and the previous
 		// values replaced as it goes; the presence masks then keep the
 		// members that count. The header is the same, so it needs no copy.
-		// Each word of the mask is built in a register: or-ing into omit
-		// in memory made every comparison wait for the previous store.
+		// Each word of the mask is built in a local, so that a comparison
+		// does not wait for the store of the one before
+		// (docs/performance.md, "Partial samples").
 		var hi uint64
 		for w := range omit {
 			var o uint64

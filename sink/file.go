@@ -181,11 +181,10 @@ func (o *File) Close() error { return o.f.Close() }
 const behindStep = 4 << 20
 
 // writeBehind keeps the output file out of the page cache. The kernel would
-// keep every page flowd writes cached until memory runs short: at
-// `ebpf.interval: 0s` that is tens of MB/s of pages that nobody rereads,
-// which push out other programs' data, and every write lands in fresh
-// pages, which on some machines costs far more than the bytes' copy
-// (docs/performance.md, "Output").
+// keep every page flowd writes cached until memory runs short: pages that
+// nobody rereads push out other programs' data, and every write lands in
+// fresh pages, which costs more than the bytes' copy (docs/performance.md,
+// "Output").
 // Instead, once the file's end is 8 MiB past the start of a step, that
 // step's writeback is started (SYNC_FILE_RANGE_WRITE); once the next step's
 // has been started too, it waits for the step's writeback to finish and

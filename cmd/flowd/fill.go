@@ -25,7 +25,9 @@ func newFillCmd() *cobra.Command {
 			"sample whose flow has no earlier line (input that starts in the middle of an output) is\n" +
 			"printed as it is, with a warning on standard error. A line that is not a flowd record is\n" +
 			"reported on standard error with its file and line number and left out; fill goes on\n" +
-			"(--strict: stops there) and exits with status 1.",
+			"(--strict: stops there) and exits with status 1. As it may have been a partial sample of\n" +
+			"any flow, every flow's partial samples after it are printed as they are, with that warning,\n" +
+			"until the flow's next complete line.",
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
@@ -113,8 +115,14 @@ func (f *filler) file(cmd *cobra.Command, name string) error {
 
 // badLine reports a line that is not a record, after the records before
 // it, and counts it; under --strict it is the error that stops fill.
+// Whatever flow's line it was, that flow's next partial samples would be
+// completed from the line before the lost one, with stale values: as the
+// line names no flow that can be trusted, every flow is forgotten until
+// its next complete line, and warned about again.
 func (f *filler) badLine(label string, n int, err error) error {
 	f.bad++
+	f.f = sink.Filler{}
+	clear(f.warned)
 	if f.strict {
 		return &runtimeError{fmt.Errorf("%s:%d: %w", label, n, err)}
 	}

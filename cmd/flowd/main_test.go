@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -508,22 +509,28 @@ func TestSignalExit(t *testing.T) {
 // TestFill: flowd fill turns an output written with output.samples: changes,
 // split in two files, into the lines output.samples: full writes for the
 // same records; input that starts in the middle of an output passes its
-// orphaned partial samples through with a warning; a bad line is an error
-// that names the file and line.
+// orphaned partial samples through with a warning; a bad line is reported
+// with its file and line, and the partial samples after it are passed
+// through too, until their flow's next complete line, not completed from
+// the line before the one lost.
 func TestFill(t *testing.T) {
 	var changes, full bytes.Buffer
 	jc, jf := sink.NewJSONL(&changes), sink.NewJSONL(&full)
 	jc.SetSamples(sink.SamplesChanges)
 	t0 := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
 	for i := range 40 {
-		r := flow.Record{Time: t0.Add(time.Duration(i) * time.Millisecond), Backend: []string{"ebpf", "netlink"}[i%2],
+		at := t0.Add(time.Duration(i) * time.Millisecond)
+		if i >= 20 { // the first sample of each flow from here on is complete again
+			at = at.Add(sink.CompleteEvery)
+		}
+		r := flow.Record{Time: at, Backend: []string{"ebpf", "netlink"}[i%2],
 			Event: flow.EventSample, Cookie: uint64(i % 4), Family: 4, State: flow.StateEstablished, CA: "cubic",
 			LocalAddr: netip.MustParseAddr("10.0.0.1"), RemoteAddr: netip.MustParseAddr("10.0.0.2"), LocalPort: 5201, RemotePort: 40000}
 		if i < 4 {
 			r.Event = flow.EventOpen
 		}
 		r.Info.Set(flow.FieldRTT, uint64(100+i%3))
-		r.Info.Set(flow.FieldSndCwnd, 10)
+		r.Info.Set(flow.FieldSndCwnd, uint64(10+i/8))
 		r.Info.Set(flow.FieldBytesAcked, uint64(i*1448))
 		for _, j := range []*sink.JSONL{jc, jf} {
 			if err := j.Write(&r); err != nil {
@@ -540,6 +547,9 @@ func TestFill(t *testing.T) {
 		t.Fatal("no partial sample to fill")
 	}
 	lines := strings.SplitAfter(changes.String(), "\n")
+	lines = lines[:len(lines)-1]
+	fullLines := strings.SplitAfter(full.String(), "\n")
+	fullLines = fullLines[:len(fullLines)-1]
 	dir := t.TempDir()
 	first, second := filepath.Join(dir, "records.jsonl.1"), filepath.Join(dir, "records.jsonl")
 	if err := os.WriteFile(first, []byte(strings.Join(lines[:17], "")), 0o644); err != nil {
@@ -561,33 +571,130 @@ func TestFill(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stderr, "records.jsonl:1: partial sample of") || r.stdout == "" {
 		t.Errorf("fill of the second file alone: exit %d, stderr %q", r.code, r.stderr)
 	}
-	if got, want := strings.Count(r.stdout, "\n"), len(lines)-1-17; got != want {
+	if got, want := strings.Count(r.stdout, "\n"), len(lines)-17; got != want {
 		t.Errorf("fill of the second file alone printed %d lines, want %d", got, want)
 	}
 
-	// Bad lines in the middle: each is reported with its file and line and
-	// left out, the good lines around them are printed, and the exit
-	// status is 1; --strict stops at the first, after the lines before it.
-	bad := filepath.Join(dir, "bad.jsonl")
+	// Bad lines, added between records or in place of one: each is
+	// reported with its file and line and left out, the good lines around
+	// them are printed, and the exit status is 1; --strict stops at the
+	// first, after the lines before it.
 	long := "{\"time\":\"" + strings.Repeat("x", 70<<10) + "\"}\n"
-	input := strings.Join(lines[:3], "") + "{\"time\":1}\n" + strings.Join(lines[3:9], "") + long + strings.Join(lines[9:], "")
-	if err := os.WriteFile(bad, []byte(input), 0o644); err != nil {
-		t.Fatal(err)
+	var in []fillLine
+	for i := range lines {
+		switch i {
+		case 3:
+			in = append(in, fillLine{bad: "{\"time\":1}\n", why: "decoding record"})
+		case 9:
+			in = append(in, fillLine{bad: long, why: "line longer than"})
+		}
+		in = append(in, fillLine{good: i})
 	}
-	r = flowd(t, env(), "fill", bad)
-	fullLines := strings.SplitAfter(full.String(), "\n")
-	if r.code != 1 || r.stdout != full.String() {
-		t.Errorf("fill with bad lines: exit %d, %d lines printed; want 1 and every good line:\n%s", r.code, strings.Count(r.stdout, "\n"), r.stdout)
-	}
-	errLines := strings.Split(strings.TrimSpace(r.stderr), "\n")
-	if len(errLines) != 3 || !strings.HasPrefix(errLines[0], "flowd fill: "+bad+":4: decoding record") ||
-		!strings.HasPrefix(errLines[1], "flowd fill: "+bad+":11: line longer than") ||
-		errLines[2] != fmt.Sprintf("flowd: 2 of %d lines were not flowd records (left out)", len(lines)-1+2) {
-		t.Errorf("fill with bad lines: stderr\n%s\nwant lines 4 and 11 reported, then the count", r.stderr)
-	}
+	bad := filepath.Join(dir, "bad.jsonl")
+	runFill(t, bad, in, lines, fullLines)
 	r = flowd(t, env(), "fill", "--strict", bad)
 	if r.code != 1 || r.stdout != strings.Join(fullLines[:3], "") || !strings.HasPrefix(r.stderr, "flowd: "+bad+":4: decoding record") ||
 		strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("fill --strict: exit %d, stdout\n%s\nstderr %q; want 1, the first 3 lines, line 4 reported", r.code, r.stdout, r.stderr)
 	}
+
+	// A partial sample cut short where it stood (a corrupted line): its
+	// flow's next partial sample, which leaves out the snd_cwnd the lost
+	// line changed, is printed as it is, not with the snd_cwnd of the line
+	// before the lost one.
+	const lost, next = 9, 13 // two partial samples of netlink flow 1
+	for _, i := range []int{lost, next} {
+		if !strings.Contains(lines[i], `"partial":true`) || !strings.Contains(lines[i], `"backend":"netlink"`) || !strings.Contains(lines[i], `"cookie":1,`) {
+			t.Fatalf("line %d is not a partial sample of netlink flow 1: %s", i, lines[i])
+		}
+	}
+	if strings.Contains(lines[next], `"snd_cwnd"`) || !strings.Contains(lines[lost], `"snd_cwnd"`) {
+		t.Fatalf("the lost line does not change snd_cwnd, or the next one does not leave it out:\n%s%s", lines[lost], lines[next])
+	}
+	in = in[:0]
+	for i := range lines {
+		if i == lost {
+			in = append(in, fillLine{bad: lines[i][:len(lines[i])/2] + "\n", why: "decoding record"})
+		} else {
+			in = append(in, fillLine{good: i})
+		}
+	}
+	r = runFill(t, filepath.Join(dir, "corrupted.jsonl"), in, lines, fullLines)
+	if !strings.Contains(r.stdout, lines[next]) {
+		t.Errorf("the partial sample after the corrupted line was not printed as it is:\n%s", lines[next])
+	}
+}
+
+// A fillLine is a line of flowd fill's input: a line of the test's output
+// (good, an index), or a bad one.
+type fillLine struct {
+	good int
+	bad  string // the line, when not empty
+	why  string // the start of the reason fill gives for it
+}
+
+// runFill writes the lines in to path, runs flowd fill on it and checks
+// what it prints against what fill promises: every good line complete
+// (fullLines), but a partial sample printed as it is (lines), with a
+// warning the first time, when its flow has had no complete line since
+// the last bad line; each bad line reported, then the count.
+func runFill(t *testing.T, path string, in []fillLine, lines, fullLines []string) result {
+	t.Helper()
+	var input, stdout strings.Builder
+	var stderr []string
+	known, warned := map[string]bool{}, map[string]bool{}
+	nbad := 0
+	for n, l := range in {
+		if l.bad != "" {
+			input.WriteString(l.bad)
+			stderr = append(stderr, fmt.Sprintf("flowd fill: %s:%d: %s", path, n+1, l.why))
+			nbad++
+			clear(known)
+			clear(warned)
+			continue
+		}
+		input.WriteString(lines[l.good])
+		var rec flow.Record
+		partial, err := sink.ParseLine([]byte(lines[l.good]), &rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprint(rec.Backend, rec.Cookie)
+		if partial && !known[id] {
+			stdout.WriteString(lines[l.good])
+			if !warned[id] {
+				warned[id] = true
+				stderr = append(stderr, fmt.Sprintf("flowd fill: %s:%d: partial sample of %s flow %d with no earlier line of that flow: printed as it is",
+					path, n+1, rec.Backend, rec.Cookie))
+			}
+			continue
+		}
+		known[id] = true
+		stdout.WriteString(fullLines[l.good])
+	}
+	stderr = append(stderr, fmt.Sprintf("flowd: %d of %d lines were not flowd records (left out)", nbad, len(in)))
+	if err := os.WriteFile(path, []byte(input.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := flowd(t, env(), "fill", path)
+	if r.code != 1 {
+		t.Errorf("fill %s: exit %d, want 1", path, r.code)
+	}
+	if got, want := strings.SplitAfter(r.stdout, "\n"), strings.SplitAfter(stdout.String(), "\n"); !slices.Equal(got, want) {
+		i := 0
+		for i < min(len(got), len(want)) && got[i] == want[i] {
+			i++
+		}
+		t.Errorf("fill %s printed %d lines, want %d; line %d is\n%s\nwant\n%s", path, len(got)-1, len(want)-1, i+1,
+			strings.Join(got[i:min(i+1, len(got))], ""), strings.Join(want[i:min(i+1, len(want))], ""))
+	}
+	got := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+	ok := len(got) == len(stderr)
+	for i := 0; ok && i < len(got); i++ {
+		ok = strings.HasPrefix(got[i], stderr[i])
+	}
+	if !ok {
+		t.Errorf("fill %s: stderr\n%s\nwant lines that begin\n%s", path, r.stderr, strings.Join(stderr, "\n"))
+	}
+	return r
 }
