@@ -49,7 +49,6 @@ func (d *dimension[K]) reclaim(now int64) bool {
 	}
 	for k, s := range d.series {
 		if k != d.other && k != d.unknown && s.Open == 0 && now-s.last >= int64(StaleAfter) {
-			s.retired = true
 			delete(d.series, k)
 			d.named--
 			return true

@@ -121,8 +121,6 @@ type Series struct {
 	SRTT         Histogram // µs, RTTBounds
 	MinRTT       Histogram // µs, RTTBounds
 	DeliveryRate Histogram // bytes/s, RateBounds
-
-	retired bool // removed to make room; flows no longer point to it
 }
 
 // Histogram counts observations in buckets of fixed upper bounds (RTTBounds
@@ -224,7 +222,6 @@ type flowState struct {
 type backendStats struct {
 	name    string
 	flows   map[uint64]*flowState // by cookie
-	byID    map[uint64]*Series    // cgroup id to series, as found
 	cgroups *dimension[string]
 	ports   *dimension[uint16]
 	nets    *dimension[netip.Prefix]
@@ -239,7 +236,6 @@ func (a *Aggregator) backend(name string) *backendStats {
 	b := &backendStats{
 		name:  name,
 		flows: make(map[uint64]*flowState),
-		byID:  make(map[uint64]*Series),
 		cgroups: newDimension(name, a.cfg.MaxCgroups, Other, Unknown,
 			func(p string) string { return strings.ToValidUTF8(p, "\uFFFD") }), // exporters take UTF-8 only
 	}
@@ -414,29 +410,24 @@ func (a *Aggregator) forgetStale(now int64) bool {
 	return a.tracked < n
 }
 
-// resolve finds f's series: it reports false while f's cgroup path is not
-// known yet. When force is set (f's last record), a cgroup still unknown
-// is Unknown.
+// resolve finds f's series, once per flow: it reports false while f's
+// cgroup path is not known yet. When force is set (f's last record), a
+// cgroup still unknown is Unknown. Series are found by path, not kept by
+// cgroup id: ids churn (a service restarted is a new cgroup of the same
+// path), and what is kept by id would grow with them.
 func (a *Aggregator) resolve(b *backendStats, f *flowState, force bool) bool {
-	s := b.byID[f.cgroupID]
-	if s == nil || s.retired {
-		path, ok := "", false
-		if a.cfg.Names != nil {
-			path, ok = a.cfg.Names.Path(f.cgroupID)
-		}
-		switch {
-		case ok:
-			s = b.cgroups.get(path, f.seen)
-			if s.Key != Other || path == Other {
-				b.byID[f.cgroupID] = s // the cgroups in Other look again for a place
-			}
-		case force:
-			s = b.cgroups.get(Unknown, f.seen)
-		default:
-			return false
-		}
+	path, ok := "", false
+	if a.cfg.Names != nil {
+		path, ok = a.cfg.Names.Path(f.cgroupID)
 	}
-	f.cgroup = s
+	switch {
+	case ok:
+		f.cgroup = b.cgroups.get(path, f.seen)
+	case force:
+		f.cgroup = b.cgroups.get(Unknown, f.seen)
+	default:
+		return false
+	}
 	switch {
 	case b.ports != nil:
 		f.remote = b.ports.get(f.remotePort, f.seen)

@@ -3,6 +3,7 @@ package tcpstats
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -432,5 +433,132 @@ func TestReuse(t *testing.T) {
 	write(t, a, rec("ebpf", flow.EventSample, 3, 1, 3, 7, 0, 0, 0), rec("ebpf", flow.EventSample, 3, 1, 4, 10, 0, 0, 0))
 	if got := counters(series(t, snapshot(a).Cgroups, "ebpf", "a")); got != [7]uint64{6003, 0, 0, 0, 2, 1, 2} {
 		t.Errorf("counters %v", got)
+	}
+}
+
+// churnNames names cgroup 1 "keep" and every other id, as cgroups come
+// and go: ids from 1000 on have a path of their own, those below share
+// one path of three, as a service restarted is a new cgroup of the same
+// path.
+type churnNames struct{}
+
+func (churnNames) Path(id uint64) (string, bool) {
+	switch {
+	case id == 1:
+		return "keep", true
+	case id < 1000:
+		return fmt.Sprintf("restarted-%d.service", id%3), true
+	}
+	return fmt.Sprintf("job-%d.scope", id), true
+}
+
+// heapInUse is the live heap, in bytes.
+func heapInUse() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// TestCgroupChurn: flows of ever new cgroups (jobs, restarted services)
+// at MaxCgroups leave nothing behind them once their series gave their
+// place, so memory stays bounded; and no series' counters go backwards.
+func TestCgroupChurn(t *testing.T) {
+	const maxCgroups = 10
+	a := New(Config{Names: churnNames{}, MaxCgroups: maxCgroups, By: ByRemotePort, MaxBy: 5})
+	prev := map[string]Series{}
+	check := func(at string) {
+		t.Helper()
+		s := snapshot(a)
+		next := map[string]Series{}
+		for i, x := range append(s.Cgroups, s.Remote...) {
+			k := "remote " + x.Backend + "/" + x.Key
+			if i < len(s.Cgroups) {
+				k = "cgroup " + x.Backend + "/" + x.Key
+			}
+			next[k] = x
+			// A series made again (after it gave its place) starts anew.
+			if p, ok := prev[k]; ok && p.Start == x.Start {
+				was, is := counters(p), counters(x)
+				for c := range 6 { // the last is the open flows, a gauge
+					if is[c] < was[c] {
+						t.Fatalf("%s: %s went backwards: %v, then %v", at, k, was, is)
+					}
+				}
+			}
+		}
+		prev = next
+		for _, b := range a.backends {
+			if n := len(b.cgroups.series); n > maxCgroups+2 {
+				t.Fatalf("%s: %d cgroup series, want at most %d", at, n, maxCgroups+2)
+			}
+			if n := len(b.ports.series); n > 5+1 {
+				t.Fatalf("%s: %d remote series, want at most 6", at, n)
+			}
+		}
+	}
+	// keep's flow lives throughout, with a record at each step; at each
+	// step, StaleAfter and a minute after the last, ten short flows in
+	// new cgroups (one of them a restarted service) take the places of
+	// the last step's.
+	const flows = 10
+	step := 0
+	churn := func(steps int) {
+		for range steps {
+			step++
+			sec := step * int((StaleAfter+time.Minute)/time.Second)
+			write(t, a, rec("ebpf", flow.EventSample, 1, 1, sec, uint64(step)*1000, 0, 0, 0))
+			for j := range flows {
+				cookie := uint64(1000 + flows*step + j)
+				id := cookie
+				if j == 0 {
+					id = uint64(2 + step%900)
+				}
+				for _, r := range []*flow.Record{
+					rec("ebpf", flow.EventOpen, cookie, id, sec, 0, 0, 0, 0),
+					rec("ebpf", flow.EventClose, cookie, id, sec+1, 100, 10, 0, 0),
+				} {
+					r.RemotePort = uint16(1 + j)
+					write(t, a, r)
+				}
+			}
+			check(fmt.Sprintf("step %d", step))
+		}
+	}
+	write(t, a, rec("ebpf", flow.EventOpen, 1, 1, 0, 0, 0, 0, 0))
+	churn(10)
+	before := heapInUse()
+	churn(2000)
+	if after := heapInUse(); after > before+1<<20 { // each leaked series would be ~700 bytes
+		t.Errorf("the heap grew by %d KiB over %d cgroups", (after-before)>>10, 2000*flows)
+	}
+	if got := series(t, snapshot(a).Cgroups, "ebpf", "keep"); got.BytesAcked != uint64(step)*1000 || got.Open != 1 {
+		t.Errorf("keep: %d bytes acked, %d open; want %d, 1", got.BytesAcked, got.Open, step*1000)
+	}
+}
+
+// BenchmarkFlowChurn is a short flow's cost: an open and a close record of
+// a new flow in one of 1,000 cgroups, whose series it finds by path.
+func BenchmarkFlowChurn(b *testing.B) {
+	paths := names{}
+	for id := range uint64(1000) {
+		paths[id+1] = fmt.Sprintf("system.slice/unit-%d.service", id+1)
+	}
+	a := New(Config{Names: paths, MaxCgroups: 1000})
+	open := rec("ebpf", flow.EventOpen, 0, 0, 0, 0, 0, 0, 0)
+	closed := rec("ebpf", flow.EventClose, 0, 0, 1, 1000, 10, 0, 0)
+	var cookie uint64
+	b.ReportAllocs()
+	for b.Loop() {
+		cookie++
+		id := 1 + cookie%1000
+		open.Cookie, open.CgroupID = cookie, id
+		closed.Cookie, closed.CgroupID = cookie, id
+		if err := a.Write(open); err != nil {
+			b.Fatal(err)
+		}
+		if err := a.Write(closed); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
