@@ -12,8 +12,9 @@ FLAGS     ?=
 BIN       ?= flowd
 TESTFLAGS ?=
 BENCHFLAGS ?=
-# Debian packages the tests and `make generate` need.
-TEST_PKGS := iperf3 iproute2
+# Debian packages the tests and `make generate` need (prometheus: the server
+# and promtool the metrics tests run).
+TEST_PKGS := iperf3 iproute2 prometheus
 GEN_PKGS  := clang-19 llvm-19 libbpf-dev bpftool
 
 export PATH := /usr/local/go/bin:$(PATH)

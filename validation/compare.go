@@ -529,23 +529,23 @@ func cwndBytes(r *flow.Record) (float64, bool) {
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// pairedCheck compares paired readings: by the median of the pairs'
-// relative differences, or (ofMedians) by the relative difference of the
-// two series' medians. With slack > 0 it also passes when the median
-// absolute difference is at most slack. It needs at least three pairs.
 // rttvarUnshaped makes an rttvar check informational. On the unshaped link
 // the RTT is tens of µs and its deviation is set by when the CPUs get to
 // run the two ends: a round's first ACK, the one the RTT callback (and so
 // an eBPF sample) comes with, is often the one that waited for a CPU, and
 // on a loaded machine the sampled median lies far above what timers read.
-// The member itself is checked exactly
-// against getsockopt(TCP_INFO) by the backends' tests, and against iperf3
-// and netlink where a bottleneck sets the RTT.
+// The member itself is checked exactly against getsockopt(TCP_INFO) by the
+// backends' tests, and against iperf3 and netlink where a bottleneck sets
+// the RTT.
 func rttvarUnshaped(c *report.Check) {
 	c.Rule = "informational: no bottleneck sets the RTT (" + c.Rule + ")"
 	c.Pass = c.Samples >= 3
 }
 
+// pairedCheck compares paired readings: by the median of the pairs'
+// relative differences, or (ofMedians) by the relative difference of the
+// two series' medians. With slack > 0 it also passes when the median
+// absolute difference is at most slack. It needs at least three pairs.
 func pairedCheck(metric, compared string, vals, refs []float64, tol, slack float64, ofMedians bool) report.Check {
 	c := report.Check{Metric: metric, Compared: compared, Tolerance: tol, Rule: "median relative difference",
 		Samples: len(vals)}

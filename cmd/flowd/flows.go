@@ -63,7 +63,7 @@ func newFlowsCmd() *cobra.Command {
 			if top > 0 && len(sums) > top {
 				sums = sums[:top]
 			}
-			if len(sums) == 0 && !asJSON {
+			if len(sums) == 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "flowd flows: no flow selected (%d records read)\n", st.Records)
 				return nil
 			}

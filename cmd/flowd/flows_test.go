@@ -137,9 +137,11 @@ func TestFlowsCommand(t *testing.T) {
 	if n := strings.Count(r.stdout, "\n"); r.code != 0 || n != 2 {
 		t.Errorf("--port 443: exit %d, %d lines:\n%s", r.code, n, r.stdout)
 	}
-	r = flowd(t, env(), "flows", "--cookie", "99", path)
-	if r.code != 0 || r.stdout != "" || !strings.Contains(r.stderr, "no flow selected (33 records read)") {
-		t.Errorf("--cookie 99: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	for _, args := range [][]string{{"flows", "--cookie", "99", path}, {"flows", "--json", "--cookie", "99", path}} {
+		r = flowd(t, env(), args...)
+		if r.code != 0 || r.stdout != "" || !strings.Contains(r.stderr, "no flow selected (33 records read)") {
+			t.Errorf("flowd %v: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
+		}
 	}
 
 	// Errors: usage (2) and reading (1), each naming its cause.

@@ -3,6 +3,7 @@ package flows
 import (
 	"fmt"
 	"math"
+	"net/netip"
 	"strconv"
 	"time"
 )
@@ -19,19 +20,33 @@ func (s *Summary) Row(sameDay bool) []string {
 	if sameDay {
 		start = s.Start.Format("15:04:05.000")
 	}
+	// A flow read only from partial samples (input that starts in the
+	// middle of an output) has no 4-tuple or cgroup: they show as "-".
 	cg := s.Cgroup
-	if cg == "" {
+	switch {
+	case cg != "":
+	case s.CgroupID != 0:
 		cg = strconv.FormatUint(s.CgroupID, 10)
+	default:
+		cg = "-"
 	}
 	retrans := strconv.FormatUint(s.Retransmits, 10)
 	if s.RetransShare != nil && s.Retransmits > 0 {
 		retrans += " (" + Percent(*s.RetransShare) + ")"
 	}
 	return []string{
-		strconv.FormatUint(s.Cookie, 10), s.Backend, s.Local.String(), s.Remote.String(), cg, start,
+		strconv.FormatUint(s.Cookie, 10), s.Backend, endpoint(s.Local), endpoint(s.Remote), cg, start,
 		Seconds(s.Duration), Bytes(s.BytesAcked), Bytes(s.BytesReceived), BitRate(s.Rate()), retrans,
 		RTTs(s.RTTMin, s.RTTMedian, s.RTTP95), s.LimitedBy(),
 	}
+}
+
+// endpoint formats one end of a flow: "-" when its records did not say.
+func endpoint(a netip.AddrPort) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	return a.String()
 }
 
 // SameDay reports whether every summary starts on the same UTC day.

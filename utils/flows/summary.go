@@ -17,11 +17,13 @@ import (
 // records that carry them, so a flow seen from its open record counts from
 // its start, and a time window counts what happened in it.
 type Summary struct {
-	Backend  string         `json:"backend"`
-	Cookie   uint64         `json:"cookie"`
-	Local    netip.AddrPort `json:"local"`
-	Remote   netip.AddrPort `json:"remote"`
-	CgroupID uint64         `json:"cgroup_id"`
+	Backend string `json:"backend"`
+	Cookie  uint64 `json:"cookie"`
+	// The 4-tuple and cgroup id are zero (and left out of JSON) for a flow
+	// read only from partial samples, which do not repeat them.
+	Local    netip.AddrPort `json:"local,omitzero"`
+	Remote   netip.AddrPort `json:"remote,omitzero"`
+	CgroupID uint64         `json:"cgroup_id,omitzero"`
 	Cgroup   string         `json:"cgroup,omitempty"` // the cgroup's path, when the records carry it
 	CA       string         `json:"ca,omitempty"`
 	Start    time.Time      `json:"start"` // the first record's time
@@ -298,8 +300,8 @@ func peerVerdicts(sums []Summary) {
 	}
 	for i := range sums {
 		s := &sums[i]
-		if s.Verdict != VerdictReceiver {
-			continue
+		if s.Verdict != VerdictReceiver || !s.Local.IsValid() {
+			continue // a flow of partial samples only: its ends are unknown
 		}
 		for _, j := range senders[end{s.Backend, s.Remote, s.Local}] {
 			p := &sums[j]

@@ -1,6 +1,8 @@
 package flows
 
 import (
+	"bytes"
+	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -201,6 +203,20 @@ func TestPeerVerdict(t *testing.T) {
 	if s := got.LimitedBy(); s != "receiver (peer: receive window)" {
 		t.Errorf("LimitedBy %q", s)
 	}
+
+	// Flows read only from partial samples have no 4-tuple: none is the
+	// other's peer.
+	headerless := func(r *flow.Record) *flow.Record {
+		r.Family, r.LocalAddr, r.RemoteAddr, r.LocalPort, r.RemotePort = 0, netip.Addr{}, netip.Addr{}, 0, 0
+		return r
+	}
+	sums = summarize(headerless(sender(0, 0)), headerless(sender(time.Second, 1)),
+		headerless(receiver(0, 0)), headerless(receiver(time.Second, 1)))
+	for _, s := range sums {
+		if s.PeerVerdict != "" {
+			t.Errorf("flow %d of partial samples: peer verdict %s", s.Cookie, s.PeerVerdict)
+		}
+	}
 }
 
 func TestSketch(t *testing.T) {
@@ -281,5 +297,40 @@ func TestFormat(t *testing.T) {
 	}
 	if row := (&Summary{Start: t0}).Row(true); len(row) != len(Columns) {
 		t.Errorf("a row has %d cells for %d columns", len(row), len(Columns))
+	}
+}
+
+func TestSummaryOfPartialSamples(t *testing.T) {
+	// Input cut after the open records: flow 1 is only partial samples,
+	// which do not name its 4-tuple or cgroup; flow 2 ends with a complete
+	// close record.
+	lines := bytes.SplitAfter(encode(t, testRecords(), true), []byte("\n"))
+	var z Summarizer
+	if _, err := Each([]Source{Stdin(bytes.NewReader(bytes.Join(lines[2:], nil)))}, nil, func(r *flow.Record) error {
+		z.Add(r)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sums := z.Summaries()
+	if err := SortBy(sums, SortCookie); err != nil || len(sums) != 2 {
+		t.Fatalf("%d summaries, %v", len(sums), err)
+	}
+	row := sums[0].Row(true)
+	if local, remote, cg := row[2], row[3], row[4]; local != "-" || remote != "-" || cg != "-" {
+		t.Errorf("flow of partial samples: LOCAL %q, REMOTE %q, CGROUP %q; want -", local, remote, cg)
+	}
+	row = sums[1].Row(true)
+	if local, remote, cg := row[2], row[3], row[4]; local != "10.0.0.1:40002" || remote != "10.0.0.2:5201" || cg != "flowd-test.slice/web.service/workers" {
+		t.Errorf("flow with a complete close record: LOCAL %q, REMOTE %q, CGROUP %q", local, remote, cg)
+	}
+	b, err := json.Marshal(&sums[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`"local"`, `"remote"`, `"cgroup_id"`, `"cgroup"`} {
+		if bytes.Contains(b, []byte(key)) {
+			t.Errorf("JSON of a flow of partial samples has %s: %s", key, b)
+		}
 	}
 }

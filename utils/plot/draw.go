@@ -332,11 +332,12 @@ func (c clockTicks) Ticks(min, max float64) []plot.Tick {
 	case step >= 60:
 		layout = "15:04"
 	}
-	// Ticks at round wall-clock values: count from the origin's second
-	// (or day, for steps of a minute and more).
-	base := c.origin.UTC().Truncate(time.Second)
-	if step >= 60 {
-		base = c.origin.UTC().Truncate(24 * time.Hour)
+	// Ticks at round wall-clock values: count from the origin's UTC
+	// midnight, of which every step of a second or more is a divisor, or
+	// from its second, of which every shorter step is.
+	base := c.origin.UTC().Truncate(24 * time.Hour)
+	if step < 1 {
+		base = c.origin.UTC().Truncate(time.Second)
 	}
 	off := c.origin.Sub(base).Seconds() // origin's x is 0, base's is -off
 	minor := step / 5
@@ -345,7 +346,9 @@ func (c clockTicks) Ticks(min, max float64) []plot.Tick {
 		v := i*minor - off
 		t := plot.Tick{Value: v}
 		if labelled := math.Round(i / 5); math.Abs(i/5-labelled) < 1e-9 {
-			t.Label = base.Add(time.Duration(labelled * step * float64(time.Second))).Format(layout)
+			// Rounded to the nanosecond: a product a hair under the
+			// round value would be formatted as the one before it.
+			t.Label = base.Add(time.Duration(math.Round(labelled * step * float64(time.Second)))).Format(layout)
 		}
 		ticks = append(ticks, t)
 	}

@@ -224,8 +224,15 @@ func cut(x q) q {
 // flowFigures returns the figures of one flow: each quantity of each
 // backend that recorded it.
 func flowFigures(d *drawnFlow) []figure {
-	s0 := d.Summaries[0]
-	name := fmt.Sprintf("flow %d, %s → %s", d.Cookie, s0.Local, s0.Remote)
+	// Partial samples do not name the 4-tuple: a flow read only from them
+	// is named by its cookie.
+	name := fmt.Sprintf("flow %d", d.Cookie)
+	for _, s := range d.Summaries {
+		if s.Local.IsValid() {
+			name += fmt.Sprintf(", %s → %s", s.Local, s.Remote)
+			break
+		}
+	}
 	defs := []struct {
 		file, title, ylabel string
 		unit                unit

@@ -3,16 +3,17 @@
 //
 // Usage:
 //
-//	go run ./utils/plot [flags] FILE|DIR|-...
+//	go run ./utils/plot [flags] [FILE|DIR|-]...
 //
 // Given flowd's JSON Lines (files, plain or gzip'd; directories, their
-// *.jsonl* files oldest first; - for standard input; complete or partial
-// sample lines; either backend or both), it summarises every flow selected
-// (--cookie, --port, --addr, --cgroup, --since, --until), draws the --top
-// busiest by bytes moved into OUT/flow-COOKIE/ (rtt, cwnd, throughput,
-// retransmits and limited, each as PNG and SVG, over wall-clock time) and
-// writes OUT/index.html: the flows' summaries, as flowd flows prints them,
-// each linking to its plots. docs/plots.md describes the plots.
+// *.jsonl* files oldest first; - or nothing for standard input, unless it
+// is a terminal; complete or partial sample lines; either backend or
+// both), it summarises every flow selected (--cookie, --port, --addr,
+// --cgroup, --since, --until), draws the --top busiest by bytes moved into
+// OUT/flow-COOKIE/ (rtt, cwnd, throughput, retransmits and limited, each
+// as PNG and SVG, over wall-clock time) and writes OUT/index.html: the
+// flows' summaries, as flowd flows prints them, each linking to its plots.
+// docs/plots.md describes the plots.
 //
 // Given validation scenario directories (./test -out OUT writes
 // OUT/<scenario>/ with ebpf.jsonl, netlink.jsonl, iperf3.json and
@@ -34,6 +35,7 @@ import (
 	"os"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/utils/flows"
 )
@@ -42,8 +44,8 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-const usage = `usage: go run ./utils/plot [flags] FILE|DIR|-...
-  FILE, DIR, -: flowd's JSON Lines (gzip'd or not; a directory's *.jsonl* files; - standard input):
+const usage = `usage: go run ./utils/plot [flags] [FILE|DIR|-]...
+  FILE, DIR, -: flowd's JSON Lines (gzip'd or not; a directory's *.jsonl* files; - or nothing: standard input):
       the --top busiest flows are drawn into --out, with index.html
   DIR: a validation scenario (report.json, ebpf.jsonl, ...) or a directory of them:
       plots go to DIR/plots/
@@ -67,15 +69,21 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	if fs.NArg() == 0 {
-		fs.Usage()
-		return 2
+	args = fs.Args()
+	if len(args) == 0 {
+		// As flowd flows: no argument reads standard input, unless it is
+		// a terminal, where a person more likely forgot the file.
+		if stdin == nil || isTerminal(stdin) {
+			fs.Usage()
+			return 2
+		}
+		args = []string{"-"}
 	}
 	if o.Top < 0 {
 		fmt.Fprintf(stderr, "plot: --top %d: must not be negative\n", o.Top)
 		return 2
 	}
-	scenarios, err := validationDirs(fs.Args())
+	scenarios, err := validationDirs(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "plot: %v\n", err)
 		return 1
@@ -90,7 +98,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return plotScenarios(scenarios, stdout, stderr)
 	}
 
-	srcs, err := flows.Sources(fs.Args(), stdin)
+	srcs, err := flows.Sources(args, stdin)
 	if err != nil {
 		if errors.Is(err, flows.ErrNoOutput) {
 			err = fmt.Errorf("%w, and no validation scenario (%s) in it or in a directory under it", err, reportFile)
@@ -108,6 +116,16 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, index)
 	return 0
+}
+
+// isTerminal reports whether r is a terminal.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // validationDirs returns the scenario directories args name when they are

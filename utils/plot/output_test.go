@@ -149,6 +149,37 @@ func TestPlotOutput(t *testing.T) {
 	}
 }
 
+func TestPlotPartialSamples(t *testing.T) {
+	// Partial samples only, as `tail -n` of an output with
+	// output.samples: changes leaves: no line names a flow's 4-tuple or
+	// cgroup.
+	var in bytes.Buffer
+	if err := (generated{Flows: 2, Samples: 8, Open: 2, Changes: true}).write(&in); err != nil {
+		t.Fatal(err)
+	}
+	var partial []byte
+	for _, l := range bytes.SplitAfter(in.Bytes(), []byte("\n")) {
+		if bytes.Contains(l, []byte(`"partial":true`)) {
+			partial = append(partial, l...)
+		}
+	}
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-o", out, "-"}, bytes.NewReader(partial), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit status %d: %s", code, stderr.String())
+	}
+	svg := readFile(t, filepath.Join(out, "flow-2", "rtt.svg"))
+	if !strings.Contains(svg, ">flow 2: round-trip time<") {
+		t.Errorf("rtt.svg's title is not \"flow 2: round-trip time\":\n%.2000s", svg)
+	}
+	for _, page := range []string{filepath.Join(out, "index.html"), filepath.Join(out, "flow-2", "index.html")} {
+		html := readFile(t, page)
+		if strings.Contains(html, "invalid") || !strings.Contains(html, "<td>-</td>") {
+			t.Errorf("%s: unknown 4-tuple and cgroup not shown as -:\n%s", page, html)
+		}
+	}
+}
+
 func gz(t *testing.T, b []byte) []byte {
 	t.Helper()
 	var z bytes.Buffer

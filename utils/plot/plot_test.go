@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"image/png"
 	"io"
 	"math"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
@@ -300,6 +303,44 @@ func TestUsage(t *testing.T) {
 	if code := run([]string{empty}, nil, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "no flowd output") ||
 		!strings.Contains(stderr.String(), "no validation scenario") {
 		t.Errorf("empty DIR: exit status %d, stderr %q", code, stderr.String())
+	}
+}
+
+func TestStdinWithoutArgument(t *testing.T) {
+	var in bytes.Buffer
+	if err := (generated{Flows: 3, Samples: 4, Open: 3}).write(&in); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-o", out}, &in, &stdout, &stderr); code != 0 {
+		t.Fatalf("records on standard input, no argument: exit status %d: %s", code, stderr.String())
+	}
+	if index := readFile(t, filepath.Join(out, "index.html")); !strings.Contains(index, "Read from standard input.") {
+		t.Errorf("index.html does not name standard input as the source")
+	}
+
+	// A terminal on standard input: usage, not a wait for records.
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer ptmx.Close()
+	if err := unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(int(ptmx.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tty, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer tty.Close()
+	stderr.Reset()
+	if code := run(nil, tty, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "usage:") {
+		t.Errorf("a terminal on standard input, no argument: exit status %d, stderr %q; want 2 and the usage", code, stderr.String())
 	}
 }
 
