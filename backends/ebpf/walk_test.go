@@ -48,19 +48,40 @@ func (r *received) by(t time.Time) uint64 {
 
 // TestReceiveOnly sends from the server to a client that only receives,
 // through a 20 Mbit/s bottleneck: the client gets a sample at every walk
-// while data arrives, its bytes_received follows what the application
-// read, and the receive-side members are there.
+// while data arrives (every Interval, or every FlushInterval at Interval
+// 0, where a receiver gets no RTT callbacks), its bytes_received follows
+// what the application read, and the receive-side members are there.
 func TestReceiveOnly(t *testing.T) {
 	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name                    string
+		interval, flushInterval time.Duration
+	}{
+		{"interval 200ms", 200 * time.Millisecond, 20 * time.Millisecond},
+		{"interval 0", 0, DefaultFlushInterval},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			walk := tc.interval
+			if walk == 0 {
+				walk = tc.flushInterval
+			}
+			receiveOnly(t, Config{Interval: tc.interval, FlushInterval: tc.flushInterval}, walk)
+		})
+	}
+}
+
+// receiveOnly is TestReceiveOnly with one configuration, whose walks are
+// walk apart.
+func receiveOnly(t *testing.T, cfg Config, walk time.Duration) {
 	const (
-		rate     = 2_500_000 // bytes/s
-		size     = 5_000_000 // bytes: 2 s through the bottleneck
-		interval = 200 * time.Millisecond
+		rate = 2_500_000 // bytes/s
+		size = 5_000_000 // bytes: 2 s through the bottleneck
 	)
 	cg := testutil.TempCgroup(t)
 	l := testutil.NewLink(t)
 	l.Shape(t, l.B, rate, 16<<10, 64<<10)
-	_, col := startBackend(t, Config{Cgroup: cg, Interval: interval, FlushInterval: 20 * time.Millisecond})
+	cfg.Cgroup = cg
+	_, col := startBackend(t, cfg)
 	var (
 		ln net.Listener
 		p  testutil.Pair
@@ -107,9 +128,9 @@ func TestReceiveOnly(t *testing.T) {
 		}
 	}
 	d := end.Sub(start)
-	want := float64(d) / float64(interval)
+	want := float64(d) / float64(walk)
 	if diff := float64(during) - want; diff > d.Seconds() || -diff > d.Seconds() {
-		t.Errorf("%d samples of the receiver in %s at interval %s, want %.1f ± %.1f", during, d.Round(time.Millisecond), interval, want, d.Seconds())
+		t.Errorf("%d samples of the receiver in %s with walks %s apart, want %.1f ± %.1f", during, d.Round(time.Millisecond), walk, want, d.Seconds())
 	}
 	var last uint64
 	for _, s := range samples {
