@@ -300,6 +300,9 @@ func TestIdleInterval(t *testing.T) {
 	const (
 		interval = 100 * time.Millisecond
 		idle     = 500 * time.Millisecond
+		// How late a walk may start: its timer fires late on a
+		// loaded machine. Sample times are the kernel's at the walk.
+		late = interval / 2
 	)
 	cg := testutil.TempCgroup(t)
 	_, col := startBackend(t, Config{Cgroup: cg, Interval: interval, IdleInterval: idle, FlushInterval: 20 * time.Millisecond})
@@ -319,8 +322,8 @@ func TestIdleInterval(t *testing.T) {
 	prev := quiet
 	for _, s := range samples {
 		// At the first walk at least idle after the flow's last record.
-		if gap := s.Time.Sub(prev); gap < idle-interval/20 || gap > idle+2*interval {
-			t.Errorf("idle samples %s apart, want %s to %s", gap.Round(time.Millisecond), idle, idle+2*interval)
+		if gap := s.Time.Sub(prev); gap < idle-interval/20 || gap > idle+interval+late {
+			t.Errorf("idle samples %s apart, want %s to %s (a walk, late by at most %s)", gap.Round(time.Millisecond), idle, idle+interval, late)
 		}
 		prev = s.Time
 	}
@@ -337,9 +340,10 @@ func TestIdleInterval(t *testing.T) {
 		}
 		return false
 	})
-	if d := first.Time.Sub(moved); d > 2*interval {
-		t.Errorf("the flow's first sample after it moved came %s later, want within %s (a walk)", d.Round(time.Millisecond), interval)
+	if d := first.Time.Sub(moved); d > interval+late {
+		t.Errorf("the flow's first sample after it moved came %s later, want within %s (a walk, late by at most %s)", d.Round(time.Millisecond), interval, late)
 	}
+	t.Logf("first sample %s after the flow moved", first.Time.Sub(moved).Round(time.Millisecond))
 }
 
 // TestStateRecords checks the records of a connection's life in both modes:
