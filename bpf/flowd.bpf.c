@@ -126,8 +126,12 @@ struct flow_state {
 	__u32 segs_out;
 	__u32 slot;			/* this slot's index */
 	__u32 pid;			/* the process that connected it; 0: unknown */
+	/* Its ports, host order: a socket whose port the kernel chose loses
+	 * it (inet_put_port) before the tracepoint reports its close. */
+	__u16 lport;
+	__u16 rport;
 	__u8 flags;			/* FLOW_* */
-	__u8 _pad[7];
+	__u8 _pad[3];
 };
 
 /* The tracked flows, in slots 0 to slots_used - 1; a freed slot goes to
@@ -530,6 +534,8 @@ static __always_inline struct flow_state *new_flow(void *sk, const struct tcp_so
 	st->cgroup_id = cgroup_id;
 	st->pid = ref->pid;
 	__builtin_memcpy(st->comm, ref->comm, sizeof(st->comm));
+	st->lport = tp->inet_conn.icsk_inet.sk.__sk_common.skc_num;
+	st->rport = bpf_ntohs(tp->inet_conn.icsk_inet.sk.__sk_common.skc_dport);
 	st->sk = (__u64)tp;
 	ref->slot = slot;
 	ref->tracked = 1;
@@ -548,7 +554,7 @@ static __always_inline void forget(void *sk, struct flow_state *st)
 }
 
 /* Fills the head of a record of the flow: tp is the socket, or the walk's
- * copy of it. */
+ * copy of it; the ports are the slot's. */
 static __always_inline void fill_head(struct flowd_head *h, const struct tcp_sock *tp, struct flow_state *st,
 				      __u8 event, __u8 old_state, __u8 new_state, __u8 flags, __u64 now_ns)
 {
@@ -562,8 +568,8 @@ static __always_inline void fill_head(struct flowd_head *h, const struct tcp_soc
 	h->new_state = new_state;
 	h->flags = flags;
 	h->family = skc->skc_family;
-	h->lport = skc->skc_num;
-	h->rport = bpf_ntohs(skc->skc_dport);
+	h->lport = st->lport;
+	h->rport = st->rport;
 	if (h->family == AF_INET) {
 		__u32 l = skc->skc_rcv_saddr, d = skc->skc_daddr;
 		__builtin_memcpy(h->laddr, &l, 4);

@@ -35,8 +35,10 @@ type bpfFlowState struct {
 	SegsOut      uint32
 	Slot         uint32
 	Pid          uint32
+	Lport        uint16
+	Rport        uint16
 	Flags        uint8
-	Pad          [7]uint8
+	Pad          [3]uint8
 }
 
 type bpfFlowdCidrKey struct {

@@ -70,10 +70,6 @@ const (
 	DefaultFlushInterval = 100 * time.Millisecond
 )
 
-// DefaultIdleInterval is the idle interval flowd's configuration defaults
-// to (Config.IdleInterval's zero means never).
-const DefaultIdleInterval = time.Minute
-
 // DefaultMaxFlows is Config.MaxFlows when it is zero: 65,536 slots of 96
 // bytes, 6 MiB of kernel memory.
 const DefaultMaxFlows = 1 << 16

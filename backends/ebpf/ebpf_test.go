@@ -1,6 +1,7 @@
 package ebpf
 
 import (
+	"fmt"
 	"math"
 	"net"
 	"net/netip"
@@ -20,6 +21,16 @@ import (
 )
 
 func addrPort(a net.Addr) netip.AddrPort { return a.(*net.TCPAddr).AddrPort() }
+
+// tupleOf says whether record r has the addresses and ports of c, and
+// what they are.
+func tupleOf(r flow.Record, c net.Conn) (ok bool, got, want string) {
+	local, remote := addrPort(c.LocalAddr()), addrPort(c.RemoteAddr())
+	ok = r.LocalAddr.Unmap() == local.Addr().Unmap() && r.LocalPort == local.Port() &&
+		r.RemoteAddr.Unmap() == remote.Addr().Unmap() && r.RemotePort == remote.Port()
+	got = fmt.Sprintf("%s -> %s", netip.AddrPortFrom(r.LocalAddr, r.LocalPort), netip.AddrPortFrom(r.RemoteAddr, r.RemotePort))
+	return ok, got, fmt.Sprintf("%s -> %s", local, remote)
+}
 
 // checkAgainstTCPInfo compares a record's counters with getsockopt(TCP_INFO)
 // read by the socket's owner at the same quiescent moment; n is the length
@@ -136,13 +147,10 @@ func TestTransfer(t *testing.T) {
 				if len(recs) == 0 {
 					t.Fatalf("%s: no records for cookie %d", side.name, side.cookie)
 				}
-				local, remote := addrPort(side.conn.LocalAddr()), addrPort(side.conn.RemoteAddr())
 				for _, r := range recs {
-					if r.Backend != "ebpf" || r.Family != family ||
-						r.LocalAddr.Unmap() != local.Addr().Unmap() || r.LocalPort != local.Port() ||
-						r.RemoteAddr.Unmap() != remote.Addr().Unmap() || r.RemotePort != remote.Port() {
-						t.Fatalf("%s: record %s has tuple %d %s:%d -> %s:%d, want %s -> %s",
-							side.name, r.Event, r.Family, r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort, local, remote)
+					if ok, got, want := tupleOf(r, side.conn); r.Backend != "ebpf" || r.Family != family || !ok {
+						t.Fatalf("%s: %s record of backend %s has family %d, tuple %s, want ebpf, %d, %s",
+							side.name, r.Event, r.Backend, r.Family, got, family, want)
 					}
 					if r.CA != "cubic" {
 						t.Errorf("%s: ca = %q, want cubic", side.name, r.CA)

@@ -1,6 +1,7 @@
 package ebpf
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -51,7 +52,11 @@ func TestProcess(t *testing.T) {
 		defer filler.Close()
 		started := time.Now()
 		child := testutil.StartDialer(t, cg, ln.Addr().String())
-		time.Sleep(200 * time.Millisecond) // the child's first SYN is dropped meanwhile
+		// A slow machine may start the child after the first Accept
+		// would have made room: accept once its SYN is out, and
+		// dropped, long before the kernel sends it again.
+		testutil.WaitFor(t, "the child's SYN", 5*time.Second, func() bool { return synSentTo(t, testutil.Port(ln.Addr())) })
+		time.Sleep(200 * time.Millisecond)
 		first, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
@@ -112,6 +117,24 @@ func checkProcess(t *testing.T, side string, recs []flow.Record, pid uint32, com
 			t.Errorf("%s: %s record names process %d %q, want %d %q", side, r.Event, r.PID, r.Comm, pid, comm)
 		}
 	}
+}
+
+// synSentTo reports whether a socket of this network namespace is in
+// SYN_SENT towards port on IPv4.
+func synSentTo(t *testing.T, port uint16) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := fmt.Sprintf(":%04X", port)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		// sl local_address rem_address st ...; st 02 is SYN_SENT.
+		if f := strings.Fields(line); len(f) > 3 && strings.HasSuffix(f[2], remote) && f[3] == "02" {
+			return true
+		}
+	}
+	return false
 }
 
 // fullListener listens on 127.0.0.1 in cgroup cg with a backlog of 0: a

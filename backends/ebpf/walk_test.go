@@ -48,19 +48,40 @@ func (r *received) by(t time.Time) uint64 {
 
 // TestReceiveOnly sends from the server to a client that only receives,
 // through a 20 Mbit/s bottleneck: the client gets a sample at every walk
-// while data arrives, its bytes_received follows what the application
-// read, and the receive-side members are there.
+// while data arrives (every Interval, or every FlushInterval at Interval
+// 0, where a receiver gets no RTT callbacks), its bytes_received follows
+// what the application read, and the receive-side members are there.
 func TestReceiveOnly(t *testing.T) {
 	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name                    string
+		interval, flushInterval time.Duration
+	}{
+		{"interval 200ms", 200 * time.Millisecond, 20 * time.Millisecond},
+		{"interval 0", 0, DefaultFlushInterval},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			walk := tc.interval
+			if walk == 0 {
+				walk = tc.flushInterval
+			}
+			receiveOnly(t, Config{Interval: tc.interval, FlushInterval: tc.flushInterval}, walk)
+		})
+	}
+}
+
+// receiveOnly is TestReceiveOnly with one configuration, whose walks are
+// walk apart.
+func receiveOnly(t *testing.T, cfg Config, walk time.Duration) {
 	const (
-		rate     = 2_500_000 // bytes/s
-		size     = 5_000_000 // bytes: 2 s through the bottleneck
-		interval = 200 * time.Millisecond
+		rate = 2_500_000 // bytes/s
+		size = 5_000_000 // bytes: 2 s through the bottleneck
 	)
 	cg := testutil.TempCgroup(t)
 	l := testutil.NewLink(t)
 	l.Shape(t, l.B, rate, 16<<10, 64<<10)
-	_, col := startBackend(t, Config{Cgroup: cg, Interval: interval, FlushInterval: 20 * time.Millisecond})
+	cfg.Cgroup = cg
+	_, col := startBackend(t, cfg)
 	var (
 		ln net.Listener
 		p  testutil.Pair
@@ -107,9 +128,9 @@ func TestReceiveOnly(t *testing.T) {
 		}
 	}
 	d := end.Sub(start)
-	want := float64(d) / float64(interval)
+	want := float64(d) / float64(walk)
 	if diff := float64(during) - want; diff > d.Seconds() || -diff > d.Seconds() {
-		t.Errorf("%d samples of the receiver in %s at interval %s, want %.1f ± %.1f", during, d.Round(time.Millisecond), interval, want, d.Seconds())
+		t.Errorf("%d samples of the receiver in %s with walks %s apart, want %.1f ± %.1f", during, d.Round(time.Millisecond), walk, want, d.Seconds())
 	}
 	var last uint64
 	for _, s := range samples {
@@ -248,9 +269,15 @@ func TestExistingFlows(t *testing.T) {
 			t.Fatalf("%s: TCP_INFO state %d, want CLOSE", names[k], info.State)
 		}
 		checkAgainstTCPInfo(t, names[k], col.Find(k, flow.EventClose)[0], info, testutil.TCPInfoLen(t, c))
-		// Who connected a flow found running is not known: no record
-		// names a process.
 		for _, r := range col.Records(k) {
+			// The close record too, although the kernel has released
+			// the socket's port by the time the tracepoint that
+			// reports it runs (kernels before 6.12).
+			if ok, got, want := tupleOf(r, c); !ok {
+				t.Errorf("%s: %s record has %s, want %s", names[k], r.Event, got, want)
+			}
+			// Who connected a flow found running is not known: no
+			// record names a process.
 			if r.PID != 0 || r.Comm != "" {
 				t.Errorf("%s: %s record names process %d %q", names[k], r.Event, r.PID, r.Comm)
 			}
@@ -273,6 +300,9 @@ func TestIdleInterval(t *testing.T) {
 	const (
 		interval = 100 * time.Millisecond
 		idle     = 500 * time.Millisecond
+		// How late a walk may start: its timer fires late on a
+		// loaded machine. Sample times are the kernel's at the walk.
+		late = interval / 2
 	)
 	cg := testutil.TempCgroup(t)
 	_, col := startBackend(t, Config{Cgroup: cg, Interval: interval, IdleInterval: idle, FlushInterval: 20 * time.Millisecond})
@@ -292,8 +322,8 @@ func TestIdleInterval(t *testing.T) {
 	prev := quiet
 	for _, s := range samples {
 		// At the first walk at least idle after the flow's last record.
-		if gap := s.Time.Sub(prev); gap < idle-interval/20 || gap > idle+2*interval {
-			t.Errorf("idle samples %s apart, want %s to %s", gap.Round(time.Millisecond), idle, idle+2*interval)
+		if gap := s.Time.Sub(prev); gap < idle-interval/20 || gap > idle+interval+late {
+			t.Errorf("idle samples %s apart, want %s to %s (a walk, late by at most %s)", gap.Round(time.Millisecond), idle, idle+interval, late)
 		}
 		prev = s.Time
 	}
@@ -310,9 +340,10 @@ func TestIdleInterval(t *testing.T) {
 		}
 		return false
 	})
-	if d := first.Time.Sub(moved); d > 2*interval {
-		t.Errorf("the flow's first sample after it moved came %s later, want within %s (a walk)", d.Round(time.Millisecond), interval)
+	if d := first.Time.Sub(moved); d > interval+late {
+		t.Errorf("the flow's first sample after it moved came %s later, want within %s (a walk, late by at most %s)", d.Round(time.Millisecond), interval, late)
 	}
+	t.Logf("first sample %s after the flow moved", first.Time.Sub(moved).Round(time.Millisecond))
 }
 
 // TestStateRecords checks the records of a connection's life in both modes:
