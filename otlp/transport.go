@@ -251,10 +251,12 @@ func newHTTP(cfg *otlpconfig.Config, tlsConfig *tls.Config) *httpTransport {
 	}
 	t := &httpTransport{
 		client: &http.Client{Transport: &http.Transport{
-			Proxy:               http.ProxyFromEnvironment,
-			TLSClientConfig:     tlsConfig,
-			ForceAttemptHTTP2:   true,
-			MaxIdleConnsPerHost: 2,
+			Proxy:             http.ProxyFromEnvironment,
+			TLSClientConfig:   tlsConfig,
+			ForceAttemptHTTP2: true,
+			// A connection per sender and one for the metrics, kept
+			// between requests rather than closed and dialled anew.
+			MaxIdleConnsPerHost: cfg.ConcurrentRequests + 1,
 			IdleConnTimeout:     90 * time.Second,
 		}},
 		header: http.Header{},
