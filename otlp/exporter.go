@@ -93,7 +93,7 @@ type MetricsStats struct {
 	Rejected uint64 // data points of requests it accepted but rejected (partial success)
 	Requests uint64
 	Failures uint64 // failed requests, retried or not
-	Lost     uint64 // pushes given up: the next one replaces each (at Close, none does)
+	Lost     uint64 // pushes given up, whole or a request of one: the next one replaces each (at Close, none does)
 }
 
 // Drops counts records lost, by why.

@@ -128,6 +128,51 @@ func TestMetricsArrive(t *testing.T) {
 	}
 }
 
+// TestMetricsManyCgroups pushes the metrics of 3,000 cgroups: ~5.6 MB of
+// protobuf, more than the 4 MiB a collector's gRPC receiver takes in one
+// request by default. The push is split into requests it takes, and every
+// series arrives.
+func TestMetricsManyCgroups(t *testing.T) {
+	const cgroups = 3000
+	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+	names := cgroupNames{}
+	agg := tcpstats.New(tcpstats.Config{Names: names, MaxCgroups: cgroups})
+	start := time.Now().Add(-time.Minute)
+	for c := range uint64(cgroups) {
+		names[c+1] = fmt.Sprintf("system.slice/service-%d.service", c)
+		r := flow.Record{Time: start, Backend: "ebpf", Event: flow.EventOpen, Cookie: 100 + c, CgroupID: c + 1, Family: 4,
+			LocalAddr: netip.MustParseAddr("10.0.0.1"), LocalPort: 40000, RemoteAddr: netip.MustParseAddr("192.0.2.7"), RemotePort: 443,
+			State: flow.StateEstablished}
+		agg.Write(&r)
+		r.Time, r.Event = start.Add(time.Second), flow.EventSample
+		r.Info.Set(flow.FieldBytesAcked, (c+1)*100_000)
+		r.Info.Set(flow.FieldRTT, 20+c)
+		r.Info.Set(flow.FieldMinRTT, 15+c)
+		r.Info.Set(flow.FieldDeliveryRate, (c+1)*2_500_000)
+		agg.Write(&r)
+	}
+	cfg := baseConfig(col.GRPC, otlpconfig.ProtocolGRPC)
+	cfg.MetricsInterval = time.Hour // one push: Close's
+	e, err := otlp.New(cfg, otlp.Options{Resource: otlp.Resource{HostName: "many", Version: "test"}, TCP: agg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := e.Stats().Metrics
+	if s.Lost != 0 || s.Failures != 0 || s.Requests < 2 {
+		t.Errorf("metrics stats %+v: want a push of two requests or more, none failed", s)
+	}
+	pushed, requests := lastPushed(t, col, "many")
+	compareWithPrometheus(t, pushed, scrape(t, agg, tcpstats.ByNone))
+	if uint64(len(pushed)) != s.Exported {
+		t.Errorf("%d data points in the collector, %d exported", len(pushed), s.Exported)
+	}
+	t.Logf("%d data points in %d requests", len(pushed), requests)
+}
+
 // point is a data point as the collector wrote it, under the Prometheus
 // name of its metric.
 type point struct {
