@@ -3,6 +3,7 @@ package otlp
 import (
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -225,7 +226,9 @@ func (e *Exporter) pushMetrics(agg *tcpstats.Aggregator, enc *metricsEncoder) {
 		select {
 		case <-tick.C:
 			ctx, cancel := context.WithTimeout(e.closing, e.cfg.MetricsInterval)
-			if err := e.pushOnce(ctx, agg, enc, zip); err != nil {
+			err := e.pushOnce(ctx, agg, enc, zip)
+			// Cut short by Close, a push is not lost: Close's push replaces it.
+			if err != nil && !errors.Is(ctx.Err(), context.Canceled) {
 				e.metricsLost.Add(1)
 			}
 			cancel()

@@ -2,11 +2,14 @@ package otlp_test
 
 import (
 	"fmt"
+	"io"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -414,4 +417,51 @@ func TestMetricsCollectorDown(t *testing.T) {
 	testutil.WaitFor(t, "a push to the collector back", 10*time.Second, func() bool { return e.Stats().Metrics.Exported > 0 })
 	pushed, _ := lastPushed(t, col, "down")
 	compareWithPrometheus(t, pushed, scrape(t, agg, tcpstats.ByNone))
+}
+
+// TestMetricsPushCutByClose closes the exporter while a periodic push of
+// the metrics is in flight: Close's own push replaces it, so that none is
+// counted lost and a clean stop logs no warning.
+func TestMetricsPushCutByClose(t *testing.T) {
+	inFlight := make(chan struct{})
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if requests.Add(1) == 1 {
+			close(inFlight)
+			<-r.Context().Done() // the periodic push, until Close cuts it short
+		}
+	}))
+	defer srv.Close()
+	agg := tcpstats.New(tcpstats.Config{Names: cgroupNames{1: "a", 2: "b"}, MaxCgroups: 10})
+	records := tcpRecords(8, time.Now().Add(-time.Minute))
+	for i := range records {
+		agg.Write(&records[i])
+	}
+	cfg := otlpconfig.Default()
+	cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
+	cfg.Protocol = otlpconfig.ProtocolHTTP
+	cfg.MetricsInterval = time.Second
+	log, hook := logtest.NewNullLogger()
+	e, err := otlp.New(cfg, otlp.Options{TCP: agg, Log: log, LogInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inFlight:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no push of the metrics")
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.Stats().Metrics; s.Lost != 0 || s.Failures != 0 || s.Exported == 0 {
+		t.Errorf("metrics stats %+v: want Close's push exported, none lost or failed", s)
+	}
+	for _, entry := range hook.AllEntries() {
+		if entry.Level <= logrus.WarnLevel {
+			line, _ := entry.String()
+			t.Errorf("logged on a clean stop: %s", line)
+		}
+	}
 }
