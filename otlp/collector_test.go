@@ -122,6 +122,17 @@ func write(t *testing.T, e *otlp.Exporter, records []flow.Record) {
 	}
 }
 
+// receivedKeys returns the keys of the records col received, each once.
+func receivedKeys(t *testing.T, col *testutil.OTelCollector) map[testutil.RecordKey]bool {
+	t.Helper()
+	got, _ := col.Records(t)
+	keys := map[testutil.RecordKey]bool{}
+	for i := range got {
+		keys[testutil.KeyOf(&got[i])] = true
+	}
+	return keys
+}
+
 // TestCollectorConfig checks configs/otelcol.yaml with the collector's
 // own validation.
 func TestCollectorConfig(t *testing.T) {
@@ -245,11 +256,7 @@ func TestCollectorLongOutage(t *testing.T) {
 	}
 
 	s := e.Stats()
-	got, _ := col.Records(t)
-	received := map[testutil.RecordKey]bool{}
-	for i := range got {
-		received[testutil.KeyOf(&got[i])] = true
-	}
+	received := receivedKeys(t, col)
 	lost, lostAfter := 0, 0
 	for i := range records {
 		if !received[testutil.KeyOf(&records[i])] {
@@ -299,12 +306,7 @@ func TestQueueOverflow(t *testing.T) {
 	}
 
 	s := e.Stats()
-	got, _ := col.Records(t)
-	unique := map[testutil.RecordKey]bool{}
-	for i := range got {
-		unique[testutil.KeyOf(&got[i])] = true
-	}
-	lost := uint64(len(records) - len(unique))
+	lost := uint64(len(records) - len(receivedKeys(t, col)))
 	if lost != s.Dropped.Total() || lost == 0 {
 		t.Errorf("lost %d records, the drop counter says %d (%+v)", lost, s.Dropped.Total(), s.Dropped)
 	}
