@@ -122,6 +122,17 @@ func write(t *testing.T, e *otlp.Exporter, records []flow.Record) {
 	}
 }
 
+// receivedKeys returns the keys of the records col received, each once.
+func receivedKeys(t *testing.T, col *testutil.OTelCollector) map[testutil.RecordKey]bool {
+	t.Helper()
+	got, _ := col.Records(t)
+	keys := map[testutil.RecordKey]bool{}
+	for i := range got {
+		keys[testutil.KeyOf(&got[i])] = true
+	}
+	return keys
+}
+
 // TestCollectorConfig checks configs/otelcol.yaml with the collector's
 // own validation.
 func TestCollectorConfig(t *testing.T) {
@@ -209,6 +220,61 @@ func TestCollectorRestart(t *testing.T) {
 	}
 }
 
+// TestCollectorLongOutage keeps the collector down for 11 seconds: with
+// gRPC's own reconnect backoff (from 1 s, 1.6 times longer after each
+// failure, up to 2 minutes) the connection would next be tried seconds
+// after the collector is back, while calls fail at once meanwhile, and
+// the records written then would run out of retries. Reconnecting at the
+// pace of the retries, what is lost is only what the outage outlasted,
+// as the drop counter says, and every record written once the collector
+// is back arrives. (HTTP connects anew for each request: gRPC only.)
+func TestCollectorLongOutage(t *testing.T) {
+	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+	cfg := baseConfig(col.GRPC, otlpconfig.ProtocolGRPC)
+	cfg.BatchSize = 100
+	cfg.Retry.MaxElapsedTime = 2 * time.Second
+	e := newExporter(t, cfg, nil)
+	records := testRecords(3000)
+	before, during, after := records[:1000], records[1000:2000], records[2000:]
+
+	write(t, e, before)
+	testutil.WaitFor(t, "the first records exported", 10*time.Second, func() bool { return e.Stats().Exported == uint64(len(before)) })
+	col.Kill()
+	write(t, e, during[:100])
+	testutil.WaitFor(t, "a failed request", 10*time.Second, func() bool { return e.Stats().Failures > 0 })
+	// gRPC's default backoff would try at about 1, 2.6, 5.2, 9.3 and
+	// 15.8 s from here: the collector is back between the last two.
+	for i := 1; i < 10; i++ {
+		time.Sleep(time.Second)
+		write(t, e, during[i*100:(i+1)*100])
+	}
+	time.Sleep(2 * time.Second)
+	col.Start()
+	write(t, e, after)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := e.Stats()
+	received := receivedKeys(t, col)
+	lost, lostAfter := 0, 0
+	for i := range records {
+		if !received[testutil.KeyOf(&records[i])] {
+			lost++
+			if i >= len(before)+len(during) {
+				lostAfter++
+			}
+		}
+	}
+	if uint64(lost) != s.Dropped.Total() || s.Dropped.Total() != s.Dropped.ExportFailed {
+		t.Errorf("lost %d records, the drop counter says %+v", lost, s.Dropped)
+	}
+	if lostAfter > 0 {
+		t.Errorf("%d of the %d records written once the collector was back were lost (%d requests, %d failed)", lostAfter, len(after), s.Requests, s.Failures)
+	}
+	t.Logf("%d records lost to the outage, %d requests of which %d failed", lost, s.Requests, s.Failures)
+}
+
 // TestQueueOverflow keeps the collector down while more records come than
 // the queue holds: what is lost is exactly what the drop counter says.
 func TestQueueOverflow(t *testing.T) {
@@ -240,12 +306,7 @@ func TestQueueOverflow(t *testing.T) {
 	}
 
 	s := e.Stats()
-	got, _ := col.Records(t)
-	unique := map[testutil.RecordKey]bool{}
-	for i := range got {
-		unique[testutil.KeyOf(&got[i])] = true
-	}
-	lost := uint64(len(records) - len(unique))
+	lost := uint64(len(records) - len(receivedKeys(t, col)))
 	if lost != s.Dropped.Total() || lost == 0 {
 		t.Errorf("lost %d records, the drop counter says %d (%+v)", lost, s.Dropped.Total(), s.Dropped)
 	}

@@ -93,7 +93,7 @@ type MetricsStats struct {
 	Rejected uint64 // data points of requests it accepted but rejected (partial success)
 	Requests uint64
 	Failures uint64 // failed requests, retried or not
-	Lost     uint64 // pushes given up: the next one replaces each (at Close, none does)
+	Lost     uint64 // pushes given up, whole or a request of one: the next one replaces each (at Close, none does)
 }
 
 // Drops counts records lost, by why.
@@ -362,7 +362,8 @@ func (e *Exporter) seal() {
 }
 
 // sendQueued sends the queued batches, oldest first. Once Close's
-// deadline has passed, it drops them.
+// deadline has passed, it drops them unencoded, so that Close returns on
+// time.
 func (e *Exporter) sendQueued(zip *gzip.Writer) {
 	for {
 		e.mu.Lock()
@@ -372,10 +373,17 @@ func (e *Exporter) sendQueued(zip *gzip.Writer) {
 		}
 		batch := e.full[0]
 		e.full = e.full[1:]
+		n := len(batch)
+		if e.ctx.Err() != nil {
+			e.dropShutdown.Add(uint64(n))
+			e.queued -= n
+			e.recycle(batch)
+			e.mu.Unlock()
+			continue
+		}
 		req := e.newRequest()
 		e.mu.Unlock()
 
-		n := len(batch)
 		for i := range batch {
 			req.buf = e.enc.appendRecord(req.buf, &batch[i])
 		}
@@ -383,9 +391,7 @@ func (e *Exporter) sendQueued(zip *gzip.Writer) {
 		req.body = e.enc.frame(req.buf, e.room)
 
 		e.mu.Lock()
-		if len(e.spare) < maxSpareBatches {
-			e.spare = append(e.spare, batch[:0])
-		}
+		e.recycle(batch)
 		e.mu.Unlock()
 
 		e.exportRequest(req, zip)
@@ -394,6 +400,14 @@ func (e *Exporter) sendQueued(zip *gzip.Writer) {
 		e.mu.Lock()
 		e.queued -= n
 		e.mu.Unlock()
+	}
+}
+
+// recycle keeps an emptied batch for reuse, if few are kept; e.mu is
+// held.
+func (e *Exporter) recycle(batch []flow.Record) {
+	if len(e.spare) < maxSpareBatches {
+		e.spare = append(e.spare, batch[:0])
 	}
 }
 

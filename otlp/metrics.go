@@ -3,6 +3,7 @@ package otlp
 import (
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -54,19 +55,30 @@ const (
 	MetricRecordsIgnored = "flowd.tcp.records_ignored"
 )
 
-// metricsEncoder makes the ExportMetricsServiceRequest of the TCP metrics
-// with the messages generated from OTLP's .proto files: one request per
+// maxMetricsRequest bounds the protobuf bytes of one request of metrics:
+// a collector's gRPC receiver refuses messages over 4 MiB by default
+// (max_recv_msg_size_mib), which the metrics of ~2,200 cgroups pass. A
+// push of more is split into requests of whole series.
+const maxMetricsRequest = 3584 << 10
+
+// metricsEncoder makes the ExportMetricsServiceRequests of the TCP metrics
+// with the messages generated from OTLP's .proto files: a push per
 // metrics interval, whose encoding costs nothing that matters, needs no
 // encoder of flowd's own.
 type metricsEncoder struct {
-	resource   *resourcepb.Resource
-	scope      *commonpb.InstrumentationScope
-	byLabel    string // the attribute of the Remote series: tcpstats.By
-	cgroups    []instrument
-	remotes    []instrument
-	snapshot   tcpstats.Snapshot
-	dataPoints int    // of the last request
-	start      uint64 // Unix ns: the start of the count of records ignored, which began with flowd
+	resource *resourcepb.Resource
+	scope    *commonpb.InstrumentationScope
+	byLabel  string // the attribute of the Remote series: tcpstats.By
+	cgroups  []instrument
+	remotes  []instrument
+	snapshot tcpstats.Snapshot
+	start    uint64 // Unix ns: the start of the count of records ignored, which began with flowd
+}
+
+// metricsRequest is one request of a push.
+type metricsRequest struct {
+	body       []byte // an ExportMetricsServiceRequest
+	dataPoints int
 }
 
 func newMetricsEncoder(res Resource, by tcpstats.By) *metricsEncoder {
@@ -90,35 +102,72 @@ func stringKV(key, value string) *commonpb.KeyValue {
 	return &commonpb.KeyValue{Key: key, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: value}}}
 }
 
-// encode reads the aggregates of agg and returns them as the protobuf
-// bytes of an ExportMetricsServiceRequest at time now, or nil when there
-// is no series yet.
-func (m *metricsEncoder) encode(agg *tcpstats.Aggregator, now time.Time) ([]byte, error) {
+// encode reads the aggregates of agg and returns them as the requests of
+// a push at time now: none when there is no series yet, more than one
+// when one would pass maxMetricsRequest.
+func (m *metricsEncoder) encode(agg *tcpstats.Aggregator, now time.Time) ([]metricsRequest, error) {
 	s := &m.snapshot
 	agg.Series(s)
-	m.dataPoints = 0
 	if len(s.Cgroups)+len(s.Remote) == 0 {
 		return nil, nil
 	}
-	t := uint64(now.UnixNano())
+	return m.appendRequests(nil, s.Cgroups, s.Remote, uint64(now.UnixNano()), true)
+}
+
+// appendRequests appends the requests of the series of cgroups and
+// remote: one, or when it passes maxMetricsRequest, as many as make
+// parts of about that size, split again if series of long names make one
+// too large. The first carries the records ignored when ignored is set.
+func (m *metricsEncoder) appendRequests(dst []metricsRequest, cgroups, remote []tcpstats.Series, t uint64, ignored bool) ([]metricsRequest, error) {
+	req, err := m.request(cgroups, remote, t, ignored)
+	if err != nil {
+		return dst, err
+	}
+	n := len(cgroups) + len(remote)
+	if len(req.body) <= maxMetricsRequest || n == 1 {
+		return append(dst, req), nil
+	}
+	parts := min(n, len(req.body)/maxMetricsRequest+1)
+	for i := range parts {
+		lo, hi := i*n/parts, (i+1)*n/parts
+		c, r := window(cgroups, lo, hi), window(remote, lo-len(cgroups), hi-len(cgroups))
+		if dst, err = m.appendRequests(dst, c, r, t, ignored && i == 0); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+// window returns s[lo:hi], both clamped to s.
+func window(s []tcpstats.Series, lo, hi int) []tcpstats.Series {
+	return s[min(max(lo, 0), len(s)):min(max(hi, 0), len(s))]
+}
+
+// request encodes one request of the series of cgroups and remote, and
+// of the records ignored when ignored is set.
+func (m *metricsEncoder) request(cgroups, remote []tcpstats.Series, t uint64, ignored bool) (metricsRequest, error) {
 	var metrics []*metricspb.Metric
-	metrics = m.appendSeries(metrics, m.cgroups, s.Cgroups, MetricAttrCgroup, t)
-	metrics = m.appendSeries(metrics, m.remotes, s.Remote, m.byLabel, t)
-	ignored := &metricspb.NumberDataPoint{StartTimeUnixNano: m.start, TimeUnixNano: t, Value: &metricspb.NumberDataPoint_AsInt{AsInt: int64(s.Ignored)}}
-	metrics = append(metrics, &metricspb.Metric{
-		Name: MetricRecordsIgnored, Unit: "{record}",
-		Description: fmt.Sprintf("Records of flows the TCP metrics did not follow: more than %d flows at once.", tcpstats.MaxTracked),
-		Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{IsMonotonic: true, DataPoints: []*metricspb.NumberDataPoint{ignored},
-			AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE}},
-	})
-	m.dataPoints++
+	metrics = m.appendSeries(metrics, m.cgroups, cgroups, MetricAttrCgroup, t)
+	metrics = m.appendSeries(metrics, m.remotes, remote, m.byLabel, t)
+	points := len(m.cgroups)*len(cgroups) + len(m.remotes)*len(remote)
+	if ignored {
+		dp := &metricspb.NumberDataPoint{StartTimeUnixNano: m.start, TimeUnixNano: t, Value: &metricspb.NumberDataPoint_AsInt{AsInt: int64(m.snapshot.Ignored)}}
+		metrics = append(metrics, &metricspb.Metric{
+			Name: MetricRecordsIgnored, Unit: "{record}",
+			Description: fmt.Sprintf("Records of flows the TCP metrics did not follow: more than %d flows at once.", tcpstats.MaxTracked),
+			Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{IsMonotonic: true, DataPoints: []*metricspb.NumberDataPoint{dp},
+				AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE}},
+		})
+		points++
+	}
 	// MetricsData has the wire format of ExportMetricsServiceRequest (both
 	// are resource_metrics = 1), without the gRPC gateway the latter's
 	// package brings along.
-	return proto.Marshal(&metricspb.MetricsData{ResourceMetrics: []*metricspb.ResourceMetrics{{
+	body, err := proto.Marshal(&metricspb.MetricsData{ResourceMetrics: []*metricspb.ResourceMetrics{{
 		Resource:     m.resource,
 		ScopeMetrics: []*metricspb.ScopeMetrics{{Scope: m.scope, Metrics: metrics}},
 	}}})
+	return metricsRequest{body: body, dataPoints: points}, err
 }
 
 // appendSeries appends the instruments of series, each series a data
@@ -159,7 +208,6 @@ func (m *metricsEncoder) appendSeries(dst []*metricspb.Metric, ins []instrument,
 			}
 			metric.Data = &metricspb.Metric_Histogram{Histogram: hist}
 		}
-		m.dataPoints += len(series)
 		dst = append(dst, metric)
 	}
 	return dst
@@ -178,40 +226,57 @@ func (e *Exporter) pushMetrics(agg *tcpstats.Aggregator, enc *metricsEncoder) {
 		select {
 		case <-tick.C:
 			ctx, cancel := context.WithTimeout(e.closing, e.cfg.MetricsInterval)
-			e.pushOnce(ctx, agg, enc, zip)
+			err := e.pushOnce(ctx, agg, enc, zip)
+			// Cut short by Close, a push is not lost: Close's push replaces it.
+			if err != nil && !errors.Is(ctx.Err(), context.Canceled) {
+				e.metricsLost.Add(1)
+			}
 			cancel()
 		case <-e.shutdown:
-			e.pushOnce(e.ctx, agg, enc, zip) // within Close's deadline
+			if err := e.pushOnce(e.ctx, agg, enc, zip); err != nil { // within Close's deadline
+				e.metricsLost.Add(1)
+			}
 			return
 		}
 	}
 }
 
-// pushOnce pushes the current values, retrying until ctx ends.
-func (e *Exporter) pushOnce(ctx context.Context, agg *tcpstats.Aggregator, enc *metricsEncoder, zip *gzip.Writer) {
-	body, err := enc.encode(agg, time.Now())
+// pushOnce pushes the current values, retrying until ctx ends. It returns
+// the last error of the requests that failed.
+func (e *Exporter) pushOnce(ctx context.Context, agg *tcpstats.Aggregator, enc *metricsEncoder, zip *gzip.Writer) error {
+	reqs, err := enc.encode(agg, time.Now())
 	if err != nil {
-		e.setProblem(fmt.Errorf("encoding metrics: %w", err))
-		e.metricsLost.Add(1)
-		return
+		err = fmt.Errorf("encoding metrics: %w", err)
+		e.setProblem(err)
+		return err
 	}
-	if body == nil {
-		return
+	var failed error
+	for _, r := range reqs {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := e.pushRequest(ctx, r, zip); err != nil {
+			failed = err
+		}
 	}
-	req := &request{body: body, records: enc.dataPoints, done: func(*request) {}}
+	return failed
+}
+
+// pushRequest sends one request of a push and counts its data points.
+func (e *Exporter) pushRequest(ctx context.Context, r metricsRequest, zip *gzip.Writer) error {
+	req := &request{body: r.body, records: r.dataPoints, done: func(*request) {}}
 	req.refs.Store(1)
 	defer req.release()
 	if zip != nil {
 		if err := gzipBody(zip, req); err != nil {
-			e.setProblem(fmt.Errorf("compressing metrics: %w", err))
-			e.metricsLost.Add(1)
-			return
+			err = fmt.Errorf("compressing metrics: %w", err)
+			e.setProblem(err)
+			return err
 		}
 	}
 	p, err := e.exportRetrying(ctx, signalMetrics, req)
 	if err != nil {
-		e.metricsLost.Add(1)
-		return
+		return err
 	}
 	rejected := uint64(max(min(p.rejected, int64(req.records)), 0))
 	e.exportedPoints.Add(uint64(req.records) - rejected)
@@ -219,4 +284,5 @@ func (e *Exporter) pushOnce(ctx context.Context, agg *tcpstats.Aggregator, enc *
 		e.rejectedPoints.Add(rejected)
 		e.setReject(p.message)
 	}
+	return nil
 }

@@ -2,11 +2,14 @@ package otlp_test
 
 import (
 	"fmt"
+	"io"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,6 +129,51 @@ func TestMetricsArrive(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMetricsManyCgroups pushes the metrics of 3,000 cgroups: ~5.6 MB of
+// protobuf, more than the 4 MiB a collector's gRPC receiver takes in one
+// request by default. The push is split into requests it takes, and every
+// series arrives.
+func TestMetricsManyCgroups(t *testing.T) {
+	const cgroups = 3000
+	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+	names := cgroupNames{}
+	agg := tcpstats.New(tcpstats.Config{Names: names, MaxCgroups: cgroups})
+	start := time.Now().Add(-time.Minute)
+	for c := range uint64(cgroups) {
+		names[c+1] = fmt.Sprintf("system.slice/service-%d.service", c)
+		r := flow.Record{Time: start, Backend: "ebpf", Event: flow.EventOpen, Cookie: 100 + c, CgroupID: c + 1, Family: 4,
+			LocalAddr: netip.MustParseAddr("10.0.0.1"), LocalPort: 40000, RemoteAddr: netip.MustParseAddr("192.0.2.7"), RemotePort: 443,
+			State: flow.StateEstablished}
+		agg.Write(&r)
+		r.Time, r.Event = start.Add(time.Second), flow.EventSample
+		r.Info.Set(flow.FieldBytesAcked, (c+1)*100_000)
+		r.Info.Set(flow.FieldRTT, 20+c)
+		r.Info.Set(flow.FieldMinRTT, 15+c)
+		r.Info.Set(flow.FieldDeliveryRate, (c+1)*2_500_000)
+		agg.Write(&r)
+	}
+	cfg := baseConfig(col.GRPC, otlpconfig.ProtocolGRPC)
+	cfg.MetricsInterval = time.Hour // one push: Close's
+	e, err := otlp.New(cfg, otlp.Options{Resource: otlp.Resource{HostName: "many", Version: "test"}, TCP: agg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := e.Stats().Metrics
+	if s.Lost != 0 || s.Failures != 0 || s.Requests < 2 {
+		t.Errorf("metrics stats %+v: want a push of two requests or more, none failed", s)
+	}
+	pushed, requests := lastPushed(t, col, "many")
+	compareWithPrometheus(t, pushed, scrape(t, agg, tcpstats.ByNone))
+	if uint64(len(pushed)) != s.Exported {
+		t.Errorf("%d data points in the collector, %d exported", len(pushed), s.Exported)
+	}
+	t.Logf("%d data points in %d requests", len(pushed), requests)
 }
 
 // point is a data point as the collector wrote it, under the Prometheus
@@ -369,4 +417,51 @@ func TestMetricsCollectorDown(t *testing.T) {
 	testutil.WaitFor(t, "a push to the collector back", 10*time.Second, func() bool { return e.Stats().Metrics.Exported > 0 })
 	pushed, _ := lastPushed(t, col, "down")
 	compareWithPrometheus(t, pushed, scrape(t, agg, tcpstats.ByNone))
+}
+
+// TestMetricsPushCutByClose closes the exporter while a periodic push of
+// the metrics is in flight: Close's own push replaces it, so that none is
+// counted lost and a clean stop logs no warning.
+func TestMetricsPushCutByClose(t *testing.T) {
+	inFlight := make(chan struct{})
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if requests.Add(1) == 1 {
+			close(inFlight)
+			<-r.Context().Done() // the periodic push, until Close cuts it short
+		}
+	}))
+	defer srv.Close()
+	agg := tcpstats.New(tcpstats.Config{Names: cgroupNames{1: "a", 2: "b"}, MaxCgroups: 10})
+	records := tcpRecords(8, time.Now().Add(-time.Minute))
+	for i := range records {
+		agg.Write(&records[i])
+	}
+	cfg := otlpconfig.Default()
+	cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
+	cfg.Protocol = otlpconfig.ProtocolHTTP
+	cfg.MetricsInterval = time.Second
+	log, hook := logtest.NewNullLogger()
+	e, err := otlp.New(cfg, otlp.Options{TCP: agg, Log: log, LogInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inFlight:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no push of the metrics")
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.Stats().Metrics; s.Lost != 0 || s.Failures != 0 || s.Exported == 0 {
+		t.Errorf("metrics stats %+v: want Close's push exported, none lost or failed", s)
+	}
+	for _, entry := range hook.AllEntries() {
+		if entry.Level <= logrus.WarnLevel {
+			line, _ := entry.String()
+			t.Errorf("logged on a clean stop: %s", line)
+		}
+	}
 }

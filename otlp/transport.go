@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -148,6 +149,10 @@ func newGRPC(cfg *otlpconfig.Config, tlsConfig *tls.Config) (*grpcTransport, err
 	conn, err := grpc.NewClient(cfg.Endpoint,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithUserAgent(userAgent),
+		// Calls fail at once while the connection is down, so the channel
+		// must reconnect at the pace of the retries: gRPC's own backoff
+		// grows to 2 minutes, longer than a request is retried.
+		grpc.WithConnectParams(connectParams(cfg)),
 		// Requests are a megabyte or so: writing them through a 1 MiB
 		// buffer, with windows that hold a few, costs much less system
 		// time than gRPC's 32 KiB buffer and 64 KiB windows
@@ -167,6 +172,15 @@ func newGRPC(cfg *otlpconfig.Config, tlsConfig *tls.Config) (*grpcTransport, err
 		t.opts = append(t.opts, grpc.UseCompressor("gzip"))
 	}
 	return t, nil
+}
+
+// connectParams bounds the waits between connection attempts by the
+// retries' intervals.
+func connectParams(cfg *otlpconfig.Config) grpc.ConnectParams {
+	b := backoff.DefaultConfig
+	b.BaseDelay = cfg.Retry.InitialInterval
+	b.MaxDelay = cfg.Retry.MaxInterval
+	return grpc.ConnectParams{Backoff: b, MinConnectTimeout: cfg.Timeout}
 }
 
 func (t *grpcTransport) export(ctx context.Context, sig signal, req *request) (partial, error) {
@@ -237,10 +251,12 @@ func newHTTP(cfg *otlpconfig.Config, tlsConfig *tls.Config) *httpTransport {
 	}
 	t := &httpTransport{
 		client: &http.Client{Transport: &http.Transport{
-			Proxy:               http.ProxyFromEnvironment,
-			TLSClientConfig:     tlsConfig,
-			ForceAttemptHTTP2:   true,
-			MaxIdleConnsPerHost: 2,
+			Proxy:             http.ProxyFromEnvironment,
+			TLSClientConfig:   tlsConfig,
+			ForceAttemptHTTP2: true,
+			// A connection per sender and one for the metrics, kept
+			// between requests rather than closed and dialled anew.
+			MaxIdleConnsPerHost: cfg.ConcurrentRequests + 1,
 			IdleConnTimeout:     90 * time.Second,
 		}},
 		header: http.Header{},

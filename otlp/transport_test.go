@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flowd/flowd/flow"
+	"github.com/flowd/flowd/internal/testutil"
 	"github.com/flowd/flowd/otlp/otlpconfig"
 )
 
@@ -196,5 +198,58 @@ func TestParseResponse(t *testing.T) {
 	}
 	if !errors.Is(&exportError{err: io.EOF}, io.EOF) {
 		t.Error("exportError does not unwrap")
+	}
+}
+
+// TestHTTPKeepsConnections sends rounds of concurrent_requests requests at
+// once over http/protobuf: the later rounds reuse the first round's
+// connections rather than dial new ones.
+func TestHTTPKeepsConnections(t *testing.T) {
+	const senders, rounds, batch = 6, 3, 10
+	var dialled atomic.Int32
+	arrived, release := make(chan struct{}, senders), make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		arrived <- struct{}{}
+		<-release // until every sender holds a request, and so a connection
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			dialled.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+
+	cfg := otlpconfig.Default()
+	cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
+	cfg.Protocol = otlpconfig.ProtocolHTTP
+	cfg.BatchSize, cfg.ConcurrentRequests = batch, senders
+	cfg.ExportInterval = time.Hour // full batches only
+	e, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	r := flow.Record{Time: time.Now(), Backend: "ebpf", Event: flow.EventSample}
+	for round := range rounds {
+		for range senders * batch {
+			e.Write(&r)
+		}
+		for range senders {
+			select {
+			case <-arrived:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("round %d: fewer than %d requests at once", round, senders)
+			}
+		}
+		for range senders {
+			release <- struct{}{}
+		}
+		want := uint64((round + 1) * senders * batch)
+		testutil.WaitFor(t, "the round's records exported", 10*time.Second, func() bool { return e.Stats().Exported == want })
+	}
+	if n := dialled.Load(); n != senders {
+		t.Errorf("%d connections dialled for %d rounds of %d requests at once, want %d", n, rounds, senders, senders)
 	}
 }

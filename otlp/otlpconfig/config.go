@@ -115,7 +115,7 @@ const MaxBatchSize = 1024
 const MaxConcurrentRequests = 16
 
 // MinMetricsInterval is the shortest metrics_interval but 0: the TCP
-// metrics of max_cgroups cgroups are a request of up to a few megabytes.
+// metrics of max_cgroups cgroups are requests of up to a few megabytes.
 const MinMetricsInterval = time.Second
 
 // Default is the configuration given no keys: export off, and what
