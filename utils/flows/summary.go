@@ -56,6 +56,11 @@ type Summary struct {
 	// other end when the input has it (a loopback or a host pair recorded
 	// together).
 	PeerVerdict Verdict `json:"peer_verdict,omitempty"`
+
+	// The records lacked bytes_acked or bytes_received (output.tcp_info
+	// left them out): BytesAcked or BytesReceived is 0 for want of a
+	// reading, which a table shows as "-".
+	noAcked, noReceived bool
 }
 
 // Key returns the summary's flow key.
@@ -109,6 +114,9 @@ func (s *span) add(v uint64, t int64) {
 		s.last, s.lastT = v, t
 	}
 }
+
+// spans reports whether the counter was read at two times or more.
+func (s *span) spans() bool { return s.seen && s.lastT > s.firstT }
 
 // delta is the counter's growth; 0 when unseen or when it went back.
 func (s *span) delta() uint64 {
@@ -219,6 +227,8 @@ func (f *flowState) summary(k Key) Summary {
 		BytesAcked:    f.counters[cBytesAcked].delta(),
 		BytesReceived: f.counters[cBytesReceived].delta(),
 		Retransmits:   f.counters[cTotalRetrans].delta(),
+		noAcked:       !f.counters[cBytesAcked].seen,
+		noReceived:    !f.counters[cBytesReceived].seen,
 	}
 	if s.Duration > 0 {
 		s.SendRate = float64(s.BytesAcked) * 8 / s.Duration

@@ -118,6 +118,32 @@ func TestVerdict(t *testing.T) {
 	}
 }
 
+// TestVerdictWithoutReadings checks that a flow whose byte counters were
+// not read twice is not called idle: the receiving end of a transfer
+// recorded with output.tcp_info lacking bytes_received, and a flow with a
+// single record in a time window.
+func TestVerdictWithoutReadings(t *testing.T) {
+	noReceived := summarize(
+		rec("ebpf", flow.EventOpen, 1, 0, map[flow.Field]uint64{flow.FieldBytesAcked: 0, flow.FieldRTT: 30}),
+		rec("ebpf", flow.EventSample, 1, time.Second, map[flow.Field]uint64{flow.FieldBytesAcked: 0, flow.FieldRTT: 30}),
+		rec("ebpf", flow.EventClose, 1, 3*time.Second, map[flow.Field]uint64{flow.FieldBytesAcked: 1, flow.FieldRTT: 30}),
+	)[0]
+	if noReceived.Verdict != VerdictUnknown {
+		t.Errorf("flow without bytes_received: verdict %s, want %s", noReceived.Verdict, VerdictUnknown)
+	}
+	if row := noReceived.Row(true); row[7] != "1 B" || row[8] != "-" {
+		t.Errorf("flow without bytes_received: SENT %q, RECEIVED %q; want \"1 B\", \"-\"", row[7], row[8])
+	}
+	counters := map[flow.Field]uint64{flow.FieldBytesAcked: 5e6, flow.FieldBytesReceived: 1, flow.FieldBusyTime: 2e6}
+	oneReading := summarize(
+		rec("ebpf", flow.EventState, 2, 0, nil), // poll mode: a state record has no tcp_info
+		rec("ebpf", flow.EventClose, 2, 10*time.Millisecond, counters),
+	)[0]
+	if oneReading.Verdict != VerdictUnknown || oneReading.Limits != nil {
+		t.Errorf("flow with one reading: verdict %s, limits %+v; want %s", oneReading.Verdict, oneReading.Limits, VerdictUnknown)
+	}
+}
+
 func near(t *testing.T, what string, got, want float64) {
 	t.Helper()
 	if math.Abs(got-want) > 1e-6 {
