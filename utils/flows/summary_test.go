@@ -144,6 +144,32 @@ func TestVerdictWithoutReadings(t *testing.T) {
 	}
 }
 
+// TestNetlinkClose checks that a netlink flow's rate and shares are taken
+// over the dumps that read it: its close record, from the next dump,
+// repeats their counters and adds no time in which nothing moved.
+func TestNetlinkClose(t *testing.T) {
+	var recs []*flow.Record
+	for i := range uint64(4) { // 1 MB and 1 s busy per second
+		ev := flow.EventSample
+		if i == 0 {
+			ev = flow.EventOpen
+		}
+		recs = append(recs, rec("netlink", ev, 1, time.Duration(i)*time.Second, map[flow.Field]uint64{
+			flow.FieldBytesAcked: 1 + i*1e6, flow.FieldBytesReceived: 1, flow.FieldBusyTime: i * 1e6,
+			flow.FieldRwndLimited: 0, flow.FieldSndbufLimited: 0, flow.FieldDeliveryRateAppLimited: 0,
+		}))
+	}
+	last := *recs[len(recs)-1]
+	last.Time, last.Event = last.Time.Add(time.Second), flow.EventClose
+	s := summarize(append(recs, &last)...)[0]
+	near(t, "duration", s.Duration, 4)
+	near(t, "send rate", s.SendRate, 8e6)
+	if s.Verdict != VerdictCongestion {
+		t.Fatalf("verdict %s, want %s", s.Verdict, VerdictCongestion)
+	}
+	near(t, "congestion share", s.Limits.Congestion, 1)
+}
+
 func near(t *testing.T, what string, got, want float64) {
 	t.Helper()
 	if math.Abs(got-want) > 1e-6 {

@@ -81,8 +81,8 @@ const noPayload = 2
 // buffer rather than to the application.
 const sndbufEvidence = 0.1
 
-// verdict applies the rule of docs/flows.md to a flow that lasted duration
-// seconds and moved acked and received bytes.
+// verdict applies the rule of docs/flows.md to a flow whose busy_time was
+// read over duration seconds and that moved acked and received bytes.
 //
 // The kernel's chrono counters split the time the socket had data to send
 // (busy_time) into spans limited by the receive window (rwnd_limited), by
