@@ -126,8 +126,12 @@ func digitsFor(v float64) int {
 	return 2
 }
 
-// Seconds formats a duration given in seconds.
+// Seconds formats a duration given in seconds: in ms below a second, so
+// that a short connection does not read 0.00s.
 func Seconds(s float64) string {
+	if ms := s * 1000; ms > 0 && ms < 999.5 {
+		return strconv.FormatFloat(ms, 'f', digitsFor(ms), 64) + "ms"
+	}
 	if s < 60 {
 		return strconv.FormatFloat(s, 'f', digitsFor(s), 64) + "s"
 	}

@@ -335,7 +335,8 @@ func TestFormat(t *testing.T) {
 	for _, c := range []struct{ got, want string }{
 		{Bytes(999), "999 B"}, {Bytes(1000), "1.00 kB"}, {Bytes(4_220_000_000), "4.22 GB"}, {Bytes(123_456), "123 kB"},
 		{BitRate(0), "0"}, {BitRate(94.2e6), "94.2 Mbit/s"}, {BitRate(999.7e6), "1.00 Gbit/s"},
-		{Seconds(2.001), "2.00s"}, {Seconds(75.4), "1m15s"},
+		{Seconds(2.001), "2.00s"}, {Seconds(75.4), "1m15s"}, {Seconds(0.00172), "1.72ms"}, {Seconds(0.1954), "195ms"},
+		{Seconds(0.9996), "1.00s"}, {Seconds(0), "0.00s"},
 		{RTTs(11, 35.7, 37.1), "11.0/35.7/37.1 µs"}, {RTTs(900, 50000, 95000), "0.90/50.0/95.0 ms"}, {RTTs(0, 0, 0), "-"},
 		{Percent(0.871), "87%"}, {Percent(0.0031), "0.31%"}, {Percent(0.05), "5.0%"}, {Percent(0), "0%"},
 	} {
