@@ -107,6 +107,8 @@ func (t *tracker) observe(m *diagMsg, ns netnsID) *flow.Record {
 	t.out.Time = t.now
 	t.out.Event = ev
 	t.out.OldState = old
+	// What the first dump finds established began before flowd.
+	t.out.Existing = ev == flow.EventOpen && t.gen == 1
 	return &t.out
 }
 

@@ -108,6 +108,9 @@ func TestTrackerEvents(t *testing.T) {
 		r.LocalPort != 1001 || r.RemotePort != 80 || r.CgroupID != 5 || r.CA != "cubic" {
 		t.Errorf("open record identity: %+v", r)
 	}
+	if !r.Existing {
+		t.Error("open record of the first dump: not existing, want existing (the flow began before flowd)")
+	}
 
 	a.acked = 11
 	got = runDump(t, tr, at(2), a, b)
@@ -117,6 +120,9 @@ func TestTrackerEvents(t *testing.T) {
 	r = got[1]
 	if r.Family != 6 || r.RemoteAddr != netip.MustParseAddr("::ffff:127.0.0.2") || r.CA != "bbr" {
 		t.Errorf("ipv6 socket with a v4-mapped peer: family %d remote %v ca %q", r.Family, r.RemoteAddr, r.CA)
+	}
+	if got[0].Existing || r.Existing {
+		t.Errorf("second dump: sample existing %t, open existing %t; want neither (flowd saw the flow open)", got[0].Existing, r.Existing)
 	}
 	if tr.len() != 2 {
 		t.Errorf("tracking %d flows, want 2", tr.len())

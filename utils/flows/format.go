@@ -36,9 +36,17 @@ func (s *Summary) Row(sameDay bool) []string {
 	}
 	return []string{
 		strconv.FormatUint(s.Cookie, 10), s.Backend, endpoint(s.Local), endpoint(s.Remote), cg, start,
-		Seconds(s.Duration), Bytes(s.BytesAcked), Bytes(s.BytesReceived), BitRate(s.Rate()), retrans,
+		Seconds(s.Duration), byteCount(s.BytesAcked, s.noAcked), byteCount(s.BytesReceived, s.noReceived), BitRate(s.Rate()), retrans,
 		RTTs(s.RTTMin, s.RTTMedian, s.RTTP95), s.LimitedBy(),
 	}
+}
+
+// byteCount formats a byte count: "-" when the records did not have it.
+func byteCount(n uint64, unknown bool) string {
+	if unknown {
+		return "-"
+	}
+	return Bytes(n)
 }
 
 // endpoint formats one end of a flow: "-" when its records did not say.
@@ -118,8 +126,12 @@ func digitsFor(v float64) int {
 	return 2
 }
 
-// Seconds formats a duration given in seconds.
+// Seconds formats a duration given in seconds: in ms below a second, so
+// that a short connection does not read 0.00s.
 func Seconds(s float64) string {
+	if ms := s * 1000; ms > 0 && ms < 999.5 {
+		return strconv.FormatFloat(ms, 'f', digitsFor(ms), 64) + "ms"
+	}
 	if s < 60 {
 		return strconv.FormatFloat(s, 'f', digitsFor(s), 64) + "s"
 	}

@@ -34,8 +34,8 @@ type Summary struct {
 
 	BytesAcked    uint64  `json:"bytes_acked"`    // sent and acknowledged (the FIN counts one)
 	BytesReceived uint64  `json:"bytes_received"` // received in order (the FIN counts one)
-	SendRate      float64 `json:"send_bps"`       // bytes_acked over the duration, bit/s
-	RecvRate      float64 `json:"recv_bps"`       // bytes_received over the duration, bit/s
+	SendRate      float64 `json:"send_bps"`       // bytes_acked over the time between its readings, bit/s
+	RecvRate      float64 `json:"recv_bps"`       // bytes_received over the time between its readings, bit/s
 	Retransmits   uint64  `json:"retransmits"`    // segments (total_retrans)
 	// RetransShare is bytes_retrans / bytes_sent; absent when the records
 	// lack them (kernels before 4.19).
@@ -56,6 +56,11 @@ type Summary struct {
 	// other end when the input has it (a loopback or a host pair recorded
 	// together).
 	PeerVerdict Verdict `json:"peer_verdict,omitempty"`
+
+	// The records lacked bytes_acked or bytes_received (output.tcp_info
+	// left them out): BytesAcked or BytesReceived is 0 for want of a
+	// reading, which a table shows as "-".
+	noAcked, noReceived bool
 }
 
 // Key returns the summary's flow key.
@@ -109,6 +114,12 @@ func (s *span) add(v uint64, t int64) {
 		s.last, s.lastT = v, t
 	}
 }
+
+// spans reports whether the counter was read at two times or more.
+func (s *span) spans() bool { return s.seen && s.lastT > s.firstT }
+
+// seconds is the time from the counter's first reading to its last.
+func (s *span) seconds() float64 { return float64(s.lastT-s.firstT) / 1e9 }
 
 // delta is the counter's growth; 0 when unseen or when it went back.
 func (s *span) delta() uint64 {
@@ -171,6 +182,9 @@ func (z *Summarizer) Add(r *flow.Record) {
 	f.start, f.end = min(f.start, t), max(f.end, t)
 	f.records++
 	f.closed = f.closed || r.Event == flow.EventClose
+	if !ReadAtItsTime(r) {
+		return
+	}
 	for c, field := range counterFields {
 		if v, ok := r.Info.Get(field); ok {
 			f.counters[c].add(v, t)
@@ -196,6 +210,14 @@ func (z *Summarizer) Add(r *flow.Record) {
 	}
 }
 
+// ReadAtItsTime reports whether r's tcp_info was read at r.Time. A netlink
+// close record's is not: it comes from the first dump that no longer lists
+// the socket and repeats what the dump before read, so counting it would
+// add a span in which nothing moved to the flow's rates and shares.
+func ReadAtItsTime(r *flow.Record) bool {
+	return r.Backend != flow.BackendNetlink || r.Event != flow.EventClose
+}
+
 // Len returns the number of flows seen.
 func (z *Summarizer) Len() int { return len(z.flows) }
 
@@ -219,10 +241,14 @@ func (f *flowState) summary(k Key) Summary {
 		BytesAcked:    f.counters[cBytesAcked].delta(),
 		BytesReceived: f.counters[cBytesReceived].delta(),
 		Retransmits:   f.counters[cTotalRetrans].delta(),
+		noAcked:       !f.counters[cBytesAcked].seen,
+		noReceived:    !f.counters[cBytesReceived].seen,
 	}
-	if s.Duration > 0 {
-		s.SendRate = float64(s.BytesAcked) * 8 / s.Duration
-		s.RecvRate = float64(s.BytesReceived) * 8 / s.Duration
+	if t := f.counters[cBytesAcked].seconds(); t > 0 {
+		s.SendRate = float64(s.BytesAcked) * 8 / t
+	}
+	if t := f.counters[cBytesReceived].seconds(); t > 0 {
+		s.RecvRate = float64(s.BytesReceived) * 8 / t
 	}
 	if sent := f.counters[cBytesSent].delta(); sent > 0 && f.counters[cBytesRetrans].seen {
 		share := float64(f.counters[cBytesRetrans].delta()) / float64(sent)
@@ -236,7 +262,7 @@ func (f *flowState) summary(k Key) Summary {
 	}
 	s.RTTMedian, _ = f.rtt.quantile(0.5)
 	s.RTTP95, _ = f.rtt.quantile(0.95)
-	s.Verdict, s.Limits = f.verdict(s.Duration, s.BytesAcked, s.BytesReceived)
+	s.Verdict, s.Limits = f.verdict(f.counters[cBusy].seconds(), s.BytesAcked, s.BytesReceived)
 	return s
 }
 

@@ -118,6 +118,58 @@ func TestVerdict(t *testing.T) {
 	}
 }
 
+// TestVerdictWithoutReadings checks that a flow whose byte counters were
+// not read twice is not called idle: the receiving end of a transfer
+// recorded with output.tcp_info lacking bytes_received, and a flow with a
+// single record in a time window.
+func TestVerdictWithoutReadings(t *testing.T) {
+	noReceived := summarize(
+		rec("ebpf", flow.EventOpen, 1, 0, map[flow.Field]uint64{flow.FieldBytesAcked: 0, flow.FieldRTT: 30}),
+		rec("ebpf", flow.EventSample, 1, time.Second, map[flow.Field]uint64{flow.FieldBytesAcked: 0, flow.FieldRTT: 30}),
+		rec("ebpf", flow.EventClose, 1, 3*time.Second, map[flow.Field]uint64{flow.FieldBytesAcked: 1, flow.FieldRTT: 30}),
+	)[0]
+	if noReceived.Verdict != VerdictUnknown {
+		t.Errorf("flow without bytes_received: verdict %s, want %s", noReceived.Verdict, VerdictUnknown)
+	}
+	if row := noReceived.Row(true); row[7] != "1 B" || row[8] != "-" {
+		t.Errorf("flow without bytes_received: SENT %q, RECEIVED %q; want \"1 B\", \"-\"", row[7], row[8])
+	}
+	counters := map[flow.Field]uint64{flow.FieldBytesAcked: 5e6, flow.FieldBytesReceived: 1, flow.FieldBusyTime: 2e6}
+	oneReading := summarize(
+		rec("ebpf", flow.EventState, 2, 0, nil), // poll mode: a state record has no tcp_info
+		rec("ebpf", flow.EventClose, 2, 10*time.Millisecond, counters),
+	)[0]
+	if oneReading.Verdict != VerdictUnknown || oneReading.Limits != nil {
+		t.Errorf("flow with one reading: verdict %s, limits %+v; want %s", oneReading.Verdict, oneReading.Limits, VerdictUnknown)
+	}
+}
+
+// TestNetlinkClose checks that a netlink flow's rate and shares are taken
+// over the dumps that read it: its close record, from the next dump,
+// repeats their counters and adds no time in which nothing moved.
+func TestNetlinkClose(t *testing.T) {
+	var recs []*flow.Record
+	for i := range uint64(4) { // 1 MB and 1 s busy per second
+		ev := flow.EventSample
+		if i == 0 {
+			ev = flow.EventOpen
+		}
+		recs = append(recs, rec("netlink", ev, 1, time.Duration(i)*time.Second, map[flow.Field]uint64{
+			flow.FieldBytesAcked: 1 + i*1e6, flow.FieldBytesReceived: 1, flow.FieldBusyTime: i * 1e6,
+			flow.FieldRwndLimited: 0, flow.FieldSndbufLimited: 0, flow.FieldDeliveryRateAppLimited: 0,
+		}))
+	}
+	last := *recs[len(recs)-1]
+	last.Time, last.Event = last.Time.Add(time.Second), flow.EventClose
+	s := summarize(append(recs, &last)...)[0]
+	near(t, "duration", s.Duration, 4)
+	near(t, "send rate", s.SendRate, 8e6)
+	if s.Verdict != VerdictCongestion {
+		t.Fatalf("verdict %s, want %s", s.Verdict, VerdictCongestion)
+	}
+	near(t, "congestion share", s.Limits.Congestion, 1)
+}
+
 func near(t *testing.T, what string, got, want float64) {
 	t.Helper()
 	if math.Abs(got-want) > 1e-6 {
@@ -283,7 +335,8 @@ func TestFormat(t *testing.T) {
 	for _, c := range []struct{ got, want string }{
 		{Bytes(999), "999 B"}, {Bytes(1000), "1.00 kB"}, {Bytes(4_220_000_000), "4.22 GB"}, {Bytes(123_456), "123 kB"},
 		{BitRate(0), "0"}, {BitRate(94.2e6), "94.2 Mbit/s"}, {BitRate(999.7e6), "1.00 Gbit/s"},
-		{Seconds(2.001), "2.00s"}, {Seconds(75.4), "1m15s"},
+		{Seconds(2.001), "2.00s"}, {Seconds(75.4), "1m15s"}, {Seconds(0.00172), "1.72ms"}, {Seconds(0.1954), "195ms"},
+		{Seconds(0.9996), "1.00s"}, {Seconds(0), "0.00s"},
 		{RTTs(11, 35.7, 37.1), "11.0/35.7/37.1 µs"}, {RTTs(900, 50000, 95000), "0.90/50.0/95.0 ms"}, {RTTs(0, 0, 0), "-"},
 		{Percent(0.871), "87%"}, {Percent(0.0031), "0.31%"}, {Percent(0.05), "5.0%"}, {Percent(0), "0%"},
 	} {

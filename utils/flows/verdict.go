@@ -20,8 +20,8 @@ const (
 	VerdictReceiver Verdict = "receiver"
 	// VerdictIdle: no payload either way.
 	VerdictIdle Verdict = "idle"
-	// VerdictUnknown: the records lack busy_time (kernels before 4.10),
-	// or the flow has a single record and so no time span.
+	// VerdictUnknown: busy_time was not read twice (kernels before 4.10,
+	// output.tcp_info, a single record), so there is no span to share.
 	VerdictUnknown Verdict = "unknown"
 )
 
@@ -81,8 +81,8 @@ const noPayload = 2
 // buffer rather than to the application.
 const sndbufEvidence = 0.1
 
-// verdict applies the rule of docs/flows.md to a flow that lasted duration
-// seconds and moved acked and received bytes.
+// verdict applies the rule of docs/flows.md to a flow whose busy_time was
+// read over duration seconds and that moved acked and received bytes.
 //
 // The kernel's chrono counters split the time the socket had data to send
 // (busy_time) into spans limited by the receive window (rwnd_limited), by
@@ -93,13 +93,17 @@ const sndbufEvidence = 0.1
 // not full because too little data was queued. A writer that the kernel
 // saw waiting for buffer space queues too little because of its buffer,
 // so those samples count for the send buffer then.
+//
+// A counter read once (a single record with it, or output.tcp_info left it
+// out) says nothing of what moved: such a flow is not idle but unknown.
 func (f *flowState) verdict(duration float64, acked, received uint64) (Verdict, *Limits) {
 	switch {
-	case acked <= noPayload && received <= noPayload:
+	case acked <= noPayload && received <= noPayload &&
+		f.counters[cBytesAcked].spans() && f.counters[cBytesReceived].spans():
 		return VerdictIdle, nil
 	case received > acked:
 		return VerdictReceiver, nil
-	case !f.counters[cBusy].seen || duration <= 0:
+	case !f.counters[cBusy].spans() || duration <= 0:
 		return VerdictUnknown, nil
 	}
 	const usec = 1e-6

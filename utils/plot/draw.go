@@ -187,7 +187,8 @@ func (f *figure) build(x timeAxis) (*plot.Plot, *plot.Legend, error) {
 	if unitName != "" {
 		p.Y.Label.Text += " (" + unitName + ")"
 	}
-	p.Y.Tick.Marker = niceTicks{}
+	// Plain values are counts (segments, retransmissions): whole ticks only.
+	p.Y.Tick.Marker = niceTicks{whole: f.Unit == unitPlain}
 	if x.WallClock {
 		p.X.Label.Text = "time (UTC), " + x.Origin.UTC().Format("2006-01-02")
 		p.X.Tick.Marker = clockTicks{origin: x.Origin}
@@ -261,15 +262,22 @@ func highest(xy plotter.XYs) float64 {
 }
 
 // niceTicks labels four to eight round values (1, 2, 2.5 or 5 times a power of
-// ten apart) in plain decimals, with four minor ticks between labels.
-type niceTicks struct{}
+// ten apart) in plain decimals, with four minor ticks between labels; whole
+// puts every tick, and so every label, on a whole number.
+type niceTicks struct{ whole bool }
 
-func (niceTicks) Ticks(min, max float64) []plot.Tick {
+func (t niceTicks) Ticks(min, max float64) []plot.Tick {
 	step, ok := niceStep(min, max)
 	if !ok {
 		return nil
 	}
 	minor := step / 5
+	if t.whole {
+		step = math.Max(1, math.Floor(step)) // 0.5 is 1, 2.5 is 2
+		if minor = step / 5; minor != math.Trunc(minor) {
+			minor = 1
+		}
+	}
 	var ticks []plot.Tick
 	for i := math.Ceil(min / minor); i*minor <= max; i++ {
 		v := i * minor

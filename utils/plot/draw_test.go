@@ -79,3 +79,27 @@ func checkClockStep(t *testing.T, o time.Time, step, min float64) {
 		}
 	}
 }
+
+// TestWholeTicks checks that a count axis (retransmissions, segments) has
+// no tick between whole numbers, whatever its range, and that other axes
+// keep their decimals.
+func TestWholeTicks(t *testing.T) {
+	for _, max := range []float64{1.04, 3.12, 5.2, 12.48, 19.8, 26, 41.6, 1040} {
+		ticks := niceTicks{whole: true}.Ticks(0, max)
+		labelled := 0
+		for _, tk := range ticks {
+			if tk.Value != math.Trunc(tk.Value) {
+				t.Errorf("0..%g: tick at %g", max, tk.Value)
+			}
+			if tk.Label != "" {
+				labelled++
+			}
+		}
+		if labelled < 2 {
+			t.Errorf("0..%g: %d labelled ticks, want 2 or more", max, labelled)
+		}
+	}
+	if ticks := (niceTicks{}).Ticks(0, 1.04); len(ticks) < 6 || ticks[5].Label != "0.2" {
+		t.Errorf("0..1.04 of a rate: ticks %v, want 0.2 labelled", ticks)
+	}
+}

@@ -147,7 +147,7 @@ var outputTemplate = template.Must(template.New("output").Funcs(funcs).Parse(`<!
 <h1>flowd: the {{len .Flows}} busiest of {{.Total}} flows</h1>
 <p>Read from {{range $i, $s := .Sources}}{{if $i}}, {{end}}{{$s}}{{end}}.
 One row per flow and backend that recorded it; the flows are ordered by bytes moved.
-Times are UTC; rates are means over the flow's duration; LIMITED BY is the verdict of flowd flows
+Times are UTC; rates are means between the first and last readings; LIMITED BY is the verdict of flowd flows
 and the share of the flow's time of its cause.{{if gt .Total (len .Flows)}}
 {{.Total}} flows were selected; flowd flows lists them all.{{end}}</p>
 {{template "summaries" .Rows}}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"gonum.org/v1/plot/plotter"
 
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/sink"
@@ -380,5 +381,38 @@ func TestSeries(t *testing.T) {
 	}
 	if ss.Iperf.MSS != "snd_mss 1448 bytes" {
 		t.Errorf("MSS legend %q", ss.Iperf.MSS)
+	}
+}
+
+// TestNetlinkCloseIsNoReading checks that a netlink close record, which
+// repeats the counters of the dump before it, draws no slope to 0 at the
+// end of the flow.
+func TestNetlinkCloseIsNoReading(t *testing.T) {
+	origin := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	c := newCollector(origin, origin, origin, 0)
+	for i := range uint64(5) { // 1 MB and 1 s busy per second
+		r := &flow.Record{Time: origin.Add(time.Duration(i) * time.Second), Backend: flow.BackendNetlink, Event: flow.EventSample, Cookie: 1}
+		v := i
+		if i == 4 { // the dump that no longer lists the socket: the last counters again
+			r.Event, v = flow.EventClose, 3
+		}
+		r.Info.Set(flow.FieldBytesAcked, v*1e6)
+		r.Info.Set(flow.FieldBusyTime, v*1e6)
+		c.add(r)
+	}
+	s := c.series()
+	for _, pts := range []struct {
+		what string
+		xys  plotter.XYs
+		want float64
+	}{{"sent", s.SendRate, 8e6}, {"busy", s.Busy, 100}} {
+		if len(pts.xys) != 3 {
+			t.Errorf("%s: %d points %v, want 3 (between the 4 dumps that read the flow)", pts.what, len(pts.xys), pts.xys)
+		}
+		for _, p := range pts.xys {
+			if p.Y != pts.want {
+				t.Errorf("%s: %g at %gs, want %g", pts.what, p.Y, p.X, pts.want)
+			}
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 
 	"github.com/flowd/flowd/flow"
+	"github.com/flowd/flowd/utils/flows"
 )
 
 // flowSeries is one backend's readings of one flow: x in seconds since the
@@ -159,6 +160,9 @@ func (t *track) points(isGauge bool) plotter.XYs {
 
 // add takes one record's readings.
 func (c *collector) add(r *flow.Record) {
+	if !flows.ReadAtItsTime(r) {
+		return
+	}
 	x := r.Time.Sub(c.origin).Seconds()
 	g := func(q gauge, v float64) { c.gauges[q].add(c, plotter.XY{X: x, Y: v}) }
 	info := &r.Info
