@@ -47,6 +47,7 @@ const (
 	logKeyNetns            = "netns"
 	logKeySkipped          = "skipped"
 	logKeyUnreadable       = "unreadable_processes"
+	logKeyUnreadableFirst  = "unreadable_errors"
 	// Flows not tracked (logUntracked).
 	logKeyUntracked      = "untracked"
 	logKeyUntrackedTotal = "untracked_total"

@@ -100,9 +100,9 @@ func (b *Backend) walkExisting(raw *ringbuf.Record, rec *flow.Record, sink flow.
 			return 0, fmt.Errorf("finding the flows that began before flowd in %s: %w", path, err)
 		}
 	}
-	if len(skipped) > 0 || unreadable > 0 {
-		b.log.WithFields(logrus.Fields{logKeySkipped: skipped, logKeyUnreadable: unreadable}).Warn(
-			"network namespaces of the cgroup not searched for flows that began before flowd (entering one needs CAP_SYS_ADMIN, reading a process's CAP_SYS_PTRACE): their flows are recorded from their next state change if an earlier flowd tracked them, else not at all")
+	if len(skipped) > 0 || unreadable.n > 0 {
+		b.log.WithFields(logrus.Fields{logKeySkipped: skipped, logKeyUnreadable: unreadable.n, logKeyUnreadableFirst: unreadable.first}).Warn(
+			"network namespaces of the cgroup not searched for flows that began before flowd (entering one needs CAP_SYS_ADMIN, reading a process's CAP_SYS_PTRACE; the errors say what failed): their flows are recorded from their next state change if an earlier flowd tracked them, else not at all")
 	}
 	b.detachSetStateWhenUnused()
 	return 1 + len(spaces) - len(skipped), nil
@@ -146,16 +146,16 @@ func (b *Backend) logUntracked() {
 
 // otherNetns returns the network namespaces the processes of the cgroup
 // subtree live in, other than flowd's own, each as the namespace file of
-// one of its processes, and how many processes' namespaces could not be
-// read (their processes exited, or flowd may not look).
-func otherNetns(dir string) (paths []string, unreadable int, err error) {
+// one of its processes, and the processes whose namespace could not be
+// read (processes that exited meanwhile are not counted).
+func otherNetns(dir string) (paths []string, unreadable unreadableProcesses, err error) {
 	pids, err := cgroup.Processes(dir)
 	if err != nil {
-		return nil, 0, err
+		return nil, unreadable, err
 	}
 	var own unix.Stat_t
 	if err := unix.Stat("/proc/self/ns/net", &own); err != nil {
-		return nil, 0, fmt.Errorf("reading flowd's network namespace: %w", err)
+		return nil, unreadable, fmt.Errorf("reading flowd's network namespace: %w", err)
 	}
 	type nsID struct{ dev, ino uint64 }
 	seen := map[nsID]bool{{own.Dev, own.Ino}: true}
@@ -164,7 +164,7 @@ func otherNetns(dir string) (paths []string, unreadable int, err error) {
 		var st unix.Stat_t
 		if err := unix.Stat(path, &st); err != nil {
 			if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
-				unreadable++
+				unreadable.add(path, err)
 			}
 			continue
 		}
@@ -174,6 +174,22 @@ func otherNetns(dir string) (paths []string, unreadable int, err error) {
 		}
 	}
 	return paths, unreadable, nil
+}
+
+// unreadableProcesses counts the processes whose network namespace could
+// not be read, and keeps the first errors: the cause is not always a
+// missing capability (a process of another user namespace refuses even
+// root), so the warning shows what failed.
+type unreadableProcesses struct {
+	n     int
+	first []string
+}
+
+func (u *unreadableProcesses) add(path string, err error) {
+	u.n++
+	if len(u.first) < 3 {
+		u.first = append(u.first, fmt.Sprintf("%s: %v", path, err))
+	}
 }
 
 // openIn starts a walk of it in the network namespace whose file is path:
