@@ -483,10 +483,13 @@ func (e *Exporter) exportRetrying(ctx context.Context, sig signal, req *request)
 		if !retry.Enabled || !errors.As(err, &xe) || !xe.retryable {
 			return partial{}, err
 		}
-		wait := max(jitter(interval), xe.after)
-		if time.Since(first)+wait > retry.MaxElapsedTime {
+		// The last wait is shortened to end at max_elapsed_time, so that a
+		// receiver back within it gets the request, unless it asked for more.
+		left := retry.MaxElapsedTime - time.Since(first)
+		if left <= 0 || xe.after > left {
 			return partial{}, err
 		}
+		wait := min(max(jitter(interval), xe.after), left)
 		interval = min(2*interval, retry.MaxInterval)
 		t := time.NewTimer(wait)
 		select {

@@ -179,6 +179,43 @@ func TestHTTPResponses(t *testing.T) {
 	}
 }
 
+// TestRetriesUntilMaxElapsedTime has a receiver fail the first attempt
+// and accept the next: with a first wait (0.5-1.5 s) longer than all of
+// retry.max_elapsed_time, the request is still retried once, at
+// max_elapsed_time, rather than dropped at once.
+func TestRetriesUntilMaxElapsedTime(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+
+	cfg := otlpconfig.Default()
+	cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
+	cfg.Protocol = otlpconfig.ProtocolHTTP
+	cfg.ExportInterval = 10 * time.Millisecond
+	cfg.Retry.InitialInterval, cfg.Retry.MaxInterval = time.Second, time.Second
+	cfg.Retry.MaxElapsedTime = 200 * time.Millisecond
+	e, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := flow.Record{Time: time.Now(), Backend: "ebpf", Event: flow.EventSample}
+	for range 10 {
+		e.Write(&r)
+	}
+	for e.Stats().Queued > 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.Close()
+	if s := e.Stats(); s.Exported != 10 || s.Dropped != (Drops{}) || s.Requests != 2 {
+		t.Errorf("stats %+v: want the 10 records exported by a second request, none dropped", s)
+	}
+}
+
 func TestParseResponse(t *testing.T) {
 	p, err := parseResponse(response(5, "why"))
 	if err != nil || p.rejected != 5 || p.message != "why" {
