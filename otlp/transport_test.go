@@ -2,6 +2,7 @@ package otlp
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -46,6 +47,41 @@ func TestGRPCErrorClassification(t *testing.T) {
 		if e.retryable != tc.retryable || e.after != tc.after {
 			t.Errorf("%v: retryable %v after %s, want %v after %s", tc.err, e.retryable, e.after, tc.retryable, tc.after)
 		}
+	}
+}
+
+// TestGRPCReconnectsOnRetry exports to a collector that is down, then
+// back: with gRPC's own wait before it connects again made an hour long,
+// the next export still reaches the collector.
+func TestGRPCReconnectsOnRetry(t *testing.T) {
+	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+	col.Kill()
+	cfg := otlpconfig.Default()
+	cfg.Endpoint = col.GRPC
+	cfg.Retry.InitialInterval, cfg.Retry.MaxInterval = time.Hour, time.Hour
+	tr, err := newGRPC(&cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.close()
+	export := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req := &request{done: func(*request) {}}
+		req.refs.Store(1)
+		_, err := tr.export(ctx, signalLogs, req)
+		return err
+	}
+	if err := export(); err == nil {
+		t.Fatal("export to a stopped collector succeeded")
+	}
+	// Still down: the retry fails with the cause, not a timeout.
+	if err := export(); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("export to a stopped collector: %v, want connection refused", err)
+	}
+	col.Start()
+	if err := export(); err != nil {
+		t.Errorf("export after the collector came back: %v", err)
 	}
 }
 
