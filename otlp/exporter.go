@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -483,10 +484,13 @@ func (e *Exporter) exportRetrying(ctx context.Context, sig signal, req *request)
 		if !retry.Enabled || !errors.As(err, &xe) || !xe.retryable {
 			return partial{}, err
 		}
-		wait := max(jitter(interval), xe.after)
-		if time.Since(first)+wait > retry.MaxElapsedTime {
+		// The last wait is shortened to end at max_elapsed_time, so that a
+		// receiver back within it gets the request, unless it asked for more.
+		left := retry.MaxElapsedTime - time.Since(first)
+		if left <= 0 || xe.after > left {
 			return partial{}, err
 		}
+		wait := min(max(jitter(interval), xe.after), left)
 		interval = min(2*interval, retry.MaxInterval)
 		t := time.NewTimer(wait)
 		select {
@@ -564,11 +568,12 @@ func (e *Exporter) warn(last Stats) Stats {
 	e.problem.Lock()
 	lastErr, reject := e.lastErr, e.lastReject
 	e.problem.Unlock()
+	exportFailed := now.Dropped.ExportFailed - last.Dropped.ExportFailed
 	fields := logrus.Fields{
 		fieldDropped:      dropped,
 		fieldDroppedTotal: now.Dropped.Total(),
 		fieldQueueFull:    now.Dropped.QueueFull - last.Dropped.QueueFull,
-		fieldExportFailed: now.Dropped.ExportFailed - last.Dropped.ExportFailed,
+		fieldExportFailed: exportFailed,
 		fieldRejected:     now.Dropped.Rejected - last.Dropped.Rejected,
 		fieldShutdown:     now.Dropped.Shutdown - last.Dropped.Shutdown,
 		fieldFailures:     failures,
@@ -582,16 +587,35 @@ func (e *Exporter) warn(last Stats) Stats {
 		fields[fieldRejectMessage] = reject
 	}
 	log := e.log.WithFields(fields)
-	if (failures > 0 || metricsFailures > 0) && lastErr != nil {
+	if (failures > 0 || metricsFailures > 0 || exportFailed > 0 || metricsLost > 0) && lastErr != nil {
 		log = log.WithError(lastErr)
 	}
 	switch {
 	case dropped > 0:
-		log.Warn("records dropped: the OTLP receiver is unreachable, too slow or rejects them (see output.otlp.queue_size)")
+		log.Warn("records dropped: the OTLP receiver is unreachable, too slow or rejects them" + dropHint(now.Dropped, last.Dropped))
 	case failures > 0:
 		log.Warn("OTLP export requests failed; retrying")
 	default:
 		log.Warn("OTLP metrics pushes failed; the next push sends the values anew")
 	}
 	return now
+}
+
+// dropHint names the keys that bound the drops between last and now, by
+// reason: the queue's size, the retries, the time to stop.
+func dropHint(now, last Drops) string {
+	var keys []string
+	if now.QueueFull > last.QueueFull {
+		keys = append(keys, "output.otlp.queue_size")
+	}
+	if now.ExportFailed > last.ExportFailed {
+		keys = append(keys, "output.otlp.retry")
+	}
+	if now.Shutdown > last.Shutdown {
+		keys = append(keys, "output.otlp.shutdown_timeout")
+	}
+	if len(keys) == 0 {
+		return ""
+	}
+	return " (see " + strings.Join(keys, ", ") + ")"
 }

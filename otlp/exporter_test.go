@@ -1,7 +1,13 @@
 package otlp
 
 import (
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/flowd/flowd/flow"
 	"github.com/flowd/flowd/internal/testutil"
@@ -41,5 +47,37 @@ func TestDeadlineDropsUnencoded(t *testing.T) {
 	}
 	if len(e.spare) == 0 {
 		t.Error("the dropped batches were not kept for reuse")
+	}
+}
+
+// TestWarnNamesTheCause logs drops at shutdown and after failed retries:
+// the warning names the keys that bound those, not the queue's size, and
+// carries the error that made the retries fail.
+func TestWarnNamesTheCause(t *testing.T) {
+	cfg := otlpconfig.Default()
+	cfg.Endpoint = testutil.FreeLoopbackAddr(t)
+	log, hook := logtest.NewNullLogger()
+	e, err := New(cfg, Options{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	hook.Reset()
+	e.dropShutdown.Add(5)
+	e.dropFailed.Add(3)
+	e.setProblem(errors.New("connection refused"))
+	e.warn(Stats{})
+
+	entry := hook.LastEntry()
+	if entry == nil {
+		t.Fatal("no warning")
+	}
+	if want := "(see output.otlp.retry, output.otlp.shutdown_timeout)"; !strings.HasSuffix(entry.Message, want) {
+		t.Errorf("message %q does not end with %q", entry.Message, want)
+	}
+	if got := entry.Data[logrus.ErrorKey]; got == nil || !strings.Contains(fmt.Sprint(got), "connection refused") {
+		t.Errorf("error field %v, want the retries' error", got)
 	}
 }

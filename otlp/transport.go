@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	_ "google.golang.org/grpc/encoding/gzip" // registers the gzip compressor
@@ -183,9 +184,25 @@ func connectParams(cfg *otlpconfig.Config) grpc.ConnectParams {
 	return grpc.ConnectParams{Backoff: b, MinConnectTimeout: cfg.Timeout}
 }
 
+// reconnectWait bounds how long a retry waits for the connection it
+// started before it is sent: short, so that retries within a push of the
+// metrics still fit; a connection that takes longer serves the next one.
+const reconnectWait = 100 * time.Millisecond
+
 func (t *grpcTransport) export(ctx context.Context, sig signal, req *request) (partial, error) {
 	if len(t.md) > 0 {
 		ctx = metadata.NewOutgoingContext(ctx, t.md)
+	}
+	if t.conn.GetState() == connectivity.TransientFailure {
+		// The channel fails calls at once until its own next attempt to
+		// connect, which may come long after the receiver is back: a retry
+		// connects now, so that export resumes at the first retry after.
+		// The state leaves TransientFailure only for Ready: past a short
+		// wait, the call fails at once with the attempt's error.
+		t.conn.ResetConnectBackoff()
+		wait, cancel := context.WithTimeout(ctx, reconnectWait)
+		t.conn.WaitForStateChange(wait, connectivity.TransientFailure)
+		cancel()
 	}
 	var resp []byte
 	if err := t.conn.Invoke(ctx, grpcMethods[sig], req, &resp, t.opts...); err != nil {

@@ -2,6 +2,7 @@ package otlp
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -46,6 +47,41 @@ func TestGRPCErrorClassification(t *testing.T) {
 		if e.retryable != tc.retryable || e.after != tc.after {
 			t.Errorf("%v: retryable %v after %s, want %v after %s", tc.err, e.retryable, e.after, tc.retryable, tc.after)
 		}
+	}
+}
+
+// TestGRPCReconnectsOnRetry exports to a collector that is down, then
+// back: with gRPC's own wait before it connects again made an hour long,
+// the next export still reaches the collector.
+func TestGRPCReconnectsOnRetry(t *testing.T) {
+	col := testutil.StartOTelCollector(t, testutil.OTelCollectorOptions{})
+	col.Kill()
+	cfg := otlpconfig.Default()
+	cfg.Endpoint = col.GRPC
+	cfg.Retry.InitialInterval, cfg.Retry.MaxInterval = time.Hour, time.Hour
+	tr, err := newGRPC(&cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.close()
+	export := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req := &request{done: func(*request) {}}
+		req.refs.Store(1)
+		_, err := tr.export(ctx, signalLogs, req)
+		return err
+	}
+	if err := export(); err == nil {
+		t.Fatal("export to a stopped collector succeeded")
+	}
+	// Still down: the retry fails with the cause, not a timeout.
+	if err := export(); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("export to a stopped collector: %v, want connection refused", err)
+	}
+	col.Start()
+	if err := export(); err != nil {
+		t.Errorf("export after the collector came back: %v", err)
 	}
 }
 
@@ -176,6 +212,43 @@ func TestHTTPResponses(t *testing.T) {
 				t.Errorf("log %q does not mention %q", all, tc.logged)
 			}
 		})
+	}
+}
+
+// TestRetriesUntilMaxElapsedTime has a receiver fail the first attempt
+// and accept the next: with a first wait (0.5-1.5 s) longer than all of
+// retry.max_elapsed_time, the request is still retried once, at
+// max_elapsed_time, rather than dropped at once.
+func TestRetriesUntilMaxElapsedTime(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+
+	cfg := otlpconfig.Default()
+	cfg.Endpoint = strings.TrimPrefix(srv.URL, "http://")
+	cfg.Protocol = otlpconfig.ProtocolHTTP
+	cfg.ExportInterval = 10 * time.Millisecond
+	cfg.Retry.InitialInterval, cfg.Retry.MaxInterval = time.Second, time.Second
+	cfg.Retry.MaxElapsedTime = 200 * time.Millisecond
+	e, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := flow.Record{Time: time.Now(), Backend: "ebpf", Event: flow.EventSample}
+	for range 10 {
+		e.Write(&r)
+	}
+	for e.Stats().Queued > 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.Close()
+	if s := e.Stats(); s.Exported != 10 || s.Dropped != (Drops{}) || s.Requests != 2 {
+		t.Errorf("stats %+v: want the 10 records exported by a second request, none dropped", s)
 	}
 }
 
