@@ -216,7 +216,7 @@ func (t *grpcTransport) close() error { return t.conn.Close() }
 // grpcError classifies a failed call as the OTLP specification does.
 func grpcError(err error) *exportError {
 	s := status.Convert(err)
-	e := &exportError{err: fmt.Errorf("gRPC %s: %s", s.Code(), s.Message())}
+	e := &exportError{err: fmt.Errorf("gRPC %s: %s%s", s.Code(), s.Message(), protocolHint(s.Message(), otlpconfig.ProtocolHTTP))}
 	for _, d := range s.Details() {
 		if info, ok := d.(*errdetails.RetryInfo); ok && info.RetryDelay != nil {
 			e.after = info.RetryDelay.AsDuration()
@@ -231,6 +231,17 @@ func grpcError(err error) *exportError {
 		e.retryable = e.after > 0
 	}
 	return e
+}
+
+// protocolHint returns a hint for an error that shows the receiver speaks
+// the other protocol, other (an HTTP/1.1 answer to gRPC's HTTP/2, or
+// HTTP/2 frames read as an HTTP/1.1 response); those errors name neither
+// the cause nor the key, and a retry never mends them.
+func protocolHint(msg string, other otlpconfig.Protocol) string {
+	if strings.Contains(msg, "looked like an HTTP/1.1 header") || strings.Contains(msg, "malformed HTTP response") {
+		return fmt.Sprintf(" (the receiver may speak %s: check output.otlp.protocol and the port)", other)
+	}
+	return ""
 }
 
 // passthroughCodec hands gRPC a request's encoded bytes as they are, and
@@ -308,6 +319,9 @@ func (t *httpTransport) export(ctx context.Context, sig signal, req *request) (p
 	resp, err := t.client.Do(hreq)
 	if err != nil {
 		// Connecting, writing or reading failed: the network's trouble.
+		if hint := protocolHint(err.Error(), otlpconfig.ProtocolGRPC); hint != "" {
+			err = fmt.Errorf("%w%s", err, hint)
+		}
 		return partial{}, &exportError{err: err, retryable: true}
 	}
 	defer resp.Body.Close()

@@ -15,6 +15,7 @@ import (
 
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -82,6 +83,47 @@ func TestGRPCReconnectsOnRetry(t *testing.T) {
 	col.Start()
 	if err := export(); err != nil {
 		t.Errorf("export after the collector came back: %v", err)
+	}
+}
+
+// TestProtocolMismatch exports with each protocol to a receiver of the
+// other: the error says to check output.otlp.protocol, which the errors of
+// gRPC and net/http do not.
+func TestProtocolMismatch(t *testing.T) {
+	httpServer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer httpServer.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcServer := grpc.NewServer()
+	go grpcServer.Serve(ln)
+	defer grpcServer.Stop()
+
+	for _, tc := range []struct {
+		protocol otlpconfig.Protocol
+		endpoint string
+	}{
+		{otlpconfig.ProtocolGRPC, strings.TrimPrefix(httpServer.URL, "http://")},
+		{otlpconfig.ProtocolHTTP, ln.Addr().String()},
+	} {
+		cfg := otlpconfig.Default()
+		cfg.Protocol, cfg.Endpoint = tc.protocol, tc.endpoint
+		tr, err := newTransport(&cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		req := &request{done: func(*request) {}}
+		req.refs.Store(1)
+		_, err = tr.export(ctx, signalLogs, req)
+		cancel()
+		tr.close()
+		if err == nil || !strings.Contains(err.Error(), "check output.otlp.protocol") {
+			t.Errorf("%s to a receiver of the other protocol: %v, want a hint to check output.otlp.protocol", tc.protocol, err)
+		}
 	}
 }
 
