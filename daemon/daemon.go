@@ -206,6 +206,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.setOutputs(outs) // Reopen works from here on (a SIGHUP while the backends load too)
 	defer func() { err = errors.Join(err, d.closeOutputs(outs)) }()
 
+	// The statistics before the endpoint: a kernel that refuses them is a
+	// configuration error, reported alone, with nothing served meanwhile.
+	if stats, err := d.enableBPFStats(); err != nil {
+		return err
+	} else if stats != nil {
+		defer stats.Close()
+	}
+
 	if addr := d.cfg.Metrics.Listen; addr != "" {
 		srv, err := d.metrics.Listen(addr, metrics.DefaultServerOptions, d.log)
 		if err != nil {
@@ -219,12 +227,6 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				d.log.WithError(err).Warn("stopping metrics server")
 			}
 		}()
-	}
-
-	if stats, err := d.enableBPFStats(); err != nil {
-		return err
-	} else if stats != nil {
-		defer stats.Close()
 	}
 
 	bs, err := d.openBackends()

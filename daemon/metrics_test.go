@@ -167,8 +167,9 @@ func TestMetricsListen(t *testing.T) {
 }
 
 // TestBPFStatsUnavailable: metrics.bpf_stats that the kernel refuses is a
-// configuration error before any backend is created; without a backend
-// that may run BPF, or without the endpoint, the statistics stay off.
+// configuration error before any backend is created or the endpoint
+// serves; without a backend that may run BPF, or without the endpoint, the
+// statistics stay off.
 func TestBPFStatsUnavailable(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -219,6 +220,11 @@ func TestBPFStatsUnavailable(t *testing.T) {
 			}
 			if ev := h.j.list(); len(ev) != 0 {
 				t.Errorf("backends created although the statistics failed: %v", ev)
+			}
+			for _, e := range h.hook.AllEntries() {
+				if e.Message == "serving metrics" {
+					t.Errorf("the endpoint served metrics although the statistics failed")
+				}
 			}
 		})
 	}
