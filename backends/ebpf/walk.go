@@ -100,9 +100,15 @@ func (b *Backend) walkExisting(raw *ringbuf.Record, rec *flow.Record, sink flow.
 			return 0, fmt.Errorf("finding the flows that began before flowd in %s: %w", path, err)
 		}
 	}
-	if len(skipped) > 0 || unreadable.n > 0 {
-		b.log.WithFields(logrus.Fields{logKeySkipped: skipped, logKeyUnreadable: unreadable.n, logKeyUnreadableFirst: unreadable.first}).Warn(
-			"network namespaces of the cgroup not searched for flows that began before flowd (entering one needs CAP_SYS_ADMIN, reading a process's CAP_SYS_PTRACE; the errors say what failed): their flows are recorded from their next state change if an earlier flowd tracked them, else not at all")
+	const notFound = "their flows that began before flowd are recorded from their next state change if an earlier flowd tracked them, else not at all"
+	if len(skipped) > 0 {
+		b.log.WithField(logKeySkipped, skipped).Warn(
+			"network namespaces of the cgroup not searched (entering one needs CAP_SYS_ADMIN): " + notFound)
+	}
+	if unreadable.n > 0 {
+		b.log.WithFields(logrus.Fields{logKeyUnreadable: unreadable.n, logKeyUnreadableFirst: unreadable.first}).Warn(
+			"cannot read the network namespace of some processes of the cgroup (reading /proc/PID/ns/net " +
+				"needs CAP_SYS_PTRACE; the errors say what failed): in the namespaces only they live in, " + notFound)
 	}
 	b.detachSetStateWhenUnused()
 	return 1 + len(spaces) - len(skipped), nil
