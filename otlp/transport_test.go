@@ -223,18 +223,7 @@ func TestHTTPResponses(t *testing.T) {
 			cfg.Retry.InitialInterval, cfg.Retry.MaxInterval = 20*time.Millisecond, 40*time.Millisecond
 			cfg.Retry.MaxElapsedTime = cmp.Or(tc.giveUp, time.Second)
 			log, hook := logtest.NewNullLogger()
-			e, err := New(cfg, Options{Log: log})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := flow.Record{Time: time.Now(), Backend: "ebpf", Event: flow.EventSample}
-			for range 10 {
-				e.Write(&r)
-			}
-			for e.Stats().Queued > 0 {
-				time.Sleep(5 * time.Millisecond)
-			}
-			e.Close()
+			e := exportTen(t, cfg, Options{Log: log})
 
 			s := e.Stats()
 			if s.Exported != tc.exported || s.Dropped != tc.drops || s.Requests != tc.requests && !(tc.atLeast && s.Requests > tc.requests) {
@@ -277,18 +266,7 @@ func TestRetriesUntilMaxElapsedTime(t *testing.T) {
 	cfg.ExportInterval = 10 * time.Millisecond
 	cfg.Retry.InitialInterval, cfg.Retry.MaxInterval = time.Second, time.Second
 	cfg.Retry.MaxElapsedTime = 200 * time.Millisecond
-	e, err := New(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := flow.Record{Time: time.Now(), Backend: "ebpf", Event: flow.EventSample}
-	for range 10 {
-		e.Write(&r)
-	}
-	for e.Stats().Queued > 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	e.Close()
+	e := exportTen(t, cfg, Options{})
 	if s := e.Stats(); s.Exported != 10 || s.Dropped != (Drops{}) || s.Requests != 2 {
 		t.Errorf("stats %+v: want the 10 records exported by a second request, none dropped", s)
 	}
@@ -367,4 +345,23 @@ func TestHTTPKeepsConnections(t *testing.T) {
 	if n := dialled.Load(); n != senders {
 		t.Errorf("%d connections dialled for %d rounds of %d requests at once, want %d", n, rounds, senders, senders)
 	}
+}
+
+// exportTen writes 10 samples to a new exporter of cfg, waits until none
+// is queued, and closes it.
+func exportTen(t *testing.T, cfg otlpconfig.Config, opts Options) *Exporter {
+	t.Helper()
+	e, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := flow.Record{Time: time.Now(), Backend: "ebpf", Event: flow.EventSample}
+	for range 10 {
+		e.Write(&r)
+	}
+	for e.Stats().Queued > 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.Close()
+	return e
 }
