@@ -365,7 +365,7 @@ func compareStream(st report.Stream, ef, nf *flows.Flow, totals iperf3.EndStream
 			vals, refs = append(vals, v), append(refs, ref)
 		}
 		c := pairedCheck(m.metric, "ebpf sample nearest to each iperf3 interval end vs iperf3 "+m.metric,
-			vals, refs, m.tolerance, m.floor, m.ofMedians)
+			vals, refs, m.tolerance, m.floor, m.ofMedians || cwndUnshaped(m.metric, shaped))
 		if m.metric == "rttvar" && !shaped {
 			rttvarUnshaped(&c)
 		}
@@ -402,7 +402,7 @@ func compareStream(st report.Stream, ef, nf *flows.Flow, totals iperf3.EndStream
 			vals, refs = append(vals, v), append(refs, ref)
 		}
 		c := pairedCheck(m.metric+" (netlink)", "ebpf sample nearest to each netlink sample vs netlink "+m.metric,
-			vals, refs, m.tolerance, m.floor, m.ofMedians)
+			vals, refs, m.tolerance, m.floor, m.ofMedians || cwndUnshaped(m.metric, shaped))
 		if m.metric == "rttvar" && !shaped {
 			rttvarUnshaped(&c)
 		}
@@ -528,6 +528,13 @@ func cwndBytes(r *flow.Record) (float64, bool) {
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// cwndUnshaped reports whether a snd_cwnd check compares medians rather
+// than pairs. On the unshaped link the RTT is tens of µs, so two readings
+// up to half an interval apart are hundreds of rounds apart, and a flow
+// that loses segments moves its cwnd by tens of percent between them; the
+// medians still catch a wrong field or unit.
+func cwndUnshaped(metric string, shaped bool) bool { return metric == "snd_cwnd" && !shaped }
 
 // rttvarUnshaped makes an rttvar check informational. On the unshaped link
 // the RTT is tens of µs and its deviation is set by when the CPUs get to
