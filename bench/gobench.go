@@ -113,14 +113,7 @@ func parseBenchOutput(out string) []BenchLine {
 // records/s sustains it at 499k). One run that other jobs of the host
 // disturb does not decide. A target with no line is pending.
 func benchChecks(lines []BenchLine, command string) []BenchCheck {
-	var names []string
-	runs := map[string][]BenchLine{}
-	for _, l := range lines {
-		if _, ok := runs[l.Name]; !ok {
-			names = append(names, l.Name)
-		}
-		runs[l.Name] = append(runs[l.Name], l)
-	}
+	names, runs := byName(lines)
 
 	var checks []BenchCheck
 	var sawDecode bool
@@ -430,14 +423,7 @@ func lastLines(s string, n int) string {
 // with the other jobs), and a scrape of 1,000 cgroups. A target with no
 // line is pending.
 func metricsChecks(lines []BenchLine, command string) []BenchCheck {
-	var names []string
-	runs := map[string][]BenchLine{}
-	for _, l := range lines {
-		if _, ok := runs[l.Name]; !ok {
-			names = append(names, l.Name)
-		}
-		runs[l.Name] = append(runs[l.Name], l)
-	}
+	names, runs := byName(lines)
 	perRecord := fmt.Sprintf("≤ %d ns", targetMetricsNsPerRecord)
 	perScrape := fmt.Sprintf("≤ %d ms", targetScrapeMs)
 	var checks []BenchCheck
@@ -466,4 +452,18 @@ func metricsChecks(lines []BenchLine, command string) []BenchCheck {
 		checks = append(checks, BenchCheck{Figure: "Scrape: a scrape of 1,000 cgroups", Value: "pending (no BenchmarkScrape)", Target: perScrape, Command: command})
 	}
 	return checks
+}
+
+// byName groups lines by benchmark name: the names in the order first seen,
+// and each name's runs.
+func byName(lines []BenchLine) ([]string, map[string][]BenchLine) {
+	var names []string
+	runs := map[string][]BenchLine{}
+	for _, l := range lines {
+		if _, ok := runs[l.Name]; !ok {
+			names = append(names, l.Name)
+		}
+		runs[l.Name] = append(runs[l.Name], l)
+	}
+	return names, runs
 }
