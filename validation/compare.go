@@ -540,11 +540,11 @@ func secs(s float64) time.Duration { return time.Duration(s * float64(time.Secon
 
 // cwndUnshaped makes a snd_cwnd check a check of scale. On the unshaped
 // link the RTT is tens of µs, so two readings up to half an interval apart
-// are hundreds of rounds apart, and a flow that loses segments (the veth
-// backlog overflows in some runs) moves its cwnd by tens of percent between
-// them: even the medians of ten readings lie up to 20% apart. Within a
-// factor of two of each other they still catch a wrong field or unit
-// (segments for bytes, a shift); the shaped scenarios check the value.
+// are hundreds of rounds apart, and a flow that loses segments moves its
+// cwnd by tens of percent between them: even the medians of ten readings
+// lie up to 20% apart. Medians within 50% of each other still catch a
+// wrong field or unit (segments for bytes, a shift); the shaped scenarios
+// check the value.
 func cwndUnshaped(c *report.Check, vals, refs []float64) {
 	*c = pairedCheck(c.Metric, c.Compared, vals, refs, TolCwndUnshaped, 0, true)
 	c.Rule = "scale: no bottleneck sets the cwnd (" + c.Rule + ")"
