@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -239,9 +240,13 @@ func grpcError(err error) *exportError {
 // the cause nor the key, and a retry never mends them.
 func protocolHint(msg string, other otlpconfig.Protocol) string {
 	if strings.Contains(msg, "looked like an HTTP/1.1 header") || strings.Contains(msg, "malformed HTTP response") {
-		return fmt.Sprintf(" (the receiver may speak %s: check output.otlp.protocol and the port)", other)
+		return otherProtocolHint(other)
 	}
 	return ""
+}
+
+func otherProtocolHint(other otlpconfig.Protocol) string {
+	return fmt.Sprintf(" (the receiver may speak %s: check output.otlp.protocol and the port)", other)
 }
 
 // passthroughCodec hands gRPC a request's encoded bytes as they are, and
@@ -270,6 +275,9 @@ type httpTransport struct {
 	client *http.Client
 	urls   [numSignals]string
 	header http.Header
+	// answered: the receiver has sent an HTTP response, so it speaks
+	// HTTP/1.1 and a connection it closes is no sign of the protocol.
+	answered atomic.Bool
 }
 
 func newHTTP(cfg *otlpconfig.Config, tlsConfig *tls.Config) *httpTransport {
@@ -302,6 +310,29 @@ func newHTTP(cfg *otlpconfig.Config, tlsConfig *tls.Config) *httpTransport {
 	return t
 }
 
+// protocolHint returns a hint for a failed request when the receiver may
+// speak gRPC. A gRPC receiver answers HTTP/1.1 with HTTP/2 frames, which
+// the transport reports in more than one way, depending on whether it was
+// still writing the request (a reset, a broken pipe, a response it did not
+// ask for). So: any failure after connecting to a receiver that has never
+// given an HTTP response, other than a timeout or a certificate.
+func (t *httpTransport) protocolHint(err error) string {
+	if hint := protocolHint(err.Error(), otlpconfig.ProtocolGRPC); hint != "" {
+		return hint
+	}
+	if t.answered.Load() {
+		return ""
+	}
+	var opErr *net.OpError
+	var netErr net.Error
+	var certErr *tls.CertificateVerificationError
+	if (errors.As(err, &opErr) && opErr.Op == "dial") || (errors.As(err, &netErr) && netErr.Timeout()) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.As(err, &certErr) {
+		return ""
+	}
+	return otherProtocolHint(otlpconfig.ProtocolGRPC)
+}
+
 // maxResponse bounds how much of a response body is read.
 const maxResponse = 64 << 10
 
@@ -319,11 +350,12 @@ func (t *httpTransport) export(ctx context.Context, sig signal, req *request) (p
 	resp, err := t.client.Do(hreq)
 	if err != nil {
 		// Connecting, writing or reading failed: the network's trouble.
-		if hint := protocolHint(err.Error(), otlpconfig.ProtocolGRPC); hint != "" {
+		if hint := t.protocolHint(err); hint != "" {
 			err = fmt.Errorf("%w%s", err, hint)
 		}
 		return partial{}, &exportError{err: err, retryable: true}
 	}
+	t.answered.Store(true)
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
 	if err != nil {

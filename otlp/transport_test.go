@@ -102,12 +102,17 @@ func TestProtocolMismatch(t *testing.T) {
 	go grpcServer.Serve(ln)
 	defer grpcServer.Stop()
 
+	// A gRPC receiver answers an HTTP/1.1 request with HTTP/2 frames, or
+	// with a reset when it closes on a body it did not read (the large
+	// request makes that likely).
 	for _, tc := range []struct {
 		protocol otlpconfig.Protocol
 		endpoint string
+		body     int
 	}{
-		{otlpconfig.ProtocolGRPC, strings.TrimPrefix(httpServer.URL, "http://")},
-		{otlpconfig.ProtocolHTTP, ln.Addr().String()},
+		{otlpconfig.ProtocolGRPC, strings.TrimPrefix(httpServer.URL, "http://"), 0},
+		{otlpconfig.ProtocolHTTP, ln.Addr().String(), 0},
+		{otlpconfig.ProtocolHTTP, ln.Addr().String(), 4 << 20},
 	} {
 		cfg := otlpconfig.Default()
 		cfg.Protocol, cfg.Endpoint = tc.protocol, tc.endpoint
@@ -116,13 +121,13 @@ func TestProtocolMismatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		req := &request{done: func(*request) {}}
+		req := &request{done: func(*request) {}, body: make([]byte, tc.body)}
 		req.refs.Store(1)
 		_, err = tr.export(ctx, signalLogs, req)
 		cancel()
 		tr.close()
 		if err == nil || !strings.Contains(err.Error(), "check output.otlp.protocol") {
-			t.Errorf("%s to a receiver of the other protocol: %v, want a hint to check output.otlp.protocol", tc.protocol, err)
+			t.Errorf("%s (%d bytes) to a receiver of the other protocol: %v, want a hint to check output.otlp.protocol", tc.protocol, tc.body, err)
 		}
 	}
 }
