@@ -245,11 +245,15 @@ func TestMembers(t *testing.T) {
 	info := testutil.TCPInfo(t, p.Client)
 	// A walk after the flow's last segment samples it; no walk after
 	// that does, since the flow no longer moves.
-	time.Sleep(3 * interval)
-	samples := col.Find(cookie, flow.EventSample)
-	if len(samples) == 0 {
-		t.Fatal("no samples")
-	}
+	var samples []flow.Record
+	testutil.WaitFor(t, "the sample after the last ACK", 5*time.Second, func() bool {
+		samples = col.Find(cookie, flow.EventSample)
+		if len(samples) == 0 {
+			return false
+		}
+		v, _ := samples[len(samples)-1].Info.Get(flow.FieldBytesAcked)
+		return v == info.Bytes_acked
+	})
 	p.Client.Close()
 	testutil.ReadEOF(t, p.Server)
 	p.Server.Close()
