@@ -132,6 +132,59 @@ func TestProtocolMismatch(t *testing.T) {
 	}
 }
 
+// TestNoProtocolHint: failures that say nothing of the protocol get no
+// hint: a refused connection, and a reset from an OTLP/HTTP receiver that
+// has answered before.
+func TestNoProtocolHint(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := ln.Addr().String()
+	ln.Close()
+
+	var requests atomic.Int32
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requests.Add(1) == 1 {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		conn.(*net.TCPConn).SetLinger(0) // close with a reset
+		conn.Close()
+	}))
+	defer server.Close()
+
+	for _, tc := range []struct {
+		name     string
+		endpoint string
+		exports  int
+	}{
+		{"refused", refused, 1},
+		{"reset after an answer", strings.TrimPrefix(server.URL, "http://"), 2},
+	} {
+		cfg := otlpconfig.Default()
+		cfg.Protocol, cfg.Endpoint = otlpconfig.ProtocolHTTP, tc.endpoint
+		tr, err := newTransport(&cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range tc.exports {
+			req := &request{done: func(*request) {}}
+			req.refs.Store(1)
+			_, err = tr.export(context.Background(), signalLogs, req)
+		}
+		tr.close()
+		if err == nil || strings.Contains(err.Error(), "output.otlp.protocol") {
+			t.Errorf("%s: %v, want an error without a protocol hint", tc.name, err)
+		}
+	}
+}
+
 // response returns an ExportLogsServiceResponse with a partial success.
 func response(rejected int64, message string) []byte {
 	var ps []byte
