@@ -336,8 +336,8 @@ func table(checks []report.Check) string {
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "stream\tmetric\tflowd\treference\tdiff\ttolerance\tn\tresult")
 	// A check passes by its rule, which is not always diff <= tolerance
-	// (bracketed counters, an absolute floor, informational rows): those
-	// rules are printed below the table.
+	// (bracketed counters, an absolute floor, informational rows, a ratio
+	// of scale): those rules are printed below the table.
 	var rules []string
 	for _, c := range checks {
 		res := "ok"
@@ -347,7 +347,7 @@ func table(checks []report.Check) string {
 		case strings.HasPrefix(c.Rule, "informational"):
 			res = "info"
 		}
-		if !c.Pass || c.Diff > c.Tolerance || res == "info" {
+		if !c.Pass || c.Diff > c.Tolerance || res == "info" || strings.HasPrefix(c.Rule, "scale") {
 			res += fmt.Sprintf(" [%d]", len(rules)+1)
 			rules = append(rules, fmt.Sprintf("[%d] %s %s: %s", len(rules)+1, c.Stream, c.Metric, c.Rule))
 		}
