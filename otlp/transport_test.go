@@ -136,12 +136,7 @@ func TestProtocolMismatch(t *testing.T) {
 // hint: a refused connection, and a reset from an OTLP/HTTP receiver that
 // has answered before.
 func TestNoProtocolHint(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	refused := ln.Addr().String()
-	ln.Close()
+	refused := testutil.FreeLoopbackAddr(t)
 
 	var requests atomic.Int32
 	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
